@@ -1,0 +1,141 @@
+"""The job protocol: long computations are generators.
+
+A *job* is a generator that yields :class:`Progress` records and, where useful,
+:class:`Partial` results (picks so far, the current average, ...) and finally
+``return``\\ s its result. It never touches Qt or napari. Three ways to run one:
+
+* :func:`run_job` drains it synchronously, with a tqdm progress bar (CLI, scripts, tests);
+* the widget runner (``napari_cryoalign.widgets._runner.JobRunner``) runs it in napari's
+  ``thread_worker`` and turns yields into layer updates on the main thread;
+* a caller can iterate over it by hand.
+
+Cancellation is cooperative: the consumer stops iterating (or calls ``gen.close()``),
+which raises ``GeneratorExit`` at the job's current ``yield``; jobs therefore clean up in
+``finally`` blocks. :func:`run_job` also accepts a ``should_stop`` callable and raises
+:class:`~napari_cryoalign.errors.JobCancelled` when it returns true.
+
+Writing a job::
+
+    def average_job(volumes, *, iterations=3) -> Generator[Event, None, AverageResult]:
+        avg = volumes.mean(0)
+        for i in range(iterations):
+            avg = ...
+            yield Progress(i + 1, iterations, f"iteration {i + 1}")
+            yield Partial("average", avg)
+        return AverageResult(avg)
+
+    def average(volumes, **kw) -> AverageResult:          # the plain function
+        return run_job(average_job(volumes, **kw), progress=False)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, TypeVar, Union
+
+from ..errors import JobCancelled
+
+__all__ = ["Progress", "Partial", "Event", "Job", "run_job", "JobCancelled", "throttle"]
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of a job: ``step`` of ``total`` (``total`` None when unknown), with a short message."""
+
+    step: int
+    total: int | None = None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, max(0.0, self.step / self.total))
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A partial result: ``name`` says what it is (e.g. ``"heatmap"``, ``"picks"``, ``"loss"``)."""
+
+    name: str
+    value: Any
+
+
+Event = Union[Progress, Partial]
+Job = Generator[Event, None, R]
+
+
+def run_job(
+    job: Job[R],
+    *,
+    progress: bool = True,
+    description: str | None = None,
+    on_partial: Callable[[Partial], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> R:
+    """Run a job to completion and return its result.
+
+    Parameters
+    ----------
+    job : generator yielding :class:`Progress` / :class:`Partial`, returning the result
+    progress : show a tqdm progress bar on stderr
+    description : label of the progress bar
+    on_partial, on_progress : called for each partial result / progress record
+    should_stop : polled after each yield; when it returns true the job is closed and
+        :class:`JobCancelled` is raised
+    """
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=None, desc=description, unit="step", dynamic_ncols=True, leave=True)
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, Progress):
+                if bar is not None:
+                    if event.total is not None and bar.total != event.total:
+                        bar.total = event.total
+                    bar.n = event.step
+                    if event.message:
+                        bar.set_postfix_str(event.message, refresh=False)
+                    bar.refresh()
+                if on_progress is not None:
+                    on_progress(event)
+            elif isinstance(event, Partial):
+                if on_partial is not None:
+                    on_partial(event)
+            elif event is not None:
+                raise TypeError(f"a job may yield Progress or Partial, not {type(event).__name__}")
+            if should_stop is not None and should_stop():
+                job.close()
+                raise JobCancelled("job cancelled")
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class throttle:
+    """True at most every ``seconds``: lets a job send expensive partial results (a heatmap) only now and then.
+
+    >>> t = throttle(2.0)
+    >>> if t(): yield Partial("heatmap", heatmap)   # doctest: +SKIP
+    """
+
+    def __init__(self, seconds: float, *, first: bool = True):
+        self.seconds = float(seconds)
+        self._last = -float("inf") if first else time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= self.seconds:
+            self._last = now
+            return True
+        return False
