@@ -1,0 +1,9 @@
+"""napari-cryoalign: napari plugin suite for cryo-electron tomography.
+
+The computation lives in :mod:`napari_cryoalign.backend` (torch + numpy, no GUI), file
+formats in :mod:`napari_cryoalign.io`, dock widgets in :mod:`napari_cryoalign.widgets` and
+the command line in :mod:`napari_cryoalign.cli`. Importing this package imports nothing
+heavy.
+"""
+
+__version__ = "0.1.0"

@@ -18,7 +18,9 @@ class CryoAlignError(Exception):
 class InputError(CryoAlignError, ValueError):
     """Bad input: names the file (if any), the field and what was expected.
 
-    >>> str(InputError("expected float32 voxels", path="a.mrc", field="mode", got="mode 7"))
+    ``expected`` says what was expected; "expected " is put in front unless it is there.
+
+    >>> str(InputError("float32 voxels", path="a.mrc", field="mode", got="mode 7"))
     'a.mrc: mode: expected float32 voxels (got mode 7)'
     """
 
@@ -28,7 +30,8 @@ class InputError(CryoAlignError, ValueError):
         self.expected = expected
         self.got = got
         parts = [p for p in (self.path, field) if p]
-        msg = ": ".join(parts + [expected])
+        text = expected if expected.lower().startswith("expected") else f"expected {expected}"
+        msg = ": ".join(parts + [text])
         if got is not None:
             msg += f" (got {got})"
         super().__init__(msg)

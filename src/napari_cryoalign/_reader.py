@@ -1,0 +1,201 @@
+"""npe2 reader: MRC volumes/stacks as image layers, STAR particle files as points layers.
+
+* MRC (``.mrc .rec .map .st .mrcs .ali``, also ``.gz``/``.bz2``): an image layer with
+  ``scale`` from the header's voxel size in Å, ``(vz, vy, vx)``; stacks (tilt series,
+  particle stacks) get scale 1 on the stack axis. Large files are memory-mapped.
+* STAR: a points layer at ``(z, y, x)`` = ``(rlnCoordinateZ, Y, X)`` (0-based voxels), with
+  every column of the particle table kept in ``features``. The layer scale is the voxel
+  size found in the STAR file (optics/general blocks) or in the header of the tomogram it
+  names (``rlnTomoName`` + an MRC suffix next to the STAR file), so the points sit on the
+  tomogram they were picked in.
+
+Errors in a file the user opened become a napari notification (never a traceback dialog)
+and the reader returns no layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CryoAlignError
+from .io._kinds import MRC_SUFFIXES, maybe_kind_of_file
+
+log = logging.getLogger(__name__)
+
+
+def get_reader(path):
+    """Return a reader function for ``path`` if this plugin can read it, else None."""
+    if isinstance(path, (list, tuple)):
+        if not path or any(maybe_kind_of_file(p) not in ("mrc", "star") for p in path):
+            return None
+        return read_files
+    if maybe_kind_of_file(path) in ("mrc", "star"):
+        return read_files
+    return None
+
+
+def read_files(path) -> list[tuple]:
+    """Read one path or a list of paths into napari LayerData tuples."""
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    layers: list[tuple] = []
+    for p in paths:
+        try:
+            layers.extend(read_layer_data(p))
+        except (CryoAlignError, OSError, ValueError) as exc:
+            _notify_error(f"Could not open {p}: {exc}")
+    # napari's "read, but nothing to show" sentinel: the user gets our notification, not a
+    # second error about no reader being able to open the file
+    return layers or [(None,)]
+
+
+def read_layer_data(path: str | os.PathLike) -> list[tuple]:
+    """LayerData tuples for one file (raises :class:`~napari_cryoalign.errors.InputError` on bad input)."""
+    kind = maybe_kind_of_file(path)
+    if kind == "mrc":
+        return [mrc_layer_data(path)]
+    if kind == "star":
+        return [star_layer_data(path)]
+    raise CryoAlignError(f"{path}: not a file type napari-cryoalign reads")
+
+
+def mrc_layer_data(path: str | os.PathLike) -> tuple:
+    from .io import read_mrc
+
+    vol = read_mrc(path, mmap="auto")
+    vx, vy, vz = vol.voxel_size
+    data = vol.data
+    if data.ndim == 3 and vol.is_stack:
+        scale = (1.0, vy, vx)
+        axis_labels = ("tilt/image", "y", "x")
+    elif data.ndim == 3:
+        scale = (vz, vy, vx)
+        axis_labels = ("z", "y", "x")
+    else:
+        scale = (vy, vx)
+        axis_labels = ("y", "x")
+    lo, hi = _contrast_limits(data)
+    meta = {
+        "napari_cryoalign": {
+            "path": str(Path(path).resolve()),
+            "voxel_size_angstrom": tuple(float(v) for v in vol.voxel_size),
+            "is_stack": bool(vol.is_stack),
+            "shape": tuple(int(s) for s in data.shape),
+        }
+    }
+    kwargs = {
+        "name": Path(path).name,
+        "scale": scale,
+        "contrast_limits": (lo, hi),
+        "metadata": meta,
+        "colormap": "gray",
+    }
+    kwargs["axis_labels"] = axis_labels
+    return (data, kwargs, "image")
+
+
+def _contrast_limits(data: np.ndarray) -> tuple[float, float]:
+    """Robust contrast limits (0.5 and 99.5 percentiles) from a subsample, so big maps stay fast."""
+    flat = np.asarray(data).reshape(-1)
+    step = max(1, flat.size // 2_000_000)
+    sample = np.asarray(flat[::step], dtype=np.float32)
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        lo, hi = float(sample.min()), float(sample.max())
+        if hi <= lo:
+            hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def _find_tomogram(star_path: Path, tomo_name: str | None) -> Path | None:
+    if not tomo_name:
+        return None
+    folder = star_path.parent
+    base = Path(tomo_name).name
+    candidates = [folder / base] + [folder / f"{Path(base).stem if Path(base).suffix in MRC_SUFFIXES else base}{s}" for s in MRC_SUFFIXES]
+    for c in candidates:
+        if c.is_file() and maybe_kind_of_file(c) == "mrc":
+            return c
+    return None
+
+
+def star_layer_data(path: str | os.PathLike) -> tuple:
+    from .io import mrc_info, read_particles
+
+    path = Path(path)
+    tomo_shape = None
+    voxel = None
+    # a tomogram named in the STAR file gives shape (for RELION 5 coordinates) and voxel size
+    try:
+        import starfile
+
+        blocks = starfile.read(path, always_dict=True)
+        names = []
+        for b in blocks.values():
+            if hasattr(b, "columns") and "rlnTomoName" in b.columns and len(b):
+                names = list(dict.fromkeys(b["rlnTomoName"].astype(str)))
+                break
+        tomo = _find_tomogram(path, names[0] if len(names) == 1 else None)
+    except Exception:  # noqa: BLE001 - the real reader below reports a broken file properly
+        tomo = None
+    if tomo is not None:
+        info = mrc_info(tomo)
+        tomo_shape = tuple(int(s) for s in info["shape"])
+        voxel = float(info["voxel_size"][0])
+    table = read_particles(path, tomogram_shape=tomo_shape, voxel_size=voxel)
+    df = table.data
+    xyz = np.stack([df["rlnCoordinateX"], df["rlnCoordinateY"], df["rlnCoordinateZ"]], axis=1).astype(np.float64)
+    if voxel is None:
+        voxel = _voxel_size_from_table(table)
+    features = df.reset_index(drop=True).copy()
+    score_col = "rlnAutopickFigureOfMerit" if "rlnAutopickFigureOfMerit" in features else None
+    kwargs = {
+        "name": path.stem,
+        "features": features,
+        "scale": (voxel or 1.0,) * 3,
+        "size": 10,
+        "face_color": "transparent",
+        "border_color": "yellow",
+        "metadata": {
+            "napari_cryoalign": {
+                "path": str(path.resolve()),
+                "star_form": table.form,
+                "voxel_size_angstrom": voxel,
+                "tomogram_shape": tomo_shape,
+                "optics": None if table.optics is None else table.optics.to_dict("list"),
+            }
+        },
+    }
+    if score_col is not None:
+        kwargs["border_color"] = score_col
+        kwargs["border_colormap"] = "viridis"
+    return (xyz[:, ::-1].copy(), kwargs, "points")
+
+
+def _voxel_size_from_table(table) -> float | None:
+    for block in (table.optics, table.data):
+        if block is None:
+            continue
+        for col in ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize", "rlnDetectorPixelSize", "rlnPixelSize"):
+            if col in block.columns and len(block):
+                v = float(block[col].iloc[0])
+                if v > 0:
+                    return v
+    general = table.general or {}
+    for key in ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize"):
+        if key in general and float(general[key]) > 0:
+            return float(general[key])
+    return None
+
+
+def _notify_error(message: str) -> None:
+    log.error(message)
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except ImportError:  # pragma: no cover - napari is a dependency
+        pass
