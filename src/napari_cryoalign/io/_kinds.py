@@ -13,7 +13,9 @@ STACK_SUFFIXES = (".st", ".mrcs", ".ali", ".preali")
 COMPRESSED_SUFFIXES = (".gz", ".bz2")
 
 
-def _core_suffix(path: Path) -> str:
+def core_suffix(path: str | os.PathLike) -> str:
+    """The format suffix, lower case, ignoring a trailing .gz/.bz2: ``a.map.gz`` -> ``.map``."""
+    path = Path(path)
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
         suffixes = suffixes[:-1]
@@ -34,7 +36,7 @@ def kind_of_file(path: str | os.PathLike) -> str:
 
 def maybe_kind_of_file(path: str | os.PathLike) -> str | None:
     """Like :func:`kind_of_file` but returns None for an unknown format."""
-    suffix = _core_suffix(Path(path))
+    suffix = core_suffix(Path(path))
     if suffix in MRC_SUFFIXES:
         return "mrc"
     if suffix == ".star" and Path(path).suffix.lower() == ".star":
@@ -46,4 +48,4 @@ def maybe_kind_of_file(path: str | os.PathLike) -> str | None:
 
 def is_stack_name(path: str | os.PathLike) -> bool:
     """True for names that by convention hold image stacks (.st, .mrcs, .ali)."""
-    return _core_suffix(Path(path)) in STACK_SUFFIXES
+    return core_suffix(Path(path)) in STACK_SUFFIXES

@@ -1,0 +1,86 @@
+"""File formats: MRC volumes/images/stacks, RELION STAR particle files, IMOD tilt files.
+
+This package is the only place that touches file formats. Everything here follows
+docs/conventions.md (see docs/io.md): arrays in (z, y, x) order, voxel sizes in Å from the
+header, 0-based voxel coordinates, RELION ZYZ Euler angles. Bad input raises
+:class:`~napari_cryoalign.errors.InputError` naming the file, the field and what was
+expected; every writer is atomic and refuses to replace an existing file unless asked.
+"""
+
+from ._atomic import atomic_path, atomic_write, check_output_path, ensure_not_input
+from .mrc import (
+    MrcHeaderWarning,
+    MrcVolume,
+    VoxelSizeWarning,
+    check_same_voxel_size,
+    mrc_info,
+    read_mrc,
+    voxel_size_isotropic,
+    write_mrc,
+)
+from .star import (
+    ParticleTable,
+    centered_angstrom_to_voxels,
+    classes,
+    coordinates_xyz,
+    euler_deg,
+    format_image_name,
+    image_names,
+    origins_angstrom,
+    parse_image_name,
+    read_particle_images,
+    read_particles,
+    read_star,
+    read_subtomograms,
+    read_tomograms_star,
+    scores,
+    tomo_names,
+    voxels_to_centered_angstrom,
+    write_particle_stack,
+    write_particles,
+    write_subtomograms,
+)
+from .tilt import read_acquisition_order, read_tlt, write_acquisition_order, write_tlt
+
+__all__ = [
+    # atomic output
+    "atomic_write",
+    "atomic_path",
+    "check_output_path",
+    "ensure_not_input",
+    # MRC
+    "MrcVolume",
+    "VoxelSizeWarning",
+    "MrcHeaderWarning",
+    "read_mrc",
+    "write_mrc",
+    "mrc_info",
+    "voxel_size_isotropic",
+    "check_same_voxel_size",
+    # STAR
+    "ParticleTable",
+    "read_star",
+    "read_particles",
+    "write_particles",
+    "read_tomograms_star",
+    "coordinates_xyz",
+    "euler_deg",
+    "origins_angstrom",
+    "classes",
+    "scores",
+    "tomo_names",
+    "image_names",
+    "centered_angstrom_to_voxels",
+    "voxels_to_centered_angstrom",
+    "parse_image_name",
+    "format_image_name",
+    "read_subtomograms",
+    "read_particle_images",
+    "write_subtomograms",
+    "write_particle_stack",
+    # tilt series
+    "read_tlt",
+    "write_tlt",
+    "read_acquisition_order",
+    "write_acquisition_order",
+]
