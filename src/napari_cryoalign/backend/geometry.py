@@ -297,7 +297,7 @@ def _fourier_shift(x: torch.Tensor, shift: torch.Tensor, ndim: int) -> torch.Ten
         else:
             k = torch.fft.fftfreq(n, device=x.device, dtype=x.dtype)
         s = shift[:, ndim - 1 - axis]  # shift component along this array axis
-        view = [x.shape[0]] + [1] * ndim
+        view = [1] * (ndim + 1)
         view[axis + 1] = -1
         phase = phase + s.view(-1, *([1] * ndim)) * k.view(view)
     X = X * torch.exp(-2j * math.pi * phase)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Generator, TypeVar, Union
 
 from ..errors import JobCancelled
 
-__all__ = ["Progress", "Partial", "Event", "Job", "run_job", "JobCancelled", "throttle"]
+__all__ = ["Progress", "Partial", "Event", "Job", "run_job", "as_job", "JobCancelled", "throttle"]
 
 R = TypeVar("R")
 
@@ -120,6 +120,17 @@ def run_job(
     finally:
         if bar is not None:
             bar.close()
+
+
+def as_job(function: Callable[..., R], *args, message: str = "", **kwargs) -> Job[R]:
+    """Wrap a quick plain function as a one-step job (progress 0/1, then 1/1), for the widget runner.
+
+    Only for work that takes a few seconds at most: it cannot be cancelled half-way.
+    """
+    yield Progress(0, 1, message)
+    result = function(*args, **kwargs)
+    yield Progress(1, 1, message)
+    return result
 
 
 class throttle:
