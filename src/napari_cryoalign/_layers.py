@@ -141,3 +141,34 @@ def particle_image_layers(pset, *, name: str = "particle images") -> list[tuple]
         (imgs, {"name": name, "scale": (1.0, p, p), "contrast_limits": (float(lo), float(hi)), "metadata": meta,
                 "axis_labels": ("image", "y", "x")}, "image")
     ]
+
+
+def marker_tiltseries_layers(ts, *, name: str = "marker tilt series") -> list[tuple]:
+    """A ``MarkerTiltSeries``: the tilt series ``(n_tilts, y, x)`` and the true projected bead centres.
+
+    Points are ``(tilt index, v, u)`` in pixels of the stack, so on every tilt image the
+    points mark where the deformed beads project.
+    """
+    p = float(ts.pixel_size_angstrom)
+    series = np.asarray(ts.tilt_series, dtype=np.float32)
+    lo, hi = np.percentile(series, [0.5, 99.5])
+    proj = np.asarray(ts.projected_px, dtype=np.float64)  # (n_tilts, n_beads, 2) as (u, v)
+    n_tilts, n_beads = proj.shape[:2]
+    tilt_idx = np.repeat(np.arange(n_tilts), n_beads)
+    pts = np.column_stack([tilt_idx, proj[:, :, 1].ravel(), proj[:, :, 0].ravel()])
+    feats = pd.DataFrame(
+        {
+            "bead": np.tile(np.arange(n_beads), n_tilts),
+            "tilt_deg": np.repeat(np.asarray(ts.tilt_angles_deg, dtype=np.float64), n_beads),
+            "time": np.repeat(np.asarray(ts.times, dtype=np.float64), n_beads),
+        }
+    )
+    meta = {"napari_cryoalign": {"pixel_size_angstrom": p, "tilt_angles_deg": np.asarray(ts.tilt_angles_deg).tolist(),
+                                 "truth": ts.truth_dict()}}
+    bead_px = ts.bead_diameter_nm / ts.pixel_size_nm
+    return [
+        (series, {"name": name, "scale": (1.0, p, p), "contrast_limits": (float(lo), float(hi)), "metadata": meta,
+                  "axis_labels": ("tilt", "y", "x")}, "image"),
+        (pts, {"name": f"{name} true beads", "scale": (1.0, p, p), "features": feats, "size": max(3.0, 1.6 * bead_px),
+               "face_color": "transparent", "border_color": "orange", "border_width": 0.1}, "points"),
+    ]

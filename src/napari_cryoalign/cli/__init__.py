@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"napari-cryoalign {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print informational log messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         import_module(f"{__name__}.{name}").register(sub)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     if getattr(args, "func", None) is None:
