@@ -180,3 +180,13 @@ def test_ctf_3d_batched():
     cb = F.ctf_3d((16, 16, 16), voxel_size_angstrom=10.0, defocus_um=[2.0, 5.0])
     assert cb.shape == (2, 16, 16, 9)
     assert torch.allclose(cb[1], F.ctf_3d((16, 16, 16), voxel_size_angstrom=10.0, defocus_um=5.0))
+
+
+def test_missing_wedge_mask_accepts_numpy_scalars():
+    import numpy as np
+
+    from napari_cryoalign.backend.fourier import missing_wedge_mask
+
+    a = missing_wedge_mask((8, 8, 8), tilt_min_deg=np.float64(-60), tilt_max_deg=np.float32(60))
+    b = missing_wedge_mask((8, 8, 8), tilt_min_deg=-60.0, tilt_max_deg=60.0)
+    assert bool((a == b).all())

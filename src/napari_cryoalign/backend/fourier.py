@@ -371,6 +371,7 @@ def missing_wedge_mask(
     """
     if len(shape) != 3:
         raise ValueError(f"shape must be (z, y, x), got {shape}")
+    tilt_min_deg, tilt_max_deg = float(tilt_min_deg), float(tilt_max_deg)  # numpy scalars would broadcast as tensors
     if not -90.0 <= tilt_min_deg <= tilt_max_deg <= 90.0:
         raise ValueError(f"need -90 <= tilt_min_deg <= tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}")
     fz, fy, fx = frequency_grid(shape, rfft=rfft, device=device, dtype=torch.float64)
