@@ -88,11 +88,7 @@ def run_job(
     should_stop : polled after each yield; when it returns true the job is closed and
         :class:`JobCancelled` is raised
     """
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=None, desc=description, unit="step", dynamic_ncols=True, leave=True)
+    bar = None  # created at the first Progress, so a job that fails validation prints no empty bar
     try:
         while True:
             try:
@@ -100,6 +96,10 @@ def run_job(
             except StopIteration as stop:
                 return stop.value
             if isinstance(event, Progress):
+                if progress and bar is None:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=event.total, desc=description, unit="step", dynamic_ncols=True, leave=True)
                 if bar is not None:
                     if event.total is not None and bar.total != event.total:
                         bar.total = event.total
