@@ -74,6 +74,8 @@ def tomogram_layers(sim, *, name: str = "tomogram") -> list[tuple]:
                 "face_color": "transparent",
                 "border_color": list(class_colors(truth.classes)) if len(zyx) else "yellow",
                 "border_width": 0.08,
+                # a particle is drawn as the disc its sphere cuts from the slice (with thick slices)
+                "projection_mode": "rescale_spherical",
                 "metadata": meta,
             },
             "points",

@@ -159,6 +159,7 @@ def star_layer_data(path: str | os.PathLike) -> tuple:
         "size": 10,
         "face_color": "transparent",
         "border_color": "yellow",
+        "projection_mode": "rescale_spherical",
         "metadata": {
             "napari_cryoalign": {
                 "path": str(path.resolve()),

@@ -35,11 +35,33 @@ def open_viewer(files=(), *, sample: str = "tomogram", show: bool = True):
     return viewer
 
 
+def _focus_on_points(viewer) -> None:
+    """Show the slice through the most particles, so they are visible on opening."""
+    import numpy as np
+
+    from ..widgets._base import show_particles_in_thick_slices
+
+    for layer in viewer.layers:
+        if layer._type_string == "points" and len(layer.data) and layer.ndim == 3:
+            show_particles_in_thick_slices(viewer, layer)
+            z = layer.data[:, 0] * layer.scale[0] + layer.translate[0]
+            hist, edges = np.histogram(z, bins=max(1, len(z) // 3))
+            best = 0.5 * (edges[hist.argmax()] + edges[hist.argmax() + 1])
+            step = viewer.dims.range[0].step or 1.0
+            viewer.dims.set_current_step(0, int(round((best - viewer.dims.range[0].start) / step)))
+            return
+
+
 def run(args) -> int:
     import napari
 
     viewer = open_viewer(args.files, sample=args.sample)
+    _focus_on_points(viewer)
+    images = [layer for layer in viewer.layers if layer._type_string == "image"]
+    if images:
+        viewer.layers.selection.active = images[0]
     if args.screenshot:
+        viewer.window._qt_window.resize(1600, 1000)
         from qtpy.QtCore import QTimer
 
         def _shoot():

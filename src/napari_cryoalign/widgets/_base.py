@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 from ..backend.jobs import Job, Partial
 from ._runner import JobRunner, RunState
 
-__all__ = ["JobWidget", "add_or_update_layer"]
+__all__ = ["JobWidget", "add_or_update_layer", "show_particles_in_thick_slices"]
 
 
 def add_or_update_layer(viewer, layer_data: tuple) -> Any:
@@ -36,6 +36,26 @@ def add_or_update_layer(viewer, layer_data: tuple) -> Any:
         viewer.layers.remove(layer)
     adder = getattr(viewer, f"add_{layer_type}")
     return adder(data, **kwargs)
+
+
+def show_particles_in_thick_slices(viewer, layer) -> None:
+    """Let a 3D points layer of particles show every particle that the current slice cuts.
+
+    Sets the viewer's slice margins along the first (z) axis to the largest particle radius
+    (in world units); points layers with ``projection_mode="rescale_spherical"`` then draw
+    each particle as the disc its sphere cuts from the slice. Images keep
+    ``projection_mode="none"`` and are unaffected.
+    """
+    import numpy as np
+
+    if layer.ndim != 3 or not len(layer.data):
+        return
+    radius = 0.5 * float(np.max(layer.size)) * float(layer.scale[0])
+    axis = viewer.dims.ndim - 3
+    left, right = list(viewer.dims.margin_left), list(viewer.dims.margin_right)
+    left[axis] = max(left[axis], radius)
+    right[axis] = max(right[axis], radius)
+    viewer.dims.margin_left, viewer.dims.margin_right = tuple(left), tuple(right)
 
 
 def _ndim(data, layer_type: str) -> int:
