@@ -74,7 +74,7 @@ def test_top_level_manifest_is_the_shipped_one():
 
 
 def test_manifest_validates_with_imports():
-    npe2 = pytest.importorskip("npe2")
+    pytest.importorskip("npe2")
     from npe2 import PluginManifest
 
     pm = PluginManifest.from_distribution("napari-cryoalign")

@@ -78,8 +78,6 @@ def test_ctf_3d_is_radial_2d():
 def test_missing_wedge_geometry():
     m = F.missing_wedge_mask((32, 32, 32), tilt_min_deg=-60, tilt_max_deg=60)
     assert m.shape == (32, 32, 32)
-    fz = torch.fft.fftfreq(32).view(-1, 1, 1)
-    fx = torch.fft.fftfreq(32).view(1, 1, -1)
     # on the kx axis (tilt 0 plane) measured; on the kz axis (beam direction) missing
     assert m[0, 5, 4] == 1 and m[4, 5, 0] == 0 and m[0, 0, 0] == 1
     # (kx, kz) = (1, 1): 45 deg -> measured; (1, 2): 63.4 deg -> missing; independent of ky

@@ -3,7 +3,6 @@
 import threading
 import time
 
-import pytest
 
 from napari_cryoalign.backend.jobs import Partial, Progress
 from napari_cryoalign.errors import InputError

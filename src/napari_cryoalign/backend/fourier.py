@@ -39,6 +39,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ._tensor import as_tensor as _as_tensor
+from ._tensor import to_caller as _back
+
 __all__ = [
     "electron_wavelength_angstrom",
     "frequency_grid",
@@ -64,31 +67,8 @@ __all__ = [
 # ----------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------
-def _as_tensor(x, *, device=None, dtype=None) -> tuple[torch.Tensor, bool]:
-    if isinstance(x, torch.Tensor):
-        t = x
-        if dtype is not None:
-            t = t.to(dtype)
-        elif not t.is_floating_point():
-            t = t.to(torch.float32)
-        if device is not None:
-            t = t.to(device)
-        return t, False
-    arr = np.ascontiguousarray(np.asarray(x))
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    t = torch.from_numpy(arr)
-    if dtype is not None:
-        t = t.to(dtype)
-    elif not t.is_floating_point():
-        t = t.to(torch.float32)
-    if device is not None:
-        t = t.to(device)
-    return t, True
 
 
-def _back(t: torch.Tensor, was_numpy: bool):
-    return t.detach().cpu().numpy() if was_numpy else t
 
 
 def electron_wavelength_angstrom(voltage_kv: float) -> float:

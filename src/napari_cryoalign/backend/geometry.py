@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
+from ._tensor import as_tensor as _as_tensor
+from ._tensor import to_caller as _back
+
 __all__ = [
     "euler_to_matrix",
     "matrix_to_euler",
@@ -174,22 +177,8 @@ def box_center(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(n) // 2 for n in shape)
 
 
-def _as_tensor(x, dtype=None, device=None) -> tuple[torch.Tensor, bool]:
-    if isinstance(x, torch.Tensor):
-        return (x if dtype is None else x.to(dtype)), False
-    arr = np.asarray(x)
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    if dtype is not None:
-        t = t.to(dtype)
-    elif not t.is_floating_point():
-        t = t.to(torch.float32)
-    if device is not None:
-        t = t.to(device)
-    return t, True
 
 
-def _back(t: torch.Tensor, was_numpy: bool):
-    return t.detach().cpu().numpy() if was_numpy else t
 
 
 def _batched(x: torch.Tensor, ndim: int) -> tuple[torch.Tensor, bool]:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ._tensor import as_tensor, to_caller as _back
 
 __all__ = [
     "tilt_angles",
@@ -62,28 +63,9 @@ _FILTERS = ("ramp", "shepp-logan", "cosine", "hann", "none")
 # ----------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------
-def _as_tensor(x, *, device=None, dtype=None) -> tuple[torch.Tensor, bool]:
-    if isinstance(x, torch.Tensor):
-        t = x
-        if dtype is not None:
-            t = t.to(dtype)
-        elif not t.is_floating_point():
-            t = t.to(torch.float32)
-        if device is not None:
-            t = t.to(device)
-        return t, False
-    t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
-    if dtype is not None:
-        t = t.to(dtype)
-    elif not t.is_floating_point() or t.dtype == torch.float64:
-        t = t.to(torch.float32)
-    if device is not None:
-        t = t.to(device)
-    return t, True
-
-
-def _back(t: torch.Tensor, was_numpy: bool):
-    return t.detach().cpu().numpy() if was_numpy else t
+def _as_tensor(x, *, device=None, dtype=None):
+    """numpy float64 input is computed in float32 here (projections of big volumes)."""
+    return as_tensor(x, device=device, dtype=dtype, float64_to_float32=True)
 
 
 def _angles(tilt_angles_deg, *, field: str = "tilt_angles_deg") -> np.ndarray:
