@@ -1,0 +1,211 @@
+"""SparseAlign benchmark: the paper's 2D and 3D examples, noise, model mismatch, doming baseline.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_markers.py                 # everything (about 15-30 min on 2 busy cores)
+    .venv/bin/python benchmarks/bench_markers.py --only 2d       # the 2D example only
+    .venv/bin/python benchmarks/bench_markers.py --only 3d --cases noiseless,poisson_1024
+
+Writes ``docs/benchmarks/markers.json`` (every case: runtime, load average, markers found,
+missed, spurious, localisation error in pixels, E_markers and E_global in nm² of
+SparseAlign and of the doming baseline given the true traces) and
+``docs/images/markers_bench.png``.
+
+Cases (SparseAlign section IV-A/B; data from ``simulate_marker_tiltseries``):
+
+* ``2d``: 10 markers, 20 angles in [-70, 70), 64 detector pixels, quadratic doming
+  (preset ``paper2d``), noiseless, seeds 0-4; goal <= 3 s per run (the reference notebook
+  takes 260-318 s on this machine, see ``shared/reference-notes/01_sparsealign.md``).
+* 3D (preset ``paper3d``: 20 beads of 15 nm, 819.2 x 819.2 x 100 nm, 140 tilts, 64² px,
+  ``D_z = (200 - 100 X² - 100 Y²) t`` nm): ``noiseless`` (the marker image), ``counts``
+  (noiseless counts, I0 = 2^10), ``gauss_<var>`` (I0 = 2^10 plus Gaussian noise of that
+  variance), ``poisson_<I0>``, and ``cubic`` / ``cubic_fit3`` (true deformation with cubic
+  terms, fitted with a quadratic resp. cubic model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from napari_cryoalign.backend.deformation import PolynomialDeformation
+from napari_cryoalign.backend.markers import MarkerGeometry, find_markers, sparse_align
+from napari_cryoalign.backend.markers.doming import fit_doming_model
+from napari_cryoalign.backend.markers.metrics import deformation_errors, match_markers
+from napari_cryoalign.backend.simulate.markers import simulate_marker_tiltseries
+
+CASES_3D = ["noiseless", "counts", "gauss_1024", "gauss_16384", "poisson_64", "poisson_1024", "poisson_16384",
+            "cubic", "cubic_fit3"]
+
+
+def _evaluate(ts, est_positions, est_deformation, extent, match_nm):
+    m = match_markers(est_positions, ts.bead_positions_nm, pixel_size_nm=ts.pixel_size_nm, max_distance_nm=match_nm)
+    e = deformation_errors(ts.deformation, est_deformation, ts.bead_positions_nm, extent_nm=extent)
+    return {"n_found": len(est_positions), "missed": m.n_missed, "spurious": m.n_spurious,
+            "max_error_px": m.max_error_px, "mean_error_px": m.mean_error_px,
+            "E_markers_nm2": e["E_markers"], "E_global_nm2": e["E_global"]}
+
+
+def _doming(ts, g, extent, degree=2, variables=None):
+    dm = fit_doming_model(ts.projected_px, g, degree=degree, variables=variables)
+    out = _evaluate(ts, dm.positions_nm, dm.deformation, extent, 15.0)
+    out["runtime_s"] = dm.runtime_s
+    return out
+
+
+def bench_2d(seeds=range(5)):
+    rows = []
+    for seed in seeds:
+        ts = simulate_marker_tiltseries(preset="paper2d", noise="none", seed=seed)
+        g = MarkerGeometry.from_simulation(ts)
+        extent = (819.2, 0.0, 819.2)  # the paper's 2D field [-L/2, L/2]^2
+        load = os.getloadavg()
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = sparse_align(ts.ideal, g, z_range_nm=0.5 * ts.params["thickness_nm"] + 10.0)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        row = {"case": "2d", "seed": seed, "runtime_s": dt, "cpu_s": cpu, "loadavg_before": load, "loadavg_after": os.getloadavg(),
+               "levels": list(res.levels), "coefficients_z_nm": res.deformation.coefficients[2, :, 0].tolist()}
+        row.update(_evaluate(ts, res.positions_nm, res.deformation, extent, 30.0))
+        row["doming"] = _doming(ts, g, extent)
+        rows.append(row)
+        print(f"2d seed {seed}: {dt:.2f} s, cpu {cpu:.2f} s (load {load[0]:.1f}), found {row['n_found']}, missed {row['missed']}, "
+              f"spurious {row['spurious']}, max err {row['max_error_px']:.3f} px, E_markers {row['E_markers_nm2']:.3g}"
+              f" (DM {row['doming']['E_markers_nm2']:.3g})", flush=True)
+    return rows
+
+
+def _paper3d(case, seed):
+    kw = dict(preset="paper3d", seed=seed)
+    if case in ("noiseless", "counts", "cubic", "cubic_fit3"):
+        kw["noise"] = "none"
+    elif case.startswith("gauss_"):
+        kw.update(noise="gaussian", electrons_per_pixel=1024.0, noise_variance=float(case.split("_")[1]))
+    elif case.startswith("poisson_"):
+        kw.update(noise="poisson", electrons_per_pixel=float(case.split("_")[1]))
+    if case.startswith("cubic"):
+        kw["deformation"] = PolynomialDeformation.from_terms(
+            {"z": {"1": 200.0, "x^2": -100.0, "y^2": -100.0, "x^3": 150.0, "xy^2": -100.0}}, degree=3, variables="xy",
+            length_scale_nm=819.2)
+    return simulate_marker_tiltseries(**kw)
+
+
+def bench_3d(cases, seed=0):
+    rows = []
+    for case in cases:
+        ts = _paper3d(case, seed)
+        g = MarkerGeometry.from_simulation(ts)
+        extent = (819.2, 819.2, 100.0)
+        degree = 3 if case == "cubic_fit3" else 2
+        load = os.getloadavg()
+        t0, c0 = time.perf_counter(), time.process_time()
+        if case in ("noiseless", "cubic", "cubic_fit3"):
+            res = find_markers(ts.ideal, ts.tilt_angles_deg, bead_diameter_nm=15.0, pixel_size_nm=ts.pixel_size_nm,
+                               sigma_nm=15.0, thickness_nm=100.0, degree=degree, preprocess=None)
+        else:
+            res = find_markers(ts.tilt_series, ts.tilt_angles_deg, bead_diameter_nm=15.0,
+                               pixel_size_nm=ts.pixel_size_nm, sigma_nm=15.0, thickness_nm=100.0, degree=degree,
+                               preprocess="anscombe")
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        row = {"case": case, "seed": seed, "runtime_s": dt, "cpu_s": cpu, "loadavg_before": load, "loadavg_after": os.getloadavg(),
+               "levels": list(res.levels), "degree": degree, "preprocess": res.params.get("preprocess"),
+               "coefficients_z_nm": res.deformation.coefficients[2, :, 0].tolist(),
+               "weights": np.round(res.weights, 3).tolist()}
+        row.update(_evaluate(ts, res.positions_nm, res.deformation, extent, 15.0))
+        row["doming"] = _doming(ts, g, extent, degree=degree)
+        rows.append(row)
+        print(f"3d {case}: {dt:.1f} s, cpu {cpu:.1f} s (load {load[0]:.1f}), found {row['n_found']}, missed {row['missed']}, spurious "
+              f"{row['spurious']}, max err {row['max_error_px']:.3f} px, E_markers {row['E_markers_nm2']:.3g}, "
+              f"E_global {row['E_global_nm2']:.3g} (DM {row['doming']['E_markers_nm2']:.3g}, "
+              f"{row['doming']['E_global_nm2']:.3g})", flush=True)
+    return rows
+
+
+def _plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r3 = [r for r in rows if r["case"] != "2d"]
+    r2 = [r for r in rows if r["case"] == "2d"]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    if r3:
+        x = np.arange(len(r3))
+        sa = [max(r["E_markers_nm2"], 1e-6) for r in r3]
+        dm = [max(r["doming"]["E_markers_nm2"], 1e-6) for r in r3]
+        ax[0].bar(x - 0.2, sa, 0.4, label="SparseAlign (no traces)")
+        ax[0].bar(x + 0.2, dm, 0.4, label="doming model (true traces)")
+        ax[0].set_yscale("log")
+        ax[0].axhline(1.0, color="k", lw=0.5, ls=":")
+        ax[0].axhline(10.0, color="k", lw=0.5, ls="--")
+        ax[0].set_xticks(x, [r["case"] for r in r3], rotation=45, ha="right")
+        ax[0].set_ylabel("E_markers (nm²)")
+        ax[0].set_title("3D example (paper3d)")
+        ax[0].legend(fontsize=8)
+    if r2:
+        x2 = np.arange(len(r2))
+        ax[1].bar(x2 - 0.2, [r["runtime_s"] for r in r2], 0.4, label="wall (load in JSON)")
+        ax[1].bar(x2 + 0.2, [r.get("cpu_s", np.nan) for r in r2], 0.4, label="CPU time")
+        ax[1].set_xticks(x2, [str(r["seed"]) for r in r2])
+        ax[1].axhline(3.0, color="r", lw=1, ls="--", label="goal 3 s")
+        ax[1].set_xlabel("seed")
+        ax[1].set_ylabel("runtime (s), 2 shared CPU cores")
+        ax[1].set_title("2D example (reference code: 260-318 s)")
+        ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=("2d", "3d"), default=None)
+    ap.add_argument("--cases", default=",".join(CASES_3D), help="3D cases, comma-separated")
+    ap.add_argument("--seeds-2d", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "markers.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "images" / "markers_bench.png"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the JSON")
+    args = ap.parse_args(argv)
+    if args.plot_only:
+        _plot(json.loads(Path(args.out).read_text())["rows"], Path(args.plot))
+        return
+    rows = []
+    if args.only in (None, "2d"):
+        rows += bench_2d(range(args.seeds_2d))
+    if args.only in (None, "3d"):
+        rows += bench_3d([c for c in args.cases.split(",") if c])
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    keep = [r for r in old.get("rows", []) if r["case"] not in {x["case"] for x in rows}]
+    rows = keep + rows
+    import torch
+
+    doc = {"command": "python benchmarks/bench_markers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "machine": {"cpu_count": os.cpu_count(), "torch_threads_default": torch.get_num_threads(),
+                       "note": "shared 2-core machine; loadavg recorded before/after every run"},
+           "reference_notebook_2d_s": [259.8, 317.6], "rows": rows}
+    two = [r["runtime_s"] for r in rows if r["case"] == "2d"]
+    if two:
+        doc["summary_2d"] = {"median_runtime_s": float(np.median(two)),
+                             "median_cpu_s": float(np.median([r.get("cpu_s", np.nan) for r in rows if r["case"] == "2d"])),
+                             "speedup_vs_reference_median": float(np.median([259.8, 317.6]) / np.median(two))}
+    from napari_cryoalign.io._atomic import atomic_write
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, mode="w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    _plot(rows, Path(args.plot))
+    print(f"wrote {out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

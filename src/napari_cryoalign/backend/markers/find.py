@@ -1,0 +1,137 @@
+"""From a recorded tilt series to markers and deformation: validation, pre-processing, SparseAlign.
+
+:func:`find_markers_job` is what the CLI (``cryoalign markers``) and the widget run:
+
+1. check the inputs (angles per image, acquisition order a permutation, bead diameter
+   positive and smaller than the field of view) and raise
+   :class:`~napari_cryoalign.errors.InputError` naming what is wrong;
+2. times from the acquisition order (:func:`~napari_cryoalign.backend.deformation.times_from_order`);
+3. pre-processing (:func:`~napari_cryoalign.backend.markers.preprocess.preprocess_tiltseries`,
+   skipped with ``preprocess=None`` for data that already are a marker image);
+4. SparseAlign (:func:`~napari_cryoalign.backend.markers.adcg.sparse_align_job`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import InputError
+from ..deformation import times_from_order
+from ..jobs import Job, Partial, Progress, run_job
+from .adcg import SparseAlignResult, sparse_align_job
+from .forward import MarkerGeometry, default_sigma_nm
+from .preprocess import preprocess_tiltseries
+
+__all__ = ["find_markers", "find_markers_job", "validate_inputs"]
+
+
+def validate_inputs(tilt_series, tilt_angles_deg, *, bead_diameter_nm: float, pixel_size_nm: float,
+                    acquisition_order=None, path=None, angles_path=None, order_path=None):
+    """Check the inputs; returns ``(stack (T, ny, nx) float array, angles (T,), order (T,))``."""
+    ts = np.asarray(tilt_series)
+    if ts.ndim == 2:
+        ts = ts[:, None, :]  # (T, n): the 2D geometry's sinogram
+    if ts.ndim != 3 or ts.shape[0] < 2:
+        raise InputError("a tilt series (n_tilts >= 2, y, x)", path=path, field="shape", got=f"shape {ts.shape}")
+    n = ts.shape[0]
+    a = np.asarray(tilt_angles_deg, dtype=np.float64).reshape(-1)
+    if a.size != n:
+        raise InputError(f"{n} tilt angles (one per image of the stack)", path=angles_path, field="tilt angles",
+                         got=f"{a.size} angles")
+    if not np.all(np.isfinite(a)) or np.any(np.abs(a) >= 90):
+        raise InputError("finite tilt angles between -90 and 90 degrees", path=angles_path, field="tilt angles",
+                         got=f"min {np.nanmin(a):g}, max {np.nanmax(a):g}")
+    if acquisition_order is None:
+        order = np.arange(n)
+    else:
+        o = np.asarray(acquisition_order).reshape(-1)
+        if o.size != n or not np.all(np.mod(o, 1) == 0) or sorted(o.astype(np.int64).tolist()) != list(range(n)):
+            raise InputError(f"a permutation of 0..{n - 1} (0-based stack indices, first acquired first)",
+                             path=order_path, field="acquisition order", got=o.tolist()[:10])
+        order = o.astype(np.int64)
+    if not (pixel_size_nm is not None and np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise InputError("a pixel size > 0 nm", path=path, field="pixel size", got=pixel_size_nm)
+    fov = min(ts.shape[2], ts.shape[1] if ts.shape[1] > 1 else ts.shape[2]) * float(pixel_size_nm)
+    if not (bead_diameter_nm is not None and np.isfinite(bead_diameter_nm) and bead_diameter_nm > 0):
+        raise InputError("a bead diameter > 0 nm", field="bead diameter", got=bead_diameter_nm)
+    if bead_diameter_nm >= fov:
+        raise InputError(f"a bead diameter smaller than the field of view ({fov:g} nm)", field="bead diameter",
+                         got=f"{bead_diameter_nm:g} nm")
+    return ts, a, order
+
+
+def find_markers_job(
+    tilt_series,
+    tilt_angles_deg,
+    *,
+    bead_diameter_nm: float,
+    pixel_size_nm: float,
+    acquisition_order=None,
+    sigma_nm: float | None = None,
+    preprocess: str | None = "anscombe",
+    polarity: str = "auto",
+    thickness_nm: float | None = None,
+    degree: int = 2,
+    levels="auto",
+    device="cpu",
+    **options,
+) -> Job[SparseAlignResult]:
+    """Localise gold markers and estimate the beam-induced deformation of a tilt series.
+
+    Parameters
+    ----------
+    tilt_series : ``(T, ny, nx)`` recorded images (counts; beads dark or bright), stack order;
+        ``(T, 1, nx)`` or ``(T, nx)`` for the 2D geometry (one detector row)
+    tilt_angles_deg : ``(T,)`` degrees, stack order
+    bead_diameter_nm : gold bead diameter (nm); sets the marker width and the merge distance
+    pixel_size_nm : detector pixel size (nm)
+    acquisition_order : ``(T,)`` stack indices, first acquired first (default: stack order)
+    sigma_nm : Gaussian marker width (default :func:`~.forward.default_sigma_nm`)
+    preprocess : ``"anscombe"`` (paper), ``"log"``, ``"none"`` (background and bead
+        normalisation only) or None (the data already are the marker image: bright, peak 1)
+    polarity : beads ``"dark"``, ``"bright"`` or ``"auto"``
+    thickness_nm : sample thickness (markers lie within ``|z| <= thickness / 2``); default a
+        quarter of the field of view on each side
+    degree : polynomial degree of the deformation in space
+    levels : coarse-to-fine levels (``"auto"``, ``"1/16,1/8,1/4,1/2"``, ...)
+    device : torch device
+    **options : passed to :func:`~.adcg.sparse_align_job` (``time_degree``, ``components``,
+        ``variables``, ``max_markers``, ``min_weight``, ...)
+
+    Yields
+    ------
+    ``Partial("geometry", MarkerGeometry)`` first, then the events of :func:`~.adcg.sparse_align_job`.
+
+    Returns
+    -------
+    :class:`~.adcg.SparseAlignResult` (``params["preprocess"]`` records the normalisation)
+    """
+    ts, angles, order = validate_inputs(tilt_series, tilt_angles_deg, bead_diameter_nm=bead_diameter_nm,
+                                        pixel_size_nm=pixel_size_nm, acquisition_order=acquisition_order)
+    line = ts.shape[1] == 1
+    times = times_from_order(order, ts.shape[0])
+    sigma = float(sigma_nm) if sigma_nm is not None else default_sigma_nm(bead_diameter_nm, pixel_size_nm)
+    geometry = MarkerGeometry(angles, times, tuple(ts.shape[1:]), float(pixel_size_nm), sigma, line_detector=line)
+    yield Partial("geometry", geometry)
+    yield Progress(0, None, "pre-processing")
+    if preprocess is None:
+        data = np.asarray(ts, dtype=np.float32)
+        pre_info = None
+    else:
+        pre = preprocess_tiltseries(ts, transform=preprocess, polarity=polarity, sigma_px=geometry.sigma_px,
+                                    line_detector=line)
+        data = pre.data
+        pre_info = {"transform": pre.transform, "polarity": pre.polarity, "bead_intensity": pre.bead_intensity,
+                    "threshold": pre.threshold, "n_peaks": pre.n_peaks}
+    options.setdefault("merge_distance_nm", 0.5 * float(bead_diameter_nm))
+    z_range = None if thickness_nm is None else 0.5 * float(thickness_nm)
+    result = yield from sparse_align_job(data, geometry, degree=degree, levels=levels, z_range_nm=z_range,
+                                         device=device, **options)
+    result.params.update(preprocess=pre_info, bead_diameter_nm=float(bead_diameter_nm),
+                         acquisition_order=order.tolist(), thickness_nm=thickness_nm)
+    return result
+
+
+def find_markers(tilt_series, tilt_angles_deg, **kwargs) -> SparseAlignResult:
+    """Run :func:`find_markers_job` to completion."""
+    return run_job(find_markers_job(tilt_series, tilt_angles_deg, **kwargs), progress=False)
