@@ -82,6 +82,8 @@ def test_rotation_grid_covers_so3():
     d = g.geodesic_angle_deg(probe[:, None], grid[None])
     assert d.min(1).max() < 20.0
     assert len(grid) < 3000
+    np.testing.assert_allclose(grid[0], np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(g.euler_to_matrix(g.rotation_grid(20.0, as_euler=True)), grid, atol=1e-9)
 
 
 def test_local_grid():

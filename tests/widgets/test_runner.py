@@ -110,3 +110,40 @@ def test_napari_progress_bar(qtbot, make_napari_viewer):
     r.start(slow_job("p", 3, 0.01, []))
     qtbot.waitUntil(lambda: got["done"] == ["p"], timeout=10_000)
     assert r._pbar is None  # closed when done
+
+
+def test_new_job_waits_for_the_superseded_one_to_clean_up(qtbot):
+    """Two jobs never overlap: the newest starts only after the old one ran its `finally`."""
+    events = []
+    lock_holder = {"busy": False}
+
+    def job(tag, n, delay):
+        assert not lock_holder["busy"], "two jobs overlapped"
+        lock_holder["busy"] = True
+        events.append(f"start {tag}")
+        try:
+            for i in range(n):
+                time.sleep(delay)
+                yield Progress(i + 1, n, tag)
+            return tag
+        finally:
+            time.sleep(0.05)  # a slow clean-up (say, restoring a model's state)
+            lock_holder["busy"] = False
+            events.append(f"end {tag}")
+
+    r, got = _runner()
+    r.start(job("a", 100, 0.02))
+    qtbot.waitUntil(lambda: "start a" in events, timeout=5_000)
+    r.start(job("b", 100, 0.02))
+    r.start(job("c", 3, 0.01))  # supersedes b before b ever ran
+    qtbot.waitUntil(lambda: got["done"] == ["c"], timeout=20_000)
+    assert events[:2] == ["start a", "end a"] and "start b" not in events
+    assert events[-2:] == ["start c", "end c"]
+    assert r.wait(5_000)
+
+
+def test_wait_does_not_stop_the_job(qtbot):
+    r, got = _runner()
+    r.start(slow_job("w", 5, 0.02, []))
+    assert r.wait(20_000)
+    assert got["done"] == ["w"]

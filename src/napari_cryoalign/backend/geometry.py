@@ -124,8 +124,9 @@ def rotation_grid(step_deg: float, *, as_euler: bool = False) -> np.ndarray:
     """A grid covering SO(3) with about ``step_deg`` between neighbours.
 
     Directions of the particle's z axis on a Fibonacci sphere (``rot``, ``tilt``), times
-    in-plane angles ``psi`` every ``step_deg``. Returns matrices ``(n, 3, 3)`` (or RELION
-    Euler angles ``(n, 3)`` in degrees with ``as_euler=True``).
+    in-plane angles ``psi`` every ``step_deg``, turned so that the first element is the
+    identity. Returns matrices ``(n, 3, 3)`` (or RELION Euler angles ``(n, 3)`` in degrees
+    with ``as_euler=True``).
     """
     dirs = sphere_directions(step_deg)
     tilt = np.degrees(np.arccos(np.clip(dirs[:, 2], -1, 1)))
@@ -136,7 +137,12 @@ def rotation_grid(step_deg: float, *, as_euler: bool = False) -> np.ndarray:
     eul[:, 0] = np.repeat(rot, n_psi)
     eul[:, 1] = np.repeat(tilt, n_psi)
     eul[:, 2] = np.tile(psi, len(dirs))
-    return eul if as_euler else euler_to_matrix(eul)
+    mats = euler_to_matrix(eul)
+    # right-multiplying every element by one fixed rotation keeps the cover uniform (Haar
+    # measure is invariant) and makes the first element the identity, so "no rotation" is
+    # always tested exactly
+    mats = mats @ mats[0].T
+    return matrix_to_euler(mats) if as_euler else mats
 
 
 def local_rotation_grid(center: np.ndarray, *, max_angle_deg: float, step_deg: float) -> np.ndarray:

@@ -77,6 +77,8 @@ class JobRunner:
         self.state = RunState()
         self._worker: GeneratorWorker | None = None
         self._job: Job | None = None
+        self._alive = False  # a worker thread of ours has not finished yet
+        self._queued: tuple[int, Job] | None = None  # the newest job, waiting for the old thread to end
         self._pbar = None
 
     # -- public API ------------------------------------------------------------------------
@@ -89,17 +91,15 @@ class JobRunner:
         return self._worker
 
     def start(self, job: Job) -> int:
-        """Cancel whatever runs and start ``job`` (a generator); returns the run's token."""
+        """Cancel whatever runs and start ``job`` (a generator); returns the run's token.
+
+        If a superseded job is still inside a step in its thread, ``job`` starts as soon as
+        that one has stopped at its next yield and run its clean-up, so two jobs never work
+        on shared state (say, the same model) at once.
+        """
         self.cancel(quiet=True)
         self.state.token += 1
         token = self.state.token
-        self._job = job
-        worker = GeneratorWorker(_drive, job)
-        worker.yielded.connect(lambda ev, t=token: self._on_yield(t, ev))
-        worker.returned.connect(lambda res, t=token: self._on_returned(t, res))
-        worker.errored.connect(lambda exc, t=token: self._on_errored(t, exc))
-        worker.finished.connect(lambda t=token, w=worker, j=job: self._on_finished(t, w, j))
-        self._worker = worker
         self.state.running = True
         self.state.message = "starting"
         self.state.step, self.state.total = 0, None
@@ -107,14 +107,34 @@ class JobRunner:
         if self.show_progress:
             self._pbar = napari_progress(total=0, desc=self.name)
         self._emit_state()
-        worker.start()
+        if self._alive:
+            if self._queued is not None:
+                self._queued[1].close()  # never started: nothing to clean up but its frame
+            self._queued = (token, job)
+        else:
+            self._launch(token, job)
         return token
+
+    def _launch(self, token: int, job: Job) -> None:
+        worker = GeneratorWorker(_drive, job)
+        worker.yielded.connect(lambda ev, t=token: self._on_yield(t, ev))
+        worker.returned.connect(lambda res, t=token: self._on_returned(t, res))
+        worker.errored.connect(lambda exc, t=token: self._on_errored(t, exc))
+        worker.finished.connect(lambda t=token, w=worker, j=job: self._on_finished(t, w, j))
+        self._worker = worker
+        self._job = job
+        self._alive = True
+        worker.start()
 
     def cancel(self, *, quiet: bool = False) -> None:
         """Ask the running job to stop at its next yield; its later results are dropped."""
-        if self._worker is None or not self.state.running:
+        if not self.state.running:
             return
-        self._worker.quit()
+        if self._queued is not None:
+            self._queued[1].close()
+            self._queued = None
+        if self._worker is not None:
+            self._worker.quit()
         self.state.token += 1  # invalidate everything the old run still sends
         self.state.running = False
         self.state.message = "cancelled"
@@ -124,10 +144,20 @@ class JobRunner:
         if not quiet:
             show_info(f"{self.name}: cancelled")
 
-    def wait(self, msecs: int = 60_000) -> None:
-        """Block until the current worker thread ends (tests and scripts)."""
-        if self._worker is not None:
-            self._worker.await_workers(msecs)
+    def wait(self, msecs: int = 60_000) -> bool:
+        """Process Qt events until no worker thread of this runner is alive (tests, scripts).
+
+        Only waits: unlike superqt's ``await_workers`` it stops nobody. Returns False on timeout.
+        """
+        import time
+
+        from qtpy.QtCore import QCoreApplication
+
+        deadline = time.monotonic() + msecs / 1000.0
+        while (self._alive or self._queued is not None) and time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            time.sleep(0.005)
+        return not (self._alive or self._queued is not None)
 
     # -- slots (main thread) ---------------------------------------------------------------
     def _current(self, token: int) -> bool:
@@ -178,11 +208,17 @@ class JobRunner:
             job.close()
         except Exception:  # noqa: BLE001 - a failing cleanup must not break the GUI
             log.exception("closing job %s failed", self.name)
-        if worker is self._worker and token == self.state.token and self.state.running:
-            # aborted without returning (quit() from outside): settle the state
-            self.state.running = False
-            self._close_pbar()
-            self._emit_state()
+        if worker is self._worker:
+            self._alive = False
+            if token == self.state.token and self.state.running and self._queued is None:
+                # aborted without returning (quit() from outside): settle the state
+                self.state.running = False
+                self._close_pbar()
+                self._emit_state()
+        if self._queued is not None and not self._alive:
+            queued_token, queued_job = self._queued
+            self._queued = None
+            self._launch(queued_token, queued_job)
 
     # -- helpers ---------------------------------------------------------------------------
     def _guard(self, fn, arg) -> None:
