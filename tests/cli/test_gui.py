@@ -27,7 +27,10 @@ def test_gui_opens_files(qtbot, tmp_path):
     write_mrc(tmp_path / "t.mrc", np.zeros((8, 16, 16), np.float32), voxel_size=4.0)
     viewer = open_viewer([str(tmp_path / "t.mrc")], show=False)
     try:
-        assert [layer.name for layer in viewer.layers] == ["t.mrc"]
-        assert tuple(viewer.layers[0].scale) == (4.0, 4.0, 4.0)
+        images = [layer for layer in viewer.layers if layer._type_string == "image"]
+        assert [layer.name for layer in images] == ["t.mrc"]
+        assert tuple(images[0].scale) == (4.0, 4.0, 4.0)
+        # the Pick particles widget offers a labels layer for the new tomogram
+        assert "t.mrc labels" in viewer.layers
     finally:
         viewer.close()

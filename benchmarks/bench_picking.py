@@ -1,0 +1,292 @@
+"""Benchmark of the sparse-label PU picker against template matching (the paper's protocol, on simulated data).
+
+Protocol (Huang et al. 2022, section 4): one simulated crowded tomogram is partially labelled
+(5, 10, 30, 50, 70 % of its particles of the target species); the picker is trained on it
+with default settings and evaluated on *other* tomograms of the same kind. Metrics (CONVENTIONS.md):
+precision, recall and F1 with a match radius of one particle radius (at the default threshold 0.3,
+and at the best threshold as an oracle), and mAP at 2 and 5 voxels of the output grid
+(stride 1, 2, 2). Baseline: template matching with the target's map (missing wedge and |CTF| applied
+to the template, local normalisation) on the same test tomograms, picks ranked by NCC.
+Speed: default training time, and inference on a 200 x 512 x 512 tomogram (wall time, peak memory
+of a separate process).
+
+Data: ``simulate_tomogram`` - 64 x 256 x 256 voxels of 20 Å, 320 particles of ribosome (target,
+40 %), CCT, mTOR and RuvAB (20 % each), ±60° every 3°, 3 µm defocus, 100 e/Å², WBP.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_picking.py            # full (about 20-30 min on 2 idle cores)
+    .venv/bin/python benchmarks/bench_picking.py --quick    # reduced: 2 fractions, 1 test tomogram
+    # fractions in parallel processes, then merged:
+    .venv/bin/python benchmarks/bench_picking.py --threads 1 --fractions 0.1 --out-prefix /tmp/a
+    .venv/bin/python benchmarks/bench_picking.py --threads 1 --fractions 0.05,0.3 --skip-template --out-prefix /tmp/b
+    .venv/bin/python benchmarks/bench_picking.py --merge /tmp/a.json /tmp/b.json --out-prefix docs/benchmarks/picking
+
+Writes ``docs/benchmarks/picking.json`` and ``docs/benchmarks/picking.png`` (``--out-prefix``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from napari_cryoalign.backend.picking import (  # noqa: E402
+    average_precision,
+    best_f1,
+    load_picker,
+    pick,
+    precision_recall_f1,
+    save_picker,
+    train_picker,
+)
+from napari_cryoalign.backend.picking.template import template_match  # noqa: E402
+
+VOXEL = 20.0
+SHAPE = (64, 256, 256)
+SPECIES = ("ribosome", "cct", "mtor", "ruvab")
+ABUNDANCE = (0.4, 0.2, 0.2, 0.2)
+THRESHOLD = 0.5  # the picker's default
+TM_LOWPASS = 60.0  # Å: a low-pass filtered reference, as in the paper's baseline
+
+
+def simulate(seed: int):
+    from napari_cryoalign.backend.simulate.tomogram import simulate_tomogram
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return simulate_tomogram(shape=SHAPE, voxel_size_angstrom=VOXEL, structures=SPECIES, abundances=ABUNDANCE,
+                                 n_particles=320, defocus_um=3.0, dose=100.0, seed=seed, keep_potential=False)
+
+
+def evaluate(picks_xyz, scores, truth_xyz, radius, threshold=None):
+    prf = precision_recall_f1(picks_xyz, scores, truth_xyz, radius=radius, threshold=threshold) \
+        if threshold is not None else None
+    best, thr = best_f1(picks_xyz, scores, truth_xyz, radius=radius)
+    out = {
+        "best_f1": best.f1, "best_precision": best.precision, "best_recall": best.recall, "best_threshold": thr,
+        "map_r2": average_precision(picks_xyz, scores, truth_xyz, radius=2, scale_zyx=(1, 2, 2)),
+        "map_r5": average_precision(picks_xyz, scores, truth_xyz, radius=5, scale_zyx=(1, 2, 2)),
+        "n_picks": int(len(scores)), "n_true": int(len(truth_xyz)),
+    }
+    if prf is not None:
+        out.update(f1=prf.f1, precision=prf.precision, recall=prf.recall, threshold=threshold)
+    return out
+
+
+def mean_over(dicts):
+    keys = [k for k in dicts[0] if isinstance(dicts[0][k], (int, float))]
+    return {k: float(np.mean([d[k] for d in dicts])) for k in keys}
+
+
+def measure_inference(model_path: str) -> None:
+    """Child process: time inference on a 200 x 512 x 512 tomogram, print JSON with peak memory."""
+    picker = load_picker(model_path)
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(200, 512, 512)).astype(np.float32)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    picks, heat = pick(picker, vol)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": dt, "peak_rss_mb": peak, "rss_before_mb": base, "tomogram_mb": vol.nbytes / 2**20,
+                      "threads": torch.get_num_threads()}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="reduced run: fractions 10 and 50 %%, one test tomogram")
+    ap.add_argument("--fractions", default=None, help="comma-separated label fractions (default 0.05,0.1,0.3,0.5,0.7)")
+    ap.add_argument("--test-tomograms", type=int, default=None, help="number of test tomograms (default 2)")
+    ap.add_argument("--iterations", type=int, default=None, help="training steps (default: the picker's default)")
+    ap.add_argument("--angular-step", type=float, default=30.0, help="template matching grid step (default 30)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--skip-template", action="store_true", help="no template-matching baseline")
+    ap.add_argument("--skip-inference", action="store_true", help="no 200x512x512 inference timing")
+    ap.add_argument("--out-prefix", default=str(ROOT / "docs" / "benchmarks" / "picking"))
+    ap.add_argument("--measure-inference", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="merge result files of partial runs (e.g. fractions run in parallel) into --out-prefix")
+    args = ap.parse_args()
+    if args.merge:
+        merged = {"picker": [], "template_matching": None, "inference_512x512x200": None, "parts": []}
+        for f in args.merge:
+            r = json.loads(Path(f).read_text())
+            merged["parts"].append({"file": str(f), "setup": r["setup"], "complete": r.get("complete")})
+            merged["picker"] += r["picker"]
+            merged["template_matching"] = merged["template_matching"] or r.get("template_matching")
+            merged["inference_512x512x200"] = merged["inference_512x512x200"] or r.get("inference_512x512x200")
+        merged["picker"].sort(key=lambda r: r["fraction"])
+        prefix = Path(args.out_prefix)
+        tmpf = prefix.with_suffix(".json.tmp")
+        tmpf.write_text(json.dumps(merged, indent=1, default=float))
+        os.replace(tmpf, prefix.with_suffix(".json"))
+        _plot(merged, prefix.with_suffix(".png"))
+        print(f"wrote {prefix.with_suffix('.json')} and {prefix.with_suffix('.png')}")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.measure_inference:
+        measure_inference(args.measure_inference)
+        return 0
+
+    from napari_cryoalign.backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
+    from napari_cryoalign.backend.simulate.structures import load_structure_map
+
+    fractions = (0.10, 0.50) if args.quick else (0.05, 0.10, 0.30, 0.50, 0.70)
+    if args.fractions:
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+    n_test = args.test_tomograms or (1 if args.quick else 2)
+    test_seeds = tuple(12 + i for i in range(n_test))
+    iterations = args.iterations or DEFAULT_ITERATIONS
+    prefix = Path(args.out_prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    train_sim = simulate(11)
+    tests = [simulate(s) for s in test_seeds]
+    target = lambda s: s.truth.coordinates_xyz[s.truth.classes == 1]  # noqa: E731
+    radius = float(train_sim.truth.radii_voxels[train_sim.truth.classes == 1][0])
+    diameter = 2 * radius * VOXEL
+    print(f"simulated {1 + len(tests)} tomograms {SHAPE}; target ribosome radius {radius:.2f} voxels; "
+          f"train tomogram has {len(target(train_sim))} ribosomes of {len(train_sim.truth)} particles", flush=True)
+    setup = {
+        "command": "python benchmarks/bench_picking.py" + (" --quick" if args.quick else "")
+        + (f" --fractions {args.fractions}" if args.fractions else "")
+        + (f" --test-tomograms {args.test_tomograms}" if args.test_tomograms else "")
+        + (f" --iterations {args.iterations}" if args.iterations else "")
+        + (f" --threads {args.threads}" if args.threads else "")
+        + (" --skip-template" if args.skip_template else "") + (" --skip-inference" if args.skip_inference else ""),
+        "shape_zyx": SHAPE, "voxel_size": VOXEL, "species": SPECIES, "abundance": ABUNDANCE, "n_particles": 320,
+        "train_seed": 11, "test_seeds": test_seeds, "match_radius_voxels": radius, "diameter_angstrom": diameter,
+        "threshold": THRESHOLD, "class_prior": DEFAULT_CLASS_PRIOR, "iterations": iterations,
+        "template_lowpass_angstrom": TM_LOWPASS, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "platform": platform.platform(),
+    }
+    results = {"setup": setup, "picker": [], "template_matching": None, "inference_512x512x200": None,
+               "complete": False}
+
+    def save():
+        results["picker"].sort(key=lambda r: r["fraction"])
+        setup["total_seconds"] = time.perf_counter() - t_all
+        setup["load_average_end"] = os.getloadavg()
+        tmpf = prefix.with_suffix(".json.tmp")
+        tmpf.write_text(json.dumps(results, indent=1, default=float))
+        os.replace(tmpf, prefix.with_suffix(".json"))
+        if results["picker"]:
+            _plot(results, prefix.with_suffix(".png"))
+
+    def template_baseline():
+        ref, ref_vs = load_structure_map("ribosome", voxel_size_angstrom=VOXEL)
+        per_tomo, t_tm = [], []
+        for s in tests:
+            t1 = time.perf_counter()
+            tm = template_match(s.tomogram, ref, voxel_size=VOXEL, template_voxel_size=ref_vs,
+                                angular_step_deg=args.angular_step, defocus_um=3.0, lowpass_angstrom=TM_LOWPASS,
+                                min_distance_angstrom=radius * VOXEL, threshold=0.0, batch=16)
+            t_tm.append(time.perf_counter() - t1)
+            per_tomo.append(evaluate(tm.picks.coordinates_xyz, tm.picks.scores, target(s), radius))
+        results["template_matching"] = {"angular_step_deg": args.angular_step, "n_rotations": int(len(tm.euler_deg)),
+                                        "seconds_per_tomogram": float(np.mean(t_tm)), **mean_over(per_tomo),
+                                        "per_tomogram": per_tomo}
+        tmr = results["template_matching"]
+        print(f"template matching ({tmr['n_rotations']} rotations, {tmr['seconds_per_tomogram']:.1f} s/tomogram): "
+              f"best F1 {tmr['best_f1']:.3f} | mAP r2 {tmr['map_r2']:.3f} r5 {tmr['map_r5']:.3f}", flush=True)
+
+    rng = np.random.default_rng(0)
+    all_targets = target(train_sim)
+    perm = rng.permutation(len(all_targets))
+    last_model = None
+    # 10 % first, then the baseline, then the other fractions (partial results are saved as they come)
+    order = sorted(fractions, key=lambda f: (abs(f - 0.10) > 1e-9, f))
+    for i_frac, frac in enumerate(order):
+        k = max(3, int(round(frac * len(all_targets))))
+        labels = all_targets[perm[:k]]  # nested subsets: 5 % is part of 10 %, ...
+        t0 = time.perf_counter()
+        res = train_picker(train_sim.tomogram, labels, diameter_angstrom=diameter, voxel_size=VOXEL,
+                           iterations=iterations, seed=0)
+        t_train = time.perf_counter() - t0
+        per_tomo, t_inf = [], []
+        for s in tests:
+            t1 = time.perf_counter()
+            picks, _ = pick(res.picker, s.tomogram, threshold=0.02)
+            t_inf.append(time.perf_counter() - t1)
+            per_tomo.append(evaluate(picks.coordinates_xyz, picks.scores, target(s), radius, threshold=THRESHOLD))
+        row = {"fraction": frac, "n_labels": k, "train_seconds": t_train, "iterations": iterations,
+               "inference_seconds_256x256x64": float(np.mean(t_inf)), **mean_over(per_tomo), "per_tomogram": per_tomo}
+        results["picker"].append(row)
+        print(f"{frac * 100:4.0f} % ({k:3d} labels): train {t_train:5.1f} s | F1@{THRESHOLD} {row['f1']:.3f} "
+              f"(P {row['precision']:.3f} R {row['recall']:.3f}) | best F1 {row['best_f1']:.3f} | "
+              f"mAP r2 {row['map_r2']:.3f} r5 {row['map_r5']:.3f}", flush=True)
+        last_model = res.picker
+        save()
+        if i_frac == 0 and not args.skip_template:
+            template_baseline()
+            save()
+    if not order and not args.skip_template:
+        template_baseline()
+
+    # inference speed and memory on 200 x 512 x 512, in a fresh process
+    if last_model is not None and not args.skip_inference:
+        with tempfile.TemporaryDirectory() as tmp:
+            mp = Path(tmp) / "model.pt"
+            save_picker(mp, last_model)
+            cmd = [sys.executable, __file__, "--measure-inference", str(mp)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results["inference_512x512x200"] = json.loads(out.stdout.strip().splitlines()[-1])
+        inf = results["inference_512x512x200"]
+        print(f"inference 200x512x512: {inf['seconds']:.1f} s, peak RSS {inf['peak_rss_mb']:.0f} MB", flush=True)
+    results["complete"] = True
+    save()
+    print(f"wrote {prefix.with_suffix('.json')} and {prefix.with_suffix('.png')}")
+    return 0
+
+
+def _plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["picker"]
+    tm = results["template_matching"]
+    x = [100 * r["fraction"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, lab in (("f1", f"F1 @ {THRESHOLD}"), ("best_f1", "best F1")):
+        axes[0].plot(x, [r[key] for r in rows], "o-", label=f"PU picker, {lab}")
+    if tm:
+        axes[0].axhline(tm["best_f1"], color="k", ls="--", label="template matching, best F1")
+    axes[0].set(xlabel="labelled particles (%)", ylabel="F1 (match radius = particle radius)", ylim=(0, 1.02))
+    for key, lab in (("map_r2", "mAP r2"), ("map_r5", "mAP r5")):
+        axes[1].plot(x, [r[key] for r in rows], "o-", label=f"PU picker, {lab}")
+        if tm:
+            axes[1].axhline(tm[key], ls="--", color="k" if key == "map_r5" else "gray",
+                            label=f"template matching, {lab}")
+    axes[1].set(xlabel="labelled particles (%)", ylabel="mAP (output-grid voxels)", ylim=(0, 1.02))
+    for a in axes:
+        a.legend(fontsize=8, loc="lower right")
+        a.grid(alpha=0.3)
+    fig.suptitle("Picking on simulated crowded tomograms (train on one, test on others)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

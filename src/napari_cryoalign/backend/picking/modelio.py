@@ -1,0 +1,126 @@
+"""Saving and loading picker models.
+
+A model file is a ``torch.save`` of a plain dict (loaded back with
+``torch.load(weights_only=True)``, which runs no code)::
+
+    {"format": "napari-cryoalign-picker", "version": 1,
+     "header": {diameter_angstrom, voxel_size, class_prior, net_config, training, created},
+     "state_dict": {...}, "optimizer_state": {...} or None}
+
+Anything else - another tool's checkpoint, a truncated or corrupted file, a newer version -
+raises :class:`~napari_cryoalign.errors.InputError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ...errors import InputError
+from ...io import atomic_write, check_output_path
+from .model import NetConfig, PickerNet
+from .picker import Picker, resolve_device
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_picker", "load_picker", "picker_to_bytes"]
+
+FORMAT_NAME = "napari-cryoalign-picker"
+FORMAT_VERSION = 1
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def _payload(picker: Picker) -> dict:
+    header = {
+        "diameter_angstrom": float(picker.diameter_angstrom),
+        "voxel_size": float(picker.voxel_size),
+        "class_prior": float(picker.class_prior),
+        "net_config": picker.net_config.to_dict(),
+        "training": _jsonable(picker.training),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    state = {k: v.detach().cpu().clone() for k, v in picker.net.state_dict().items()}
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "header": header,
+        "state_dict": state,
+        "optimizer_state": picker.optimizer_state,
+    }
+
+
+def picker_to_bytes(picker: Picker) -> bytes:
+    """The model file's bytes (for tests and in-memory copies)."""
+    buf = _io.BytesIO()
+    torch.save(_payload(picker), buf)
+    return buf.getvalue()
+
+
+def save_picker(path: str | os.PathLike, picker: Picker, *, overwrite: bool = False) -> Path:
+    """Write ``picker`` to ``path`` atomically (temporary file + rename). Returns the path."""
+    path = check_output_path(path, overwrite=overwrite)
+    with atomic_write(path, mode="wb", overwrite=overwrite) as f:
+        torch.save(_payload(picker), f)
+    return path
+
+
+def load_picker(path: str | os.PathLike, *, device="cpu") -> Picker:
+    """Read a model file written by :func:`save_picker`.
+
+    Raises
+    ------
+    InputError
+        ``field="path"`` missing file; ``"file"`` not a readable torch file (corrupted,
+        truncated, or pickled code that ``weights_only`` refuses); ``"format"`` a file from
+        another tool; ``"version"`` a newer format; ``"state_dict"`` weights that do not fit
+        the network described by the header.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("an existing picker model file", path=p, field="path", got="no such file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle is bad input
+        msg = " ".join(str(err).split())[:200]
+        raise InputError(f"a {FORMAT_NAME} model file written by torch.save", path=p, field="file",
+                         got=f"unreadable ({type(err).__name__}: {msg})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
+        got = obj.get("format") if isinstance(obj, dict) and "format" in obj else (
+            f"a {type(obj).__name__} without a format name" if not isinstance(obj, dict)
+            else f"a dict with keys {sorted(map(str, obj))[:6]}")
+        raise InputError(f"a {FORMAT_NAME} model file", path=p, field="format", got=got)
+    ver = obj.get("version")
+    if not isinstance(ver, int) or ver > FORMAT_VERSION or ver < 1:
+        raise InputError(f"format version 1..{FORMAT_VERSION} (update napari-cryoalign for newer files)",
+                         path=p, field="version", got=ver)
+    header = obj.get("header")
+    state = obj.get("state_dict")
+    if not isinstance(header, dict) or not isinstance(state, dict):
+        raise InputError("a header dict and a state_dict", path=p, field="header", got="missing")
+    try:
+        cfg = NetConfig(**header["net_config"])
+        net = PickerNet(cfg)
+        net.load_state_dict(state)
+        picker = Picker(net=net, diameter_angstrom=float(header["diameter_angstrom"]),
+                        voxel_size=float(header["voxel_size"]), class_prior=float(header["class_prior"]),
+                        training=dict(header.get("training") or {}),
+                        optimizer_state=obj.get("optimizer_state"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        msg = " ".join(str(err).split())[:200]
+        raise InputError("weights matching the network described in the header", path=p,
+                         field="state_dict", got=f"{type(err).__name__}: {msg}") from None
+    net.eval()
+    return picker.to(resolve_device(device))

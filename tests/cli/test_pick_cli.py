@@ -1,0 +1,122 @@
+"""`cryoalign pick train / predict / template` end to end on a tiny tomogram."""
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryoalign.cli import _pick
+from napari_cryoalign.errors import InputError
+from napari_cryoalign.io import read_mrc, read_particles, write_mrc, write_particles
+
+VOXEL = 10.0
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="cryoalign")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    _pick.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["-q", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A 24 x 64 x 64 tomogram with 8 planted copies of a small structure, and its files."""
+    from napari_cryoalign.backend.geometry import random_rotations, transform_reference_to_particle
+    from napari_cryoalign.backend.simulate.structures import load_structure_map
+
+    d = tmp_path_factory.mktemp("pick")
+    ref, _ = load_structure_map("enolase", voxel_size_angstrom=VOXEL, box=12)
+    rng = np.random.default_rng(0)
+    shape = (24, 64, 64)
+    vol = np.zeros(shape, np.float32)
+    pos = np.array([[12, 12, 12], [40, 10, 11], [20, 34, 12], [50, 40, 13], [12, 52, 11], [34, 54, 12],
+                    [54, 20, 12], [30, 22, 12]])
+    for (x, y, z), r in zip(pos, random_rotations(len(pos), seed=2)):
+        vol[z - 6 : z + 6, y - 6 : y + 6, x - 6 : x + 6] += transform_reference_to_particle(ref, r)
+    vol += rng.normal(0, 0.3 * vol.std(), shape).astype(np.float32)
+    write_mrc(d / "tomo.mrc", vol, voxel_size=VOXEL)
+    write_mrc(d / "ref.mrc", ref, voxel_size=VOXEL)
+    write_particles(d / "labels.star", coordinates_xyz=pos[:4].astype(float), tomo_name="tomo")
+    return d, pos
+
+
+def test_train_predict_template_end_to_end(data):
+    d, pos = data
+    assert _run(["pick", "train", "--tomogram", str(d / "tomo.mrc"), "--labels", str(d / "labels.star"),
+                 "--diameter", "80", "--out", str(d / "model.pt"), "--iterations", "40", "--device", "cpu",
+                 "--seed", "1"]) == 0
+    assert (d / "model.pt").is_file()
+    assert _run(["pick", "predict", "--tomogram", str(d / "tomo.mrc"), "--model", str(d / "model.pt"),
+                 "--out", str(d / "picks.star"), "--threshold", "0.05", "--min-distance", "60",
+                 "--heatmap", str(d / "heat.mrc")]) == 0
+    t = read_particles(d / "picks.star")
+    xyz = t.data[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()
+    sc = t.data["rlnAutopickFigureOfMerit"].to_numpy()
+    assert len(sc) >= 1 and np.all(np.diff(sc) <= 0) and sc.min() >= 0.05
+    assert np.all(xyz >= 0) and np.all(xyz < [64, 64, 24])
+    if len(xyz) > 1:
+        dd = np.linalg.norm(xyz[:, None] - xyz[None], axis=2) + np.eye(len(xyz)) * 1e9
+        assert dd.min() >= 6.0 - 1e-6  # --min-distance 60 Å = 6 voxels
+    assert set(t.data["rlnTomoName"]) == {"tomo"}
+    heat = read_mrc(d / "heat.mrc")
+    assert heat.data.shape == (24, 64, 64) and heat.voxel_size[0] == pytest.approx(VOXEL)
+    assert 0.0 <= float(heat.data.min()) and float(heat.data.max()) <= 1.0
+    # template matching finds the planted copies
+    assert _run(["pick", "template", "--tomogram", str(d / "tomo.mrc"), "--template", str(d / "ref.mrc"),
+                 "--out", str(d / "tm.star"), "--angular-step", "60", "--max-picks", "8",
+                 "--heatmap", str(d / "tm.mrc")]) == 0
+    tm = read_particles(d / "tm.star", require=("coordinates3d", "angles", "scores"))
+    txyz = tm.data[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()
+    dist = np.linalg.norm(txyz[:, None] - pos[None], axis=2).min(1)
+    assert len(txyz) == 8 and np.sum(dist <= 2.0) >= 7
+    assert np.all(np.diff(tm.data["rlnAutopickFigureOfMerit"].to_numpy()) <= 0)
+    # outputs are never overwritten without --overwrite, inputs never
+    with pytest.raises(InputError, match="output"):
+        _run(["pick", "template", "--tomogram", str(d / "tomo.mrc"), "--template", str(d / "ref.mrc"),
+              "--out", str(d / "tm.star")])
+    with pytest.raises(InputError, match="input"):
+        _run(["pick", "predict", "--tomogram", str(d / "tomo.mrc"), "--model", str(d / "model.pt"),
+              "--out", str(d / "tomo.mrc"), "--overwrite"])
+
+
+def test_bad_inputs(data, tmp_path):
+    d, pos = data
+    base = ["pick", "train", "--tomogram", str(d / "tomo.mrc"), "--iterations", "1", "--device", "cpu"]
+    write_particles(tmp_path / "two.star", coordinates_xyz=pos[:2].astype(float))
+    with pytest.raises(InputError, match=r"labels: expected at least 3"):
+        _run(base + ["--labels", str(tmp_path / "two.star"), "--diameter", "80", "--out", str(tmp_path / "a.pt")])
+    write_particles(tmp_path / "out.star", coordinates_xyz=np.array([[1.0, 1, 1], [2, 2, 2], [80, 3, 3]]))
+    with pytest.raises(InputError, match="out.star: rlnCoordinateX"):
+        _run(base + ["--labels", str(tmp_path / "out.star"), "--diameter", "80", "--out", str(tmp_path / "a.pt")])
+    with pytest.raises(InputError, match="diameter"):
+        _run(base + ["--labels", str(d / "labels.star"), "--diameter", "400", "--out", str(tmp_path / "a.pt")])
+    nan = read_mrc(d / "tomo.mrc").data.copy()
+    nan[3, 4, 5] = np.nan
+    import warnings
+
+    import mrcfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile warns about the NaN we plant
+        with mrcfile.new(tmp_path / "nan.mrc") as m:
+            m.set_data(nan)
+            m.voxel_size = VOXEL
+    with pytest.raises(InputError, match="nan.mrc: data"):
+        _run(["pick", "train", "--tomogram", str(tmp_path / "nan.mrc"), "--labels", str(d / "labels.star"),
+              "--diameter", "80", "--out", str(tmp_path / "a.pt")])
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(InputError, match="foreign.pt: format"):
+        _run(["pick", "predict", "--tomogram", str(d / "tomo.mrc"), "--model", str(tmp_path / "foreign.pt"),
+              "--out", str(tmp_path / "p.star")])
+    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "p.star").exists()

@@ -1,0 +1,347 @@
+"""The "Pick particles" dock widget, driven with qtbot on the sample tomogram.
+
+The accuracy of training is tested in tests/backend/picking; here the widget's wiring is: real
+clicks make labels (undo/redo, autosave, restore), Train runs the real job and the heatmap of a
+running job appears, the threshold filters without inference, picks can be removed / promoted,
+STAR export is readable by the project's reader, and bad input becomes a message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import QPoint, Qt
+
+from napari_cryoalign._reader import mrc_layer_data
+from napari_cryoalign.backend.picking import Picker, save_picker
+from napari_cryoalign.io import coordinates_xyz, read_particles, scores, write_mrc
+from napari_cryoalign.widgets._pick_state import (
+    ACCEPTED,
+    REJECTED,
+    LabelHistory,
+    PickSet,
+    labels_path_for,
+)
+from napari_cryoalign.widgets.pick import TEMPLATE, PickWidget
+
+VOXEL = 10.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine, OpenMP threads that spin-wait for each other
+    made a training step ~30x slower (8 s instead of 0.25 s); the widget's wiring is what is tested."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    from napari_cryoalign.backend.simulate.tomogram import sample_tomogram
+
+    return sample_tomogram(seed=0)
+
+
+@pytest.fixture
+def tomo_file(sim, tmp_path):
+    path = tmp_path / "tomo_a.mrc"
+    write_mrc(path, sim.tomogram, voxel_size=VOXEL)
+    return path
+
+
+def _open(viewer, path):
+    data, kwargs, _ = mrc_layer_data(path)
+    return viewer.add_image(data, **kwargs)
+
+
+@pytest.fixture
+def opened(make_napari_viewer, tomo_file):
+    viewer = make_napari_viewer(show=True)
+    _open(viewer, tomo_file)
+    w = PickWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return viewer, w
+
+
+def click_label(viewer, layer, qtbot, xyz):
+    """A real left click on the canvas at voxel (x, y) of slice z, with the labels layer in add mode."""
+    x, y, z = xyz
+    viewer.layers.selection.active = layer
+    layer.mode = "add"
+    viewer.dims.set_point(0, float(round(z)) * layer.scale[0])
+    qtbot.wait(10)
+    canvas = viewer.window._qt_viewer.canvas
+    tr = canvas.layer_to_visual[layer].node.get_transform(map_from="visual", map_to="canvas")
+    p = tr.map([x, y, 0, 1])
+    qtbot.mouseClick(canvas.native, Qt.LeftButton, pos=QPoint(round(p[0] / p[3]), round(p[1] / p[3])))
+
+
+def test_label_history_and_pickset_units():
+    h = LabelHistory()
+    assert h.undo() is None and not h.can_undo
+    h.record([[1, 2, 3]])
+    h.record([[1, 2, 3], [4, 5, 6]])
+    assert not h.record([[1, 2, 3], [4, 5, 6]])  # unchanged: no new state
+    np.testing.assert_array_equal(h.undo(), [[1, 2, 3]])
+    np.testing.assert_array_equal(h.redo(), [[1, 2, 3], [4, 5, 6]])
+    h.undo()
+    h.record([[7, 8, 9]])  # a new edit drops the redo state
+    assert not h.can_redo and h.current.tolist() == [[7, 8, 9]]
+
+    class P:  # a Picks-like record
+        def __init__(self, xyz, sc):
+            self.coordinates_xyz, self.scores, self.euler_deg = np.asarray(xyz, float), np.asarray(sc, float), None
+
+    ps = PickSet.from_picks(P([[0, 0, 0], [10, 0, 0], [20, 0, 0]], [0.9, 0.5, 0.1]))
+    assert ps.shown(0.4).tolist() == [0, 1]
+    ps.set_status([0], REJECTED)
+    ps.set_status([2], ACCEPTED)
+    assert ps.shown(0.4).tolist() == [1, 2]
+    moved = ps.replaced_by(P([[0.5, 0, 0], [10, 0, 0], [30, 0, 0]], [0.8, 0.6, 0.7]), match_radius=1.0)
+    # the rejected one stays rejected at its new position, the accepted one with no match is kept
+    assert moved.shown(0.0).tolist() == [2, 1, 3] and moved.status.tolist() == [REJECTED, 0, 0, ACCEPTED]
+    assert labels_path_for("/d/TS_01.rec.gz").name == "TS_01_labels.star"
+
+
+def test_click_labels_train_threshold_export(opened, qtbot, sim, tomo_file, tmp_path):
+    viewer, w = opened
+    labels = w.labels_layer
+    assert labels is not None and labels.name == "tomo_a.mrc labels" and len(labels.data) == 0
+    truth = np.asarray(sim.truth.coordinates_xyz)
+    chosen = truth[:5]
+    for xyz in chosen:
+        click_label(viewer, labels, qtbot, xyz)
+    assert len(labels.data) == 5
+    got = w.labels_xyz()
+    np.testing.assert_allclose(got[:, :2], chosen[:, :2], atol=1.0)  # x, y from the click
+    np.testing.assert_allclose(got[:, 2], np.round(chosen[:, 2]), atol=1e-6)  # z = the slice shown
+    # undo / redo: buttons and the layer's Ctrl+Z / Ctrl+Shift+Z
+    assert w.undo_labels() and len(labels.data) == 4
+    assert w.redo_labels() and len(labels.data) == 5
+    viewer.layers.selection.active = labels
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key_Z, Qt.ControlModifier)
+    assert len(labels.data) == 4
+    qtbot.keyClick(canvas, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    assert len(labels.data) == 5
+    # autosave (debounced) next to the tomogram
+    star = labels_path_for(tomo_file)
+    qtbot.waitUntil(lambda: w.last_autosave == star, timeout=5_000)
+    np.testing.assert_allclose(coordinates_xyz(read_particles(star)), got, atol=1e-4)
+
+    # train a few iterations; the heatmap of the *running* job shows up
+    w.diameter.value = 200.0
+    w.iterations.value = 4
+    w.preview_s.value = 0.0
+    seen = []
+    original = w.on_partial
+    w.on_partial = lambda p: (seen.append((p.name, w.runner.running)), original(p))
+    qtbot.mouseClick(w.run_button, Qt.LeftButton)
+    assert w.runner.running
+    heat_name = "tomo_a.mrc heatmap"
+    qtbot.waitUntil(lambda: ("heatmap", True) in seen and heat_name in viewer.layers, timeout=90_000)
+    heat = viewer.layers[heat_name]
+    assert heat.data.shape == (48, 64, 64)
+    np.testing.assert_allclose(heat.scale, (VOXEL, 2 * VOXEL, 2 * VOXEL))
+    assert ("loss", True) in seen and len(w.loss_plot.losses) >= 1
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
+    assert w.runner.state.history[-1] == "finished", (w.runner.state, w.status.text())
+    assert w.picker is not None and w.picker.training["iterations_done"] == 4
+    picks_layer = viewer.layers["tomo_a.mrc picks"]
+    assert len(w.picks) > 0
+
+    # the threshold filters the kept candidates: no new job
+    runs = len(w.runner.state.history)
+    s = np.sort(w.picks.scores)
+    t = float(np.round(s[len(s) // 2], 2))
+    w.threshold.value = t
+    assert len(w.runner.state.history) == runs and not w.runner.running
+    feats = picks_layer.features
+    assert len(picks_layer.data) == int(np.sum(w.picks.scores >= t)) > 0
+    assert (feats["score"] >= t).all() and np.all(np.diff(feats["score"].to_numpy()) <= 0)
+    assert str(len(picks_layer.data)) in w.n_picks.value
+    # min distance reruns only the peak finder on the kept heatmap
+    w.min_distance.value = 300.0
+    assert len(w.runner.state.history) == runs
+    xyz = w.picks.coordinates_xyz
+    d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1) + np.eye(len(xyz)) * 1e9
+    assert d.min() >= 30.0 - 1e-6
+    # remove one pick (select + button), promote another to labels
+    n_before = len(picks_layer.data)
+    picks_layer.selected_data = {0}
+    assert w.set_selected_status(REJECTED) == 1 and len(picks_layer.data) == n_before - 1
+    if len(picks_layer.data):
+        picks_layer.selected_data = {0}
+        cand = int(picks_layer.features["candidate"][0])
+        assert w.promote_selected() == 1 and len(labels.data) == 6
+        np.testing.assert_allclose(w.labels_xyz()[-1], w.picks.coordinates_xyz[cand])
+
+    # the layer's own Delete removes (rejects) a pick; a point added by hand is an accepted pick
+    n_before = len(picks_layer.data)
+    if n_before:
+        gone = int(picks_layer.features["candidate"][0])
+        picks_layer.selected_data = {0}
+        picks_layer.remove_selected()
+        qtbot.wait(50)
+        assert w.picks.status[gone] == REJECTED and gone not in set(picks_layer.features["candidate"])
+    picks_layer.add([[20.0, 60.0, 60.0]])
+    qtbot.waitUntil(lambda: np.any(np.all(np.isclose(w.picks.coordinates_xyz, [60.0, 60.0, 20.0]), axis=1)),
+                    timeout=2_000)
+    assert w.picks.status[-1] == ACCEPTED and len(picks_layer.data) == n_before
+    # export STAR in both forms
+    shown = w.shown_indices()
+    w.star_file.value = tmp_path / "picks.star"
+    out = w.export_picks()
+    assert out is not None
+    table = read_particles(out)
+    np.testing.assert_allclose(coordinates_xyz(table), w.picks.coordinates_xyz[shown], atol=1e-4)
+    sc = scores(table)
+    assert np.all(np.diff(sc) <= 0) and "rlnCenteredCoordinateXAngst" in table.data
+    assert set(table.data["rlnTomoName"]) == {"tomo_a"}
+    w.star_form.value = "RELION 4"
+    w.star_file.value = tmp_path / "picks4.star"
+    t4 = read_particles(w.export_picks())
+    assert "rlnCenteredCoordinateXAngst" not in t4.data and len(t4) == len(shown)
+    assert w.export_picks() is None and "overwrite existing" in w.status.text()  # no silent overwrite
+    w.overwrite.value = True
+    assert w.export_picks() is not None
+
+    # save the model (continuing training is tested with Cancel below)
+    w.model_file.value = tmp_path / "model.pt"
+    assert w.save_model() is not None and (tmp_path / "model.pt").is_file()
+    w.overwrite.value = False
+    assert w.save_model() is None and "overwrite existing" in w.status.text()
+
+
+def test_labels_restored_when_tomogram_reopened(make_napari_viewer, tomo_file, sim, tmp_path):
+    from napari_cryoalign.io import write_particles
+
+    xyz = np.asarray(sim.truth.coordinates_xyz)[:4]
+    write_particles(labels_path_for(tomo_file), coordinates_xyz=xyz, tomogram_shape=sim.tomogram.shape,
+                    voxel_size=VOXEL)
+    viewer = make_napari_viewer()
+    _open(viewer, tomo_file)
+    w = PickWidget(viewer)
+    np.testing.assert_allclose(w.labels_xyz(), xyz, atol=1e-4)
+    assert "autosaved" in w.labels_info.value
+    # import more labels from a STAR file (undoable)
+    other = tmp_path / "more.star"
+    write_particles(other, coordinates_xyz=np.asarray(sim.truth.coordinates_xyz)[4:7], voxel_size=VOXEL)
+    w.labels_star.value = other
+    assert w.import_labels() == 3 and len(w.labels_layer.data) == 7
+    assert w.undo_labels() and len(w.labels_layer.data) == 4
+    # a simulated layer (no file): labels live in memory only
+    viewer2 = make_napari_viewer()
+    from napari_cryoalign._layers import tomogram_layers
+
+    data, kwargs, _ = tomogram_layers(sim, name="sim")[0]
+    viewer2.add_image(data, **kwargs)
+    w2 = PickWidget(viewer2)
+    w2.add_labels(xyz)
+    assert w2.autosave_path is None and w2.flush_autosave() is None and len(w2.labels_xyz()) == 4
+    assert "not saved" in w2.labels_info.value
+
+
+def test_bad_input_messages_and_widget_stays_usable(make_napari_viewer, opened, qtbot, sim, tmp_path):
+    viewer, w = opened
+    truth = np.asarray(sim.truth.coordinates_xyz)
+    w.add_labels(truth[:2])
+    assert w.run() is None and "at least 3" in w.status.text() and not w.runner.running
+    w.add_labels([[500.0, 10.0, 10.0]])
+    assert w.run() is None and "inside the tomogram" in w.status.text()
+    w.undo_labels()
+    w.add_labels(truth[2:3])
+    w.diameter.value = 5000.0
+    assert w.run() is None and "diameter" in w.status.text()
+    w.diameter.value = 200.0
+    # model files: from another tool, corrupted
+    foreign = tmp_path / "other.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, foreign)
+    w.model_file.value = foreign
+    assert not w.load_model() and "format" in w.status.text()
+    good = tmp_path / "good.pt"
+    save_picker(good, Picker.new(diameter_angstrom=250.0, voxel_size=VOXEL))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(good.read_bytes()[:200])
+    w.model_file.value = broken
+    assert not w.load_model() and "unreadable" in w.status.text() and w.picker is None
+    w.model_file.value = good
+    assert w.load_model() and w.diameter.value == pytest.approx(250.0)
+    w.pick_with_model()  # tiled inference with the loaded model, no training
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+    assert w.runner.state.history[-1] == "finished" and "tomo_a.mrc heatmap" in viewer.layers
+    assert len(w.picks) > 0 and "tomo_a.mrc picks" in viewer.layers
+    # a tomogram with NaNs: the job reports it, nothing is lost, the widget runs again
+    bad = np.array(sim.tomogram, dtype=np.float32)
+    bad[3, 5, 7] = np.nan
+    viewer.add_image(bad, name="nan tomo", scale=(VOXEL,) * 3)
+    w.tomogram.value = "nan tomo"
+    w.add_labels(truth[:3])
+    w.iterations.value = 1
+    w.continue_training.value = False
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+    assert w.runner.state.history[-1] == "failed" and "finite" in w.status.text()
+    assert w.picker is not None  # the loaded model is still there
+    w.tomogram.value = "tomo_a.mrc"
+    assert len(w.labels_layer.data) == 3  # the first tomogram's labels are untouched
+
+
+def test_template_matching_finds_a_planted_particle(opened, qtbot, sim, tmp_path):
+    viewer, w = opened
+    # a bright blob planted in a copy of the sample tomogram; the reference is the same blob
+    # (round, so that the coarse rotation grid cannot miss it)
+    b = 16
+    g = np.arange(b) - b // 2
+    blob = np.exp(-(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) / (2 * 2.5**2))
+    tomo = np.array(sim.tomogram, dtype=np.float32)
+    x, y, z = 40, 70, 24
+    tomo[z - b // 2:z + b // 2, y - b // 2:y + b // 2, x - b // 2:x + b // 2] += 8 * float(tomo.std()) * blob
+    viewer.add_image(tomo, name="planted", scale=(VOXEL,) * 3)
+    write_mrc(tmp_path / "ref.mrc", blob.astype(np.float32), voxel_size=VOXEL)
+    w.tomogram.value = "planted"
+    w.method.value = TEMPLATE
+    assert w.run_button.text() == "Match" and not w.angular_step.native.isHidden()
+    assert w.iterations.native.isHidden()
+    w.reference_file.value = tmp_path / "ref.mrc"
+    w.angular_step.value = 180.0  # 4 rotations: the blob is round
+    w.diameter.value = 100.0
+    w.min_distance.value = 50.0
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
+    assert w.runner.state.history[-1] == "finished", w.status.text()
+    assert "planted template scores" in viewer.layers
+    best = w.picks.coordinates_xyz[np.argmax(w.picks.scores)]
+    assert np.linalg.norm(best - [x, y, z]) <= 1.0 and w.picks.scores.max() > 0.5
+    assert w.picks.euler_deg is not None and w.picks.euler_deg.shape == (len(w.picks), 3)
+    w.threshold.value = 0.5
+    assert len(w.shown_indices()) == int(np.sum(w.picks.scores >= 0.5)) >= 1
+    w.star_file.value = tmp_path / "tm.star"
+    table = read_particles(w.export_picks())
+    assert "rlnAngleRot" in table.data and len(table) == len(w.shown_indices())
+    np.testing.assert_allclose(coordinates_xyz(table)[0], [x, y, z], atol=1.0)
+
+
+def test_cancel_keeps_the_model_and_train_continues(opened, qtbot, sim):
+    _, w = opened
+    w.add_labels(np.asarray(sim.truth.coordinates_xyz)[:3])
+    w.iterations.value = 10_000
+    w.preview_s.value = 600.0
+    w.run()
+    qtbot.waitUntil(lambda: len(w.loss_plot.losses) >= 2, timeout=60_000)
+    qtbot.mouseClick(w.cancel_button, Qt.LeftButton)
+    assert not w.runner.running and w.status.text() == "cancelled"
+    assert w.picker is not None and w.run_button.text() == "Train"
+    # Train again at once: the cancelled job is closed first (its clean-up cannot land in the new run)
+    picker = w.picker
+    n = len(w.loss_plot.losses)  # steps shown before Cancel (the job may finish one more)
+    w.iterations.value = 1
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+    assert w.runner.state.history[-1] == "finished" and w.picker is picker
+    total = picker.training["iterations_done"]
+    assert total in (n + 1, n + 2) and w.loss_plot.steps[-1] == total
+    assert picker.optimizer_state is not None and not picker.net.training  # eval mode, usable
