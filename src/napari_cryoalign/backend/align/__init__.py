@@ -1,0 +1,13 @@
+"""Subtomogram alignment and averaging.
+
+* :mod:`.types` -- :class:`AlignmentResult`, shared by all aligners;
+* :mod:`.scoring` -- missing-wedge-aware (constrained) correlation;
+* :mod:`.exhaustive` -- rotation grid + FFT translation search with local refinement;
+* :mod:`.average` -- wedge-compensated averaging, reference-free iterative refinement, FSC;
+* :mod:`.extract` -- boxes out of tomograms, with validation;
+* ``learned`` -- the Gum-Net aligner (separate module, optional).
+"""
+
+from .types import AlignmentResult
+
+__all__ = ["AlignmentResult"]

@@ -1,0 +1,466 @@
+"""Subtomogram averaging: missing-wedge-compensated averages, half maps, FSC, iterative refinement.
+
+* :func:`wedge_compensated_average` -- bring every particle onto the reference frame
+  (``geometry.align_particle_to_reference``), rotate its Fourier mask with it, and divide
+  the summed spectra by the summed masks: ``F_avg(k) = sum_i M_i(k) F_i(k) / max(sum_i M_i(k), w_min)``.
+  Fourier samples no particle observed stay 0.
+* :func:`average_particles` -- the average and, with ``half_maps``, the two half-set
+  averages (even / odd particles), their FSC and the resolution at 0.143 and 0.5 in Å.
+* :func:`iterative_average_job` -- reference-free (or reference-seeded) iterative
+  averaging: align every particle of each half to that half's current average (gold
+  standard: the halves never see each other), re-average, low-pass each half's reference
+  to the current FSC 0.143 resolution, repeat. Yields ``Partial("average", volume)``,
+  ``Partial("fsc", FSCResult)`` and ``Partial("alignment", AlignmentResult)`` every iteration.
+
+Volumes are ``(z, y, x)``; Fourier masks fftshift-ed (DC at ``N // 2``), as in :mod:`.scoring`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ..fourier import FSCResult, fsc, lowpass, resolution_at, sphere_mask
+from ..geometry import align_particle_to_reference
+from ..jobs import Partial, Progress, run_job
+from .exhaustive import _rotate_cubes, align_exhaustive_job
+from .scoring import _tensor, mask_to_rfft
+from .types import AlignmentResult
+
+__all__ = [
+    "AverageResult",
+    "FSCReport",
+    "align_average_job",
+    "average_particles",
+    "fsc_report",
+    "gallery_slices",
+    "half_set_indices",
+    "iterative_average",
+    "iterative_average_job",
+    "wedge_compensated_average",
+]
+
+_DIMS = (-3, -2, -1)
+
+
+@dataclass(frozen=True)
+class FSCReport:
+    """An FSC curve with its resolutions.
+
+    Attributes
+    ----------
+    curve : FSCResult (``frequency`` in cycles/voxel, ``fsc`` per shell)
+    resolution_0143 : Å where the FSC first drops below 0.143
+    resolution_05 : Å where it first drops below 0.5
+    voxel_size_angstrom : Å
+    """
+
+    curve: FSCResult
+    resolution_0143: float
+    resolution_05: float
+    voxel_size_angstrom: float
+
+    @property
+    def frequency_per_angstrom(self) -> np.ndarray:
+        """Shell frequencies in 1/Å."""
+        return np.asarray(self.curve.frequency) / self.voxel_size_angstrom
+
+
+@dataclass(frozen=True, eq=False)
+class AverageResult:
+    """A subtomogram average.
+
+    Attributes
+    ----------
+    average : ndarray ``(z, y, x)`` float32, wedge-compensated average of all particles
+    half1, half2 : ndarrays ``(z, y, x)`` or None, averages of the two half sets
+    fsc : FSCReport or None, FSC of the half maps (masked by a soft sphere)
+    alignment : AlignmentResult used (per particle, in input order)
+    half : ndarray ``(n,)`` of 1/2, the half set of each particle
+    iterations : number of alignment iterations run (0 = averaged with given poses)
+    history : list of dicts per iteration (resolutions, mean score, seconds)
+    """
+
+    average: np.ndarray
+    half1: np.ndarray | None
+    half2: np.ndarray | None
+    fsc: FSCReport | None
+    alignment: AlignmentResult
+    half: np.ndarray
+    iterations: int = 0
+    history: tuple = ()
+
+
+def half_set_indices(n: int) -> np.ndarray:
+    """Half set (1 or 2) of each of ``n`` particles: alternating, as RELION's ``rlnRandomSubset`` often is."""
+    return (np.arange(n) % 2 + 1).astype(np.int64)
+
+
+def _sums(particles: torch.Tensor, rotations, origins, masks, *, device, chunk: int = 64):
+    """Sum of aligned spectra x rotated masks and sum of rotated masks (rfft layout)."""
+    n = particles.shape[0]
+    shape = tuple(particles.shape[1:])
+    num = torch.zeros((shape[0], shape[1], shape[2] // 2 + 1), dtype=torch.complex64, device=device)
+    wsum = torch.zeros(num.shape, dtype=torch.float32, device=device)
+    rot = torch.as_tensor(np.asarray(rotations), dtype=torch.float32, device=device)
+    ori = torch.as_tensor(np.asarray(origins), dtype=torch.float32, device=device)
+    for s in range(0, n, chunk):
+        sl = slice(s, min(n, s + chunk))
+        aligned = align_particle_to_reference(particles[sl], rot[sl], ori[sl])
+        f = torch.fft.rfftn(aligned, dim=_DIMS)
+        if masks is None:
+            m = torch.ones_like(f.real)
+        else:
+            mk = masks if masks.shape[0] == 1 else masks[sl]
+            mk = mk.expand(aligned.shape[0], *shape)
+            m = mask_to_rfft(_rotate_cubes(mk, rot[sl].transpose(1, 2)).clamp(0.0, 1.0))
+        num += (f * m).sum(0)
+        wsum += m.sum(0)
+    return num, wsum
+
+
+def _finish(num: torch.Tensor, wsum: torch.Tensor, n: int, shape) -> np.ndarray:
+    floor = max(1.0, 0.05 * n)
+    avg = torch.fft.irfftn(num / wsum.clamp(min=floor), s=shape, dim=_DIMS)
+    return avg.cpu().numpy().astype(np.float32)
+
+
+def _prepare(particles, particle_masks, device):
+    p = _tensor(particles, device=device)
+    if p.ndim != 4 or p.shape[0] == 0:
+        raise InputError("particles of shape (n, z, y, x)", field="particles", got=f"shape {tuple(p.shape)}")
+    if not (p.shape[1] == p.shape[2] == p.shape[3]):
+        raise InputError("cubic boxes (z = y = x)", field="particles", got=f"shape {tuple(p.shape[1:])}")
+    m = None
+    if particle_masks is not None:
+        m = _tensor(particle_masks, device=device)
+        if m.ndim == 3:
+            m = m[None]
+        if tuple(m.shape[1:]) != tuple(p.shape[1:]) or m.shape[0] not in (1, p.shape[0]):
+            raise InputError(f"Fourier masks of shape {tuple(p.shape[1:])} or (n, ...)", field="particle_masks",
+                             got=f"shape {tuple(m.shape)}")
+    return p, m
+
+
+def _alignment_arrays(alignment, n):
+    if alignment is None:
+        return np.broadcast_to(np.eye(3), (n, 3, 3)).copy(), np.zeros((n, 3))
+    rot = np.asarray(alignment.rotations, dtype=np.float64).reshape(-1, 3, 3)
+    ori = np.asarray(alignment.origins_voxels, dtype=np.float64).reshape(-1, 3)
+    if len(rot) != n or len(ori) != n:
+        raise InputError(f"one rotation and origin per particle ({n})", field="alignment",
+                         got=f"{len(rot)} rotations, {len(ori)} origins")
+    return rot, ori
+
+
+def wedge_compensated_average(particles, alignment: AlignmentResult | None = None, *, particle_masks=None,
+                              device="cpu") -> np.ndarray:
+    """Missing-wedge-compensated average of particles brought onto the reference frame.
+
+    Parameters
+    ----------
+    particles : ``(n, N, N, N)`` (z, y, x)
+    alignment : rotations ``A`` (n, 3, 3) and origins (n, 3) voxels (x, y, z); None = as they are
+    particle_masks : Fourier masks, fftshift-ed, ``(N, N, N)`` or ``(n, N, N, N)``; None = fully observed
+    device : torch device
+
+    Returns
+    -------
+    ndarray ``(N, N, N)`` float32: ``IFFT( sum_i M_i F_i / max(sum_i M_i, max(1, 0.05 n)) )`` with
+    ``F_i`` the spectrum of the aligned particle and ``M_i`` its mask rotated by ``A_i^T``.
+    """
+    with torch.no_grad():
+        p, m = _prepare(particles, particle_masks, device)
+        rot, ori = _alignment_arrays(alignment, p.shape[0])
+        num, w = _sums(p, rot, ori, m, device=device)
+        return _finish(num, w, p.shape[0], tuple(p.shape[1:]))
+
+
+def fsc_report(a, b, *, voxel_size_angstrom: float, mask=None) -> FSCReport:
+    """FSC of two maps ``(N, N, N)`` and the resolutions (Å) at 0.143 and 0.5 (``fourier.fsc`` / ``resolution_at``).
+
+    ``mask``: a real-space mask of the same shape (e.g. ``fourier.sphere_mask``), or None.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if a.shape != b.shape:
+        raise InputError(f"two maps of one shape (first is {a.shape})", field="shape", got=f"{b.shape}")
+    if mask is not None and np.shape(mask) != a.shape:
+        raise InputError(f"a mask of the maps' shape {a.shape}", field="mask", got=f"{np.shape(mask)}")
+    curve = fsc(a, b, mask=mask)
+    return FSCReport(curve=curve,
+                     resolution_0143=resolution_at(curve, 0.143, voxel_size_angstrom=voxel_size_angstrom),
+                     resolution_05=resolution_at(curve, 0.5, voxel_size_angstrom=voxel_size_angstrom),
+                     voxel_size_angstrom=float(voxel_size_angstrom))
+
+
+def default_fsc_mask(box: int) -> np.ndarray:
+    """Soft spherical mask (radius 0.4 N, 0.1 N cosine edge) used for half-map FSCs."""
+    return sphere_mask((box,) * 3, radius=0.4 * box, soft_edge=max(2.0, 0.1 * box)).numpy()
+
+
+def average_particles(particles, alignment: AlignmentResult | None = None, *, particle_masks=None,
+                      half_maps: bool = True, voxel_size_angstrom: float = 1.0, half=None,
+                      device="cpu") -> AverageResult:
+    """Average particles with given poses; with ``half_maps`` also the half-set averages and their FSC.
+
+    Parameters
+    ----------
+    particles : ``(n, N, N, N)``
+    alignment : AlignmentResult (rotations, origins in voxels); None = as they are
+    particle_masks : Fourier masks (see :func:`wedge_compensated_average`)
+    half_maps : compute the two half maps (particles by ``half``) and their FSC
+    voxel_size_angstrom : Å, for the resolutions
+    half : ``(n,)`` of 1/2 (e.g. ``rlnRandomSubset``); default alternating
+    device : torch device
+    """
+    with torch.no_grad():
+        p, m = _prepare(particles, particle_masks, device)
+        n = p.shape[0]
+        rot, ori = _alignment_arrays(alignment, n)
+        half = half_set_indices(n) if half is None else np.asarray(half, dtype=np.int64)
+        shape = tuple(p.shape[1:])
+        if alignment is None:
+            alignment = AlignmentResult(rot, ori, np.full(n, np.nan), "given")
+        if not half_maps or n < 2:
+            num, w = _sums(p, rot, ori, m, device=device)
+            return AverageResult(_finish(num, w, n, shape), None, None, None, alignment, half)
+        maps, sums = [], []
+        for h in (1, 2):
+            idx = np.flatnonzero(half == h)
+            if len(idx) == 0:
+                raise InputError("particles in both half sets", field="half", got=f"none in half {h}")
+            mh = None if m is None else (m if m.shape[0] == 1 else m[idx])
+            num, w = _sums(p[idx], rot[idx], ori[idx], mh, device=device)
+            sums.append((num, w))
+            maps.append(_finish(num, w, len(idx), shape))
+        avg = _finish(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], n, shape)
+        report = fsc_report(maps[0], maps[1], voxel_size_angstrom=voxel_size_angstrom,
+                            mask=default_fsc_mask(shape[0]))
+        return AverageResult(avg, maps[0], maps[1], report, alignment, half)
+
+
+def _drain(job, offset: int, total: int, prefix: str):
+    """Forward a sub-job's progress as steps of the outer job; returns the sub-job's result."""
+    while True:
+        try:
+            ev = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(ev, Progress) and ev.total:
+            yield Progress(offset, total, f"{prefix}: {ev.message}")
+
+
+def iterative_average_job(
+    particles,
+    *,
+    reference=None,
+    particle_masks=None,
+    initial: AlignmentResult | None = None,
+    iterations: int = 3,
+    angular_step_deg: float = 30.0,
+    refine_levels: int = 2,
+    max_shift_voxels: float | None = None,
+    voxel_size_angstrom: float = 1.0,
+    start_resolution_angstrom: float | None = None,
+    half=None,
+    device="cpu",
+) -> Generator[Progress | Partial, None, AverageResult]:
+    """Job version of :func:`iterative_average` (yields Progress and the Partials listed there)."""
+    t_start = time.perf_counter()
+    with torch.no_grad():
+        p, m = _prepare(particles, particle_masks, device)
+    n, box = p.shape[0], p.shape[-1]
+    if n < 2:
+        raise InputError("at least 2 particles to average in half sets", field="particles", got=n)
+    if int(iterations) != iterations or iterations < 1:
+        raise InputError("an integer >= 1", field="iterations", got=iterations)
+    if not voxel_size_angstrom > 0:
+        raise InputError("a voxel size > 0 Å", field="voxel_size_angstrom", got=voxel_size_angstrom)
+    half = half_set_indices(n) if half is None else np.asarray(half, dtype=np.int64)
+    idx_h = [np.flatnonzero(half == h) for h in (1, 2)]
+    if any(len(i) == 0 for i in idx_h):
+        raise InputError("particles in both half sets", field="half", got="an empty half set")
+    vox = float(voxel_size_angstrom)
+    res0 = float(start_resolution_angstrom) if start_resolution_angstrom else 4.0 * vox * 2.0  # 1/8 cycles/voxel
+    rot, ori = _alignment_arrays(initial, n)
+    scores = np.full(n, np.nan)
+    total = int(iterations) * 3 + 1
+
+    # the starting reference, shared by both halves (then they go their own ways)
+    ref_mask = None
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float32)
+        if ref.shape != (box,) * 3:
+            raise InputError(f"a reference of the particles' box {(box,) * 3}", field="reference", got=f"{ref.shape}")
+        start = "the given reference"
+    elif initial is not None:
+        ref = wedge_compensated_average(p, initial, particle_masks=m, device=device)
+        start = "the average under the given poses"
+    else:  # reference-free: seed with one particle (its own wedge), not a featureless blob
+        ref = p[0].cpu().numpy()
+        ref_mask = None if m is None else m[0].cpu().numpy()
+        start = "particle 0 (reference-free)"
+    ref = lowpass(ref, res0, voxel_size_angstrom=vox)
+    refs = [ref, ref]
+    res = res0
+    history = []
+    yield Progress(0, total, f"starting from {start}, low-passed to {res0:.3g} Å")
+    result = None
+    for it in range(int(iterations)):
+        t_it = time.perf_counter()
+        fmax = min(0.5, vox / res + 2.0 / box)
+        for h in (0, 1):
+            idx = idx_h[h]
+            mh = None if m is None else (m if m.shape[0] == 1 else m[idx])
+            job = align_exhaustive_job(p[idx], refs[h], particle_masks=mh, reference_mask=ref_mask,
+                                       angular_step_deg=angular_step_deg, refine_levels=refine_levels,
+                                       max_shift_voxels=max_shift_voxels, max_frequency=fmax, device=device)
+            ali = yield from _drain(job, 3 * it + h + 1, total, f"iteration {it + 1}, half {h + 1}")
+            rot[idx] = ali.rotations
+            ori[idx] = ali.origins_voxels
+            scores[idx] = ali.scores
+        ref_mask = None  # averages are wedge-compensated
+        alignment = AlignmentResult(rot.copy(), ori.copy(), scores.copy(), "exhaustive",
+                                    seconds=time.perf_counter() - t_start)
+        result = average_particles(p, alignment, particle_masks=m, half_maps=True, voxel_size_angstrom=vox,
+                                   half=half, device=device)
+        res = max(result.fsc.resolution_0143, 2.0 * vox)
+        refs = [lowpass(result.half1, res, voxel_size_angstrom=vox), lowpass(result.half2, res, voxel_size_angstrom=vox)]
+        history.append({"iteration": it + 1, "resolution_0143": result.fsc.resolution_0143,
+                        "resolution_05": result.fsc.resolution_05, "mean_score": float(np.mean(scores)),
+                        "seconds": time.perf_counter() - t_it})
+        yield Progress(3 * it + 3, total, f"iteration {it + 1}: FSC 0.143 at {result.fsc.resolution_0143:.3g} Å")
+        yield Partial("average", result.average)
+        yield Partial("fsc", result.fsc)
+        yield Partial("alignment", alignment)
+    yield Progress(total, total, "done")
+    return AverageResult(result.average, result.half1, result.half2, result.fsc, result.alignment, half,
+                         iterations=int(iterations), history=tuple(history))
+
+
+def iterative_average(particles, **kwargs) -> AverageResult:
+    """Iterative (reference-free or reference-seeded) alignment and averaging with gold-standard half sets.
+
+    Parameters
+    ----------
+    particles : ``(n, N, N, N)`` (z, y, x), N even
+    reference : ``(N, N, N)`` starting reference (low-passed to ``start_resolution_angstrom``);
+        None = reference-free: the average under ``initial`` if given, else particle 0 with its
+        own missing wedge
+    particle_masks : Fourier masks, fftshift-ed, ``(N, N, N)`` or ``(n, N, N, N)``
+    initial : AlignmentResult, starting poses (e.g. from a STAR file); default identity
+    iterations : alignment / averaging rounds (default 3)
+    angular_step_deg, refine_levels, max_shift_voxels : as :func:`.exhaustive.align_exhaustive`
+    voxel_size_angstrom : Å
+    start_resolution_angstrom : low-pass of the starting reference (default 8 voxels)
+    half : ``(n,)`` half set 1/2 per particle (default alternating)
+    device : torch device
+
+    Each iteration aligns each half to its own reference (limited to the current FSC 0.143
+    resolution), re-averages (wedge-compensated) and yields ``Partial("average", (N,N,N))``,
+    ``Partial("fsc", FSCReport)`` and ``Partial("alignment", AlignmentResult)``.
+
+    Returns
+    -------
+    AverageResult with half maps, FSC report and per-iteration ``history``.
+    """
+    return run_job(iterative_average_job(particles, **kwargs), progress=False)
+
+
+def gallery_slices(particles, alignment: AlignmentResult, average, *, max_items: int = 24, order=None,
+                   device="cpu") -> np.ndarray:
+    """Central z slices of aligned particles next to the average's, for eyeballing.
+
+    Parameters
+    ----------
+    particles : ``(n, N, N, N)``
+    alignment : poses of the particles
+    average : ``(N, N, N)``
+    max_items : at most this many particles (the first of ``order``)
+    order : particle indices in display order (default: ascending score, worst first)
+
+    Returns
+    -------
+    ndarray ``(m, N, 2 N)`` float32: for each shown particle, its aligned central slice
+    (normalised to zero mean, unit variance) and, on the right, the average's.
+    """
+    with torch.no_grad():
+        p, _ = _prepare(particles, None, device)
+        n, box = p.shape[0], p.shape[-1]
+        rot, ori = _alignment_arrays(alignment, n)
+        if order is None:
+            order = np.argsort(np.nan_to_num(np.asarray(alignment.scores, dtype=float), nan=-np.inf), kind="stable")
+        order = np.asarray(order, dtype=np.int64)[:max_items]
+        idx = torch.as_tensor(order, device=p.device)
+        aligned = align_particle_to_reference(p[idx], torch.as_tensor(rot[order], dtype=torch.float32),
+                                              torch.as_tensor(ori[order], dtype=torch.float32))
+        sl = aligned[:, box // 2].cpu().numpy()
+    avg = np.asarray(average, dtype=np.float32)[box // 2]
+
+    def _norm(x):
+        x = x - x.mean(axis=(-2, -1), keepdims=True)
+        return x / np.maximum(x.std(axis=(-2, -1), keepdims=True), 1e-12)
+
+    right = np.broadcast_to(_norm(avg), sl.shape)
+    return np.concatenate([_norm(sl), right], axis=-1).astype(np.float32)
+
+
+def align_average_job(
+    particles,
+    *,
+    reference=None,
+    particle_masks=None,
+    method: str = "exhaustive",
+    iterations: int = 3,
+    angular_step_deg: float = 30.0,
+    voxel_size_angstrom: float = 1.0,
+    initial: AlignmentResult | None = None,
+    gallery_items: int = 24,
+    device="cpu",
+) -> Generator[Progress | Partial, None, AverageResult]:
+    """Align and average in one job (what the "Align & average" widget runs).
+
+    ``method="exhaustive"``: :func:`iterative_average_job` (reference-free when ``reference``
+    is None). ``"learned"`` / ``"learned+refine"``: one pass of the learned aligner against
+    ``reference`` (required), optionally refined by local exhaustive search, then the
+    half-set average. Yields ``Partial("average")``, ``Partial("fsc")``,
+    ``Partial("alignment")`` and finally ``Partial("gallery", (m, N, 2N))`` (worst first).
+    """
+    if method == "exhaustive":
+        result = yield from iterative_average_job(particles, reference=reference, particle_masks=particle_masks,
+                                                  initial=initial, iterations=iterations,
+                                                  angular_step_deg=angular_step_deg,
+                                                  voxel_size_angstrom=voxel_size_angstrom, device=device)
+    elif method in ("learned", "learned+refine"):
+        if reference is None:
+            raise InputError("a reference for the learned aligner", field="reference", got="reference-free")
+        try:
+            from . import learned
+        except ImportError as exc:
+            raise InputError("the learned aligner is not installed", field="method", got=str(exc)) from None
+        yield Progress(0, 3, "learned alignment")
+        ali = learned.align_learned(particles, reference, particle_masks=particle_masks, device=device)
+        if method == "learned+refine":
+            from .exhaustive import refine_alignment_job
+
+            ali = yield from _drain(refine_alignment_job(particles, reference, ali, particle_masks=particle_masks,
+                                                         max_angle_deg=20.0, device=device), 1, 3, "refine")
+        yield Progress(2, 3, "averaging")
+        result = average_particles(particles, ali, particle_masks=particle_masks, half_maps=True,
+                                   voxel_size_angstrom=voxel_size_angstrom, device=device)
+        yield Partial("average", result.average)
+        yield Partial("fsc", result.fsc)
+        yield Partial("alignment", ali)
+        yield Progress(3, 3, "done")
+    else:
+        raise InputError("method 'exhaustive', 'learned' or 'learned+refine'", field="method", got=method)
+    if gallery_items:
+        yield Partial("gallery", gallery_slices(particles, result.alignment, result.average, max_items=gallery_items,
+                                                device=device))
+    return result

@@ -1,0 +1,511 @@
+"""Exhaustive subtomogram alignment: rotation grid x FFT translation search, constrained correlation.
+
+The classical method (H-T align, Xu et al. 2012; F&A align, Chen et al. 2013, both based
+on Förster's constrained correlation): for every rotation ``A`` of a grid covering SO(3)
+the reference is rotated by ``A`` (so that it looks like the particle), its Fourier mask is
+rotated with it, and the constrained correlation (:mod:`.scoring`) of particle and rotated
+reference is computed for *every* translation at once by one inverse FFT. The best
+(rotation, translation) within ``max_shift_voxels`` wins; the peak is refined to sub-voxel
+precision by a parabola through its neighbours on each axis. A coarse global grid (on
+Fourier-binned volumes) is followed by ``refine_levels`` local grids, each three times finer.
+
+Conventions (``docs/conventions.md``): the returned ``A`` maps reference to particle
+coordinates, ``particle(A r) = reference(r)``; the origin (voxels, ``(x, y, z)``) puts the
+particle's centre at ``N // 2 - origin``; ``geometry.align_particle_to_reference(particle,
+A, origin)`` brings a particle onto the reference.
+
+All heavy work is batched torch (``rfftn``/``irfftn``, ``grid_sample``) on ``device``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import InputError
+from ..geometry import local_rotation_grid, rotation_grid
+from ..jobs import Partial, Progress, run_job
+from .scoring import _tensor, band_mask, mask_to_rfft, rfft_weights
+from .types import AlignmentResult
+
+__all__ = ["align_exhaustive", "align_exhaustive_job", "refine_alignment", "refine_alignment_job"]
+
+_DIMS = (-3, -2, -1)
+
+
+# ----------------------------------------------------------------------------- inputs
+def _check_volumes(particles, reference, particle_masks, reference_mask, device):
+    p = _tensor(particles, device=device)
+    if p.ndim == 3:
+        p = p[None]
+    if p.ndim != 4 or p.shape[0] == 0:
+        raise InputError("particles of shape (n, z, y, x)", field="particles", got=f"shape {tuple(p.shape)}")
+    n, nz, ny, nx = p.shape
+    if not (nz == ny == nx):
+        raise InputError("cubic boxes (z = y = x)", field="particles", got=f"shape {tuple(p.shape[1:])}")
+    if nx % 2:
+        raise InputError("an even box size", field="box", got=nx)
+    r = _tensor(reference, device=device)
+    if tuple(r.shape) != tuple(p.shape[1:]):
+        raise InputError(f"a reference of the particles' box {tuple(p.shape[1:])}", field="reference",
+                         got=f"shape {tuple(r.shape)}")
+    if not torch.isfinite(p).all():
+        raise InputError("finite voxel values", field="particles", got="NaN or inf")
+    pm = None
+    if particle_masks is not None:
+        pm = _tensor(particle_masks, device=device)
+        if pm.ndim == 3:
+            pm = pm[None]
+        if pm.ndim != 4 or tuple(pm.shape[1:]) != tuple(p.shape[1:]) or pm.shape[0] not in (1, n):
+            raise InputError(f"Fourier masks of shape {tuple(p.shape[1:])} or (n, ...)", field="particle_masks",
+                             got=f"shape {tuple(pm.shape)}")
+    rm = None
+    if reference_mask is not None:
+        rm = _tensor(reference_mask, device=device)
+        if tuple(rm.shape) != tuple(p.shape[1:]):
+            raise InputError(f"a Fourier mask of shape {tuple(p.shape[1:])}", field="reference_mask",
+                             got=f"shape {tuple(rm.shape)}")
+    return p, r, pm, rm
+
+
+def _bin_fourier(x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """Fourier-crop a batch ``(B, N, N, N)`` to ``(B, n, n, n)`` keeping the box centre N//2 (band-limited binning)."""
+    n_in = x.shape[-1]
+    if n_out == n_in:
+        return x
+    F = torch.fft.fftshift(torch.fft.fftn(x, dim=_DIMS), dim=_DIMS)
+    lo = n_in // 2 - n_out // 2
+    F = F[..., lo:lo + n_out, lo:lo + n_out, lo:lo + n_out]
+    out = torch.fft.ifftn(torch.fft.ifftshift(F, dim=_DIMS), dim=_DIMS).real
+    return (out * (n_out ** 3 / n_in ** 3)).to(x.dtype)
+
+
+def _crop_mask(m: torch.Tensor, n_out: int) -> torch.Tensor:
+    """Centre crop of an fftshift-ed Fourier mask (DC at N//2) to the binned box."""
+    n_in = m.shape[-1]
+    lo = n_in // 2 - n_out // 2
+    return m[..., lo:lo + n_out, lo:lo + n_out, lo:lo + n_out]
+
+
+# ----------------------------------------------------------------------------- core
+_BASE: dict = {}
+
+
+def _rotate_cubes(vol: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Fast batched ``geometry.rotate_volume`` for cubes: ``out(R (r - c) + c) = in(r)``, trilinear, zero padding.
+
+    ``vol`` (B, N, N, N) or (N, N, N) shared by all rotations, ``rot`` (B, 3, 3) on (x, y, z), centre c = N // 2.
+    Same result as :func:`..geometry.rotate_volume` (tested) through ``affine_grid``'s batched matmul.
+    """
+    b = rot.shape[0]
+    n = vol.shape[-1]
+    key = (n, vol.device, vol.dtype)
+    base = _BASE.get(key)
+    if base is None:  # normalised (x, y, z, 1) of every output voxel, (z, y, x) order
+        lin = torch.linspace(-1.0, 1.0, n, device=vol.device, dtype=vol.dtype)
+        gz, gy, gx = torch.meshgrid(lin, lin, lin, indexing="ij")
+        base = torch.stack([gx, gy, gz, torch.ones_like(gx)], -1).reshape(-1, 4)
+        _BASE.clear()
+        _BASE[key] = base
+    rt = rot.transpose(1, 2).to(vol.dtype)
+    d = 2.0 * (n // 2) / (n - 1) - 1.0  # the box centre in normalised coordinates
+    ones = torch.full((b, 3, 1), d, dtype=vol.dtype, device=vol.device)
+    theta = torch.cat([rt, ones - rt @ ones], dim=2)  # (b, 3, 4)
+    grid = torch.matmul(base, theta.transpose(1, 2)).view(b, n, n, n, 3)
+    src = vol.expand(b, n, n, n) if vol.ndim == 3 else vol
+    return F.grid_sample(src.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+
+
+class _Problem:
+    """Particles, reference and masks at one box size, prepared for the FFT search."""
+
+    def __init__(self, p, r, pm, rm, *, max_frequency, max_shift, device):
+        self.n = p.shape[0]
+        self.box = p.shape[-1]
+        shape = tuple(p.shape[1:])
+        self.shape = shape
+        self.device = device
+        band = band_mask(shape, max_frequency=max_frequency, device=device)
+        w = rfft_weights(shape, device=device)  # rfft multiplicity for the power sums
+        fp = torch.fft.rfftn(p, dim=_DIMS)  # (n, z, y, x')
+        mp = band if pm is None else band * mask_to_rfft(pm)  # (1 or n, z, y, x')
+        if mp.ndim == 3:
+            mp = mp[None]
+        self.fpm = (fp * mp).flatten(1)  # masked particle spectra (n, K)
+        self.pw = ((fp.real ** 2 + fp.imag ** 2) * mp * w).flatten(1)  # (n, K) power x mask x multiplicity
+        self.mpw = (mp * w).flatten(1)  # (1 or n, K)
+        self.ref = r
+        self.ref_mask = rm  # full fftshift-ed, rotated per rotation; None = all observed
+        c = torch.arange(self.box, device=device)
+        signed = torch.where(c >= self.box // 2, c - self.box, c).to(torch.float32)
+        d2 = signed.view(-1, 1, 1) ** 2 + signed.view(1, -1, 1) ** 2 + signed.view(1, 1, -1) ** 2
+        self.allowed = torch.nonzero((d2 <= float(max_shift) ** 2 + 1e-6).flatten()).flatten()  # flat shift indices
+        self.signed = signed
+
+    def rotated_reference(self, rot: torch.Tensor):
+        """``rot`` (R, 3, 3) -> conj rfft of the rotated reference x its mask (R, K), its power (R, K), mask (R, K) or None."""
+        fr = torch.fft.rfftn(_rotate_cubes(self.ref, rot), dim=_DIMS).flatten(1)
+        mr = None
+        if self.ref_mask is not None:
+            m = _rotate_cubes(self.ref_mask, rot).clamp(0.0, 1.0)
+            mr = mask_to_rfft(m).flatten(1)
+        power = fr.real ** 2 + fr.imag ** 2
+        frm = fr.conj()
+        if mr is not None:
+            frm = frm * mr
+            power = power * mr
+        return frm, power, mr
+
+    def scores(self, idx: torch.Tensor, frm, power, mr, *, full_map: bool = False):
+        """Constrained-correlation of particles ``idx`` (P,) against rotated references.
+
+        ``frm``, ``power``, ``mr``: from :meth:`rotated_reference`, shaped (R, K) (the same
+        rotations for every particle) or (P, R, K) (per particle). Returns the best score
+        (P, R) within the shift window and its flat voxel index (P, R); with ``full_map``
+        also the normalised maps (P, R, z, y, x).
+        """
+        fpm = self.fpm[idx]
+        pw = self.pw[idx]
+        mpw = self.mpw if self.mpw.shape[0] == 1 else self.mpw[idx]
+        shared = frm.ndim == 2
+        if shared:
+            cross = fpm[:, None] * frm[None]
+            pp = pw @ mr.T if mr is not None else pw.sum(1, keepdim=True).expand(-1, frm.shape[0])
+            pr = mpw @ power.T
+            if pr.shape[0] == 1:
+                pr = pr.expand(len(idx), -1)
+        else:
+            cross = fpm[:, None] * frm
+            pp = torch.einsum("pk,prk->pr", pw, mr) if mr is not None else pw.sum(1, keepdim=True).expand(
+                -1, frm.shape[1])
+            pr = torch.einsum("pk,prk->pr", mpw.expand(len(idx), -1), power)
+        P, R = cross.shape[:2]
+        cross = cross.view(P, R, self.shape[0], self.shape[1], -1)
+        ccmap = torch.fft.irfftn(cross, s=self.shape, dim=_DIMS)
+        norm = float(np.prod(self.shape)) / torch.sqrt(pp * pr).clamp(min=1e-30)  # (P, R)
+        best, where = ccmap.flatten(-2 - 1).index_select(-1, self.allowed).max(-1)
+        where = self.allowed[where]
+        best = best * norm
+        if full_map:
+            ccmap = ccmap * norm[..., None, None, None]
+            window = torch.zeros(ccmap.shape[-3:], dtype=torch.bool, device=ccmap.device).flatten()
+            window[self.allowed] = True
+            ccmap = ccmap.masked_fill(~window.view(ccmap.shape[-3:]), -float("inf"))
+            return best, where, ccmap
+        return best, where
+
+    def subvoxel_shift(self, ccmap: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Peak position of maps (P, z, y, x) at flat index ``where`` (P,), parabolic on each axis -> (P, 3) (x, y, z)."""
+        nb = self.box
+        iz, rem = where // (nb * nb), where % (nb * nb)
+        iy, ix = rem // nb, rem % nb
+        peak = torch.stack([ix, iy, iz], 1)  # (P, 3) x, y, z indices
+        out = torch.empty(peak.shape, dtype=torch.float32, device=ccmap.device)
+        ar = torch.arange(ccmap.shape[0], device=ccmap.device)
+        for axis in range(3):  # axis in (x, y, z)
+            def val(d, axis=axis):
+                q = [iz, iy, ix]
+                q[2 - axis] = (q[2 - axis] + d) % nb
+                return ccmap[ar, q[0], q[1], q[2]]
+            c0, cm, cp = val(0), val(-1), val(1)
+            cm = torch.where(torch.isfinite(cm), cm, c0)
+            cp = torch.where(torch.isfinite(cp), cp, c0)
+            den = cm - 2 * c0 + cp
+            off = torch.where(den < -1e-12, 0.5 * (cm - cp) / den.clamp(max=-1e-12), torch.zeros_like(c0))
+            out[:, axis] = self.signed[peak[:, axis]] + off.clamp(-0.5, 0.5)
+        return out
+
+
+def _pairs_per_batch(box: int, batch_size: int) -> int:
+    """Particle x rotation pairs per FFT batch: ``batch_size`` at 32^3, scaled by volume."""
+    return max(1, int(batch_size * (32 ** 3) / box ** 3))
+
+
+def _global_search(prob: _Problem, rotations: np.ndarray, pairs: int, keep: int = 1):
+    """The ``keep`` best grid rotations per particle: returns (indices into rotations (n, keep), scores (n, keep)),
+    best first."""
+    n = prob.n
+    keep = max(1, min(int(keep), len(rotations)))
+    best = torch.full((n, keep), -float("inf"), device=prob.device)
+    best_idx = torch.zeros((n, keep), dtype=torch.long, device=prob.device)
+    rot_t = torch.as_tensor(rotations, dtype=torch.float32, device=prob.device)
+    r_chunk = max(1, min(len(rotations), pairs))
+    p_chunk = max(1, pairs // r_chunk)
+    n_r = math.ceil(len(rotations) / r_chunk)
+    for ci, r0 in enumerate(range(0, len(rotations), r_chunk)):
+        rot = rot_t[r0:r0 + r_chunk]
+        frm, power, mr = prob.rotated_reference(rot)
+        for p0 in range(0, n, p_chunk):
+            idx = torch.arange(p0, min(n, p0 + p_chunk), device=prob.device)
+            s, _ = prob.scores(idx, frm, power, mr)
+            cand = torch.arange(r0, r0 + s.shape[1], device=prob.device).expand_as(s)
+            allv = torch.cat([best[idx], s], 1)
+            alli = torch.cat([best_idx[idx], cand], 1)
+            top, where = allv.topk(keep, dim=1)
+            best[idx] = top
+            best_idx[idx] = alli.gather(1, where)
+        yield Progress(ci + 1, n_r, f"rotations {min(len(rotations), r0 + r_chunk)}/{len(rotations)}")
+    return best_idx.cpu().numpy(), best.cpu().numpy()
+
+
+def _distinct_candidates(grid: np.ndarray, idx: np.ndarray, *, k: int, min_angle: float) -> list[list[int]]:
+    """Per particle, up to ``k`` of its ranked grid indices that are ``min_angle`` degrees apart (best first)."""
+    from ..geometry import geodesic_angle_deg
+
+    out = []
+    for row in idx:
+        chosen: list[int] = []
+        for j in row:
+            if len(chosen) == k:
+                break
+            if all(geodesic_angle_deg(grid[j], grid[c]) > min_angle for c in chosen):
+                chosen.append(int(j))
+        out.append(chosen)
+    return out
+
+
+def _local_search(prob: _Problem, centers: np.ndarray, *, max_angle: float, step: float, pairs: int,
+                  final: bool, progress_cb, owner: np.ndarray | None = None):
+    """Per particle, the best rotation on a local grid around ``centers`` (n, 3, 3).
+
+    Returns rotations (n, 3, 3), scores (n,) and, when ``final``, sub-voxel shifts (n, 3) (x, y, z).
+    ``owner`` (len(centers),) names the particle of each centre (default: centre i is particle i).
+    """
+    n = len(centers)
+    owner_t = torch.as_tensor(np.arange(n) if owner is None else np.asarray(owner), dtype=torch.long,
+                              device=prob.device)
+    grids = np.stack([local_rotation_grid(c, max_angle_deg=max_angle, step_deg=step) for c in centers])  # (n, L, 3, 3)
+    L = grids.shape[1]
+    p_chunk = max(1, pairs // L)
+    out_rot = np.empty((n, 3, 3))
+    out_score = np.empty(n)
+    out_shift = np.zeros((n, 3))
+    n_chunks = math.ceil(n / p_chunk)
+    for ci, p0 in enumerate(range(0, n, p_chunk)):
+        idx = owner_t[p0:min(n, p0 + p_chunk)]
+        g = torch.as_tensor(grids[p0:p0 + len(idx)], dtype=torch.float32, device=prob.device)
+        frm, power, mr = prob.rotated_reference(g.reshape(-1, 3, 3))
+        frm = frm.view(len(idx), L, -1)
+        power = power.view(len(idx), L, -1)
+        mr = None if mr is None else mr.view(len(idx), L, -1)
+        s, _ = prob.scores(idx, frm, power, mr)
+        sb, sj = s.max(1)
+        ar = torch.arange(len(idx), device=prob.device)
+        out_rot[p0:p0 + len(idx)] = grids[p0:p0 + len(idx)][np.arange(len(idx)), sj.cpu().numpy()]
+        out_score[p0:p0 + len(idx)] = sb.cpu().numpy()
+        if final:
+            mr_b = None if mr is None else mr[ar, sj][:, None]
+            best, where, ccmap = prob.scores(idx, frm[ar, sj][:, None], power[ar, sj][:, None], mr_b, full_map=True)
+            shift = prob.subvoxel_shift(ccmap[:, 0], where[:, 0])
+            out_shift[p0:p0 + len(idx)] = shift.cpu().numpy()
+            out_score[p0:p0 + len(idx)] = best[:, 0].cpu().numpy()
+        progress_cb(ci + 1, n_chunks)
+    return out_rot, out_score, out_shift
+
+
+def _climb(prob: _Problem, rot: np.ndarray, *, step: float, pairs: int, final: bool, max_climbs: int = 4,
+           owner: np.ndarray | None = None):
+    """Hill-climb on local 3x3x3 rotation lattices of spacing ``step`` (degrees) until no particle moves.
+
+    Returns rotations (n, 3, 3), scores (n,) and, with ``final``, sub-voxel shifts (n, 3) (x, y, z).
+    """
+    score = shift = None
+    for _ in range(max(1, int(max_climbs))):
+        new, score, shift = _local_search(prob, rot, max_angle=step * 1.75, step=step, pairs=pairs, final=False,
+                                          progress_cb=lambda i, k: None, owner=owner)
+        moved = np.abs(new - rot).max(axis=(1, 2)) > 1e-9
+        rot = new
+        if not moved.any():
+            break
+    if final:
+        _, score, shift = _local_search(prob, rot, max_angle=1e-6, step=1.0, pairs=pairs, final=True,
+                                        progress_cb=lambda i, k: None, owner=owner)
+    return rot, score, shift
+
+
+def _check_options(angular_step_deg, refine_levels, max_shift_voxels, max_frequency, box):
+    if not (angular_step_deg > 0 and angular_step_deg <= 180):
+        raise InputError("an angular step in (0, 180] degrees", field="angular_step_deg", got=angular_step_deg)
+    if int(refine_levels) != refine_levels or refine_levels < 0:
+        raise InputError("an integer >= 0", field="refine_levels", got=refine_levels)
+    if max_shift_voxels is not None and not (0 <= max_shift_voxels <= box / 2):
+        raise InputError(f"a maximum shift between 0 and box/2 = {box / 2} voxels", field="max_shift_voxels",
+                         got=max_shift_voxels)
+    if not (0 < max_frequency <= 0.5 * math.sqrt(3)):
+        raise InputError("a maximum frequency in (0, 0.5] cycles/voxel", field="max_frequency", got=max_frequency)
+
+
+def align_exhaustive_job(
+    particles,
+    reference,
+    *,
+    particle_masks=None,
+    reference_mask=None,
+    angular_step_deg: float = 30.0,
+    refine_levels: int = 2,
+    max_shift_voxels: float | None = None,
+    max_frequency: float = 0.5,
+    coarse_bin: bool = True,
+    candidates: int = 3,
+    batch_size: int = 256,
+    device="cpu",
+) -> Generator[Progress | Partial, None, AlignmentResult]:
+    """Job version of :func:`align_exhaustive`: yields :class:`Progress` per batch of rotations."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        p, r, pm, rm = _check_volumes(particles, reference, particle_masks, reference_mask, device)
+        box = p.shape[-1]
+        _check_options(angular_step_deg, refine_levels, max_shift_voxels, max_frequency, box)
+        max_shift = box / 4 if max_shift_voxels is None else float(max_shift_voxels)
+        pairs = _pairs_per_batch(box, batch_size)
+        grid = rotation_grid(angular_step_deg)
+        levels = max(1, int(refine_levels))
+        pairs_r = max(1, min(len(grid), pairs))
+        n_r = math.ceil(len(grid) / pairs_r)
+        total = n_r + levels
+        yield Progress(0, total, f"global search over {len(grid)} rotations")
+
+        # coarse global search on Fourier-binned volumes (a 30 degree grid needs no high frequencies)
+        small = box // 2 if (coarse_bin and box >= 24 and (box // 2) % 2 == 0) else box
+        if small != box:
+            fmax = min(0.5, max_frequency * box / small)
+            prob = _Problem(_bin_fourier(p, small), _bin_fourier(r[None], small)[0],
+                            None if pm is None else _crop_mask(pm, small),
+                            None if rm is None else _crop_mask(rm, small),
+                            max_frequency=fmax, max_shift=max_shift * small / box, device=device)
+        else:
+            prob = _Problem(p, r, pm, rm, max_frequency=max_frequency, max_shift=max_shift, device=device)
+        k = max(1, int(candidates)) if refine_levels > 0 else 1
+        search = _global_search(prob, grid, pairs, keep=4 * k if k > 1 else 1)
+        while True:
+            try:
+                ev = next(search)
+            except StopIteration as stop:
+                ranked, _ = stop.value
+                break
+            yield Progress(ev.step, total, f"global search: {ev.message}")
+        chosen = _distinct_candidates(grid, ranked, k=k, min_angle=1.5 * float(angular_step_deg))
+        owner = np.concatenate([[i] * len(c) for i, c in enumerate(chosen)]).astype(np.int64)
+        rot = grid[np.concatenate(chosen)]
+
+        prob = _Problem(p, r, pm, rm, max_frequency=max_frequency, max_shift=max_shift, device=device)
+        step = float(angular_step_deg)
+        for level in range(levels):
+            final = level == levels - 1
+            if refine_levels == 0:  # just the translation at the grid rotation (and the score)
+                rot, score, shift = _local_search(prob, rot, max_angle=1e-6, step=1.0, pairs=pairs, final=True,
+                                                  progress_cb=lambda i, k: None)
+            else:
+                step /= 3.0
+                if level == 0 and len(owner) > p.shape[0]:
+                    # refine every distinct candidate one level, keep each particle's best (pseudo-symmetric
+                    # structures have several near-equal basins on a coarse grid)
+                    rot_c, score_c, _ = _climb(prob, rot, step=step, pairs=pairs, final=False, owner=owner)
+                    best = np.full(p.shape[0], -np.inf)
+                    pick = np.zeros(p.shape[0], dtype=np.int64)
+                    for j, (o, sc) in enumerate(zip(owner, score_c)):
+                        if sc > best[o]:
+                            best[o], pick[o] = sc, j
+                    rot = rot_c[pick]
+                    if final:
+                        rot, score, shift = _climb(prob, rot, step=step, pairs=pairs, final=True, max_climbs=1)
+                else:
+                    rot, score, shift = _climb(prob, rot, step=step, pairs=pairs, final=final)
+            yield Progress(n_r + level + 1, total, f"local refinement {level + 1}/{levels} (step {step:.3g} deg)")
+    result = AlignmentResult(rotations=rot, origins_voxels=-shift, scores=score, method="exhaustive",
+                             seconds=time.perf_counter() - t0)
+    return result
+
+
+def align_exhaustive(particles, reference, **kwargs) -> AlignmentResult:
+    """Align subtomograms to a reference by exhaustive search (rotation grid x FFT translations).
+
+    Parameters
+    ----------
+    particles : array/tensor ``(n, N, N, N)`` (z, y, x), N even; a single ``(N, N, N)`` is allowed
+    reference : ``(N, N, N)``
+    particle_masks : Fourier masks of the particles, fftshift-ed (DC at ``N // 2``), ``(N, N, N)``
+        shared or ``(n, N, N, N)``; None = fully observed. Use
+        ``simulate.subtomograms.observed_fourier_mask(..., rfft=False)`` fftshift-ed, or
+        ``SubtomogramSet.mask``, for a ±60° tilt range.
+    reference_mask : Fourier mask of the reference (rotated with it); None = fully observed
+        (a wedge-compensated average)
+    angular_step_deg : step of the global rotation grid (degrees, default 30)
+    refine_levels : local refinements after the global grid; each hill-climbs on 3x3x3 lattices
+        of rotation vectors with a third of the previous spacing (default 2: 30 -> 10 -> 3.3 degrees)
+    max_shift_voxels : largest translation searched (sphere radius, voxels; default N / 4)
+    max_frequency : highest spatial frequency compared, cycles/voxel (default 0.5, Nyquist)
+    coarse_bin : run the global grid on 2x Fourier-binned volumes (boxes >= 24; 8x faster)
+    candidates : distinct grid optima (at least 1.5 steps apart) refined by the first local level,
+        the best of which goes on (default 3; guards against pseudo-symmetric mates)
+    batch_size : particle x rotation pairs per FFT batch at 32³ (scaled for other boxes)
+    device : torch device ("cpu", "cuda", ...)
+
+    Returns
+    -------
+    AlignmentResult
+        ``rotations`` (n, 3, 3) reference -> particle, ``origins_voxels`` (n, 3) (x, y, z),
+        ``scores`` (n,) constrained correlation at the optimum, ``method="exhaustive"``.
+
+    Raises
+    ------
+    InputError
+        Non-cubic or odd boxes, a reference of another size, masks of the wrong shape,
+        non-finite voxels, options out of range.
+    """
+    return run_job(align_exhaustive_job(particles, reference, **kwargs), progress=False)
+
+
+def refine_alignment_job(
+    particles,
+    reference,
+    initial: AlignmentResult,
+    *,
+    particle_masks=None,
+    reference_mask=None,
+    max_angle_deg: float = 20.0,
+    levels: int = 2,
+    max_shift_voxels: float | None = None,
+    max_frequency: float = 0.5,
+    batch_size: int = 256,
+    device="cpu",
+) -> Generator[Progress | Partial, None, AlignmentResult]:
+    """Job version of :func:`refine_alignment`."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        p, r, pm, rm = _check_volumes(particles, reference, particle_masks, reference_mask, device)
+        box = p.shape[-1]
+        _check_options(max_angle_deg, levels, max_shift_voxels, max_frequency, box)
+        rot = np.asarray(initial.rotations, dtype=np.float64).reshape(-1, 3, 3)
+        if len(rot) != p.shape[0]:
+            raise InputError(f"{p.shape[0]} initial rotations (one per particle)", field="initial",
+                             got=len(rot))
+        max_shift = box / 4 if max_shift_voxels is None else float(max_shift_voxels)
+        prob = _Problem(p, r, pm, rm, max_frequency=max_frequency, max_shift=max_shift, device=device)
+        pairs = _pairs_per_batch(box, batch_size)
+        levels = max(1, int(levels))
+        step = float(max_angle_deg)
+        for level in range(levels):
+            step /= 3.0
+            rot, score, shift = _climb(prob, rot, step=step, pairs=pairs, final=level == levels - 1)
+            yield Progress(level + 1, levels, f"local refinement {level + 1}/{levels}")
+    method = initial.method if initial.method.endswith("+refine") else f"{initial.method}+refine"
+    seconds = time.perf_counter() - t0 + (initial.seconds if math.isfinite(initial.seconds) else 0.0)
+    return AlignmentResult(rotations=rot, origins_voxels=-shift, scores=score, method=method, seconds=seconds)
+
+
+def refine_alignment(particles, reference, initial: AlignmentResult, **kwargs) -> AlignmentResult:
+    """Refine an alignment (e.g. the learned aligner's) by local exhaustive search around it.
+
+    Each level hill-climbs on 3x3x3 lattices of rotations (spacing ``max_angle_deg / 3`` at
+    the first level, three times finer at each next one; up to 4 moves per level) with every
+    translation within ``max_shift_voxels`` searched by FFT. Parameters as :func:`align_exhaustive`; ``initial`` gives
+    the starting rotations (its origins are re-estimated). ``method`` becomes
+    ``initial.method + "+refine"`` (``"learned+refine"``); ``seconds`` includes the initial time.
+    """
+    return run_job(refine_alignment_job(particles, reference, initial, **kwargs), progress=False)

@@ -1,0 +1,256 @@
+"""Subtomograms out of a tomogram, and loading particle sets for alignment, with validation.
+
+Bad particles do not stop a run: a box that falls outside the tomogram or a subtomogram
+that is all zero is *skipped* and listed (:class:`Skipped`: row and reason); the others
+proceed. Bad settings (an odd box size, a box larger than the tomogram, no particles left)
+raise :class:`~napari_cryoalign.errors.InputError`.
+
+Coordinates are 0-based voxels ``(x, y, z)`` (``rlnCoordinateX/Y/Z``). A box of even size
+``N`` is cut so that the particle's coordinate, rounded to the nearest voxel, lands on index
+``N // 2``; the sub-voxel remainder is returned as the origin ``(x, y, z)`` in voxels with
+RELION's sign (the particle centre is at ``N // 2 - origin``), so that
+``geometry.align_particle_to_reference`` with that origin centres the particle exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import InputError
+
+SCORE_COLUMN = "cryoalignCorrelation"  #: STAR column of the per-particle correlation after alignment
+
+__all__ = ["SCORE_COLUMN", "Extraction", "ParticleSet", "Skipped", "check_box_size", "extract_subtomograms", "load_particle_set", "write_aligned_star"]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A particle left out: its row (0-based, in the input) and why."""
+
+    row: int
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Extraction:
+    """Boxes cut from a tomogram.
+
+    Attributes
+    ----------
+    volumes : ndarray ``(m, N, N, N)`` float32, the kept particles in input order
+    rows : ndarray ``(m,)`` int, the input row of each kept particle
+    residual_origins_voxels : ndarray ``(m, 3)`` (x, y, z), ``round(c) - c``: RELION origin of the
+        sub-voxel remainder (the particle centre is at ``N // 2 - origin``)
+    skipped : list of :class:`Skipped`
+    """
+
+    volumes: np.ndarray
+    rows: np.ndarray
+    residual_origins_voxels: np.ndarray
+    skipped: list = field(default_factory=list)
+
+
+def check_box_size(box, *, tomogram_shape=None, path=None) -> int:
+    """An even box size >= 8 voxels, not larger than the tomogram; InputError (``field="box"``) otherwise."""
+    try:
+        b = int(box)
+    except (TypeError, ValueError):
+        raise InputError("an even box size in voxels", path=path, field="box", got=box) from None
+    if b != box or b < 8 or b % 2:
+        raise InputError("an even box size of at least 8 voxels", path=path, field="box", got=box)
+    if tomogram_shape is not None and b > min(tomogram_shape):
+        raise InputError(f"a box no larger than the tomogram's smallest edge ({min(tomogram_shape)} voxels)",
+                         path=path, field="box", got=b)
+    return b
+
+
+def extract_subtomograms(tomogram, coordinates_xyz, box: int, *, path=None) -> Extraction:
+    """Cut cubic boxes around particle coordinates.
+
+    Parameters
+    ----------
+    tomogram : array ``(z, y, x)`` (numpy or memory-mapped)
+    coordinates_xyz : ``(n, 3)`` 0-based voxel coordinates (x, y, z)
+    box : even box edge N in voxels
+    path : the tomogram's file, named in messages
+
+    Returns
+    -------
+    Extraction; boxes reaching outside the tomogram and all-zero boxes are skipped and listed.
+    """
+    tomo = tomogram
+    if np.ndim(tomo) != 3:
+        raise InputError("a 3D tomogram (z, y, x)", path=path, field="tomogram", got=f"shape {np.shape(tomo)}")
+    b = check_box_size(box, tomogram_shape=tomo.shape, path=path)
+    c = np.asarray(coordinates_xyz, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != 3:
+        raise InputError("coordinates of shape (n, 3) (x, y, z)", path=path, field="coordinates", got=f"{c.shape}")
+    ic = np.rint(c).astype(np.int64)
+    lo = ic - b // 2  # first index per axis (x, y, z)
+    hi = lo + b
+    size_xyz = np.array(tomo.shape[::-1])
+    vols, rows, resid, skipped = [], [], [], []
+    for i in range(len(c)):
+        if not np.all(np.isfinite(c[i])):
+            skipped.append(Skipped(i, "coordinate is not a finite number"))
+            continue
+        if np.any(lo[i] < 0) or np.any(hi[i] > size_xyz):
+            skipped.append(Skipped(i, f"box of {b} voxels around ({c[i, 0]:.1f}, {c[i, 1]:.1f}, {c[i, 2]:.1f}) "
+                                      f"falls outside the tomogram (x, y, z size {tuple(int(s) for s in size_xyz)})"))
+            continue
+        x0, y0, z0 = lo[i]
+        v = np.asarray(tomo[z0:z0 + b, y0:y0 + b, x0:x0 + b], dtype=np.float32)
+        if not np.any(v):
+            skipped.append(Skipped(i, "subtomogram is all zero"))
+            continue
+        vols.append(v)
+        rows.append(i)
+        resid.append(ic[i] - c[i])
+    volumes = np.stack(vols) if vols else np.zeros((0, b, b, b), np.float32)
+    return Extraction(volumes, np.asarray(rows, dtype=np.int64), np.asarray(resid, dtype=np.float64).reshape(-1, 3),
+                      skipped)
+
+
+@dataclass(frozen=True, eq=False)
+class ParticleSet:
+    """Particles ready to align: the kept volumes, their table rows, the pose columns and the skips.
+
+    Attributes
+    ----------
+    volumes : ``(m, N, N, N)`` float32
+    rows : ``(m,)`` rows of ``table.data`` kept
+    table : io.star.ParticleTable (all rows)
+    voxel_size : Å
+    euler_deg, origins_angstrom : ``(m, 3)`` poses from the STAR file (zeros where absent)
+    extraction_origins_voxels : ``(m, 3)`` sub-voxel remainder of the extraction (0 for files)
+    skipped : list of :class:`Skipped`
+    source : "subtomograms" (rlnImageName) or "tomogram"
+    """
+
+    volumes: np.ndarray
+    rows: np.ndarray
+    table: object
+    voxel_size: float
+    euler_deg: np.ndarray
+    origins_angstrom: np.ndarray
+    extraction_origins_voxels: np.ndarray
+    skipped: list
+    source: str
+
+
+def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLike | None = None,
+                      box: int | None = None) -> ParticleSet:
+    """Load particles for alignment/averaging: from ``rlnImageName`` (one MRC per particle), or cut
+    from ``tomogram`` around ``rlnCoordinateX/Y/Z`` with box ``box``.
+
+    All-zero subtomograms and boxes outside the tomogram are skipped and listed; an odd or
+    missing box, a tomogram whose voxel size differs from the STAR file's, or no particle
+    left raise :class:`InputError`.
+    """
+    from ...io import (
+        euler_deg,
+        origins_angstrom,
+        read_mrc,
+        read_particles,
+        read_subtomograms,
+    )
+    from ...io.mrc import voxel_size_isotropic
+
+    if tomogram is not None:
+        if box is None:
+            raise InputError("a box size (--box N) to extract subtomograms from the tomogram", path=star_path,
+                             field="box", got="none")
+        vol = read_mrc(tomogram, mmap=True, validate=False)
+        tvox = voxel_size_isotropic(vol)
+        table = read_particles(star_path, tomogram_shape=vol.shape, require=("coordinates3d",))
+        if table.voxel_size is not None and abs(table.voxel_size - tvox) > 1e-3 * tvox:
+            raise InputError(f"a tomogram with the STAR file's voxel size ({table.voxel_size:g} Å)",
+                             path=tomogram, field="voxel_size", got=f"{tvox:g} Å")
+        from ...io import coordinates_xyz
+
+        ext = extract_subtomograms(vol.data, coordinates_xyz(table), box, path=tomogram)
+        volumes, rows, resid, skipped = ext.volumes, ext.rows, ext.residual_origins_voxels, list(ext.skipped)
+        voxel = tvox
+        source = "tomogram"
+    else:
+        if box is not None:
+            check_box_size(box, path=star_path)
+        volumes, table = read_subtomograms(star_path)
+        voxel = float(table.voxel_size)
+        n_box = volumes.shape[-1]
+        if not (volumes.shape[1] == volumes.shape[2] == n_box):
+            raise InputError("cubic subtomograms", path=star_path, field="rlnImageName",
+                             got=f"shape {volumes.shape[1:]}")
+        if n_box % 2:
+            raise InputError("subtomograms of an even box size", path=star_path, field="box", got=n_box)
+        if box is not None and int(box) != n_box:
+            raise InputError(f"--box equal to the subtomograms' box ({n_box})", path=star_path, field="box",
+                             got=box)
+        empty = ~volumes.reshape(len(volumes), -1).any(1)
+        skipped = [Skipped(int(i), "subtomogram is all zero") for i in np.flatnonzero(empty)]
+        rows = np.flatnonzero(~empty)
+        volumes = volumes[rows]
+        resid = np.zeros((len(rows), 3))
+        source = "subtomograms"
+    if len(rows) == 0:
+        raise InputError("at least one usable particle", path=star_path, field="particles",
+                         got=f"all {len(table)} skipped: " + "; ".join(f"row {s.row}: {s.reason}" for s in skipped[:3]))
+    eul = euler_deg(table)[rows]
+    ori = origins_angstrom(table)[rows]
+    return ParticleSet(volumes=volumes, rows=rows, table=table, voxel_size=voxel, euler_deg=eul,
+                       origins_angstrom=ori, extraction_origins_voxels=resid, skipped=skipped, source=source)
+
+
+def write_aligned_star(out, pset, result, *, overwrite: bool = False) -> Path:
+    """Write the kept particles with the alignment: every input column kept, angles, origins (Å) and
+    ``cryoalignCorrelation`` set; ``rlnImageName`` re-pointed relative to the new file; atomic."""
+    import numpy as np
+    import pandas as pd
+    import starfile
+
+    from ...io import atomic_path, check_output_path
+    from ...io.star import (
+        ANGLE_COLUMNS,
+        IMAGE_COLUMN,
+        ORIGIN_COLUMNS,
+        ORIGIN_PIXEL_COLUMNS,
+    )
+
+    out = check_output_path(out, overwrite=overwrite)
+    df = pset.table.data.iloc[pset.rows].reset_index(drop=True).copy()
+    df = df.drop(columns=[c for c in ORIGIN_PIXEL_COLUMNS if c in df.columns])
+    eul = result.euler_deg
+    # origins found are relative to the box centre; subtract the extraction remainder (tomogram boxes)
+    ori_vox = np.asarray(result.origins_voxels) - pset.extraction_origins_voxels
+    ori = ori_vox * pset.voxel_size
+    for j, c in enumerate(ANGLE_COLUMNS):
+        df[c] = eul[:, j]
+    for j, c in enumerate(ORIGIN_COLUMNS):
+        df[c] = ori[:, j]
+    df[SCORE_COLUMN] = np.asarray(result.scores, dtype=np.float64)
+    src = pset.table.path
+    if IMAGE_COLUMN in df.columns and src is not None:
+        base = Path(src).parent
+        new = []
+        for name in df[IMAGE_COLUMN].astype(str):
+            p = Path(name)
+            full = p if p.is_absolute() else base / p
+            new.append(os.path.relpath(full, out.parent).replace(os.sep, "/"))
+        df[IMAGE_COLUMN] = new
+    blocks = {}
+    if pset.table.general:
+        blocks["general"] = dict(pset.table.general)
+    optics = pset.table.optics
+    if optics is None:
+        optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                               "rlnImagePixelSize": [pset.voxel_size]})
+        df["rlnOpticsGroup"] = 1
+    blocks["optics"] = optics
+    blocks["particles"] = df
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        starfile.write(blocks, tmp, float_format="%.6f")
+    return out

@@ -1,0 +1,437 @@
+"""Gum-Net (Zeng & Xu, CVPR 2020): a slim PyTorch re-implementation, written from the paper.
+
+The network takes a pair ``(moving, fixed)`` of ``box^3`` subtomograms and predicts the rigid
+transform that brings ``moving`` onto ``fixed``. Parts, in the paper's order:
+
+1. **Siamese feature extractor** (:class:`FeatureExtractor`): four blocks
+   ``conv3d(k=3, valid) -> ReLU -> BatchNorm -> DCT spectral pooling`` (box 32:
+   30->26, 24->18, 16->12, 10->8 samples), then ``conv3d -> BatchNorm`` and a channel-wise
+   L2 normalisation; the same weights for both inputs. Output ``(B, C, 6, 6, 6)``.
+2. **Feature correlation** (:func:`feature_correlation`): the inner product of every
+   feature vector of one input with every feature vector of the other, ``(B, 216, 6, 6, 6)``
+   (channels = positions of the first input), L2-normalised over the channels; computed both
+   ways (moving->fixed and fixed->moving).
+3. **Regression head**: each correlation map through ``conv3d -> BN -> ReLU`` twice,
+   flattened, concatenated, two linear layers, and an output layer giving ``K`` hypotheses of
+   the transform (a rotation in the continuous 6-D representation, and a shift
+   ``max_shift * tanh(.)``).
+4. **Spatial transformer with missing-wedge imputation** (:func:`warp_and_impute`): the moving
+   volume is warped with the predicted transform (differentiable trilinear resampling), its
+   observed Fourier mask is rotated the same way (a Fourier transform rotates with its
+   volume; shifts do not move the magnitude), and the Fourier coefficients the moving
+   volume never measured are filled from the fixed volume:
+   ``out = IFFT( FFT(warp(moving)) * M' + FFT(fixed) * (1 - M') )``.
+
+Transform convention (the project's, ``CONVENTIONS.md``): the network predicts a RELION
+matrix ``A`` (reference -> particle, ``particle(A r) = reference(r)``, acting on ``(x, y, z)``
+about ``N // 2``) and an origin ``o`` (voxels, ``(x, y, z)``, particle centre at
+``N // 2 - o``), so that ``geometry.align_particle_to_reference(moving, A, o) ~ fixed``.
+
+Deviations from the paper (reasons in ``docs/align_learned.md``): 8-32 instead of 32-512
+feature channels, 32 instead of 1024 correlation-branch channels, 256 instead of 2000 hidden
+units (training on 2 CPU cores, weights < 5 MB); a 6-D rotation representation instead of
+sigmoid Euler angles (continuous, no gimbal lock); ``K`` transform hypotheses trained
+winner-takes-all and chosen at inference by the same unsupervised correlation (avoids the
+local optima of correlation-only training); per-pair ``1 - Pearson r`` instead of the
+batch-pooled ``1 - r^2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
+from torch import nn
+
+from ..geometry import align_particle_to_reference, random_rotations
+from ._dct import SpectralPool3d
+
+__all__ = [
+    "FeatureExtractor",
+    "GumNet",
+    "GumNetConfig",
+    "best_shift",
+    "crop_fourier_mask",
+    "feature_correlation",
+    "fourier_crop",
+    "imputed_correlation_map",
+    "origin_from_peak",
+    "pair_correlation",
+    "rotate_fourier_mask",
+    "rotation_from_6d",
+    "standardize",
+    "warp_and_impute",
+]
+
+
+def _default_pools(box: int) -> tuple:
+    """Spectral-pooling (out, trunc) sizes: the paper's for box 32, the same ratios otherwise."""
+    paper = ((26, 22), (18, 15), (12, 10), (8, 7))
+    if box == 32:
+        return paper
+    pools, n = [], box
+    for (o, t), n32 in zip(paper, (30, 24, 16, 10)):
+        n = n - 2
+        out = max(4, round(n * o / n32))
+        pools.append((out, max(3, min(out, round(out * t / o)))))
+        n = out
+    return tuple(pools)
+
+
+@dataclass(frozen=True)
+class GumNetConfig:
+    """Architecture parameters of :class:`GumNet` (stored in model files).
+
+    Attributes
+    ----------
+    box : edge of the cubic input volumes, voxels
+    channels : output channels of the five feature convolutions
+    pools : (out, trunc) of the four DCT spectral pooling layers (default: the paper's for box 32)
+    corr_channels : channels of the two convolutions of each correlation branch
+    hidden : units of the two hidden linear layers
+    n_hypotheses : transform hypotheses ``K`` predicted per pair
+    max_shift : largest |origin| per axis searched by the correlation peak, voxels
+    """
+
+    box: int = 32
+    channels: tuple = (4, 8, 16, 32, 32)
+    pools: tuple = field(default=())
+    corr_channels: int = 32
+    hidden: int = 256
+    n_hypotheses: int = 24
+    max_shift: float = 4.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        pools = self.pools or _default_pools(int(self.box))
+        object.__setattr__(self, "pools", tuple((int(o), int(t)) for o, t in pools))
+        if len(self.channels) != 5 or len(self.pools) != 4:
+            raise ValueError("GumNetConfig needs 5 channel counts and 4 pooling sizes")
+
+    def feature_size(self) -> int:
+        """Edge of the final feature map (6 for box 32)."""
+        return self.pools[-1][0] - 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["pools"] = [list(p) for p in self.pools]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GumNetConfig:
+        d = dict(d)
+        d["channels"] = tuple(d.get("channels", cls.channels))
+        d["pools"] = tuple(tuple(p) for p in d.get("pools", ()))
+        return cls(**d)
+
+
+def _l2norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-6) -> torch.Tensor:
+    return x / torch.sqrt((x * x).sum(dim=dim, keepdim=True) + eps)
+
+
+def _initial_rotations(k: int) -> np.ndarray:
+    """``k`` well-spread starting rotations: the octahedral group (24) first, then seeded random ones."""
+    octa = Rotation.create_group("O").as_matrix()
+    order = np.argsort([np.abs(Rotation.from_matrix(r).magnitude()) for r in octa], kind="stable")
+    octa = octa[order]  # identity first
+    if k <= 24:
+        # greedy farthest-point choice among the 24, so that small k are spread out too
+        chosen = [0]
+        while len(chosen) < k:
+            d = np.array([min(np.degrees(Rotation.from_matrix(octa[i] @ octa[j].T).magnitude()) for j in chosen)
+                          for i in range(24)])
+            d[chosen] = -1
+            chosen.append(int(np.argmax(d)))
+        return octa[chosen]
+    return np.concatenate([octa, random_rotations(k - 24, seed=12345)])
+
+
+class FeatureExtractor(nn.Module):
+    """Shared (Siamese) feature extractor: ``(B, 1, box, box, box)`` -> ``(B, C, s, s, s)``, L2-normalised."""
+
+    def __init__(self, cfg: GumNetConfig):
+        super().__init__()
+        layers = []
+        cin, n = 1, cfg.box
+        for cout, (out, trunc) in zip(cfg.channels[:4], cfg.pools):
+            layers += [nn.Conv3d(cin, cout, 3), nn.ReLU(inplace=True), nn.BatchNorm3d(cout),
+                       SpectralPool3d(n - 2, out, trunc)]
+            cin, n = cout, out
+        layers += [nn.Conv3d(cin, cfg.channels[4], 3), nn.BatchNorm3d(cfg.channels[4])]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _l2norm(self.body(x), dim=1)
+
+
+def feature_correlation(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """Correlation of every feature vector of ``fa`` with every one of ``fb``.
+
+    ``fa``, ``fb``: ``(B, C, s, s, s)``. Returns ``(B, s^3, s, s, s)``: channel ``k`` is the
+    inner product of ``fa`` at position ``k`` (z, y, x flattened) with ``fb`` at each position,
+    L2-normalised over the channels.
+    """
+    b, c, s = fa.shape[0], fa.shape[1], fa.shape[2:]
+    corr = torch.einsum("bck,bcl->bkl", fa.reshape(b, c, -1), fb.reshape(b, c, -1))
+    return _l2norm(corr.reshape(b, -1, *s), dim=1)
+
+
+def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(..., 3, 3)`` from the 6-D representation ``(..., 6)`` (two columns, Gram-Schmidt)."""
+    a1, a2 = x[..., 0:3], x[..., 3:6]
+    b1 = F.normalize(a1, dim=-1, eps=1e-8)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1, eps=1e-8)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+class GumNet(nn.Module):
+    """Slim Gum-Net: predicts ``K`` rigid transforms bringing ``moving`` onto ``fixed``.
+
+    ``forward(moving, fixed)`` with both ``(B, box, box, box)`` (standardised, see
+    :func:`standardize`) returns ``(B, K, 3, 3)``: ``K`` hypotheses of the RELION matrix ``A``
+    (reference -> particle) such that ``align_particle_to_reference(moving, A, origin) ~ fixed``;
+    the origin of each hypothesis is the peak of :func:`imputed_correlation_map` within
+    ``config.max_shift`` voxels (:func:`best_shift`, :func:`origin_from_peak`).
+    """
+
+    def __init__(self, config: GumNetConfig | None = None):
+        super().__init__()
+        cfg = config or GumNetConfig()
+        self.config = cfg
+        self.features = FeatureExtractor(cfg)
+        s = cfg.feature_size()
+        cc = cfg.corr_channels
+
+        def branch():
+            return nn.Sequential(nn.Conv3d(s ** 3, cc, 3), nn.BatchNorm3d(cc), nn.ReLU(inplace=True),
+                                 nn.Conv3d(cc, cc, 3), nn.BatchNorm3d(cc), nn.ReLU(inplace=True), nn.Flatten())
+
+        self.branch_ab = branch()
+        self.branch_ba = branch()
+        flat = cc * (s - 4) ** 3
+        self.head = nn.Sequential(nn.Linear(2 * flat, cfg.hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(inplace=True))
+        self.out = nn.Linear(cfg.hidden, 6 * cfg.n_hypotheses)
+        self._init_output()
+
+    def _init_output(self) -> None:
+        """Small output weights; biases start the K hypotheses at K spread-out rotations, zero shift."""
+        k = self.config.n_hypotheses
+        nn.init.normal_(self.out.weight, std=1e-3)
+        rots = _initial_rotations(k)
+        bias = np.zeros((k, 6))
+        bias[:, 0:3] = rots[:, :, 0]
+        bias[:, 3:6] = rots[:, :, 1]
+        with torch.no_grad():
+            self.out.bias.copy_(torch.from_numpy(bias.reshape(-1)).float())
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        b = moving.shape[0]
+        both = self.features(torch.cat([moving, fixed], 0).unsqueeze(1))
+        fm, ff = both[:b], both[b:]
+        h = torch.cat([self.branch_ab(feature_correlation(fm, ff)), self.branch_ba(feature_correlation(ff, fm))], 1)
+        raw = self.out(self.head(h)).view(b, self.config.n_hypotheses, 6)
+        return rotation_from_6d(raw)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ------------------------------------------------------------------------- warp + imputation
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """Per-volume zero mean and unit standard deviation, ``(B, z, y, x)``."""
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    s = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False).clamp(min=1e-12)
+    return (x - m) / s
+
+
+def _half(mask_shifted: torch.Tensor) -> torch.Tensor:
+    """fftshift-ed full mask ``(B, n, n, n)`` -> unshifted rfft half ``(B, n, n, n//2+1)``."""
+    n = mask_shifted.shape[-1]
+    return torch.fft.ifftshift(mask_shifted, dim=(1, 2, 3))[..., : n // 2 + 1]
+
+
+def rotate_fourier_mask(mask: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """The observed Fourier mask of ``align_particle_to_reference(volume, A)``.
+
+    A volume rotated by ``A.T`` has its Fourier transform rotated the same way about the DC
+    term (index ``N // 2`` of the fftshift-ed mask); a shift changes only phases.
+    ``mask``: ``(z, y, x)`` or ``(B, z, y, x)``, fftshift-ed; ``rotations``: ``(B, 3, 3)``.
+    Returns ``(B, z, y, x)``, values in [0, 1] (trilinear).
+    """
+    b = rotations.shape[0]
+    rotations = rotations.detach()  # the mask only gates the imputation; no gradient through it
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(0)
+    mask = mask.to(rotations.dtype).expand(b, *mask.shape[1:])
+    return align_particle_to_reference(mask, rotations, None).clamp(0.0, 1.0)
+
+
+def fourier_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Band-limited down-sampling of ``(B, n, n, n)`` volumes to ``(B, size, size, size)``.
+
+    Crops the centred Fourier transform around the DC term (index ``n // 2`` -> ``size // 2``),
+    so the box centre stays the centre and a shift of ``s`` voxels becomes ``s * size / n``.
+    """
+    n = x.shape[-1]
+    if size == n:
+        return x
+    lo = n // 2 - size // 2
+    spec = torch.fft.fftshift(torch.fft.fftn(x, dim=(1, 2, 3)), dim=(1, 2, 3))
+    spec = spec[:, lo:lo + size, lo:lo + size, lo:lo + size]
+    return torch.fft.ifftn(torch.fft.ifftshift(spec, dim=(1, 2, 3)), dim=(1, 2, 3)).real.to(x.dtype)
+
+
+def crop_fourier_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """The fftshift-ed Fourier mask ``(..., n, n, n)`` of :func:`fourier_crop`-ed volumes: its centre ``size^3``."""
+    n = mask.shape[-1]
+    lo = n // 2 - size // 2
+    return mask[..., lo:lo + size, lo:lo + size, lo:lo + size]
+
+
+def warp_and_impute(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    rotations: torch.Tensor,
+    origins: torch.Tensor,
+    *,
+    moving_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Warp ``moving`` onto ``fixed`` and fill its missing Fourier region from ``fixed``.
+
+    Parameters
+    ----------
+    moving, fixed : ``(B, z, y, x)`` tensors
+    rotations : ``(B, 3, 3)`` RELION matrices ``A`` (reference -> particle, on (x, y, z))
+    origins : ``(B, 3)`` voxels ``(x, y, z)``
+    moving_mask : observed Fourier mask of ``moving``, fftshift-ed, ``(z, y, x)`` or
+        ``(B, z, y, x)``; None = everything observed (no imputation)
+
+    Returns
+    -------
+    imputed : ``(B, z, y, x)`` real, ``IFFT(FFT(warped) M' + FFT(fixed) (1 - M'))``
+    warped : ``(B, z, y, x)``, ``align_particle_to_reference(moving, A, origin)``
+    mask_half : ``(B, z, y, x//2+1)`` the rotated mask ``M'`` in unshifted rfft layout
+        (ones when ``moving_mask`` is None)
+
+    All differentiable with respect to ``rotations`` and ``origins``.
+    """
+    warped = align_particle_to_reference(moving, rotations, origins)
+    shape = moving.shape[1:]
+    dims = (1, 2, 3)
+    if moving_mask is None:
+        ones = torch.ones((moving.shape[0], shape[0], shape[1], shape[2] // 2 + 1), dtype=moving.dtype,
+                          device=moving.device)
+        return warped, warped, ones
+    mh = _half(rotate_fourier_mask(moving_mask.to(moving.device), rotations))
+    spec = torch.fft.rfftn(warped, dim=dims) * mh + torch.fft.rfftn(fixed, dim=dims) * (1.0 - mh)
+    return torch.fft.irfftn(spec, s=shape, dim=dims), warped, mh
+
+
+def pair_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each pair of volumes ``(B, ...)`` -> ``(B,)``."""
+    a = a.flatten(1)
+    b = b.flatten(1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / torch.sqrt((a * a).sum(1) * (b * b).sum(1)).clamp(min=1e-12)
+
+
+def _rfft_weights(shape, device, dtype) -> torch.Tensor:
+    """Multiplicity of each rfft coefficient in the full spectrum (1 or 2), DC term set to 0."""
+    n = shape[-1]
+    w = torch.full((shape[0], shape[1], n // 2 + 1), 2.0, device=device, dtype=dtype)
+    w[..., 0] = 1.0
+    if n % 2 == 0:
+        w[..., -1] = 1.0
+    w[0, 0, 0] = 0.0
+    return w
+
+
+def imputed_correlation_map(warped: torch.Tensor, fixed: torch.Tensor, mask_half: torch.Tensor) -> torch.Tensor:
+    """Correlation of the imputed moving volume with ``fixed`` for every circular shift, by FFT.
+
+    The imputed volume is ``IFFT(FFT(warped) M' + FFT(fixed) (1 - M'))``; shifting its measured
+    part by ``d`` (voxels, ``(x, y, z)``) gives the Pearson correlation (DC excluded)
+    ``c(d) = [sum_r w_M(r + d) f(r) + E_miss] / sqrt((E_wM + E_miss) E_f)`` with ``w_M`` the
+    measured part, ``E_miss`` the energy of ``fixed`` in the imputed region and ``E_wM``,
+    ``E_f`` the energies (exact for a binary ``M'``; soft mask edges are approximated).
+
+    Parameters
+    ----------
+    warped, fixed : ``(B, n, n, n)``
+    mask_half : ``(B, n, n, n//2+1)`` rotated observed mask, unshifted rfft layout (:func:`warp_and_impute`)
+
+    Returns
+    -------
+    ``(B, n, n, n)``: entry ``[b, z, y, x]`` is ``c(d)`` for ``d`` = (x, y, z) index, wrapped
+    to ``[-n/2, n/2)`` (``torch.fft.fftfreq(n) * n``). Differentiable.
+    """
+    dims = (1, 2, 3)
+    shape = warped.shape[1:]
+    wgt = _rfft_weights(shape, warped.device, warped.dtype)
+    wf = torch.fft.rfftn(warped, dim=dims)
+    ff = torch.fft.rfftn(fixed, dim=dims)
+    nvox = float(np.prod(shape))
+    wm = wf * mask_half
+    f2 = ff.real ** 2 + ff.imag ** 2
+    cc = torch.fft.irfftn(wm * ff.conj() * (wgt > 0), s=shape, dim=dims)
+    e_miss = (wgt * f2 * (1.0 - mask_half)).sum(dims) / nvox
+    e_f = (wgt * f2).sum(dims) / nvox
+    e_wm = (wgt * (wm.real ** 2 + wm.imag ** 2)).sum(dims) / nvox
+    denom = torch.sqrt(((e_wm + e_miss) * e_f).clamp(min=1e-20))
+    return (cc + e_miss.view(-1, 1, 1, 1)) / denom.view(-1, 1, 1, 1)
+
+
+def _shift_offsets(n: int, device, dtype) -> torch.Tensor:
+    return torch.fft.fftfreq(n, device=device, dtype=dtype) * n
+
+
+def best_shift(cmap: torch.Tensor, max_shift: float, *, subvoxel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Peak of a correlation map within ``|d| <= max_shift`` voxels per axis.
+
+    Parameters
+    ----------
+    cmap : ``(B, n, n, n)`` from :func:`imputed_correlation_map`
+    max_shift : search radius per axis, voxels
+    subvoxel : refine the peak by a parabola through its neighbours along each axis
+
+    Returns
+    -------
+    values : ``(B,)`` peak correlation (differentiable through the map)
+    shifts : ``(B, 3)`` ``d`` in voxels ``(x, y, z)``: ``warped(r + d) ~ fixed(r)`` (no gradient)
+    """
+    b, n = cmap.shape[0], cmap.shape[-1]
+    off = _shift_offsets(n, cmap.device, cmap.dtype)
+    ok1 = off.abs() <= max_shift + 1e-6
+    ok = ok1[:, None, None] & ok1[None, :, None] & ok1[None, None, :]
+    flat = cmap.masked_fill(~ok, float("-inf")).reshape(b, -1)
+    values, idx = flat.max(1)
+    iz, iy, ix = idx // (n * n), (idx // n) % n, idx % n
+    d = torch.stack([off[ix], off[iy], off[iz]], 1).detach()
+    if subvoxel:
+        c = cmap.detach()
+        ar = torch.arange(b, device=c.device)
+        c0 = c[ar, iz, iy, ix]
+        corr = []
+        for axis in range(3):  # x, y, z
+            lo, hi = [iz, iy, ix], [iz, iy, ix]
+            lo[2 - axis] = (lo[2 - axis] - 1) % n
+            hi[2 - axis] = (hi[2 - axis] + 1) % n
+            cm, cp = c[ar, lo[0], lo[1], lo[2]], c[ar, hi[0], hi[1], hi[2]]
+            den = cm - 2 * c0 + cp
+            delta = torch.where(den < -1e-12, 0.5 * (cm - cp) / den, torch.zeros_like(den))
+            corr.append(delta.clamp(-0.5, 0.5))
+        d = d + torch.stack(corr, 1)
+    return values, d
+
+
+def origin_from_peak(rotations: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Origin ``o = -A d`` (voxels, ``(x, y, z)``) of a particle aligned by ``A`` whose residual
+    shift is ``d`` (``align_particle_to_reference(moving, A)(r + d) ~ fixed(r)``)."""
+    return -torch.einsum("bij,bj->bi", rotations, shifts.to(rotations.dtype))

@@ -1,0 +1,512 @@
+"""The learned, unsupervised subtomogram aligner (Gum-Net) and its shipped default weights.
+
+* :func:`align_learned` -- one forward pass per particle: rotation, shift and a wedge-aware
+  score for each particle against a reference (method ``"learned"``);
+* :func:`train_job` -- unsupervised training / fine-tuning on the user's own subtomograms
+  (pairs of subtomograms, or subtomograms against references; loss ``1 - r`` between the
+  warped, missing-wedge-imputed moving volume and the fixed one; no poses needed);
+* :func:`load_default_model`, :func:`load_model`, :func:`save_model` -- model files.
+
+The network is :class:`~.gumnet.GumNet`; see ``docs/align_learned.md`` for the architecture,
+its deviations from the paper, the training of the default weights and measured accuracy.
+
+Model file format (``torch.save`` of a plain dict, read with ``weights_only=True``)::
+
+    {"format": "napari-cryoalign-gumnet", "version": 1,
+     "header": {"architecture": GumNetConfig.to_dict(), "metadata": {...}, "created": "..."},
+     "state_dict": {...}}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ...io import atomic_write, check_output_path
+from ..jobs import Partial, Progress
+from .gumnet import (
+    GumNet,
+    GumNetConfig,
+    _half,
+    best_shift,
+    crop_fourier_mask,
+    fourier_crop,
+    imputed_correlation_map,
+    origin_from_peak,
+    pair_correlation,
+    standardize,
+    warp_and_impute,
+)
+from .types import AlignmentResult
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "GumNet",
+    "GumNetConfig",
+    "TrainResult",
+    "align_learned",
+    "load_default_model",
+    "load_model",
+    "save_model",
+    "train",
+    "train_job",
+]
+
+FORMAT_NAME = "napari-cryoalign-gumnet"
+FORMAT_VERSION = 1
+DEFAULT_WEIGHTS = "gumnet_default.pt"
+
+
+# --------------------------------------------------------------------------------- model files
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, str):
+        return str(x)  # plain str: subclasses (torch.__version__) would not load with weights_only
+    if isinstance(x, bool) or x is None:
+        return x
+    if isinstance(x, int):
+        return int(x)
+    if isinstance(x, float):
+        return float(x)
+    if hasattr(x, "item") and getattr(x, "size", 1) == 1:
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def save_model(model: GumNet, path: str | os.PathLike, *, metadata: dict | None = None,
+               overwrite: bool = False) -> Path:
+    """Write ``model`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Parameters
+    ----------
+    model : the network
+    path : output file (``.pt``); an existing file is an error unless ``overwrite``
+    metadata : JSON-like dict stored in the header (training data, losses, ...); merged over
+        ``model.metadata`` when the model has one
+
+    Returns
+    -------
+    Path of the written file.
+    """
+    if not isinstance(model, GumNet):
+        raise InputError("a GumNet model", field="model", got=type(model).__name__)
+    path = check_output_path(path, overwrite=overwrite)
+    meta = dict(getattr(model, "metadata", None) or {})
+    meta.update(metadata or {})
+    payload = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "header": {
+            "architecture": model.config.to_dict(),
+            "metadata": _jsonable(meta),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    with atomic_write(path, mode="wb", overwrite=overwrite) as f:
+        torch.save(payload, f)
+    return path
+
+
+def load_model(path: str | os.PathLike, *, device="cpu") -> GumNet:
+    """Read a model file written by :func:`save_model`; the model is in eval mode on ``device``.
+
+    ``model.metadata`` holds the header's metadata (training data and the like).
+
+    Raises
+    ------
+    InputError
+        ``field="path"`` missing file; ``"file"`` not a readable torch file (corrupted,
+        truncated, or a pickle that ``weights_only`` refuses); ``"format"`` another tool's
+        file; ``"version"`` a newer format; ``"architecture"`` / ``"state_dict"`` weights that
+        do not fit the described network.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("an existing Gum-Net model file", path=p, field="path", got="no such file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle is bad input
+        msg = " ".join(str(err).split())[:200]
+        raise InputError(f"a {FORMAT_NAME} model file written by torch.save", path=p, field="file",
+                         got=f"unreadable ({type(err).__name__}: {msg})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
+        got = (obj.get("format") if isinstance(obj, dict) and "format" in obj
+               else f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict)
+               else f"a {type(obj).__name__} without a format name")
+        raise InputError(f"a {FORMAT_NAME} model file", path=p, field="format", got=got)
+    ver = obj.get("version")
+    if not isinstance(ver, int) or not 1 <= ver <= FORMAT_VERSION:
+        raise InputError(f"format version 1..{FORMAT_VERSION} (update napari-cryoalign for newer files)",
+                         path=p, field="version", got=ver)
+    header, state = obj.get("header"), obj.get("state_dict")
+    if not isinstance(header, dict) or not isinstance(state, dict):
+        raise InputError("a header dict and a state_dict", path=p, field="header", got="missing")
+    try:
+        cfg = GumNetConfig.from_dict(header["architecture"])
+        model = GumNet(cfg)
+    except Exception as err:  # noqa: BLE001
+        raise InputError("valid Gum-Net architecture parameters", path=p, field="architecture",
+                         got=f"{type(err).__name__}: {err}") from None
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001
+        msg = " ".join(str(err).split())[:200]
+        raise InputError("weights matching the architecture in the header", path=p, field="state_dict",
+                         got=msg) from None
+    model.metadata = dict(header.get("metadata") or {})
+    return model.to(device).eval()
+
+
+def default_weights_path() -> Path:
+    """Path of the shipped default weights (``napari_cryoalign/weights/gumnet_default.pt``)."""
+    return Path(str(resources.files("napari_cryoalign").joinpath("weights", DEFAULT_WEIGHTS)))
+
+
+def load_default_model(*, device="cpu") -> GumNet:
+    """The shipped default Gum-Net (trained on simulated 32^3 subtomograms at 12 Å/voxel; see
+    ``weights/gumnet_default.md``), in eval mode on ``device``."""
+    return load_model(default_weights_path(), device=device)
+
+
+# --------------------------------------------------------------------------------- validation
+def _volumes(x, name: str, *, ndim: int, box: int | None = None) -> torch.Tensor:
+    arr = x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim != ndim or len(set(arr.shape[-3:])) != 1:
+        want = "(n, z, y, x)" if ndim == 4 else "(z, y, x)"
+        raise InputError(f"an array of shape {want} with a cubic box", field=name, got=f"shape {tuple(arr.shape)}")
+    if box is not None and arr.shape[-1] != box:
+        raise InputError(f"a box of {box} voxels (the model's input size; resample the volumes first)",
+                         field=name, got=f"box {arr.shape[-1]}")
+    t = torch.as_tensor(np.asarray(arr, dtype=np.float32)) if not isinstance(arr, torch.Tensor) else arr.float()
+    if not torch.isfinite(t).all():
+        raise InputError("finite values (no NaN or inf)", field=name, got="non-finite voxels")
+    return t
+
+
+def _masks(m, name: str, n: int, box: int) -> torch.Tensor | None:
+    """None, or ``(1 | n, box, box, box)`` float32 in [0, 1]."""
+    if m is None:
+        return None
+    arr = m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[0] not in (1, n) or arr.shape[1:] != (box, box, box):
+        raise InputError(f"an fftshift-ed Fourier mask of shape ({box}, {box}, {box}) or ({n}, {box}, {box}, {box})",
+                         field=name, got=f"shape {arr.shape}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        raise InputError("mask values between 0 and 1", field=name, got=f"range [{arr.min()}, {arr.max()}]")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _pick(masks: torch.Tensor | None, idx) -> torch.Tensor | None:
+    if masks is None:
+        return None
+    return masks[0] if masks.shape[0] == 1 else masks[idx]
+
+
+# --------------------------------------------------------------------------------- inference
+def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = None):
+    """Forward pass, then for every hypothesis the best imputed correlation over shifts.
+
+    Returns rotations ``(B, K, 3, 3)``, origins ``(B, K, 3)`` (voxels of the full box, from the
+    correlation peak) and losses ``(B, K)`` = ``1 - r`` (differentiable w.r.t. the rotations).
+    """
+    rot = model(moving, fixed)
+    b, k = rot.shape[:2]
+    box = moving.shape[-1]
+    mv, fx, mm, scale = moving, fixed, mmask, 1.0
+    if loss_box is not None and loss_box != box:
+        mv, fx = fourier_crop(moving, loss_box), fourier_crop(fixed, loss_box)
+        mm = None if mmask is None else crop_fourier_mask(mmask, loss_box)
+        scale = loss_box / box
+    if mm is not None and mm.ndim == 4:
+        mm = mm.repeat_interleave(k, 0)
+    fx_k = fx.repeat_interleave(k, 0)
+    rk = rot.reshape(-1, 3, 3)
+    zero = torch.zeros((rk.shape[0], 3), dtype=rk.dtype, device=rk.device)
+    _, warped, mh = warp_and_impute(mv.repeat_interleave(k, 0), fx_k, rk, zero, moving_mask=mm)
+    values, d = best_shift(imputed_correlation_map(warped, fx_k, mh), model.config.max_shift * scale)
+    origins = origin_from_peak(rk.detach(), d / scale).view(b, k, 3)
+    return rot, origins, (1.0 - values).view(b, k)
+
+
+def _refine_shift(moving, fixed, rot, mmask, max_shift: float):
+    """Sub-voxel origin of the chosen rotation from the full-box correlation peak."""
+    zero = torch.zeros((rot.shape[0], 3), dtype=rot.dtype, device=rot.device)
+    _, warped, mh = warp_and_impute(moving, fixed, rot, zero, moving_mask=mmask)
+    _, d = best_shift(imputed_correlation_map(warped, fixed, mh), max_shift, subvoxel=True)
+    return origin_from_peak(rot, d)
+
+
+def _wedge_aware_score(moving, fixed, rot, org, mmask, rmask) -> torch.Tensor:
+    """Correlation of the aligned particle and the reference over the Fourier region both measured."""
+    _, warped, mh = warp_and_impute(moving, fixed, rot, org, moving_mask=mmask)
+    if rmask is not None:
+        mh = mh * _half(rmask.expand(moving.shape[0], *rmask.shape[-3:]))
+    dims = (1, 2, 3)
+    s = moving.shape[1:]
+    a = torch.fft.irfftn(torch.fft.rfftn(warped, dim=dims) * mh, s=s, dim=dims)
+    b = torch.fft.irfftn(torch.fft.rfftn(fixed, dim=dims) * mh, s=s, dim=dims)
+    return pair_correlation(a, b)
+
+
+def align_learned(
+    particles,
+    reference,
+    *,
+    particle_masks=None,
+    reference_mask=None,
+    model: GumNet | None = None,
+    batch_size: int = 32,
+    search_box: int | None = 16,
+    device="cpu",
+) -> AlignmentResult:
+    """Align subtomograms to a reference with Gum-Net (one forward pass per particle).
+
+    Parameters
+    ----------
+    particles : array ``(n, z, y, x)``, cubic boxes of the model's size (32 for the default)
+    reference : array ``(z, y, x)``, same box and voxel size
+    particle_masks : observed Fourier masks, fftshift-ed (DC at ``N // 2``), ``(z, y, x)``
+        shared or ``(n, z, y, x)``; None = fully observed (no missing-wedge imputation)
+    reference_mask : the reference's observed Fourier mask (fftshift-ed) or None; used in the score
+    model : a :class:`GumNet`; None loads the shipped default (:func:`load_default_model`)
+    batch_size : particles per forward pass
+    search_box : the ``K`` hypotheses are compared on Fourier-cropped ``search_box^3`` copies
+        (fast, and as in training); the chosen one gets its sub-voxel shift at the full box.
+        None = compare at the full box
+    device : torch device
+
+    Returns
+    -------
+    AlignmentResult
+        ``rotations`` ``(n, 3, 3)`` RELION ``A`` (reference -> particle), ``origins_voxels``
+        ``(n, 3)`` (x, y, z), ``scores`` ``(n,)`` wedge-aware correlation of the aligned particle
+        with the reference, ``method="learned"``. Of the model's ``K`` rotation hypotheses, each
+        particle keeps the one with the highest imputed correlation (no ground truth involved);
+        the shift is the peak of that correlation within ``model.config.max_shift`` voxels.
+    """
+    t0 = time.perf_counter()
+    if model is None:
+        model = load_default_model(device=device)
+    if not isinstance(model, GumNet):
+        raise InputError("a GumNet model (load_model / load_default_model)", field="model", got=type(model).__name__)
+    box = model.config.box
+    parts = _volumes(particles, "particles", ndim=4, box=box)
+    ref = _volumes(reference, "reference", ndim=3, box=box)
+    n = parts.shape[0]
+    if int(batch_size) < 1:
+        raise InputError("an integer >= 1", field="batch_size", got=batch_size)
+    if search_box is not None and not 8 <= int(search_box) <= box:
+        raise InputError(f"a search box between 8 and {box} voxels, or None", field="search_box", got=search_box)
+    search_box = None if search_box is None or int(search_box) == box else int(search_box)
+    pm = _masks(particle_masks, "particle_masks", n, box)
+    rm = _masks(reference_mask, "reference_mask", 1, box)
+    was_training = model.training
+    model.eval()
+    rots = np.empty((n, 3, 3))
+    origins = np.empty((n, 3))
+    scores = np.empty(n)
+    fixed_all = standardize(ref[None].to(device))
+    rm_d = None if rm is None else rm[0].to(device)
+    try:
+        with torch.no_grad():
+            for start in range(0, n, int(batch_size)):
+                idx = slice(start, min(n, start + int(batch_size)))
+                moving = standardize(parts[idx].to(device))
+                b = moving.shape[0]
+                fixed = fixed_all.expand(b, -1, -1, -1)
+                mm = _pick(pm, idx)
+                mm = None if mm is None else mm.to(device)
+                rot, _, losses = _hypothesis_losses(model, moving, fixed, mm, loss_box=search_box)
+                best = losses.argmin(1)
+                r = rot[torch.arange(b, device=losses.device), best]
+                o = _refine_shift(moving, fixed, r, mm, model.config.max_shift)
+                scores[idx] = _wedge_aware_score(moving, fixed, r, o, mm, rm_d).cpu().numpy()
+                rots[idx] = r.double().cpu().numpy()
+                origins[idx] = o.double().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return AlignmentResult(rotations=rots, origins_voxels=origins, scores=scores, method="learned",
+                           seconds=time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------- training
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """Result of :func:`train_job`.
+
+    Attributes
+    ----------
+    model : the trained :class:`GumNet` (the object passed in, or a new one), in eval mode
+    losses : ``(n_steps,)`` training loss per step (``1 - r`` of the best hypothesis, plus the
+        small all-hypotheses term)
+    epoch_losses : ``(n_epochs_done,)`` mean loss per epoch
+    steps : optimiser steps done
+    seconds : wall time
+    settings : the training parameters (JSON-like), also stored in saved model files
+    """
+
+    model: GumNet
+    losses: np.ndarray
+    epoch_losses: np.ndarray
+    steps: int
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+def train_job(
+    particles,
+    *,
+    references=None,
+    particle_masks=None,
+    model: GumNet | None = None,
+    epochs: int = 5,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    loss_box: int | None = 16,
+    all_hypotheses_weight: float = 0.05,
+    max_steps: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    device="cpu",
+    seed: int = 0,
+) -> Generator[Progress | Partial, None, TrainResult]:
+    """Train or fine-tune Gum-Net without labels (a job: yields progress, returns the result).
+
+    Each step takes a batch of pairs ``(moving, fixed)``, predicts ``K`` transforms per pair,
+    warps the moving subtomogram with each, fills its missing Fourier region from the fixed
+    volume (missing-wedge imputation), and minimises ``1 - r`` (Pearson correlation with the
+    fixed volume) of the best hypothesis plus ``all_hypotheses_weight`` times the mean over all
+    hypotheses. No poses are used.
+
+    Parameters
+    ----------
+    particles : array ``(n, z, y, x)``, cubic boxes (the moving volumes)
+    references : None (pairs of particles: each particle is paired with a random other one per
+        epoch, as in the paper), a single reference ``(z, y, x)``, or one reference per particle
+        ``(n, z, y, x)`` (e.g. the class average each particle belongs to)
+    particle_masks : observed Fourier masks of the particles, fftshift-ed, ``(z, y, x)`` or
+        ``(n, z, y, x)``; None = no imputation
+    model : network to fine-tune (trained in place); None = a new :class:`GumNet` for this box
+    epochs : passes over the particles
+    batch_size : pairs per step
+    lr : Adam learning rate
+    loss_box : the warp and loss are computed on Fourier-cropped ``loss_box^3`` copies (faster,
+        and the low-pass widens the basin of the correlation); None = full box
+    all_hypotheses_weight : weight of the mean loss over all hypotheses (keeps all of them learning)
+    max_steps : stop after this many steps (None = run all epochs)
+    optimizer : an optimiser over ``model``'s parameters to continue with (keeps Adam's
+        moments across calls); None = a new Adam with ``lr``
+    device : torch device
+    seed : seeds the pairing, batch order and a new model's initialisation
+
+    Yields
+    ------
+    Progress per step; ``Partial("loss", {"epoch", "step", "loss"})`` per step;
+    ``Partial("model", model)`` once at the start (cancelling leaves it usable).
+
+    Returns
+    -------
+    TrainResult
+    """
+    parts = _volumes(particles, "particles", ndim=4, box=None if model is None else model.config.box)
+    n, box = parts.shape[0], parts.shape[-1]
+    if n < 2:
+        raise InputError("at least 2 particles", field="particles", got=n)
+    refs = None
+    if references is not None:
+        r_arr = references.detach().cpu().numpy() if isinstance(references, torch.Tensor) else np.asarray(references)
+        refs = _volumes(r_arr[None] if r_arr.ndim == 3 else r_arr, "references", ndim=4, box=box)
+        if refs.shape[0] not in (1, n):
+            raise InputError(f"one reference (z, y, x) or one per particle ({n}, z, y, x)", field="references",
+                             got=f"shape {tuple(refs.shape)}")
+    pm = _masks(particle_masks, "particle_masks", n, box)
+    for name, val, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
+                          ("lr", lr, lr > 0 and math.isfinite(lr))):
+        if not ok:
+            raise InputError("a positive value", field=name, got=val)
+    if loss_box is not None and not (8 <= int(loss_box) <= box):
+        raise InputError(f"a loss box between 8 and {box} voxels, or None", field="loss_box", got=loss_box)
+    loss_box = None if loss_box is None or int(loss_box) == box else int(loss_box)
+    rng = np.random.default_rng(seed)
+    if model is None:
+        torch.manual_seed(seed)
+        model = GumNet(GumNetConfig(box=box))
+    model.to(device)
+    opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
+    batch_size = int(min(batch_size, n))
+    steps_per_epoch = n // batch_size
+    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss_box": loss_box or box,
+                "all_hypotheses_weight": all_hypotheses_weight, "seed": seed, "n_particles": n,
+                "pairs": "references" if refs is not None else "random particle pairs",
+                "imputation": pm is not None}
+    losses, epoch_losses = [], []
+    t0 = time.perf_counter()
+    step = 0
+    yield Partial("model", model)
+    yield Progress(0, total, "training Gum-Net")
+    try:
+        model.train()
+        for epoch in range(epochs):
+            order = rng.permutation(n)
+            partner = rng.permutation(n)
+            ep = []
+            for s in range(steps_per_epoch):
+                if step >= total:
+                    break
+                idx = order[s * batch_size:(s + 1) * batch_size]
+                moving = standardize(parts[idx].to(device))
+                if refs is None:
+                    pidx = partner[s * batch_size:(s + 1) * batch_size]
+                    pidx = np.where(pidx == idx, (pidx + 1) % n, pidx)
+                    fixed = parts[pidx]
+                else:
+                    fixed = refs[0].expand(len(idx), -1, -1, -1) if refs.shape[0] == 1 else refs[idx]
+                fixed = standardize(fixed.to(device))
+                mm = _pick(pm, idx)
+                mm = None if mm is None else mm.to(device)
+                _, _, lk = _hypothesis_losses(model, moving, fixed, mm, loss_box=loss_box)
+                loss = lk.min(1).values.mean() + all_hypotheses_weight * lk.mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lv = float(loss.detach())
+                losses.append(lv)
+                ep.append(lv)
+                step += 1
+                yield Partial("loss", {"epoch": epoch, "step": step, "loss": lv})
+                yield Progress(step, total, f"epoch {epoch + 1}/{epochs} loss {lv:.4f}")
+            if ep:
+                epoch_losses.append(float(np.mean(ep)))
+            if step >= total:
+                break
+    finally:
+        model.eval()
+    return TrainResult(model=model, losses=np.asarray(losses), epoch_losses=np.asarray(epoch_losses), steps=step,
+                       seconds=time.perf_counter() - t0, settings=settings)
+
+
+def train(particles, **kwargs) -> TrainResult:
+    """Plain-function version of :func:`train_job` (drains it without a progress bar)."""
+    from ..jobs import run_job
+
+    return run_job(train_job(particles, **kwargs), progress=False)

@@ -1,0 +1,392 @@
+"""``cryoalign align`` / ``align train`` / ``average`` / ``fsc``: subtomogram alignment, averaging and FSC, headless.
+
+Orientations and shifts follow docs/conventions.md: ``rlnAngleRot/Tilt/Psi`` (RELION ZYZ, the
+matrix ``A`` maps reference to particle coordinates) and ``rlnOriginX/Y/ZAngst`` (the particle
+centre is at ``coordinate - origin / voxel_size``). Particles cut from a tomogram keep their
+``rlnCoordinateX/Y/Z``; the refinement goes into the origins. The per-particle score after
+alignment (constrained, missing-wedge-aware correlation, higher is better) is written in the
+extra column ``cryoalignCorrelation``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SCORE_COLUMN = "cryoalignCorrelation"  # = backend.align.extract.SCORE_COLUMN (not imported: keeps --help fast)
+
+
+def _device(text: str) -> str:
+    if text not in ("auto", "cpu", "cuda", "mps") and not text.startswith("cuda:"):
+        raise argparse.ArgumentTypeError("expected auto, cpu or cuda")
+    return text
+
+
+def _resolve_device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected MIN,MAX in degrees, e.g. -60,60") from None
+    return a, b
+
+
+def _add_particle_args(p) -> None:
+    p.add_argument("--particles", required=True, metavar="P.star",
+                   help="particles: rlnImageName naming one MRC per particle, or coordinates with --tomogram")
+    p.add_argument("--tomogram", default=None, metavar="T.mrc", help="cut boxes around rlnCoordinateX/Y/Z from it")
+    p.add_argument("--box", type=int, default=None, metavar="N", help="box size in voxels (even), with --tomogram")
+    p.add_argument("--tilt-range", type=_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
+                   help="tilt range of the data, for the missing-wedge masks (default -60,60)")
+    p.add_argument("--no-wedge", action="store_true", help="treat the particles as fully observed")
+    p.add_argument("--fourier-mask", default=None, metavar="M.mrc",
+                   help="observed Fourier mask (fftshift-ed, DC at N//2), instead of --tilt-range")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda or auto (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "align",
+        help="align subtomograms to a reference (exhaustive search, learned, learned+refine); `align train`",
+        description=__doc__,
+    )
+    p.add_argument("action", nargs="?", choices=["train"], default=None,
+                   help="`train`: fine-tune the learned aligner on these particles (unsupervised)")
+    _add_particle_args(p)
+    p.add_argument("--reference", default=None, metavar="R.mrc", help="reference map (same box and voxel size)")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="ALIGNED.star (align) or MODEL.pt (align train)")
+    p.add_argument("--method", choices=["exhaustive", "learned", "learned+refine"], default="exhaustive",
+                   help="exhaustive grid + FFT search (default), the learned aligner, or learned then local search")
+    p.add_argument("--angular-step", type=float, default=30.0, metavar="DEG",
+                   help="global rotation grid step in degrees (default 30; refined locally to step/9)")
+    p.add_argument("--refine-levels", type=int, default=2, metavar="K",
+                   help="local refinement levels after the grid, each 3x finer (default 2)")
+    p.add_argument("--max-shift", type=float, default=None, metavar="VOX", help="largest shift searched (default box/4)")
+    p.add_argument("--lowpass", type=float, default=None, metavar="A", help="compare frequencies up to 1/A only")
+    p.add_argument("--model", default=None, metavar="MODEL.pt", help="learned aligner weights (default: shipped)")
+    p.add_argument("--epochs", type=int, default=5, help="align train: epochs (default 5)")
+    p.add_argument("--batch-size", type=int, default=16, help="align train: batch size (default 16)")
+    p.add_argument("--lr", type=float, default=1e-4, help="align train: learning rate (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_align)
+
+    p = sub.add_parser("average", help="average aligned subtomograms (wedge-compensated), half maps, FSC",
+                       description="Average the particles with the poses of the STAR file; with --iterations N "
+                       "refine them first by N rounds of gold-standard iterative alignment to the half-set averages.")
+    _add_particle_args(p)
+    p.add_argument("--out", required=True, metavar="AVG.mrc", help="the average (MRC)")
+    p.add_argument("--iterations", type=int, default=0, metavar="N",
+                   help="alignment rounds before the final average (default 0: use the STAR poses)")
+    p.add_argument("--half-maps", action="store_true",
+                   help="also write AVG_half1.mrc, AVG_half2.mrc, their FSC (AVG_fsc.csv, AVG_fsc.png)")
+    p.add_argument("--angular-step", type=float, default=30.0, metavar="DEG", help="with --iterations (default 30)")
+    p.add_argument("--out-star", default=None, metavar="ALIGNED.star", help="with --iterations: the refined poses")
+    p.set_defaults(func=run_average)
+
+    p = sub.add_parser("fsc", help="Fourier shell correlation of two maps: table and PNG plot",
+                       description="FSC of two maps of the same box and voxel size; prints the curve and the "
+                       "resolutions at 0.143 and 0.5 (Å), and writes a PNG plot.")
+    p.add_argument("map_a", metavar="A.mrc")
+    p.add_argument("map_b", metavar="B.mrc")
+    p.add_argument("--mask", default=None, metavar="M.mrc", help="real-space mask applied to both maps")
+    p.add_argument("--plot", default=None, metavar="FSC.png", help="plot file (default: fsc_<A>_<B>.png here)")
+    p.add_argument("--csv", default=None, metavar="FSC.csv", help="also write the table as CSV")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_fsc)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _fourier_masks(args, box: int, voxel: float):
+    """The particles' observed Fourier mask (N, N, N), fftshift-ed, or None."""
+    import numpy as np
+    import torch
+
+    from ..errors import InputError
+
+    if args.fourier_mask:
+        from ..io import read_mrc
+
+        m = read_mrc(args.fourier_mask).data
+        if m.shape != (box,) * 3:
+            raise InputError(f"a Fourier mask of the particles' box {(box,) * 3}", path=args.fourier_mask,
+                             field="shape", got=f"{m.shape}")
+        return np.asarray(m, dtype=np.float32)
+    if args.no_wedge:
+        return None
+    from ..backend.simulate.subtomograms import observed_fourier_mask
+
+    m = observed_fourier_mask((box,) * 3, tilt_range_deg=tuple(args.tilt_range), rfft=False)
+    return torch.fft.fftshift(m).numpy().astype(np.float32)
+
+
+def _print_skipped(pset, command: str) -> None:
+    if pset.skipped:
+        print(f"cryoalign {command}: skipped {len(pset.skipped)} of {len(pset.table)} particles:")
+        for s in pset.skipped:
+            print(f"  row {s.row}: {s.reason}")
+
+
+def _read_reference(path, *, box: int, voxel: float, particles_path):
+    import numpy as np
+
+    from ..errors import InputError
+    from ..io import read_mrc
+    from ..io.mrc import voxel_size_isotropic
+
+    vol = read_mrc(path)
+    if vol.data.shape != (box,) * 3:
+        raise InputError(f"a reference of the particles' box {(box,) * 3} (z, y, x)", path=path, field="shape",
+                         got=f"{vol.data.shape}")
+    rv = voxel_size_isotropic(vol)
+    if abs(rv - voxel) > 1e-3 * voxel:
+        raise InputError(f"the particles' voxel size ({voxel:g} Å, from {particles_path})", path=path,
+                         field="voxel_size", got=f"{rv:g} Å")
+    return np.asarray(vol.data, dtype=np.float32)
+
+
+def _star_origin_voxels(pset):
+    """Origins (voxels) to apply to the loaded boxes: STAR origin plus the extraction's sub-voxel remainder."""
+    return pset.origins_angstrom / pset.voxel_size + pset.extraction_origins_voxels
+
+
+def _learned():
+    from ..errors import InputError
+
+    try:
+        from ..backend.align import learned
+    except ImportError as exc:  # the optional learned aligner is absent
+        raise InputError("the learned aligner is not installed", field="method", got=str(exc)) from None
+    return learned
+
+
+# ----------------------------------------------------------------------------- align
+def run_align(args) -> int:
+    import time
+
+    from ..backend.align.extract import load_particle_set, write_aligned_star
+    from ..backend.jobs import run_job
+    from ..errors import InputError
+    from ..io import ensure_not_input
+
+    device = _resolve_device(args.device)
+    ensure_not_input(args.out, args.particles, args.tomogram, args.reference)
+    if args.action == "train":
+        return _run_train(args, device)
+    if args.reference is None:
+        raise InputError("a reference map (--reference R.mrc)", field="--reference", got="none")
+    from ..io import check_output_path
+
+    check_output_path(args.out, overwrite=args.overwrite)
+    pset = load_particle_set(args.particles, tomogram=args.tomogram, box=args.box)
+    _print_skipped(pset, "align")
+    box = pset.volumes.shape[-1]
+    ref = _read_reference(args.reference, box=box, voxel=pset.voxel_size, particles_path=args.particles)
+    masks = _fourier_masks(args, box, pset.voxel_size)
+    fmax = 0.5 if args.lowpass is None else min(0.5, pset.voxel_size / args.lowpass)
+    quiet = getattr(args, "quiet", False)
+    t0 = time.perf_counter()
+    if args.method == "exhaustive":
+        from ..backend.align.exhaustive import align_exhaustive_job
+
+        result = run_job(align_exhaustive_job(pset.volumes, ref, particle_masks=masks, angular_step_deg=args.angular_step,
+                                              refine_levels=args.refine_levels, max_shift_voxels=args.max_shift,
+                                              max_frequency=fmax, device=device),
+                         progress=not quiet, description="align")
+    else:
+        learned = _learned()
+        model = learned.load_model(args.model, device=device) if args.model else learned.load_default_model(device=device)
+        result = learned.align_learned(pset.volumes, ref, particle_masks=masks, model=model, device=device)
+        if args.method == "learned+refine":
+            from ..backend.align.exhaustive import refine_alignment_job
+
+            result = run_job(refine_alignment_job(pset.volumes, ref, result, particle_masks=masks,
+                                                  max_angle_deg=max(args.angular_step, 15.0) * 0.67,
+                                                  levels=args.refine_levels or 1, max_shift_voxels=args.max_shift,
+                                                  max_frequency=fmax, device=device),
+                             progress=not quiet, description="refine")
+    seconds = time.perf_counter() - t0
+    out = write_aligned_star(args.out, pset, result, overwrite=args.overwrite)
+    import numpy as np
+
+    print(f"aligned {len(pset.rows)} particles ({box}^3 at {pset.voxel_size:g} Å) with {result.method} in "
+          f"{seconds:.1f} s; {SCORE_COLUMN}: median {np.median(result.scores):.3f}, "
+          f"min {np.min(result.scores):.3f}")
+    print(f"  wrote {out}")
+    return 0
+
+
+def _run_train(args, device: str) -> int:
+    from ..backend.align.extract import load_particle_set
+    from ..backend.jobs import run_job
+    from ..errors import InputError
+    from ..io import check_output_path
+
+    check_output_path(args.out, overwrite=args.overwrite)
+    learned = _learned()
+    pset = load_particle_set(args.particles, tomogram=args.tomogram, box=args.box)
+    _print_skipped(pset, "align train")
+    box = pset.volumes.shape[-1]
+    masks = _fourier_masks(args, box, pset.voxel_size)
+    model = learned.load_model(args.model, device=device) if args.model else None
+    if model is None:
+        try:
+            model = learned.load_default_model(device=device)
+        except (InputError, OSError):  # no shipped weights: train from scratch
+            model = None
+    job = learned.train_job(pset.volumes, particle_masks=masks, model=model, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed)
+    res = run_job(job, progress=not getattr(args, "quiet", False), description="train")
+    path = learned.save_model(res.model, args.out, metadata={"particles": str(args.particles)},
+                              overwrite=args.overwrite)
+    print(f"trained {res.steps} steps in {res.seconds:.1f} s on {len(pset.rows)} particles; "
+          f"final epoch loss {res.epoch_losses[-1]:.4f}" if len(res.epoch_losses) else "")
+    print(f"  wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- average
+def run_average(args) -> int:
+    import numpy as np
+
+    from ..backend.align.average import average_particles, iterative_average_job
+    from ..backend.align.extract import load_particle_set, write_aligned_star
+    from ..backend.align.types import AlignmentResult
+    from ..backend.geometry import euler_to_matrix
+    from ..backend.jobs import run_job
+    from ..io import check_output_path, ensure_not_input, write_mrc
+
+    device = _resolve_device(args.device)
+    out = Path(args.out)
+    ensure_not_input(out, args.particles, args.tomogram)
+    outs = [out]
+    if args.half_maps:
+        outs += [out.with_name(f"{out.stem}_half1.mrc"), out.with_name(f"{out.stem}_half2.mrc"),
+                 out.with_name(f"{out.stem}_fsc.csv"), out.with_name(f"{out.stem}_fsc.png")]
+    if args.out_star:
+        outs.append(Path(args.out_star))
+    for o in outs:
+        check_output_path(o, overwrite=args.overwrite)
+    pset = load_particle_set(args.particles, tomogram=args.tomogram, box=args.box)
+    _print_skipped(pset, "average")
+    box = pset.volumes.shape[-1]
+    masks = _fourier_masks(args, box, pset.voxel_size)
+    poses = AlignmentResult(euler_to_matrix(pset.euler_deg), _star_origin_voxels(pset), np.full(len(pset.rows), np.nan),
+                            "star")
+    half = None
+    if "rlnRandomSubset" in pset.table.data.columns:
+        h = pset.table.data["rlnRandomSubset"].to_numpy()[pset.rows].astype(int)
+        if set(np.unique(h)) == {1, 2}:
+            half = h
+    if args.iterations > 0:
+        job = iterative_average_job(pset.volumes, particle_masks=masks, initial=poses, iterations=args.iterations,
+                                    angular_step_deg=args.angular_step, voxel_size_angstrom=pset.voxel_size,
+                                    half=half, device=device)
+        res = run_job(job, progress=not getattr(args, "quiet", False), description="average")
+    else:
+        res = average_particles(pset.volumes, poses, particle_masks=masks, half_maps=args.half_maps,
+                                voxel_size_angstrom=pset.voxel_size, half=half, device=device)
+    write_mrc(out, res.average, voxel_size=pset.voxel_size, overwrite=args.overwrite)
+    print(f"averaged {len(pset.rows)} particles ({box}^3 at {pset.voxel_size:g} Å) -> {out}")
+    if args.half_maps and res.fsc is not None:
+        write_mrc(outs[1], res.half1, voxel_size=pset.voxel_size, overwrite=args.overwrite)
+        write_mrc(outs[2], res.half2, voxel_size=pset.voxel_size, overwrite=args.overwrite)
+        _write_fsc_outputs(res.fsc, csv=outs[3], png=outs[4], title=out.name, overwrite=args.overwrite)
+        print(f"  half maps: {outs[1]}, {outs[2]}")
+        print(f"  FSC 0.143: {res.fsc.resolution_0143:.1f} Å   FSC 0.5: {res.fsc.resolution_05:.1f} Å  "
+              f"({outs[3].name}, {outs[4].name})")
+    if args.out_star:
+        if args.iterations > 0:
+            write_aligned_star(args.out_star, pset, res.alignment, overwrite=args.overwrite)
+            print(f"  refined poses: {args.out_star}")
+        else:
+            print("  --out-star needs --iterations > 0; not written")
+    return 0
+
+
+# ----------------------------------------------------------------------------- fsc
+def _fsc_table(report) -> str:
+    import numpy as np
+
+    f = np.asarray(report.curve.frequency)
+    lines = ["shell  freq_1/vox  freq_1/A  resolution_A     fsc"]
+    for i, (fi, ci) in enumerate(zip(f, report.curve.fsc)):
+        res = report.voxel_size_angstrom / fi if fi > 0 else float("inf")
+        lines.append(f"{i:5d}  {fi:10.4f}  {fi / report.voxel_size_angstrom:8.5f}  {res:12.2f}  {ci:6.3f}")
+    return "\n".join(lines)
+
+
+def _write_fsc_outputs(report, *, csv, png, title: str, overwrite: bool) -> None:
+    import numpy as np
+
+    from ..io import atomic_path, atomic_write
+
+    if csv is not None:
+        f = np.asarray(report.curve.frequency)
+        with atomic_write(csv, mode="w", overwrite=overwrite) as fh:
+            fh.write("shell,frequency_per_voxel,frequency_per_angstrom,fsc\n")
+            for i, (fi, ci) in enumerate(zip(f, report.curve.fsc)):
+                fh.write(f"{i},{fi:.6f},{fi / report.voxel_size_angstrom:.6f},{ci:.6f}\n")
+    if png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5, 3.5), dpi=100)
+        ax = fig.add_subplot(111)
+        freq = np.asarray(report.curve.frequency) / report.voxel_size_angstrom
+        ax.plot(freq, report.curve.fsc, "-o", ms=3, label="FSC")
+        ax.axhline(0.143, color="grey", ls="--", lw=0.8)
+        ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+        ax.set_xlabel("spatial frequency (1/Å)")
+        ax.set_ylabel("FSC")
+        ax.set_ylim(-0.1, 1.05)
+        ax.set_title(f"{title}: {report.resolution_0143:.1f} Å (0.143), {report.resolution_05:.1f} Å (0.5)", fontsize=9)
+        fig.tight_layout()
+        with atomic_path(png, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, format="png")
+
+
+def run_fsc(args) -> int:
+    import numpy as np
+
+    from ..backend.align.average import fsc_report
+    from ..errors import InputError
+    from ..io import check_output_path, ensure_not_input, read_mrc
+    from ..io.mrc import check_same_voxel_size
+
+    a = read_mrc(args.map_a)
+    b = read_mrc(args.map_b)
+    if a.data.shape != b.data.shape:
+        raise InputError(f"a map of the same shape as {args.map_a} {a.data.shape}", path=args.map_b, field="shape",
+                         got=f"{b.data.shape}")
+    voxel = check_same_voxel_size(b, a)
+    mask = None
+    if args.mask:
+        m = read_mrc(args.mask)
+        if m.data.shape != a.data.shape:
+            raise InputError(f"a mask of the maps' shape {a.data.shape}", path=args.mask, field="shape",
+                             got=f"{m.data.shape}")
+        mask = np.asarray(m.data, dtype=np.float32)
+    png = Path(args.plot) if args.plot else Path(f"fsc_{Path(args.map_a).stem}_{Path(args.map_b).stem}.png")
+    for o in (png, args.csv):
+        if o is not None:
+            ensure_not_input(o, args.map_a, args.map_b, args.mask)
+            check_output_path(o, overwrite=args.overwrite)
+    report = fsc_report(a.data, b.data, voxel_size_angstrom=voxel, mask=mask)
+    print(_fsc_table(report))
+    print(f"resolution at FSC 0.143: {report.resolution_0143:.2f} Å")
+    print(f"resolution at FSC 0.5:   {report.resolution_05:.2f} Å")
+    _write_fsc_outputs(report, csv=args.csv, png=png, title=f"{Path(args.map_a).name} vs {Path(args.map_b).name}",
+                       overwrite=args.overwrite)
+    print(f"  plot: {png}" + (f"   table: {args.csv}" if args.csv else ""))
+    return 0

@@ -1,0 +1,335 @@
+"""Dock widget "Align & average": subtomogram alignment and averaging with live updates.
+
+Inputs: a points layer on a tomogram image layer (boxes are cut around the points) or a
+subtomogram STAR file; a reference (image layer, MRC file, or reference-free); the method,
+angular step and iterations. While the job iterates, the average is updated in place as an
+image layer and the FSC plot is redrawn; each particle's orientation is shown as a vector
+on its point, its correlation goes into the points' ``features`` (and the sortable table
+below), and a gallery of aligned central slices next to the average's (worst first) helps
+find bad particles, which "Remove below" deletes. "Export STAR" writes the poses
+(docs/conventions.md). All computation is in :mod:`napari_cryoalign.backend.align`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    PushButton,
+    SpinBox,
+)
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+
+from ..backend.jobs import Job, Partial
+from ._base import JobWidget, add_or_update_layer
+
+SOURCES = ("points on tomogram", "subtomogram STAR file")
+REFERENCES = ("reference-free", "image layer", "MRC file")
+METHODS = ("exhaustive", "learned", "learned+refine")
+SCORE = "cryoalignCorrelation"
+
+
+class FSCPlot(FigureCanvasQTAgg):
+    """The FSC curve of the half maps, redrawn on every update."""
+
+    def __init__(self, parent=None):
+        self.figure = Figure(figsize=(3.2, 1.8), dpi=90, layout="constrained")
+        super().__init__(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        self.ax.tick_params(labelsize=7)
+        self.setMinimumHeight(130)
+        self.report = None
+
+    def show_report(self, report) -> None:
+        self.report = report
+        ax = self.ax
+        ax.clear()
+        freq = np.asarray(report.curve.frequency) / report.voxel_size_angstrom
+        ax.plot(freq, report.curve.fsc, "-", lw=1.2)
+        ax.axhline(0.143, color="grey", ls="--", lw=0.7)
+        ax.axhline(0.5, color="grey", ls=":", lw=0.7)
+        ax.set_ylim(-0.1, 1.05)
+        ax.set_xlabel("1/Å", fontsize=7)
+        ax.set_title(f"FSC: {report.resolution_0143:.1f} Å (0.143), {report.resolution_05:.1f} Å (0.5)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        self.draw_idle()
+
+
+class AlignWidget(JobWidget):
+    """Align subtomograms and average them, with live updates."""
+
+    job_name = "Align & average"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.source = ComboBox(label="particles from", choices=list(SOURCES), value=SOURCES[0])
+        self.points = ComboBox(label="points", choices=self._layer_choices("points"))
+        self.tomogram = ComboBox(label="tomogram", choices=self._layer_choices("image"))
+        self.box = SpinBox(label="box (voxels)", value=32, min=8, max=256, step=2)
+        self.star = FileEdit(label="STAR file", mode="r", filter="*.star")
+        self.ref_kind = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
+        self.ref_layer = ComboBox(label="reference layer", choices=self._layer_choices("image"))
+        self.ref_file = FileEdit(label="reference file", mode="r", filter="*.mrc")
+        self.method = ComboBox(label="method", choices=list(METHODS), value="exhaustive")
+        self.angular_step = FloatSpinBox(label="angular step (°)", value=30.0, min=3.0, max=90.0, step=5.0)
+        self.iterations = SpinBox(label="iterations", value=3, min=1, max=50)
+        self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0)
+        self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0)
+        self.threshold = FloatSpinBox(label="remove below", value=0.0, min=-1.0, max=1.0, step=0.01)
+        self.remove_button = PushButton(text="Remove particles below")
+        self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "aligned.star"))
+        self.export_button = PushButton(text="Export STAR")
+        self.remove_button.enabled = self.export_button.enabled = False
+        self.form = Container(widgets=[self.source, self.points, self.tomogram, self.box, self.star, self.ref_kind,
+                                       self.ref_layer, self.ref_file, self.method, self.angular_step, self.iterations,
+                                       self.tilt_min, self.tilt_max])
+        self.form_layout.addWidget(self.form.native)
+        self.fsc_plot = FSCPlot()
+        self.form_layout.addWidget(self.fsc_plot)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["particle", "correlation"])
+        self.table.setSortingEnabled(True)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setMinimumHeight(120)
+        self.table.itemSelectionChanged.connect(self._select_points)
+        self.form_layout.addWidget(self.table)
+        self.after = Container(widgets=[self.threshold, self.remove_button, self.export_file, self.export_button])
+        self.form_layout.addWidget(self.after.native)
+        self.source.changed.connect(self._show_inputs)
+        self.ref_kind.changed.connect(self._show_inputs)
+        self.remove_button.changed.connect(self.remove_below)
+        self.export_button.changed.connect(self.export_star)
+        self.viewer.layers.events.inserted.connect(self._refresh_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_choices)
+        self._show_inputs()
+        self.pset = None  # what the running / last job aligned: dict with rows, coordinates, voxel size, ...
+        self.last_alignment = None
+        self.last_result = None
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _layer_choices(self, kind: str):
+        def choices(_=None):
+            return [layer.name for layer in self.viewer.layers if layer._type_string == kind]
+        return choices
+
+    def _refresh_choices(self, *_):
+        for w in (self.points, self.tomogram, self.ref_layer):
+            w.reset_choices()
+
+    def _show_inputs(self, *_):
+        from_points = self.source.value == SOURCES[0]
+        for w in (self.points, self.tomogram, self.box):
+            w.visible = from_points
+        self.star.visible = not from_points
+        self.ref_layer.visible = self.ref_kind.value == "image layer"
+        self.ref_file.visible = self.ref_kind.value == "MRC file"
+
+    def _voxel_size(self, layer) -> float:
+        meta = layer.metadata.get("napari_cryoalign", {}) if hasattr(layer, "metadata") else {}
+        return float(meta.get("voxel_size_angstrom", layer.scale[-1]))
+
+    def _load_particles(self) -> dict:
+        """The particles to align (cheap: cuts boxes or reads files) and where they came from."""
+        from ..backend.align.extract import extract_subtomograms, load_particle_set
+        from ..errors import InputError
+
+        if self.source.value == SOURCES[0]:
+            if not self.points.value or not self.tomogram.value:
+                raise InputError("a points layer and a tomogram image layer", field="particles", got="none chosen")
+            pts, tomo = self.viewer.layers[self.points.value], self.viewer.layers[self.tomogram.value]
+            if tomo.ndim != 3 or pts.ndim != 3:
+                raise InputError("a 3D tomogram and 3D points", field="particles", got=f"{tomo.ndim}D / {pts.ndim}D")
+            world = np.asarray(pts.data, dtype=float) * np.asarray(pts.scale) + np.asarray(pts.translate)
+            zyx = (world - np.asarray(tomo.translate)) / np.asarray(tomo.scale)
+            ext = extract_subtomograms(np.asarray(tomo.data), zyx[:, ::-1], int(self.box.value), path=tomo.name)
+            if len(ext.rows) == 0:
+                raise InputError("at least one box inside the tomogram", field="particles",
+                                 got="; ".join(s.reason for s in ext.skipped[:2]))
+            return {"volumes": ext.volumes, "rows": ext.rows, "skipped": ext.skipped, "points": pts.name, "zyx": zyx,
+                        "voxel": self._voxel_size(tomo), "resid": ext.residual_origins_voxels, "initial": None,
+                        "tomo_name": tomo.name, "shape": tuple(tomo.data.shape)}
+        if not self.star.value or not Path(self.star.value).is_file():
+            raise InputError("an existing subtomogram STAR file", path=self.star.value, field="STAR file")
+        ps = load_particle_set(self.star.value)
+        return {"volumes": ps.volumes, "rows": ps.rows, "skipped": ps.skipped, "points": None, "zyx": None, "voxel": ps.voxel_size,
+                    "resid": ps.extraction_origins_voxels, "initial": None, "pset": ps}
+
+    def _reference(self, box: int, voxel: float):
+        from ..errors import InputError
+
+        if self.ref_kind.value == "reference-free":
+            return None
+        if self.ref_kind.value == "image layer":
+            if not self.ref_layer.value:
+                raise InputError("a reference image layer", field="reference", got="none")
+            ref = np.asarray(self.viewer.layers[self.ref_layer.value].data, dtype=np.float32)
+        else:
+            from ..io import read_mrc
+            from ..io.mrc import voxel_size_isotropic
+
+            vol = read_mrc(self.ref_file.value)
+            rv = voxel_size_isotropic(vol)
+            if abs(rv - voxel) > 1e-3 * voxel:
+                raise InputError(f"the particles' voxel size ({voxel:g} Å)", path=self.ref_file.value,
+                                 field="voxel_size", got=f"{rv:g} Å")
+            ref = np.asarray(vol.data, dtype=np.float32)
+        if ref.shape != (box,) * 3:
+            raise InputError(f"a reference of the box size {(box,) * 3}", field="reference", got=f"{ref.shape}")
+        return ref
+
+    def make_job(self) -> Job:
+        import torch
+
+        from ..backend.align.average import align_average_job
+        from ..backend.simulate.subtomograms import observed_fourier_mask
+
+        pset = self._load_particles()
+        box = pset["volumes"].shape[-1]
+        ref = self._reference(box, pset["voxel"])
+        mask = observed_fourier_mask((box,) * 3, tilt_range_deg=(float(self.tilt_min.value), float(self.tilt_max.value)),
+                                     rfft=False)
+        self.pset = pset
+        self.fsc_plot.ax.clear()
+        self.fsc_plot.draw_idle()
+        return align_average_job(pset["volumes"], reference=ref, particle_masks=torch.fft.fftshift(mask).numpy(),
+                                 method=self.method.value, iterations=int(self.iterations.value),
+                                 angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset["voxel"])
+
+    # -- live updates ----------------------------------------------------------------------
+    def on_partial(self, partial: Partial) -> None:
+        if self.pset is None:
+            return
+        v = self.pset["voxel"]
+        if partial.name == "average":
+            add_or_update_layer(self.viewer, (np.asarray(partial.value), {"name": "aligned average", "scale": (v, v, v),
+                                                                          "colormap": "gray"}, "image"))
+        elif partial.name == "fsc":
+            self.fsc_plot.show_report(partial.value)
+        elif partial.name == "alignment":
+            self._show_alignment(partial.value)
+        elif partial.name == "gallery":
+            g = np.asarray(partial.value)
+            add_or_update_layer(self.viewer, (g, {"name": "aligned gallery (worst first)", "scale": (1.0, v, v),
+                                                  "colormap": "gray", "contrast_limits": (-3.0, 3.0)}, "image"))
+
+    def _show_alignment(self, ali) -> None:
+        self.last_alignment = ali
+        rows = self.pset["rows"]
+        scores = np.asarray(ali.scores, dtype=float)
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(rows))
+        for i, (r, s) in enumerate(zip(rows, scores)):
+            item = QTableWidgetItem()
+            item.setData(0, int(r))
+            self.table.setItem(i, 0, item)
+            sitem = QTableWidgetItem()
+            sitem.setData(0, float(s))
+            self.table.setItem(i, 1, sitem)
+        self.table.setSortingEnabled(True)
+        name = self.pset.get("points")
+        if name is None or name not in self.viewer.layers:
+            return
+        pts = self.viewer.layers[name]
+        if len(pts.data) != len(self.pset["zyx"]):
+            return  # the layer changed since the run started
+        n = len(pts.data)
+        feats = pts.features.copy() if len(pts.features) == n else None
+        import pandas as pd
+
+        if feats is None:
+            feats = pd.DataFrame(index=range(n))
+        eul = np.full((n, 3), np.nan)
+        eul[rows] = ali.euler_deg
+        ori = np.full((n, 3), np.nan)
+        ori[rows] = (np.asarray(ali.origins_voxels) - self.pset["resid"]) * self.pset["voxel"]
+        col = np.full(n, np.nan)
+        col[rows] = scores
+        for j, c in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
+            feats[c] = eul[:, j]
+        for j, c in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+            feats[c] = ori[:, j]
+        feats[SCORE] = col
+        pts.features = feats
+        from .._layers import orientation_vectors
+
+        box = self.pset["volumes"].shape[-1]
+        vec = orientation_vectors(np.asarray(pts.data)[rows], ali.euler_deg, length=box / 3)
+        add_or_update_layer(self.viewer, (vec, {"name": f"{name} orientations", "scale": tuple(pts.scale),
+                                                "edge_color": "cyan", "edge_width": 0.6}, "vectors"))
+
+    def _select_points(self) -> None:
+        name = self.pset.get("points") if self.pset else None
+        if name is None or name not in self.viewer.layers:
+            return
+        chosen = {int(self.table.item(i.row(), 0).data(0)) for i in self.table.selectionModel().selectedRows()}
+        self.viewer.layers[name].selected_data = chosen
+
+    def on_result(self, result) -> None:
+        self.last_result = result
+        if self.last_alignment is None or self.last_alignment is not result.alignment:
+            self._show_alignment(result.alignment)
+        self.remove_button.enabled = self.export_button.enabled = True
+        skipped = self.pset["skipped"] if self.pset else []
+        msg = f"averaged {len(result.alignment)} particles; FSC 0.143 at {result.fsc.resolution_0143:.1f} Å"
+        if skipped:
+            msg += f"; skipped {len(skipped)}: " + "; ".join(f"#{s.row} {s.reason}" for s in skipped[:5])
+        self.status.setText(msg)
+
+    # -- actions ---------------------------------------------------------------------------
+    def remove_below(self, *_) -> int:
+        """Delete the points whose correlation is below the threshold; returns how many."""
+        name = self.pset.get("points") if self.pset else None
+        if name is None or name not in self.viewer.layers:
+            self.status.setText("removing needs particles from a points layer")
+            return 0
+        pts = self.viewer.layers[name]
+        if SCORE not in pts.features:
+            return 0
+        bad = np.flatnonzero(np.nan_to_num(pts.features[SCORE].to_numpy(dtype=float), nan=np.inf)
+                             < float(self.threshold.value))
+        if len(bad):
+            pts.selected_data = {int(i) for i in bad}
+            pts.remove_selected()
+        self.pset = None
+        self.remove_button.enabled = self.export_button.enabled = False
+        self.status.setText(f"removed {len(bad)} particles below {self.threshold.value:g}; run again to re-average")
+        return len(bad)
+
+    def export_star(self, *_) -> Path | None:
+        """Write the aligned particles (coordinates, angles, origins, correlation) to a STAR file."""
+        from napari.utils.notifications import show_error
+
+        from ..errors import CryoAlignError
+
+        if self.last_result is None or self.pset is None:
+            return None
+        ali = self.last_result.alignment
+        out = Path(self.export_file.value)
+        try:
+            if self.pset.get("pset") is not None:
+                from ..backend.align.extract import write_aligned_star
+
+                path = write_aligned_star(out, self.pset["pset"], ali, overwrite=True)
+            else:
+                from ..io import write_particles
+
+                rows = self.pset["rows"]
+                v = self.pset["voxel"]
+                ori = (np.asarray(ali.origins_voxels) - self.pset["resid"]) * v
+                path = write_particles(out, coordinates_xyz=self.pset["zyx"][rows][:, ::-1], euler_deg=ali.euler_deg,
+                                       origins_angstrom=ori, tomo_name=self.pset["tomo_name"], voxel_size=v,
+                                       tomogram_shape=self.pset["shape"], extra_columns={SCORE: np.asarray(ali.scores)},
+                                       overwrite=True)
+        except (CryoAlignError, OSError) as exc:
+            show_error(f"Export STAR: {exc}")
+            return None
+        self.status.setText(f"wrote {path}")
+        return path

@@ -1,0 +1,143 @@
+"""`cryoalign align / average / fsc` end to end on small simulated sets."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from napari_cryoalign.backend.align.scoring import constrained_correlation
+from napari_cryoalign.backend.geometry import euler_to_matrix, geodesic_angle_deg
+from napari_cryoalign.backend.simulate.subtomograms import (
+    simulate_subtomograms,
+    write_subtomogram_set,
+)
+from napari_cryoalign.cli import _align
+from napari_cryoalign.errors import InputError
+from napari_cryoalign.io import (
+    euler_deg,
+    origins_angstrom,
+    read_mrc,
+    read_particles,
+    write_mrc,
+    write_particles,
+)
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="cryoalign")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    _align.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["-q", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def sset_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("align")
+    s = simulate_subtomograms(["ribosome"], n_per_class=6, box=24, snr=3.0, max_shift_voxels=2, seed=11)
+    vols = s.volumes.copy()
+    vols[3] = 0.0  # an all-zero subtomogram: skipped and listed, the rest proceeds
+    s = type(s)(**{**s.__dict__, "volumes": vols})
+    files = write_subtomogram_set(s, d / "set")
+    return d, s, files
+
+
+def test_align_then_average_reproduces_reference(sset_files, capsys):
+    d, s, files = sset_files
+    ref = files["references"][0]
+    out = d / "aligned.star"
+    assert _run(["align", "--particles", str(files["star"]), "--reference", str(ref), "--out", str(out),
+                 "--angular-step", "30"]) == 0
+    text = capsys.readouterr().out
+    assert "skipped 1 of 6" in text and "row 3: subtomogram is all zero" in text
+    table = read_particles(out, require=("angles", "origins", "image_names"))
+    keep = np.array([0, 1, 2, 4, 5])
+    assert len(table) == 5
+    ang = geodesic_angle_deg(euler_to_matrix(euler_deg(table)), s.rotations[keep])
+    assert ang.max() < 6.0
+    err = np.linalg.norm(origins_angstrom(table) - s.origins_angstrom[keep], axis=1) / s.voxel_size_angstrom
+    assert err.max() < 0.5
+    assert np.all(table.data[_align.SCORE_COLUMN] > 0.2)
+
+    # the written STAR, applied by `average`, reproduces the reference
+    avg = d / "avg.mrc"
+    assert _run(["average", "--particles", str(out), "--out", str(avg), "--half-maps"]) == 0
+    text = capsys.readouterr().out
+    assert "FSC 0.143" in text
+    v = read_mrc(avg)
+    assert v.voxel_size[0] == pytest.approx(s.voxel_size_angstrom)
+    # ... the same map as averaging with the true poses (the particles carry a CTF, so compare like with like)
+    from napari_cryoalign.backend.align import AlignmentResult
+    from napari_cryoalign.backend.align.average import wedge_compensated_average
+
+    truth = AlignmentResult(s.rotations[keep], s.origins_voxels[keep], np.ones(5), "truth")
+    expected = wedge_compensated_average(s.volumes[keep], truth, particle_masks=s.mask)
+    assert constrained_correlation(v.data, expected) > 0.95
+    assert constrained_correlation(v.data, s.references[0], max_frequency=0.25) > 0.6
+    for name in ("avg_half1.mrc", "avg_half2.mrc", "avg_fsc.csv", "avg_fsc.png"):
+        assert (d / name).is_file()
+    # the output is never replaced without --overwrite
+    with pytest.raises(InputError):
+        _run(["average", "--particles", str(out), "--out", str(avg)])
+
+
+def test_fsc_command_table_and_plot(sset_files, tmp_path, capsys):
+    _d, s, files = sset_files
+    ref = files["references"][0]
+    rng = np.random.default_rng(0)
+    noisy = s.references[0] + 0.5 * s.references[0].std() * rng.normal(size=s.references[0].shape)
+    write_mrc(tmp_path / "noisy.mrc", noisy.astype(np.float32), voxel_size=s.voxel_size_angstrom)
+    png = tmp_path / "fsc.png"
+    assert _run(["fsc", str(ref), str(tmp_path / "noisy.mrc"), "--plot", str(png), "--csv",
+                 str(tmp_path / "fsc.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "resolution at FSC 0.143" in text and png.stat().st_size > 1000
+    rows = (tmp_path / "fsc.csv").read_text().splitlines()
+    assert rows[0].startswith("shell") and len(rows) == 1 + 13
+    assert float(rows[1].split(",")[-1]) > 0.9  # DC shell
+
+
+def test_reference_with_other_voxel_size_is_refused(sset_files, tmp_path):
+    _d, s, files = sset_files
+    write_mrc(tmp_path / "ref7.mrc", s.references[0], voxel_size=7.0)
+    with pytest.raises(InputError, match="voxel size") as err:
+        _run(["align", "--particles", str(files["star"]), "--reference", str(tmp_path / "ref7.mrc"),
+              "--out", str(tmp_path / "x.star")])
+    assert "ref7.mrc" in str(err.value)
+
+
+def test_learned_needs_reference_and_train_option_parses(sset_files, tmp_path):
+    _d, _s, files = sset_files
+    with pytest.raises(InputError, match="reference"):
+        _run(["align", "--particles", str(files["star"]), "--out", str(tmp_path / "x.star")])
+
+
+def test_tomogram_extraction_skips_boxes_outside_and_checks_box(tmp_path, capsys):
+    from napari_cryoalign.backend.geometry import (
+        random_rotations,
+        transform_reference_to_particle,
+    )
+    from napari_cryoalign.backend.simulate.structures import load_structure_map
+
+    ref, vox = load_structure_map("ribosome", voxel_size_angstrom=12.0, box=24)
+    rots = random_rotations(4, seed=5)
+    tomo = np.zeros((40, 80, 80), np.float32)
+    pos = np.array([[20, 20, 20], [50, 22, 20], [30, 55, 19], [3, 40, 20]])  # the last box is cut by the edge
+    for (x, y, z), r in zip(pos[:3], rots[:3]):
+        tomo[z - 12:z + 12, y - 12:y + 12, x - 12:x + 12] += transform_reference_to_particle(ref, r)
+    write_mrc(tmp_path / "tomo.mrc", tomo, voxel_size=vox)
+    write_mrc(tmp_path / "ref.mrc", ref, voxel_size=vox)
+    write_particles(tmp_path / "picks.star", coordinates_xyz=pos.astype(float), tomo_name="t", voxel_size=vox)
+    out = tmp_path / "aligned.star"
+    assert _run(["align", "--particles", str(tmp_path / "picks.star"), "--tomogram", str(tmp_path / "tomo.mrc"),
+                 "--box", "24", "--reference", str(tmp_path / "ref.mrc"), "--out", str(out), "--no-wedge"]) == 0
+    text = capsys.readouterr().out
+    assert "row 3" in text and "outside the tomogram" in text
+    t = read_particles(out, require=("angles",))
+    assert len(t) == 3
+    assert np.allclose(t.data[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(), pos[:3])
+    assert geodesic_angle_deg(euler_to_matrix(euler_deg(t)), rots[:3]).max() < 5.0
+    with pytest.raises(InputError, match="even box") as err:
+        _run(["align", "--particles", str(tmp_path / "picks.star"), "--tomogram", str(tmp_path / "tomo.mrc"),
+              "--box", "23", "--reference", str(tmp_path / "ref.mrc"), "--out", str(tmp_path / "y.star")])
+    assert err.value.field == "box"

@@ -1,0 +1,81 @@
+"""The "Align & average" dock widget, driven with qtbot: live average, FSC plot, features, export."""
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_cryoalign.backend.geometry import (
+    euler_to_matrix,
+    geodesic_angle_deg,
+    random_rotations,
+)
+from napari_cryoalign.io import euler_deg, read_particles
+from napari_cryoalign.widgets.align import SCORE, AlignWidget
+
+VOX = 12.0
+
+
+@pytest.fixture
+def scene(make_napari_viewer, qtbot):
+    from napari_cryoalign.backend.geometry import transform_reference_to_particle
+    from napari_cryoalign.backend.simulate.structures import load_structure_map
+
+    ref, vox = load_structure_map("ribosome", voxel_size_angstrom=VOX, box=24)
+    rots = random_rotations(4, seed=8)
+    tomo = np.zeros((32, 64, 96), np.float32)
+    zyx = np.array([[16, 16, 16], [16, 16, 44], [16, 44, 30], [15, 46, 72]])
+    for (z, y, x), r in zip(zyx, rots):
+        tomo[z - 12:z + 12, y - 12:y + 12, x - 12:x + 12] += transform_reference_to_particle(ref, r)
+    tomo += np.random.default_rng(0).normal(0, 0.5 * tomo.std(), tomo.shape).astype(np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(tomo, name="tomo", scale=(vox,) * 3)
+    junk = [[16, 16, 72]]  # a pick on empty (noisy) ice: the one to find and remove
+    viewer.add_points(np.concatenate([zyx, junk]).astype(float), name="picks", scale=(vox,) * 3)
+    viewer.add_image(ref, name="ref", scale=(vox,) * 3)
+    w = AlignWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return viewer, w, rots
+
+
+def test_align_average_live_update_features_and_export(scene, qtbot, tmp_path):
+    viewer, w, rots = scene
+    w.points.value, w.tomogram.value = "picks", "tomo"
+    w.box.value = 24
+    w.ref_kind.value = "image layer"
+    w.ref_layer.value = "ref"
+    w.iterations.value = 1
+    w.angular_step.value = 30.0
+    w.tilt_min.value, w.tilt_max.value = -90.0, 90.0  # the planted copies have no missing wedge
+    qtbot.mouseClick(w.run_button, Qt.LeftButton)
+    # the live update: the average appears while the job still finishes (gallery comes last)
+    qtbot.waitUntil(lambda: "aligned average" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: not w.runner.running and w.last_result is not None, timeout=60_000)
+    assert viewer.layers["aligned average"].data.shape == (24, 24, 24)
+    assert w.fsc_plot.report is not None
+    pts = viewer.layers["picks"]
+    score = pts.features[SCORE].to_numpy()
+    assert np.all(score[:4] > 0.3) and score[4] < 0.2
+    eul = pts.features[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()[:4]
+    assert geodesic_angle_deg(euler_to_matrix(eul), rots).max() < 6.0
+    assert "picks orientations" in viewer.layers
+    assert viewer.layers["aligned gallery (worst first)"].data.shape == (5, 24, 48)
+    assert w.table.rowCount() == 5
+    # export, then remove the worst particle
+    w.export_file.value = str(tmp_path / "aligned.star")
+    path = w.export_star()
+    t = read_particles(path, require=("angles",))
+    assert len(t) == 5 and geodesic_angle_deg(euler_to_matrix(euler_deg(t))[:4], rots).max() < 6.0
+    w.threshold.value = 0.25
+    assert w.remove_below() == 1 and len(pts.data) == 4
+
+
+def test_bad_input_is_a_message(scene, qtbot):
+    _viewer, w, _ = scene
+    w.points.value, w.tomogram.value = "picks", "tomo"
+    w.box.value = 40  # larger than the tomogram's z edge (32)
+    assert w.run() is None
+    assert "box" in w.status.text()
+    w.box.value = 24
+    w.ref_kind.value = "image layer"
+    w.ref_layer.value = "tomo"  # wrong shape
+    assert w.run() is None and "reference" in w.status.text()
