@@ -34,7 +34,7 @@ def _device(name: str) -> str:
     return name
 
 
-def _step_tomogram(out: Path, seed: int, device: str, quiet: bool) -> dict:
+def _step_tomogram(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
     from ..backend.jobs import run_job
     from ..backend.simulate.tomogram import simulate_tomogram_job, write_tomogram_simulation
 
@@ -54,6 +54,7 @@ def _step_tomogram(out: Path, seed: int, device: str, quiet: bool) -> dict:
         description="simulate tomogram",
     )
     files = write_tomogram_simulation(sim, out / "tomogram")
+    ctx["tomogram"] = sim
     n = len(sim.truth.coordinates_xyz)
     return {
         "what": f"crowded tomogram {tuple(sim.tomogram.shape)} (z, y, x) at {sim.voxel_size:g} Å, "
@@ -64,7 +65,7 @@ def _step_tomogram(out: Path, seed: int, device: str, quiet: bool) -> dict:
     }
 
 
-def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool) -> dict:
+def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
     import numpy as np
 
     from ..backend import geometry
@@ -80,6 +81,7 @@ def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool) -> dict:
         description="simulate subtomograms",
     )
     files = write_subtomogram_set(sset, out / "subtomograms")
+    ctx["subtomograms"] = sset
     # read everything back through the project's readers and align with the STAR's truth
     volumes, table = star.read_subtomograms(files["star"])
     eul, origins, cls = star.euler_deg(table), star.origins_angstrom(table), star.classes(table)
@@ -110,11 +112,12 @@ def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool) -> dict:
     }
 
 
-def _step_tiltseries(out: Path, seed: int, device: str, quiet: bool) -> dict:
+def _step_tiltseries(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
     from ..backend.simulate.markers import simulate_marker_tiltseries, write_marker_tiltseries
 
     ts = simulate_marker_tiltseries(preset="paper3d", seed=seed, device=device)
     files = write_marker_tiltseries(ts, out / "tiltseries")
+    ctx["tiltseries"] = ts
     n_tilts, ny, nx = ts.tilt_series.shape
     return {
         "what": f"SparseAlign 3D preset: {len(ts.bead_positions_nm)} gold beads of {ts.bead_diameter_nm:g} nm, "
@@ -125,7 +128,7 @@ def _step_tiltseries(out: Path, seed: int, device: str, quiet: bool) -> dict:
     }
 
 
-def _step_particles(out: Path, seed: int, device: str, quiet: bool) -> dict:
+def _step_particles(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
     from ..backend.jobs import run_job
     from ..backend.simulate.particles import simulate_particles_job, write_particle_set
     from ..io import star
@@ -147,12 +150,136 @@ def _step_particles(out: Path, seed: int, device: str, quiet: bool) -> dict:
     }
 
 
+def _step_pick(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
+    """Label 10 % of the ribosomes of the demo tomogram, train the PU picker, pick, score against the truth."""
+    import numpy as np
+
+    from ..backend.jobs import run_job
+    from ..backend.picking import precision_recall_f1, save_picker, train_picker_job
+    from ..backend.picking.infer import pick_job
+    from ..io import star
+
+    sim = ctx["tomogram"]
+    truth = sim.truth
+    target = 1 + list(truth.class_names).index("ribosome")
+    true_xyz = truth.coordinates_xyz[truth.classes == target]
+    rng = np.random.default_rng(seed)
+    n_labels = max(3, int(round(0.1 * len(true_xyz))))
+    labels = true_xyz[rng.choice(len(true_xyz), n_labels, replace=False)]
+    diameter = float(2 * np.median(truth.radii_voxels[truth.classes == target]) * sim.voxel_size)
+    trained = run_job(
+        train_picker_job(sim.tomogram, labels, diameter_angstrom=diameter, voxel_size=sim.voxel_size,
+                         iterations=300, seed=seed, device=device),
+        progress=not quiet,
+        description="train picker",
+    )
+    picks, _heat = run_job(pick_job(trained.picker, sim.tomogram, voxel_size=sim.voxel_size, device=device),
+                           progress=False)
+    folder = out / "picking"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = save_picker(folder / "picker.pt", trained.picker)
+    picks_star = star.write_particles(
+        folder / "picks.star", coordinates_xyz=picks.coordinates_xyz, scores=picks.scores, tomo_name="sim_tomo",
+        tomogram_shape=sim.tomogram.shape, voxel_size=sim.voxel_size, sort_by_score=True)
+    prf = precision_recall_f1(picks.coordinates_xyz, picks.scores, true_xyz,
+                              radius=0.5 * diameter / sim.voxel_size)
+    return {
+        "what": f"PU picker trained on {n_labels} of {len(true_xyz)} ribosomes for {trained.iterations} steps "
+        f"({trained.seconds:.0f} s); {len(picks)} picks at score >= 0.5: precision {prf.precision:.2f}, "
+        f"recall {prf.recall:.2f}, F1 {prf.f1:.2f} against all ribosomes (look-alike species present)",
+        "numbers": {"labels": n_labels, "ribosomes": int(len(true_xyz)), "picks": len(picks),
+                    "precision": round(prf.precision, 3), "recall": round(prf.recall, 3), "f1": round(prf.f1, 3)},
+        "files": {"model": str(model), "picks": str(picks_star)},
+        "main": str(picks_star),
+    }
+
+
+def _step_align(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
+    """Exhaustive wedge-aware alignment of the demo's ribosome subtomograms to the reference, then FSC."""
+    import numpy as np
+
+    from ..backend import geometry
+    from ..backend.align.average import average_particles
+    from ..backend.align.exhaustive import align_exhaustive_job
+    from ..backend.jobs import run_job
+    from ..io import write_mrc
+
+    sset = ctx["subtomograms"]
+    idx = np.flatnonzero(sset.classes == 1 + list(sset.class_names).index("ribosome"))
+    parts = sset.volumes[idx]
+    ref = sset.references[list(sset.class_names).index("ribosome")]
+    res = run_job(
+        align_exhaustive_job(parts, ref, particle_masks=sset.mask, angular_step_deg=30, device=device),
+        progress=not quiet,
+        description="align (exhaustive)",
+    )
+    ang = geometry.geodesic_angle_deg(res.rotations, sset.rotations[idx])
+    shift_err = np.linalg.norm(res.origins_voxels - sset.origins_voxels[idx], axis=1)
+    avg = average_particles(parts, res, particle_masks=sset.mask, half_maps=True,
+                            voxel_size_angstrom=sset.voxel_size_angstrom)
+    folder = out / "alignment"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_mrc(folder / "ribosome_average.mrc", avg.average, voxel_size=sset.voxel_size_angstrom)
+    numbers = {
+        "particles": int(len(idx)),
+        "median_rotation_error_deg": round(float(np.median(ang)), 1),
+        "median_shift_error_voxels": round(float(np.median(shift_err)), 2),
+        "pairs_per_second": round(len(idx) / res.seconds, 2) if res.seconds == res.seconds and res.seconds > 0 else None,
+    }
+    fsc_text = ""
+    if getattr(avg, "fsc", None) is not None:
+        numbers["fsc_0.143_angstrom"] = round(float(avg.fsc.resolution_0143), 1)
+        fsc_text = f", half-map FSC 0.143 at {numbers['fsc_0.143_angstrom']:g} Å"
+    return {
+        "what": f"exhaustive search (30° grid + local refinement) of {len(idx)} ribosome subtomograms at SNR 0.1: "
+        f"median rotation error {numbers['median_rotation_error_deg']:g}°, shift error "
+        f"{numbers['median_shift_error_voxels']:g} voxels{fsc_text}",
+        "numbers": numbers,
+        "files": {"average": str(path)},
+        "main": str(path),
+    }
+
+
+def _step_markers(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
+    """SparseAlign on the simulated marker tilt series: markers and deformation against the truth."""
+    from ..backend.jobs import run_job
+    from ..backend.markers import find_markers_job
+    from ..backend.markers.export import write_results
+    from ..backend.markers.metrics import deformation_errors, match_markers
+
+    ts = ctx["tiltseries"]
+    res = run_job(
+        find_markers_job(ts.tilt_series, ts.tilt_angles_deg, bead_diameter_nm=ts.bead_diameter_nm,
+                         pixel_size_nm=ts.pixel_size_nm, sigma_nm=15.0, thickness_nm=100.0, degree=2,
+                         acquisition_order=ts.acquisition_order, device=device),
+        progress=not quiet,
+        description="find markers",
+    )
+    m = match_markers(res.positions_nm, ts.bead_positions_nm, pixel_size_nm=ts.pixel_size_nm, max_distance_nm=15.0)
+    e = deformation_errors(ts.deformation, res.deformation, ts.bead_positions_nm, extent_nm=(819.2, 819.2, 100.0))
+    files = write_results(out / "markers", res, acquisition_order=ts.acquisition_order)
+    numbers = {"found": int(len(res.positions_nm)), "true": int(len(ts.bead_positions_nm)), "missed": int(m.n_missed),
+               "spurious": int(m.n_spurious), "max_error_px": round(float(m.max_error_px), 3),
+               "E_markers_nm2": round(float(e["E_markers"]), 3)}
+    return {
+        "what": f"SparseAlign (ADCG, coarse-to-fine, degree-2 deformation) found {numbers['found']} of "
+        f"{numbers['true']} beads ({numbers['missed']} missed, {numbers['spurious']} spurious, max error "
+        f"{numbers['max_error_px']:g} px), E_markers {numbers['E_markers_nm2']:g} nm²",
+        "numbers": numbers,
+        "files": {k: str(v) for k, v in (files.items() if isinstance(files, dict) else [])},
+        "main": str(out / "markers"),
+    }
+
+
 #: (title, function) in the order they run; each capability appends its step here
 STEPS = [
     ("Simulate a crowded tomogram (picking data)", _step_tomogram),
     ("Simulate subtomograms + truth-aligned average and FSC", _step_subtomograms),
     ("Simulate a gold-marker tilt series with deformation", _step_tiltseries),
     ("Simulate particle images (pose data)", _step_particles),
+    ("Pick ribosomes from 10 % labels (sparse-label PU picker)", _step_pick),
+    ("Align ribosome subtomograms (exhaustive search) and average", _step_align),
+    ("Find gold markers and the deformation (SparseAlign)", _step_markers),
 ]
 
 
@@ -165,12 +292,13 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = _device(args.device)
     results = []
+    ctx: dict = {}
     t_all = time.perf_counter()
     for i, (title, step) in enumerate(STEPS, start=1):
         if not args.quiet:
             print(f"[{i}/{len(STEPS)}] {title}", flush=True)
         t0 = time.perf_counter()
-        res = step(out, args.seed, device, args.quiet)
+        res = step(out, args.seed, device, args.quiet, ctx)
         res["title"] = title
         res["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(res)
