@@ -14,8 +14,6 @@ soft positives (the Gaussian around a centre), ``y == -1`` unlabelled.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -159,7 +157,6 @@ def debiased_contrastive_loss(
     fb = features_b.permute(0, 2, 3, 4, 1).reshape(-1, c)
     y = target.reshape(-1)
     q = probability.detach().reshape(-1).clamp(0.0, 1.0)
-    n = y.numel()
     dev = fa.device
     pos_idx = torch.nonzero(y >= 1.0 - _EPS).reshape(-1)
     if pos_idx.numel() > max_positives:

@@ -33,7 +33,7 @@ import torch
 
 from ...errors import InputError
 from ..jobs import Event, Partial, Progress, run_job
-from .infer import Heatmap, Picks, find_peaks, predict_heatmap_job
+from .infer import Picks, find_peaks, predict_heatmap_job
 from .losses import consistency_loss, debiased_contrastive_loss, pu_focal_loss
 from .model import NetConfig
 from .picker import (
