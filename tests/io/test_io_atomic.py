@@ -90,3 +90,22 @@ def test_ensure_not_input(tmp_path):
     os.link(inp, tmp_path / "hard.mrc")
     with pytest.raises(InputError):
         ensure_not_input(tmp_path / "hard.mrc", inp)
+
+
+def test_write_json_atomic_and_refuses_overwrite(tmp_path):
+    import json
+
+    import numpy as np
+    import pytest
+
+    from napari_cryoalign.errors import InputError
+    from napari_cryoalign.io import write_json
+
+    p = write_json(tmp_path / "a.json", {"x": np.float32(1.5), "n": 3})
+    assert json.loads(p.read_text()) == {"x": 1.5, "n": 3}
+    with pytest.raises(InputError):
+        write_json(p, {"x": 2})
+    assert json.loads(p.read_text())["x"] == 1.5
+    write_json(p, {"x": 2}, overwrite=True)
+    assert json.loads(p.read_text()) == {"x": 2}
+    assert [q.name for q in tmp_path.iterdir()] == ["a.json"]  # no temporary files left

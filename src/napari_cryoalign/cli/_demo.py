@@ -13,7 +13,6 @@ overwritten. A ``summary.json`` next to them holds every number printed.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -304,7 +303,9 @@ def run(args) -> int:
         results.append(res)
     total = round(time.perf_counter() - t_all, 1)
     summary = {"output": str(out.resolve()), "device": device, "seed": args.seed, "seconds": total, "steps": results}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from ..io import write_json
+
+    write_json(out / "summary.json", summary, indent=2)
     _print_summary(summary)
     return 0
 

@@ -7,7 +7,7 @@ header, 0-based voxel coordinates, RELION ZYZ Euler angles. Bad input raises
 expected; every writer is atomic and refuses to replace an existing file unless asked.
 """
 
-from ._atomic import atomic_path, atomic_write, check_output_path, ensure_not_input
+from ._atomic import atomic_path, atomic_write, check_output_path, ensure_not_input, write_json
 from .mrc import (
     MrcHeaderWarning,
     MrcVolume,
@@ -46,6 +46,7 @@ __all__ = [
     # atomic output
     "atomic_write",
     "atomic_path",
+    "write_json",
     "check_output_path",
     "ensure_not_input",
     # MRC

@@ -16,7 +16,7 @@ from typing import IO, Iterator
 
 from ..errors import InputError
 
-__all__ = ["atomic_write", "atomic_path", "ensure_not_input", "check_output_path"]
+__all__ = ["atomic_write", "atomic_path", "ensure_not_input", "check_output_path", "write_json"]
 
 
 def _umask() -> int:
@@ -177,3 +177,13 @@ def ensure_not_input(out_path: str | os.PathLike, *input_paths: str | os.PathLik
         if same:
             raise InputError("an output file different from every input (inputs are never "
                              "overwritten)", path=out, field="output", got=f"the input {inp}")
+
+
+def write_json(path: str | os.PathLike, obj, *, overwrite: bool = False, indent: int = 1) -> Path:
+    """Write ``obj`` as JSON, atomically; numpy scalars become floats. Refuses to replace a file unless ``overwrite``."""
+    import json
+
+    path = check_output_path(path, overwrite=overwrite)
+    with atomic_write(path, mode="w", overwrite=overwrite) as f:
+        f.write(json.dumps(obj, indent=indent, default=float) + "\n")
+    return path

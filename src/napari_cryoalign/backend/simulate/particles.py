@@ -25,7 +25,6 @@ after projection, shift and CTF.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -293,15 +292,6 @@ simulate_particles.__signature__ = inspect.signature(simulate_particles_job).rep
     return_annotation=ParticleImageSet)
 
 
-def _write_json(path: Path, obj, *, overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
-        raise InputError("a file that does not exist yet (pass overwrite=True to replace it)",
-                         path=path, field="output", got="an existing file")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
-
 
 def write_particle_set(pset: ParticleImageSet, out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
     """Write a :class:`ParticleImageSet`: ``particles.mrcs`` + ``particles.star`` + ``reference.mrc`` + ``params.json``.
@@ -317,6 +307,7 @@ def write_particle_set(pset: ParticleImageSet, out_dir: str | os.PathLike, *, ov
     dict with the paths ``star``, ``stack``, ``reference``, ``params``.
     """
     from ...io.mrc import write_mrc
+    from ...io._atomic import write_json
     from ...io.star import write_particle_stack
 
     out = Path(out_dir)
@@ -335,7 +326,7 @@ def write_particle_set(pset: ParticleImageSet, out_dir: str | os.PathLike, *, ov
     ref = write_mrc(out / "reference.mrc", pset.reference, voxel_size=pset.pixel_size_angstrom, overwrite=overwrite)
     params = dict(p)
     params["files"] = {"star": star.name, "stack": "particles.mrcs", "reference": ref.name}
-    pj = _write_json(out / "params.json", params, overwrite=overwrite)
+    pj = write_json(out / "params.json", params, overwrite=overwrite)
     return {"star": star, "stack": out / "particles.mrcs", "reference": ref, "params": pj}
 
 

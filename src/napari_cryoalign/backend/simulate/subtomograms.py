@@ -31,7 +31,6 @@ visible in the power spectrum of every subtomogram, noise included.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -340,15 +339,6 @@ simulate_subtomograms.__signature__ = inspect.signature(simulate_subtomograms_jo
 
 
 # ----------------------------------------------------------------------------- writing
-def _write_json(path: Path, obj, *, overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
-        raise InputError("a file that does not exist yet (pass overwrite=True to replace it)",
-                         path=path, field="output", got="an existing file")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
-
 
 def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
     """Write a :class:`SubtomogramSet` to a folder.
@@ -369,6 +359,7 @@ def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, o
     dict with the paths: ``star``, ``params``, ``mask``, ``references`` (list), ``folder``.
     """
     from ...io.mrc import write_mrc
+    from ...io._atomic import write_json
     from ...io.star import write_subtomograms
 
     out = Path(out_dir)
@@ -391,7 +382,7 @@ def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, o
     params["class_numbers"] = {name: i + 1 for i, name in enumerate(sset.class_names)}
     params["files"] = {"star": star.name, "references": [f"references/{p.name}" for p in refs],
                        "observed_mask": mask.name}
-    pj = _write_json(out / "params.json", params, overwrite=overwrite)
+    pj = write_json(out / "params.json", params, overwrite=overwrite)
     return {"star": star, "params": pj, "mask": mask, "references": refs, "folder": out / "subtomograms"}
 
 
