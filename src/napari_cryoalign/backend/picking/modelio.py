@@ -88,28 +88,11 @@ def load_picker(path: str | os.PathLike, *, device="cpu") -> Picker:
         another tool; ``"version"`` a newer format; ``"state_dict"`` weights that do not fit
         the network described by the header.
     """
+    from ...io.modelfile import read_model_file
+
     p = Path(path)
-    if not p.is_file():
-        raise InputError("an existing picker model file", path=p, field="path", got="no such file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure to unpickle is bad input
-        msg = " ".join(str(err).split())[:200]
-        raise InputError(f"a {FORMAT_NAME} model file written by torch.save", path=p, field="file",
-                         got=f"unreadable ({type(err).__name__}: {msg})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
-        got = obj.get("format") if isinstance(obj, dict) and "format" in obj else (
-            f"a {type(obj).__name__} without a format name" if not isinstance(obj, dict)
-            else f"a dict with keys {sorted(map(str, obj))[:6]}")
-        raise InputError(f"a {FORMAT_NAME} model file", path=p, field="format", got=got)
-    ver = obj.get("version")
-    if not isinstance(ver, int) or ver > FORMAT_VERSION or ver < 1:
-        raise InputError(f"format version 1..{FORMAT_VERSION} (update napari-cryoalign for newer files)",
-                         path=p, field="version", got=ver)
-    header = obj.get("header")
-    state = obj.get("state_dict")
-    if not isinstance(header, dict) or not isinstance(state, dict):
-        raise InputError("a header dict and a state_dict", path=p, field="header", got="missing")
+    obj = read_model_file(p, format_name=FORMAT_NAME, max_version=FORMAT_VERSION, what="picker model")
+    header, state = obj["header"], obj["state_dict"]
     try:
         cfg = NetConfig(**header["net_config"])
         net = PickerNet(cfg)
