@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--astigmatism", type=float, default=0.1, metavar="UM", help="defocusU - defocusV in µm (default 0.1)")
     p.add_argument("--no-ctf", action="store_true", help="no CTF")
     p.add_argument("--max-shift", type=float, default=3.0, metavar="PX", help="max shift per axis in pixels (default 3)")
+    p.add_argument("--symmetry", default="C1", metavar="GROUP",
+                   help="symmetrise the structure under a point group before projecting (C1, Cn, Dn, T, O, I; "
+                   "RELION axes; default C1 = as it is)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -43,13 +46,14 @@ def run(args) -> int:
         defocus_um=None if args.no_ctf else (d0 if d0 == d1 else (d0, d1)),
         astigmatism_um=args.astigmatism,
         max_shift_pixels=args.max_shift,
+        symmetry=args.symmetry,
         seed=args.seed,
         device=args.device,
     )
     pset = run_job(job, progress=not getattr(args, "quiet", False), description="particles")
     paths = write_particle_set(pset, args.out, overwrite=args.overwrite)
     print(f"wrote {pset.n} images of {pset.structure} ({args.box}^2 px at {pset.pixel_size_angstrom:g} Å, "
-          f"SNR {args.snr:g}, half-sets {int((pset.random_subset == 1).sum())}/{int((pset.random_subset == 2).sum())})")
+          f"SNR {args.snr:g}, symmetry {pset.params['symmetry']}, half-sets {int((pset.random_subset == 1).sum())}/{int((pset.random_subset == 2).sum())})")
     print(f"  STAR:  {paths['star']}")
     print(f"  stack: {paths['stack']}")
     print(f"  params: {paths['params']}")

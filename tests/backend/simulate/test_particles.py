@@ -145,3 +145,26 @@ def test_sample_is_fast():
     t = time.perf_counter()
     s = sample_particles(seed=0)
     assert time.perf_counter() - t < 3.0 and s.images.shape == (64, 48, 48)
+
+
+def test_symmetric_structure_gives_the_same_image_for_every_symmetry_mate(tmp_path):
+    """symmetry="D2": the map is symmetrised, so poses A and A g project identically; params record it."""
+    from napari_cryoalign.backend.symmetry import point_group
+
+    rot = euler_to_matrix(np.array([[20.0, 70.0, -35.0]]))[0]
+    mates = np.einsum("ij,gjk->gik", rot, point_group("D2"))  # A g, g in D2
+    other = euler_to_matrix(np.array([[110.0, 20.0, -35.0]]))  # not a mate
+    kw = dict(n=5, box=32, pixel_size_angstrom=10.0, snr=None, defocus_um=None, max_shift_pixels=0.0)
+    sym = simulate_particles("mtor", rotations=np.concatenate([mates, other]), symmetry="d2", **kw)
+    imgs = sym.images
+    scale = np.abs(imgs[0]).max()
+    for k in range(1, 4):
+        assert np.abs(imgs[k] - imgs[0]).max() < 0.05 * scale  # interpolation only
+    assert np.abs(imgs[4] - imgs[0]).max() > 0.3 * scale  # a non-mate differs
+    plain = simulate_particles("mtor", rotations=np.concatenate([mates, other]), **kw)
+    assert np.abs(plain.images[1] - plain.images[0]).max() > 0.3 * scale  # mTOR itself is not D2
+    assert sym.params["symmetry"] == "D2" and plain.params["symmetry"] == "C1"
+    paths = write_particle_set(sym, tmp_path / "d2")
+    assert json.loads(paths["params"].read_text())["symmetry"] == "D2"
+    with pytest.raises(InputError, match="symmetry"):
+        simulate_particles("mtor", rotations=mates[:1], symmetry="X3", **{**kw, "n": 1})

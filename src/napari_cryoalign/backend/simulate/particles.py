@@ -39,6 +39,7 @@ from ..fourier import ctf_2d_batched
 from ..geometry import shift_image
 from ..geometry import euler_to_matrix, matrix_to_euler, random_rotations, rotate_volume
 from ..jobs import Partial, Progress, run_job
+from ..symmetry import normalize_symmetry, symmetrize_volume
 from .structures import list_structures, load_structure_map
 
 __all__ = [
@@ -173,6 +174,7 @@ def simulate_particles_job(
     bfactor: float = 0.0,
     invert_contrast: bool = True,
     rotations: np.ndarray | None = None,
+    symmetry: str = "C1",
     seed: int = 0,
     noise_seed: int | None = None,
     batch_size: int = 32,
@@ -181,7 +183,10 @@ def simulate_particles_job(
     """Job version of :func:`simulate_particles`: yields :class:`Progress` per batch."""
     _check(structure, n, box, pixel_size_angstrom, snr, max_shift_pixels, defocus_um, astigmatism_um)
     n, box = int(n), int(box)
+    symmetry = normalize_symmetry(symmetry)
     ref, pixel = load_structure_map(structure, voxel_size_angstrom=pixel_size_angstrom, box=box)
+    if symmetry != "C1":
+        ref = symmetrize_volume(ref, symmetry).astype(np.float32)
     rng = np.random.default_rng(seed)
     if rotations is None:
         euler = matrix_to_euler(random_rotations(n, seed=rng))
@@ -250,7 +255,10 @@ def simulate_particles_job(
         rotation_distribution="uniform on SO(3) (Haar)" if rotations is None else "given",
         projection="real space: trilinear rotation of the reference by A, sum along z",
         voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast, bfactor=bfactor,
-        invert_contrast=invert_contrast, seed=seed, noise_seed=int(noise_seed),
+        invert_contrast=invert_contrast, seed=seed, noise_seed=int(noise_seed), symmetry=symmetry,
+        symmetry_note=("C1: the structure as it is" if symmetry == "C1" else
+                       f"the map was symmetrised under {symmetry} (RELION axes) before projection; "
+                       "poses are defined up to A -> A g, g in the group"),
     )
     return ParticleImageSet(
         images=images, rotations=rot, euler_deg=euler, origins_angstrom=origins_px * pixel,
@@ -277,6 +285,9 @@ def simulate_particles(structure: str, **kwargs) -> ParticleImageSet:
     invert_contrast : protein bright (default; RELION-style particles) instead of dark
     rotations : optional ``(n, 3, 3)`` poses (e.g. from a symmetry group or a grid); default
         uniform random on SO(3)
+    symmetry : point group (``C1`` default, ``Cn``, ``Dn``, ``T``, ``O``, ``I``; RELION axes): the map is
+        symmetrised under the group before projection (:func:`..symmetry.symmetrize_volume`), so
+        the truth poses hold up to ``A -> A g``; recorded in ``params["symmetry"]``
     seed, noise_seed : random seeds (same ``seed`` with another ``noise_seed``: same particles,
         independent noise)
     batch_size, device : torch batching and device
