@@ -93,8 +93,15 @@ def mean_over(dicts):
     return {k: float(np.mean([d[k] for d in dicts])) for k in keys}
 
 
-def measure_inference(model_path: str) -> None:
-    """Child process: time inference on a 200 x 512 x 512 tomogram, print JSON with peak memory."""
+def measure_inference(model_path: str, *, malloc_tuning: bool = True) -> None:
+    """Child process: time inference on a 200 x 512 x 512 tomogram, print JSON with peak memory.
+
+    Runs like the ``cryoalign`` console script, with :func:`keep_freed_memory` (unless
+    ``--no-malloc-tuning``).
+    """
+    from napari_cryoalign.backend._malloc import keep_freed_memory
+
+    tuned = keep_freed_memory() if malloc_tuning else False
     picker = load_picker(model_path)
     rng = np.random.default_rng(0)
     vol = rng.normal(size=(200, 512, 512)).astype(np.float32)
@@ -104,7 +111,9 @@ def measure_inference(model_path: str) -> None:
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": dt, "peak_rss_mb": peak, "rss_before_mb": base, "tomogram_mb": vol.nbytes / 2**20,
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "malloc_tuning": tuned,
+                      "user_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime,
+                      "system_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime}))
 
 
 def main() -> int:
@@ -118,7 +127,10 @@ def main() -> int:
     ap.add_argument("--skip-template", action="store_true", help="no template-matching baseline")
     ap.add_argument("--skip-inference", action="store_true", help="no 200x512x512 inference timing")
     ap.add_argument("--out-prefix", default=str(ROOT / "docs" / "benchmarks" / "picking"))
-    ap.add_argument("--measure-inference", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--measure-inference", default=None, metavar="MODEL.pt",
+                    help="only time inference of MODEL.pt on a 200x512x512 tomogram (a child process does this)")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="time inference without keep_freed_memory() (plain glibc malloc)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="merge result files of partial runs (e.g. fractions run in parallel) into --out-prefix")
     args = ap.parse_args()
@@ -141,7 +153,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.measure_inference:
-        measure_inference(args.measure_inference)
+        measure_inference(args.measure_inference, malloc_tuning=not args.no_malloc_tuning)
         return 0
 
     from napari_cryoalign.backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
@@ -247,6 +259,8 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--measure-inference", str(mp)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
+            if args.no_malloc_tuning:
+                cmd += ["--no-malloc-tuning"]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             results["inference_512x512x200"] = json.loads(out.stdout.strip().splitlines()[-1])
         inf = results["inference_512x512x200"]

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    if argv is None:  # the console script, a batch process of its own (not a test calling main())
+        from ..backend._malloc import keep_freed_memory
+
+        keep_freed_memory()
     from ..errors import CryoAlignError, JobCancelled
 
     try:

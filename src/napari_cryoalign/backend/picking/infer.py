@@ -84,7 +84,7 @@ def predict_heatmap_job(
     *,
     tile: tuple[int, int, int] = (32, 512, 512),
     halo: tuple[int, int, int] = (4, 64, 64),
-    slice_chunk: int = 8,
+    slice_chunk: int = 2,
     stats: tuple[float, float] | None = None,
     device=None,
 ) -> Generator[Event, None, Heatmap]:
@@ -97,7 +97,8 @@ def predict_heatmap_job(
     tile : interior tile size ``(z, y, x)`` in input voxels (y, x rounded down to a multiple
         of the network's pooling size so that tiling does not change the result)
     halo : context read around each tile ``(z, y, x)`` (y, x rounded up likewise)
-    slice_chunk : 2D slices processed at once (memory)
+    slice_chunk : 2D slices processed at once (memory; small chunks keep activations under glibc's
+        32 MB mmap threshold, which saves the page-fault cost of fresh large buffers)
     stats : ``(centre, scale)`` normalisation; default :func:`~.picker.tomogram_stats`
     device : torch device (default: the picker's)
 
