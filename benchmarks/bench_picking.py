@@ -236,11 +236,18 @@ def main() -> int:
             t1 = time.perf_counter()
             picks, _ = pick(res.picker, s.tomogram, threshold=0.02)
             t_inf.append(time.perf_counter() - t1)
-            per_tomo.append(evaluate(picks.coordinates_xyz, picks.scores, target(s), radius, threshold=THRESHOLD))
+            ev = evaluate(picks.coordinates_xyz, picks.scores, target(s), radius, threshold=THRESHOLD)
+            cal = res.picker.default_threshold  # calibrated on the labels at the end of training
+            prf = precision_recall_f1(picks.coordinates_xyz, picks.scores, target(s), radius=radius, threshold=cal)
+            ev.update(threshold_calibrated=cal, f1_calibrated=prf.f1, precision_calibrated=prf.precision,
+                      recall_calibrated=prf.recall)
+            per_tomo.append(ev)
         row = {"fraction": frac, "n_labels": k, "train_seconds": t_train, "iterations": iterations,
                "inference_seconds_256x256x64": float(np.mean(t_inf)), **mean_over(per_tomo), "per_tomogram": per_tomo}
         results["picker"].append(row)
         print(f"{frac * 100:4.0f} % ({k:3d} labels): train {t_train:5.1f} s | F1@{THRESHOLD} {row['f1']:.3f} "
+              f"| F1@calibrated {row['threshold_calibrated']:.3f}: {row['f1_calibrated']:.3f} "
+              f"(P {row['precision_calibrated']:.3f} R {row['recall_calibrated']:.3f}) "
               f"(P {row['precision']:.3f} R {row['recall']:.3f}) | best F1 {row['best_f1']:.3f} | "
               f"mAP r2 {row['map_r2']:.3f} r5 {row['map_r5']:.3f}", flush=True)
         last_model = res.picker
@@ -281,8 +288,10 @@ def _plot(results, path: Path) -> None:
     tm = results["template_matching"]
     x = [100 * r["fraction"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, lab in (("f1", f"F1 @ {THRESHOLD}"), ("best_f1", "best F1")):
-        axes[0].plot(x, [r[key] for r in rows], "o-", label=f"PU picker, {lab}")
+    for key, lab in (("f1_calibrated", "F1 @ calibrated threshold (default)"), ("f1", f"F1 @ {THRESHOLD}"),
+                     ("best_f1", "best F1")):
+        if all(key in r for r in rows):
+            axes[0].plot(x, [r[key] for r in rows], "o-", label=f"PU picker, {lab}")
     if tm:
         axes[0].axhline(tm["best_f1"], color="k", ls="--", label="template matching, best F1")
     axes[0].set(xlabel="labelled particles (%)", ylabel="F1 (match radius = particle radius)", ylim=(0, 1.02))

@@ -54,7 +54,9 @@ def register(sub) -> None:
     p.add_argument("--tomogram", required=True, metavar="T.mrc")
     p.add_argument("--model", required=True, metavar="MODEL.pt")
     p.add_argument("--out", required=True, metavar="PICKS.star")
-    p.add_argument("--threshold", type=float, default=0.5, metavar="X", help="minimum score 0..1 (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None, metavar="X",
+                   help="minimum score 0..1 (default: the model's threshold calibrated on its labels, "
+                   "0.5 for models without one)")
     p.add_argument("--min-distance", type=float, default=None, metavar="D_ANGSTROM",
                    help="minimum distance between picks in Å (default: the particle radius)")
     p.add_argument("--heatmap", default=None, metavar="PATH", help="also write the heatmap (MRC, tomogram grid)")
@@ -170,13 +172,15 @@ def run_predict(args) -> int:
     picker = load_picker(args.model, device=args.device)
     vol, vs = _read_tomogram(args.tomogram)
     t0 = time.perf_counter()
-    job = pick_job(picker, vol.data, threshold=args.threshold, min_distance_angstrom=args.min_distance,
+    threshold = picker.default_threshold if args.threshold is None else args.threshold
+    job = pick_job(picker, vol.data, threshold=threshold, min_distance_angstrom=args.min_distance,
                    voxel_size=vs, path=args.tomogram)
     picks, heat = run_job(job, progress=not _quiet(args), description="predict")
     _write_picks(args.out, picks, vol=vol, vs=vs, overwrite=args.overwrite)
     if args.heatmap:
         write_mrc(args.heatmap, heatmap_to_input_grid(heat, vol.shape), voxel_size=vs, overwrite=args.overwrite)
-    print(f"{len(picks)} picks (score >= {args.threshold:g}) in {time.perf_counter() - t0:.1f} s; wrote {args.out}"
+    how = " calibrated on the model's labels" if args.threshold is None else ""
+    print(f"{len(picks)} picks (score >= {threshold:g}{how}) in {time.perf_counter() - t0:.1f} s; wrote {args.out}"
           + (f" and {args.heatmap}" if args.heatmap else ""))
     return 0
 

@@ -672,9 +672,15 @@ class PickWidget(JobWidget):
         self.score_map = result.score_map
         self._best_rotation, self._euler_grid = result.best_rotation, result.euler_grid
         self._show_score_map(result.method)
+        calibrated = ""
+        if result.method == "picker" and result.picker is not None:
+            # the model's threshold, calibrated on its labels at the end of training
+            self.threshold.range = (0.0, 1.0)
+            self.threshold.value = round(result.picker.default_threshold, 2)
+            calibrated = f" (threshold {self.threshold.value:.2f}, calibrated on the labels)"
         self._set_candidates(result.picks, result.method)
         what = "trained and picked" if result.method == "picker" else "template matched"
-        self.status.setText(f"{what}: {len(self.picks)} candidates, {len(self.shown_indices())} shown")
+        self.status.setText(f"{what}: {len(self.picks)} candidates, {len(self.shown_indices())} shown{calibrated}")
 
     def _score_layer_name(self, method: str) -> str:
         tomo = self._pending if getattr(self, "_pending", None) else self.tomogram.value

@@ -13,7 +13,7 @@ from napari_cryoalign.errors import InputError
 def picker():
     p = Picker.new(diameter_angstrom=120.0, voxel_size=10.0, class_prior=0.2,
                    net_config=NetConfig(width=8, feature_channels=8, proj_channels=8), seed=3)
-    p.training = {"iterations_done": 7, "lr": 1e-3}
+    p.training = {"iterations_done": 7, "lr": 1e-3, "label_scores": [0.9, 0.95], "suggested_threshold": 0.7}
     return p
 
 
@@ -23,6 +23,7 @@ def test_round_trip_same_outputs(tmp_path, picker):
     assert back.diameter_angstrom == 120.0 and back.voxel_size == 10.0 and back.class_prior == 0.2
     assert back.net_config == picker.net_config
     assert back.training["iterations_done"] == 7
+    assert back.default_threshold == 0.7  # the calibrated threshold travels with the model
     vol = np.random.default_rng(0).normal(size=(6, 32, 32)).astype(np.float32)
     a = predict_heatmap(picker, vol).data
     b = predict_heatmap(back, vol).data

@@ -10,6 +10,7 @@ from napari_cryoalign.backend.picking import (
     NetConfig,
     Picker,
     average_precision,
+    calibrated_threshold,
     pick,
     precision_recall_f1,
     predict_heatmap,
@@ -63,6 +64,14 @@ def test_training_reaches_f1_bar_on_another_tomogram(sims):
     prf = precision_recall_f1(picks.coordinates_xyz, picks.scores, test.truth.coordinates_xyz, radius=radius)
     assert prf.f1 >= 0.85, prf
     assert np.all(np.diff(picks.scores) <= 0)
+    # the threshold calibrated on the labels at the end of training
+    tr = res.picker.training
+    assert len(tr["label_scores"]) == len(labels) and min(tr["label_scores"]) > 0.5
+    assert res.picker.default_threshold == calibrated_threshold(tr["label_scores"])
+    assert 0.5 < res.picker.default_threshold < max(tr["label_scores"])
+    cal = picks.above(res.picker.default_threshold)
+    prf_cal = precision_recall_f1(cal.coordinates_xyz, cal.scores, test.truth.coordinates_xyz, radius=radius)
+    assert prf_cal.f1 >= 0.85, prf_cal
     all_picks, _ = pick(res.picker, test.tomogram, threshold=0.02)
     ap5 = average_precision(all_picks.coordinates_xyz, all_picks.scores, test.truth.coordinates_xyz,
                             radius=5, scale_zyx=(1, 2, 2))
@@ -146,3 +155,10 @@ def test_bad_input_is_reported(sims):
     with pytest.raises(InputError, match=r"data: expected finite.*z-slice 7"):
         train_picker(bad, lab, **kw)
     assert np.isfinite(vol).all()  # input untouched
+
+
+def test_calibrated_threshold_rule():
+    assert calibrated_threshold([0.92, 0.97, 0.95]) == pytest.approx(0.71)  # midway between 0.5 and the weakest
+    assert calibrated_threshold([0.4, 0.99]) == 0.5  # a weak label: fall back to the Bayes cut
+    assert calibrated_threshold([]) == 0.5 and calibrated_threshold([np.nan]) == 0.5
+    assert calibrated_threshold([0.9], floor=0.3) == pytest.approx(0.6)

@@ -15,11 +15,11 @@ from .metrics import PRF, MatchResult, average_precision, best_f1, match_picks, 
 from .model import NetConfig, PickerNet
 from .modelio import load_picker, save_picker
 from .picker import Picker
-from .train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS, TrainResult, train_picker, train_picker_job
+from .train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS, TrainResult, calibrated_threshold, train_picker, train_picker_job
 
 __all__ = [
     "Picker", "NetConfig", "PickerNet", "TrainResult", "train_picker_job", "train_picker",
-    "DEFAULT_ITERATIONS", "DEFAULT_CLASS_PRIOR", "Picks", "Heatmap", "predict_heatmap_job",
+    "DEFAULT_ITERATIONS", "DEFAULT_CLASS_PRIOR", "calibrated_threshold", "Picks", "Heatmap", "predict_heatmap_job",
     "predict_heatmap", "find_peaks", "pick_job", "pick", "heatmap_to_input_grid", "PRF", "MatchResult",
     "match_picks", "precision_recall_f1", "average_precision", "best_f1", "save_picker", "load_picker",
 ]

@@ -71,6 +71,13 @@ class Picker:
         return OUTPUT_STRIDE
 
     @property
+    def default_threshold(self) -> float:
+        """Score threshold calibrated on the labels at the end of training
+        (:func:`~.train.calibrated_threshold`), 0.5 for a model without one."""
+        value = self.training.get("suggested_threshold")
+        return float(value) if isinstance(value, (int, float)) and 0.0 < value < 1.0 else 0.5
+
+    @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 

@@ -47,7 +47,8 @@ from .picker import (
 )
 from .targets import heatmap_sigma, input_to_output_zyx, make_targets
 
-__all__ = ["TrainResult", "train_picker_job", "train_picker", "DEFAULT_ITERATIONS", "DEFAULT_CLASS_PRIOR"]
+__all__ = ["TrainResult", "train_picker_job", "train_picker", "calibrated_threshold", "DEFAULT_ITERATIONS",
+           "DEFAULT_CLASS_PRIOR"]
 
 DEFAULT_ITERATIONS = 600
 DEFAULT_CLASS_PRIOR = 0.02
@@ -177,11 +178,15 @@ def train_picker_job(
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
 
-    def crop_at(cen_xyz: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    def crop_origin(cen_xyz: np.ndarray) -> tuple[int, int, int]:
         x, y, z = cen_xyz
         z0 = int(np.clip(round(z) - cz // 2, 0, shape[0] - cz))
         y0 = int(np.clip(round(y) - cy // 2, 0, shape[1] - cy)) // 2 * 2
         x0 = int(np.clip(round(x) - cx // 2, 0, shape[2] - cx)) // 2 * 2
+        return z0, y0, x0
+
+    def crop_at(cen_xyz: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        z0, y0, x0 = crop_origin(cen_xyz)
         blk = normalise_block(tomogram[z0 : z0 + cz, y0 : y0 + cy, x0 : x0 + cx], centre_val, scale_val)
         tgt = target_full[z0 : z0 + cz, y0 // 2 : y0 // 2 + cy // 2, x0 // 2 : x0 // 2 + cx // 2]
         return blk, tgt
@@ -269,8 +274,43 @@ def train_picker_job(
     finally:
         net.eval()
         picker.optimizer_state = opt.state_dict()
+    # calibrate the default score threshold on the labels (only after a complete run)
+    label_scores = _label_scores(net, labels, crop_origin, crop_at)
+    training["label_scores"] = [round(float(v), 4) for v in label_scores]
+    training["suggested_threshold"] = calibrated_threshold(label_scores)
     return TrainResult(picker=picker, losses=np.asarray(losses, dtype=np.float64), iterations=step,
                        seconds=time.perf_counter() - t_start)
+
+
+def calibrated_threshold(label_scores, *, floor: float = 0.5) -> float:
+    """Default score threshold from the scores of the labelled particles.
+
+    The midpoint between the Bayes cut ``floor`` (0.5) and the weakest labelled particle's
+    score: candidates scoring like something the user called a particle pass, and the band
+    between 0.5 and that score - where the classifier hesitates and look-alike particles sit -
+    is cut in the middle. ``floor`` when there are no labels or the weakest scores below it.
+    Measured in ``docs/picking.md`` (benchmark: default-threshold F1 0.82 -> see there).
+    """
+    v = np.asarray(label_scores, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or v.min() <= floor:
+        return float(floor)
+    return round(float(0.5 * (floor + v.min())), 3)
+
+
+def _label_scores(net, labels: np.ndarray, crop_origin, crop_at) -> np.ndarray:
+    """Heatmap value at each label: the max over a 3 x 3 x 3 neighbourhood of its output voxel."""
+    out = np.empty(len(labels))
+    dev = next(net.parameters()).device
+    with torch.inference_mode():
+        for i, c in enumerate(labels):
+            blk, _ = crop_at(c)
+            prob = torch.sigmoid(net(torch.from_numpy(blk)[None].to(dev), features=False)[0][0]).float().cpu().numpy()
+            z0, y0, x0 = crop_origin(c)
+            k = (int(round(c[2])) - z0, int(c[1] - y0) // 2, int(c[0] - x0) // 2)
+            sl = tuple(slice(max(0, v - 1), min(n, v + 2)) for v, n in zip(k, prob.shape))
+            out[i] = float(prob[sl].max())
+    return out
 
 
 def _quiet(job):
