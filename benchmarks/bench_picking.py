@@ -132,13 +132,16 @@ def main() -> int:
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="time inference without keep_freed_memory() (plain glibc malloc)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                    help="merge result files of partial runs (e.g. fractions run in parallel) into --out-prefix")
+                    help="merge result files of partial runs (e.g. fractions run in parallel) into --out-prefix; "
+                    "for a fraction in several files the last one given wins")
     args = ap.parse_args()
     if args.merge:
         merged = {"picker": [], "template_matching": None, "inference_512x512x200": None, "parts": []}
         for f in args.merge:
             r = json.loads(Path(f).read_text())
             merged["parts"].append({"file": str(f), "setup": r["setup"], "complete": r.get("complete")})
+            # a later file's row for the same label fraction replaces an earlier one (re-runs)
+            merged["picker"] = [x for x in merged["picker"] if x["fraction"] not in {y["fraction"] for y in r["picker"]}]
             merged["picker"] += r["picker"]
             merged["template_matching"] = merged["template_matching"] or r.get("template_matching")
             merged["inference_512x512x200"] = merged["inference_512x512x200"] or r.get("inference_512x512x200")
