@@ -61,11 +61,11 @@ STAGES = [
 def _round_data(snr: float, n_per_class: int, seed: int):
     s = simulate_subtomograms(STRUCTURES, n_per_class=n_per_class, box=32, snr=snr, seed=seed)
     refs = s.references[s.classes - 1]  # each particle's structure (not its pose)
-    return s.volumes, refs, s.mask
+    return s.volumes, refs, s.mask, s.rotations
 
 
 def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: int = 8,
-          checkpoint: Path | None = None) -> tuple[GumNet, dict]:
+          checkpoint: Path | None = None, supervised: bool = False) -> tuple[GumNet, dict]:
     torch.manual_seed(seed)
     model = GumNet(GumNetConfig(box=32))
     log = {"stages": [], "losses": []}
@@ -79,10 +79,11 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         while time.perf_counter() - t0 < budget:
             snr = float(rng.choice(snrs))
-            vols, refs, mask = _round_data(snr, n_per_class, round_seed)
+            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed)
             round_seed += 1
             job = train_job(vols, references=refs, particle_masks=mask, model=model, epochs=1,
-                            batch_size=batch_size, lr=lr, loss_box=loss_box, optimizer=opt, seed=round_seed)
+                            batch_size=batch_size, lr=lr, loss_box=loss_box, optimizer=opt, seed=round_seed,
+                            true_rotations=rots if supervised else None)
             try:
                 while True:
                     ev = next(job)
@@ -172,18 +173,22 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate-only", action="store_true")
     ap.add_argument("--checkpoint", type=Path, default=None, help="save the model here after every round")
     ap.add_argument("--eval-per-class", type=int, default=15)
+    ap.add_argument("--supervised", action="store_true",
+                    help="pre-train with the simulator's true rotations (winner-takes-all distance to the truth "
+                    "added to the correlation loss); the default is the paper's unsupervised training")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
         train_log = None
     else:
-        model, train_log = train(args.minutes, seed=args.seed, checkpoint=args.checkpoint)
+        model, train_log = train(args.minutes, seed=args.seed, checkpoint=args.checkpoint, supervised=args.supervised)
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
                          "voxel_size_angstrom": 12.0, "tilt_range_deg": [-60, 60], "defocus_um": 5.0,
                          "max_shift_voxels": 3.0},
-                "unsupervised": True, "torch": torch.__version__,
-                "command": f"python scripts/train_gumnet_default.py --minutes {args.minutes:g} --seed {args.seed}"}
+                "unsupervised": not args.supervised, "torch": torch.__version__,
+                "command": f"python scripts/train_gumnet_default.py --minutes {args.minutes:g} --seed {args.seed}"
+                + (" --supervised" if args.supervised else "")}
         save_model(model, args.out, metadata=meta, overwrite=True)
         loss_curve = [v for _, v in train_log["losses"]]
         prov = dict(meta, final_loss_last50=float(np.mean(loss_curve[-50:])), steps=len(loss_curve),

@@ -15,6 +15,7 @@ from napari_cryoalign.backend.align.learned import (
     load_default_model,
     load_model,
     save_model,
+    train,
     train_job,
 )
 from napari_cryoalign.backend.align.types import AlignmentResult
@@ -131,6 +132,28 @@ def test_train_job_pairs_particles_without_references_and_can_be_closed():
     assert seen_loss and not model.training
     res = align_learned(s.volumes[:2], s.references[0], model=model)
     assert res.rotations.shape == (2, 3, 3)
+
+
+def test_supervised_pretraining_term_uses_the_true_rotations():
+    """With the simulator's poses the loss adds the (0..1) distance of the closest hypothesis to the truth."""
+    s = _tiny_data()
+    refs = s.references[s.classes - 1]
+
+    def first_loss(**kw):
+        torch.manual_seed(0)
+        model = GumNet(GumNetConfig())
+        res = train(s.volumes, references=refs, particle_masks=s.mask, model=model, epochs=1, batch_size=2,
+                    lr=1e-9, max_steps=1, seed=0, **kw)
+        return float(res.losses[0]), res.settings
+
+    plain, st0 = first_loss()
+    sup, st1 = first_loss(true_rotations=s.rotations, supervised_weight=1.0)
+    wrong, _ = first_loss(true_rotations=np.einsum("nij,jk->nik", s.rotations, np.diag([1.0, -1.0, -1.0])),
+                          supervised_weight=1.0)
+    assert st0["supervised_weight"] == 0.0 and st1["supervised_weight"] == 1.0
+    assert 0.0 < sup - plain <= 1.05 and 0.0 < wrong - plain <= 1.05
+    with pytest.raises(InputError, match="true_rotations"):
+        next(train_job(s.volumes, particle_masks=s.mask, true_rotations=s.rotations))  # no references
 
 
 def test_train_job_rejects_bad_input():

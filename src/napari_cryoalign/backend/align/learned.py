@@ -368,6 +368,8 @@ def train_job(
     lr: float = 1e-3,
     loss_box: int | None = 16,
     all_hypotheses_weight: float = 0.05,
+    true_rotations=None,
+    supervised_weight: float = 1.0,
     max_steps: int | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     device="cpu",
@@ -396,6 +398,12 @@ def train_job(
     loss_box : the warp and loss are computed on Fourier-cropped ``loss_box^3`` copies (faster,
         and the low-pass widens the basin of the correlation); None = full box
     all_hypotheses_weight : weight of the mean loss over all hypotheses (keeps all of them learning)
+    true_rotations : optional ``(n, 3, 3)`` RELION matrices ``A`` of each particle relative to its
+        reference (simulated data, ``references`` given): adds ``supervised_weight`` times the
+        squared Frobenius distance ``|A_k - A|^2 / 8`` (0..1) of the closest hypothesis - a
+        supervised pre-training of the default weights on simulated data; without it the
+        training is unsupervised, as in the paper
+    supervised_weight : weight of that term
     max_steps : stop after this many steps (None = run all epochs)
     optimizer : an optimiser over ``model``'s parameters to continue with (keeps Adam's
         moments across calls); None = a new Adam with ``lr``
@@ -423,6 +431,13 @@ def train_job(
             raise InputError(f"one reference (z, y, x) or one per particle ({n}, z, y, x)", field="references",
                              got=f"shape {tuple(refs.shape)}")
     pm = _masks(particle_masks, "particle_masks", n, box)
+    truth = None
+    if true_rotations is not None:
+        truth = torch.as_tensor(np.asarray(true_rotations, dtype=np.float32))
+        if refs is None or tuple(truth.shape) != (n, 3, 3):
+            raise InputError(f"({n}, 3, 3) rotations of the particles relative to given references",
+                             field="true_rotations", got=f"shape {tuple(truth.shape)}, references "
+                             f"{'given' if refs is not None else 'missing'}")
     for name, val, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
                           ("lr", lr, lr > 0 and math.isfinite(lr))):
         if not ok:
@@ -442,7 +457,8 @@ def train_job(
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss_box": loss_box or box,
                 "all_hypotheses_weight": all_hypotheses_weight, "seed": seed, "n_particles": n,
                 "pairs": "references" if refs is not None else "random particle pairs",
-                "imputation": pm is not None}
+                "imputation": pm is not None,
+                "supervised_weight": supervised_weight if truth is not None else 0.0}
     losses, epoch_losses = [], []
     t0 = time.perf_counter()
     step = 0
@@ -468,8 +484,11 @@ def train_job(
                 fixed = standardize(fixed.to(device))
                 mm = _pick(pm, idx)
                 mm = None if mm is None else mm.to(device)
-                _, _, lk = _hypothesis_losses(model, moving, fixed, mm, loss_box=loss_box)
+                rot, _, lk = _hypothesis_losses(model, moving, fixed, mm, loss_box=loss_box)
                 loss = lk.min(1).values.mean() + all_hypotheses_weight * lk.mean()
+                if truth is not None:
+                    chord = ((rot - truth[idx].to(rot)[:, None]) ** 2).sum(dim=(-2, -1)) / 8.0  # (B, K)
+                    loss = loss + supervised_weight * (chord.min(1).values.mean() + all_hypotheses_weight * chord.mean())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
