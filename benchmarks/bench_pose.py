@@ -1,0 +1,152 @@
+"""Supervised pose inference (CESPED protocol on this project's simulator) and real-data reconstruction.
+
+Sets (``simulate_particles``): a large structure (ribosome, C1) and a small one (enolase,
+symmetrised under D2 with RELION's axes), uniform random poses, CTF 1-3 µm, shifts ±3 px,
+SNR 0.1 and 0.05, two half-sets (``rlnRandomSubset``). Protocol: one network per half set,
+each predicts the other half (gold standard). Reported per set: MAnE, wMAnE (all
+confidences 1 here, so equal to MAnE), median error, with and without projection-matching
+refinement; ΔPCC and ΔFSCR (0.5 / 0.143) as CESPED defines them (maps from the true poses'
+half maps vs the map from the predicted poses, soft spherical mask); training time and
+inference throughput.
+
+Throughput: particles per second of ``predict_poses`` (network + band-limited refinement +
+FFT shift search) on 128² images on 2 CPU threads (the model works on 64² Fourier crops).
+
+Real data: cryoDRGN's ``sta_testing_bin8.star`` (219 ribosome tilt images, 64², bin 8 of
+1.82 Å = 14.56 Å/px; the STAR file's 1.96 Å is the unbinned detector pixel) reconstructed from
+its given poses with CTF: half-map FSC (needs ``scripts/fetch_test_data.sh``).
+
+Writes docs/benchmarks/pose.json.
+Run:  .venv/bin/python benchmarks/bench_pose.py            (full: the lead's run)
+      .venv/bin/python benchmarks/bench_pose.py --reduced  (a few minutes of CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_cryoalign.backend.pose.data import (
+    load_particle_data,
+    particle_data_from_simulation,
+)
+from napari_cryoalign.backend.pose.metrics import (
+    angular_errors,
+    evaluate_reconstructions,
+)
+from napari_cryoalign.backend.pose.model import PoseNetConfig
+from napari_cryoalign.backend.pose.predict import predict_poses
+from napari_cryoalign.backend.pose.reconstruct import reconstruct_half_maps
+from napari_cryoalign.backend.pose.train import train_pose_model
+from napari_cryoalign.backend.simulate.particles import simulate_particles
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level, refine_n, seed=0):
+    t = time.perf_counter()
+    ps = simulate_particles(structure, n=n, box=box, pixel_size_angstrom=pixel, snr=snr, defocus_um=(1.0, 3.0),
+                            max_shift_pixels=3.0 * box / 64, symmetry=symmetry, seed=seed)
+    data = particle_data_from_simulation(ps)
+    sim_s = time.perf_counter() - t
+    cfg = PoseNetConfig(image_size=min(64, box), grid_level=grid_level)
+    t = time.perf_counter()
+    model = train_pose_model(data, symmetry=symmetry, halves=(1, 2), epochs=epochs, batch_size=32, lr=2e-3,
+                             config=cfg, seed=seed)
+    train_s = time.perf_counter() - t
+    pred = predict_poses(model, data)
+    err = angular_errors(pred.rotations, data.rotations, symmetry, confidence=data.confidence)
+    grid_err = angular_errors(pred.grid_rotations, data.rotations, symmetry)
+    out = {"structure": structure, "symmetry": symmetry, "n": n, "box": box, "pixel_A": pixel, "snr": snr,
+           "epochs": epochs, "grid_level": grid_level, "simulate_s": sim_s, "train_s": train_s,
+           "no_refinement": err.as_dict(), "grid_argmax_only": grid_err.as_dict(),
+           "predict_particles_per_s": pred.particles_per_second,
+           "shift_rmse_A": float(np.sqrt(((pred.origins_angstrom - data.origins_angstrom) ** 2).sum(1).mean()))}
+    ev = evaluate_reconstructions(data, pred.rotations, predicted_origins_angstrom=pred.origins_angstrom,
+                                  symmetry=symmetry)
+    out["maps_no_refinement"] = ev.as_dict()
+    if refine_n:
+        sub = np.arange(min(refine_n, n))
+        pr = predict_poses(model, data.subset(sub), projection_refine=True)
+        out["with_projection_refinement"] = {
+            "particles": int(sub.size),
+            **angular_errors(pr.rotations, data.rotations[sub], symmetry).as_dict(),
+            "before_refinement_same_particles": angular_errors(pred.rotations[sub], data.rotations[sub],
+                                                               symmetry).as_dict(),
+            "particles_per_s": pr.particles_per_second}
+    print(name, json.dumps(out, indent=1, default=float), flush=True)
+    return out
+
+
+def throughput(model_box=64, n=512, threads=2):
+    ps = simulate_particles("ribosome", n=64, box=128, pixel_size_angstrom=3.0, snr=0.1, seed=3)
+    data = particle_data_from_simulation(ps)
+    idx = np.resize(np.arange(64), n)
+    data = data.subset(idx)
+    small = simulate_particles("ribosome", n=64, box=128, pixel_size_angstrom=3.0, snr=0.1, seed=4)
+    model = train_pose_model(particle_data_from_simulation(small), halves=(0,), epochs=1, batch_size=32,
+                             config=PoseNetConfig(image_size=model_box))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predict_poses(model, data.subset(np.arange(64)))  # warm-up (grids, caches)
+        pred = predict_poses(model, data)
+    finally:
+        torch.set_num_threads(old)
+    return {"images": "128x128", "model_image_size": model_box, "threads": threads, "n": n,
+            "particles_per_s": pred.particles_per_second}
+
+
+def real_data():
+    star = ROOT / ".test-data" / "cryodrgn" / "sta_testing_bin8.star"
+    if not star.is_file():
+        return {"skipped": "run scripts/fetch_test_data.sh"}
+    data = load_particle_data(star, pixel_size_angstrom=14.56)
+    res = reconstruct_half_maps(data)
+    return {"file": "cryodrgn tests/data/sta_testing_bin8.star (219 ribosome tilt images, 64 px)",
+            "pixel_A": 14.56, "half_set_sizes": [int((data.half == 1).sum()), int((data.half == 2).sum())],
+            "fsc_0143_A": res.fsc.resolution_0143, "fsc_05_A": res.fsc.resolution_05,
+            "fsc_curve": [round(float(v), 4) for v in res.fsc.curve.fsc]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reduced", action="store_true", help="small sets, few epochs (minutes on 2 CPU cores)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "pose.json"))
+    args = ap.parse_args()
+    if args.reduced:
+        sets = [("ribosome_C1_snr0.1", "ribosome", "C1", dict(n=2000, box=32, pixel=12.0, snr=0.1, epochs=10,
+                                                                grid_level=2, refine_n=200)),
+                ("enolase_D2_snr0.1", "enolase", "D2", dict(n=2000, box=32, pixel=4.0, snr=0.1, epochs=10,
+                                                              grid_level=2, refine_n=200))]
+    else:
+        sets = [("ribosome_C1_snr0.1", "ribosome", "C1", dict(n=20000, box=64, pixel=6.0, snr=0.1, epochs=30,
+                                                                grid_level=3, refine_n=2000)),
+                ("ribosome_C1_snr0.05", "ribosome", "C1", dict(n=20000, box=64, pixel=6.0, snr=0.05, epochs=30,
+                                                                 grid_level=3, refine_n=2000)),
+                ("enolase_D2_snr0.1", "enolase", "D2", dict(n=20000, box=64, pixel=3.0, snr=0.1, epochs=30,
+                                                              grid_level=3, refine_n=2000))]
+    results = {"command": "benchmarks/bench_pose.py" + (" --reduced" if args.reduced else ""),
+               "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                           "threads": torch.get_num_threads()},
+               "sets": {}}
+    for name, structure, sym, kw in sets:
+        results["sets"][name] = run_set(name, structure, sym, **kw)
+    results["throughput"] = throughput()
+    print("throughput", results["throughput"], flush=True)
+    results["real_data"] = real_data()
+    print("real", results["real_data"], flush=True)
+    from napari_cryoalign.io import write_json
+
+    write_json(args.out, results, overwrite=True)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

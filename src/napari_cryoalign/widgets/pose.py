@@ -1,0 +1,236 @@
+"""Dock widget "Pose inference": train or load a pose network, predict poses, reconstruct, FSC, export.
+
+Load a particle STAR file (its image stack becomes an image layer to browse), then either
+train networks on its poses (gold standard, live loss plot) or load a model file, and run:
+the poses are predicted for every particle, the map is reconstructed from them (image layer
+"pose reconstruction", next to the model's training-half map "pose training reference"), the
+half-map FSC is plotted, the viewing directions are drawn on a Mollweide map coloured by
+confidence, and each particle's confidence and angles go into the ``features`` of a points
+layer on the stack. A threshold selects the particles that "Export STAR" writes. All
+computation is in :mod:`napari_cryoalign.backend.pose`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+
+from ..backend.jobs import Job, Partial
+from ._base import JobWidget, add_or_update_layer
+from ._plots import LossPlot, ScoreHistogram
+from .align import FSCPlot
+
+MODES = ("train on these particles", "model file")
+
+
+class OrientationPlot(FigureCanvasQTAgg):
+    """Viewing directions (``Aᵀ e_z``) on a Mollweide map, coloured by confidence."""
+
+    def __init__(self, parent=None):
+        self.figure = Figure(figsize=(3.2, 1.9), dpi=90, layout="constrained")
+        super().__init__(self.figure)
+        self.ax = self.figure.add_subplot(111, projection="mollweide")
+        self.setMinimumHeight(140)
+        self.n_points = 0
+
+    def show(self, rotations, confidence) -> None:
+        d = np.asarray(rotations)[:, 2, :]  # third row of A = viewing direction in the reference frame
+        lon = np.arctan2(d[:, 1], d[:, 0])
+        lat = np.arcsin(np.clip(d[:, 2], -1, 1))
+        self.ax.clear()
+        self.ax.scatter(lon, lat, c=np.asarray(confidence), s=3, cmap="viridis")
+        self.ax.set_title("viewing directions (colour: confidence)", fontsize=8)
+        self.ax.tick_params(labelsize=6)
+        self.n_points = len(lon)
+        self.draw_idle()
+
+
+class PoseWidget(JobWidget):
+    """Pose inference for particle images."""
+
+    job_name = "Pose inference"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.star = FileEdit(label="particles STAR", mode="r", filter="*.star")
+        self.load_button = PushButton(text="Load particles")
+        self.mode = ComboBox(label="poses from", choices=list(MODES), value=MODES[0])
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.pt")
+        self.symmetry = LineEdit(label="symmetry", value="C1")
+        self.epochs = SpinBox(label="epochs", value=10, min=1, max=500)
+        self.grid_level = SpinBox(label="grid level", value=2, min=0, max=4)
+        self.refine = CheckBox(text="refine by projection matching", value=False)
+        self.threshold = FloatSlider(label="confidence ≥", value=0.0, min=0.0, max=1.0, step=0.01)
+        self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "poses.star"))
+        self.export_button = PushButton(text="Export STAR")
+        self.save_model_file = FileEdit(label="save model", mode="w", filter="*.pt", value=str(Path.cwd() / "pose_model.pt"))
+        self.save_model_button = PushButton(text="Save model")
+        self.export_button.enabled = self.save_model_button.enabled = False
+        self.form = Container(widgets=[self.star, self.load_button, self.mode, self.model_file, self.symmetry,
+                                       self.epochs, self.grid_level, self.refine])
+        self.form_layout.addWidget(self.form.native)
+        self.loss_plot = LossPlot()
+        self.fsc_plot = FSCPlot()
+        self.orientation_plot = OrientationPlot()
+        self.histogram = ScoreHistogram(title="confidence")
+        for w in (self.loss_plot, self.fsc_plot, self.orientation_plot, self.histogram):
+            self.form_layout.addWidget(w)
+        self.after = Container(widgets=[self.threshold, self.export_file, self.export_button, self.save_model_file,
+                                        self.save_model_button])
+        self.form_layout.addWidget(self.after.native)
+        self.load_button.changed.connect(self.load_particles)
+        self.mode.changed.connect(self._show_inputs)
+        self.threshold.changed.connect(self._apply_threshold)
+        self.export_button.changed.connect(self.export_star)
+        self.save_model_button.changed.connect(self.save_model)
+        self._show_inputs()
+        self.data = None
+        self.last_run = None
+
+    def _show_inputs(self, *_):
+        training = self.mode.value == MODES[0]
+        self.model_file.visible = not training
+        self.epochs.visible = self.grid_level.visible = training
+
+    # -- loading ---------------------------------------------------------------------------
+    def load_particles(self, *_):
+        """Read the STAR file and its stack (synchronously: reading is fast); show the stack."""
+        from napari.utils.notifications import show_error
+
+        from ..backend.pose.data import load_particle_data
+        from ..errors import CryoAlignError
+
+        try:
+            self.data = load_particle_data(Path(self.star.value))
+        except (CryoAlignError, OSError) as exc:
+            show_error(f"{self.job_name}: {exc}")
+            self.status.setText(f"error: {exc}")
+            return None
+        px = self.data.pixel_size_angstrom
+        add_or_update_layer(self.viewer, (self.data.images, {"name": "particle images", "scale": (1.0, px, px)}, "image"))
+        self.status.setText(f"loaded {self.data.n} particles, {self.data.box}² px at {px:g} Å"
+                            + ("" if self.data.rotations is None else " (with poses)"))
+        return self.data
+
+    # -- the job ---------------------------------------------------------------------------
+    def make_job(self) -> Job:
+        from ..backend.pose.predict import pose_pipeline_job
+        from ..errors import InputError
+
+        if self.data is None and self.load_particles() is None:
+            raise InputError("a particle STAR file that loads", field="particles STAR", got=str(self.star.value))
+        self.loss_plot.clear()
+        predict = {"projection_refine": bool(self.refine.value)}
+        if self.mode.value == MODES[0]:
+            train = {"symmetry": self.symmetry.value, "epochs": int(self.epochs.value),
+                     "grid_level": int(self.grid_level.value)}
+            return pose_pipeline_job(self.data, train=train, predict=predict)
+        from ..backend.pose.modelio import load_pose_model
+
+        model = load_pose_model(Path(self.model_file.value))
+        return pose_pipeline_job(self.data, model=model, predict=predict, symmetry=self.symmetry.value)
+
+    def on_partial(self, partial: Partial) -> None:
+        if partial.name == "loss":
+            step, loss = partial.value
+            self.loss_plot.add(step, loss)
+        elif partial.name == "reference":
+            self._show_map(partial.value, "pose training reference")
+        elif partial.name == "volume":
+            self._show_map(partial.value, "pose reconstruction")
+
+    def _show_map(self, volume, name):
+        px = self.data.pixel_size_angstrom * (self.data.box / volume.shape[-1])
+        add_or_update_layer(self.viewer, (np.asarray(volume), {"name": name, "scale": (px, px, px)}, "image"))
+
+    def on_result(self, result) -> None:
+        self.loss_plot.flush()
+        self.last_run = result
+        pred, rec = result.prediction, result.reconstruction
+        self._show_map(rec.volume, "pose reconstruction")
+        ref = next(iter(result.model.references.values()), None)
+        if ref is not None:
+            self._show_map(ref, "pose training reference")
+        if rec.fsc is not None:
+            self.fsc_plot.show_report(rec.fsc)
+        self.orientation_plot.show(pred.rotations, pred.confidence)
+        self.histogram.set_scores(pred.confidence, value_range=(0.0, float(max(pred.confidence.max(), 1e-3))))
+        self.threshold.max = float(max(pred.confidence.max(), 1e-3))
+        n, box = self.data.n, self.data.box
+        features = {"confidence": pred.confidence, "rot": pred.euler_deg[:, 0], "tilt": pred.euler_deg[:, 1],
+                    "psi": pred.euler_deg[:, 2], "half": self.data.half}
+        pts = np.column_stack([np.arange(n), np.full(n, box // 2), np.full(n, box // 2)]).astype(float)
+        px = self.data.pixel_size_angstrom
+        add_or_update_layer(self.viewer, (pts, {"name": "particle confidence", "features": features,
+                                                "scale": (1.0, px, px), "size": box * 0.8, "face_color": "transparent",
+                                                "border_color": "confidence"}, "points"))
+        self.export_button.enabled = self.save_model_button.enabled = True
+        self._apply_threshold()
+        self.status.setText(f"predicted {n} poses ({pred.particles_per_second:.0f}/s); mean confidence "
+                            f"{pred.confidence.mean():.3f}" + (f"; half-map FSC {rec.fsc.resolution_0143:.1f} Å"
+                                                                 if rec.fsc is not None else ""))
+
+    # -- after a run -----------------------------------------------------------------------
+    def selected(self) -> np.ndarray:
+        """Indices of the particles at or above the confidence threshold."""
+        if self.last_run is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.last_run.prediction.confidence >= float(self.threshold.value))
+
+    def _apply_threshold(self, *_):
+        self.histogram.set_threshold(float(self.threshold.value))
+        if self.last_run is not None and "particle confidence" in self.viewer.layers:
+            layer = self.viewer.layers["particle confidence"]
+            shown = np.zeros(len(layer.data), dtype=bool)
+            shown[self.selected()] = True
+            layer.shown = shown
+
+    def export_star(self, *_):
+        from napari.utils.notifications import show_error, show_info
+
+        from ..backend.pose.export import write_predicted_star
+        from ..backend.pose.predict import PosePrediction
+        from ..errors import CryoAlignError
+
+        if self.last_run is None:
+            return None
+        keep = self.selected()
+        p = self.last_run.prediction
+        sub = PosePrediction(rotations=p.rotations[keep], euler_deg=p.euler_deg[keep],
+                             origins_angstrom=p.origins_angstrom[keep], confidence=p.confidence[keep],
+                             grid_rotations=p.grid_rotations[keep], network_half=p.network_half[keep],
+                             refined=p.refined, seconds=p.seconds)
+        try:
+            out = write_predicted_star(Path(self.export_file.value), self.data.subset(keep), sub, overwrite=True)
+        except (CryoAlignError, OSError) as exc:
+            show_error(f"{self.job_name}: {exc}")
+            return None
+        show_info(f"wrote {len(keep)} poses to {out}")
+        return out
+
+    def save_model(self, *_):
+        from napari.utils.notifications import show_error
+
+        from ..backend.pose.modelio import save_pose_model
+        from ..errors import CryoAlignError
+
+        if self.last_run is None:
+            return None
+        try:
+            return save_pose_model(Path(self.save_model_file.value), self.last_run.model, overwrite=True)
+        except (CryoAlignError, OSError) as exc:
+            show_error(f"{self.job_name}: {exc}")
+            return None
