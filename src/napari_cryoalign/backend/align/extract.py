@@ -205,9 +205,12 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
                        origins_angstrom=ori, extraction_origins_voxels=resid, skipped=skipped, source=source)
 
 
-def write_aligned_star(out, pset, result, *, overwrite: bool = False) -> Path:
+def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_columns: dict | None = None) -> Path:
     """Write the kept particles with the alignment: every input column kept, angles, origins (Å) and
-    ``cryoalignCorrelation`` set; ``rlnImageName`` re-pointed relative to the new file; atomic."""
+    ``cryoalignCorrelation`` set; ``rlnImageName`` re-pointed relative to the new file; atomic.
+
+    ``extra_columns``: ``{label: (m,) values}`` set as well (e.g. ``rlnClassNumber``), one per kept particle.
+    """
     import numpy as np
     import pandas as pd
     import starfile
@@ -232,6 +235,8 @@ def write_aligned_star(out, pset, result, *, overwrite: bool = False) -> Path:
     for j, c in enumerate(ORIGIN_COLUMNS):
         df[c] = ori[:, j]
     df[SCORE_COLUMN] = np.asarray(result.scores, dtype=np.float64)
+    for label, values in (extra_columns or {}).items():
+        df[label] = np.asarray(values).reshape(-1)
     src = pset.table.path
     if IMAGE_COLUMN in df.columns and src is not None:
         base = Path(src).parent

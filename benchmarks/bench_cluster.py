@@ -1,0 +1,160 @@
+"""Joint alignment + clustering accuracy and speed (Jim-Net protocol) against the classical baseline.
+
+Protocol (Zeng, Howe & Xu, ICCV 2021, on this project's simulator): five structures (ribosome,
+cct, mtor, ruvab, dengue_e_fab), 32³ boxes at 12 Å, ±60° tilt range (a 30° missing wedge), CTF at
+5 µm, random rotations (uniform on SO(3)) and shifts (uniform in ±3 voxels per axis), SNR 100,
+0.1, 0.05, 0.03, 0.01, ``--n-per-class`` particles of each structure, shuffled. Each method sorts
+the set into 5 classes without labels.
+
+Reported per SNR and method:
+* clustering accuracy after Hungarian matching of predicted to true labels, overall and per
+  structure, and the v-measure;
+* alignment errors within classes, for the particles of correctly matched classes: a class
+  average is an arbitrary rotation ``Q_c`` of the true map, so ``A_i ~ T_i Q_c`` (``T_i`` the true
+  matrix); ``Q_c`` is the chordal mean of ``T_i^T A_i`` over the class, and the error of particle
+  ``i`` is ``|| A_i - T_i Q_c ||_F`` (Gum-Net / Jim-Net's metric) and its geodesic angle; the
+  translation error is ``|o_i - o_true_i - T_i u_c|`` in voxels with ``u_c`` the class's mean
+  offset (the average's own centre);
+* wall-clock seconds, and seconds per 1000 subtomograms extrapolated linearly (every step is
+  linear in the number of particles at a fixed number of classes).
+
+Goals (issue 6): >= 99 % at SNR 0.1, >= 97 % at 0.05, >= 88 % at 0.03. Jim-Net (paper, Tables
+S6-S10): 99.7-100 % at 0.1, 94.8-99.4 % at 0.05, 73.8-98.5 % at 0.03, 36-58 % at 0.01.
+
+Writes docs/benchmarks/cluster.json (``--out`` to change).
+Run:  .venv/bin/python benchmarks/bench_cluster.py [--n-per-class 20] [--snrs 0.1] [--methods joint,classical]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_cryoalign.backend.cluster.classify import cluster_subtomograms
+from napari_cryoalign.backend.cluster.gmm import clustering_accuracy, v_measure
+from napari_cryoalign.backend.geometry import geodesic_angle_deg, matrix_distance
+from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms
+from napari_cryoalign.io import write_json
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "cluster.json"
+FIVE = ["ribosome", "cct", "mtor", "ruvab", "dengue_e_fab"]
+SNRS = [100.0, 0.1, 0.05, 0.03, 0.01]
+GOALS = {0.1: 0.99, 0.05: 0.97, 0.03: 0.88}
+JIMNET = {100.0: (1.0, 1.0), 0.1: (0.988, 1.0), 0.05: (0.948, 0.994), 0.03: (0.738, 0.985), 0.01: (0.36, 0.583)}
+
+
+def _chordal_mean(rots: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(rots.sum(0))
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def within_class_errors(sset, res, mapping: dict) -> dict:
+    """Rotation (Frobenius, degrees) and translation (voxels) errors of particles in correctly matched classes."""
+    true_rot = np.asarray(sset.rotations)
+    true_ori = np.asarray(sset.origins_angstrom) / sset.voxel_size_angstrom
+    est_rot = np.asarray(res.alignment.rotations)
+    est_ori = np.asarray(res.alignment.origins_voxels)
+    fro, deg, trans = [], [], []
+    for c in range(res.n_classes):
+        t = mapping.get(c)
+        idx = np.flatnonzero((res.classes == c) & (sset.classes == t)) if t is not None else []
+        if len(idx) < 2:
+            continue
+        q = _chordal_mean(np.einsum("nji,njk->nik", true_rot[idx], est_rot[idx]))
+        expect = true_rot[idx] @ q
+        fro += list(matrix_distance(est_rot[idx], expect))
+        deg += list(geodesic_angle_deg(est_rot[idx], expect))
+        d = est_ori[idx] - true_ori[idx]
+        u = np.einsum("nji,nj->ni", true_rot[idx], d).mean(0)
+        trans += list(np.linalg.norm(d - np.einsum("nij,j->ni", true_rot[idx], u), axis=1))
+    if not fro:
+        return {"n": 0}
+    return {"n": len(fro), "rotation_frobenius_mean": float(np.mean(fro)), "rotation_frobenius_std": float(np.std(fro)),
+            "rotation_deg_median": float(np.median(deg)), "translation_voxels_mean": float(np.mean(trans)),
+            "translation_voxels_std": float(np.std(trans))}
+
+
+def run_one(sset, method: str, args) -> dict:
+    t0 = time.perf_counter()
+    res = cluster_subtomograms(sset.volumes, n_classes=len(sset.class_names), method=method,
+                               particle_masks=sset.mask, voxel_size_angstrom=sset.voxel_size_angstrom,
+                               iterations=args.iterations, init_iterations=args.init_iterations,
+                               refine_levels=args.refine_levels, angular_step_deg=args.angular_step,
+                               seed=args.seed, device=args.device)
+    secs = time.perf_counter() - t0
+    acc = clustering_accuracy(sset.classes, res.classes)
+    n = len(sset.classes)
+    return {
+        "method": method,
+        "n": n,
+        "accuracy": acc.accuracy,
+        "per_structure": {sset.class_names[t - 1]: v for t, v in acc.per_class.items()},
+        "v_measure": v_measure(sset.classes, res.classes),
+        "class_sizes": res.class_sizes.tolist(),
+        "within_class_alignment": within_class_errors(sset, res, acc.mapping),
+        "iterations": [dict(h) for h in res.history],
+        "seconds": secs,
+        "seconds_per_1000_extrapolated": secs * 1000.0 / n,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-per-class", type=int, default=100)
+    ap.add_argument("--snrs", default=",".join(str(s) for s in SNRS))
+    ap.add_argument("--methods", default="joint,classical")
+    ap.add_argument("--structures", default=",".join(FIVE))
+    ap.add_argument("--box", type=int, default=32)
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--init-iterations", type=int, default=2)
+    ap.add_argument("--refine-levels", type=int, default=2)
+    ap.add_argument("--angular-step", type=float, default=30.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    structures = args.structures.split(",")
+    snrs = [float(s) for s in args.snrs.split(",")]
+    methods = args.methods.split(",")
+    rows = []
+    for snr in snrs:
+        sset = simulate_subtomograms(structures, n_per_class=args.n_per_class, box=args.box, voxel_size_angstrom=12.0,
+                                     snr=snr, tilt_range_deg=(-60.0, 60.0), max_shift_voxels=3.0, defocus_um=5.0,
+                                     seed=args.seed)
+        for method in methods:
+            row = {"snr": snr, **run_one(sset, method, args)}
+            rows.append(row)
+            ali = row["within_class_alignment"]
+            print(f"SNR {snr:g} {method:9s} n={row['n']} accuracy {100 * row['accuracy']:.1f} % "
+                  f"(per structure {', '.join(f'{k} {100 * v:.0f}' for k, v in row['per_structure'].items())}) "
+                  f"rot {ali.get('rotation_frobenius_mean', float('nan')):.2f} trans "
+                  f"{ali.get('translation_voxels_mean', float('nan')):.2f} vox, {row['seconds']:.0f} s "
+                  f"({row['seconds_per_1000_extrapolated'] / 60:.0f} min per 1000)", flush=True)
+    out = {
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "device": args.device, "torch": torch.__version__,
+                    "load_average_at_end": os.getloadavg()},
+        "protocol": {"structures": structures, "box": args.box, "voxel_size_angstrom": 12.0,
+                     "tilt_range_deg": [-60, 60], "defocus_um": 5.0, "max_shift_voxels": 3.0,
+                     "n_per_class": args.n_per_class, "seed": args.seed, "iterations": args.iterations,
+                     "init_iterations": args.init_iterations, "refine_levels": args.refine_levels,
+                     "angular_step_deg": args.angular_step},
+        "goals": {str(k): v for k, v in GOALS.items()},
+        "jimnet_paper_range_over_structures": {str(k): list(v) for k, v in JIMNET.items()},
+        "results": rows,
+    }
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {write_json(path, out, overwrite=True)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

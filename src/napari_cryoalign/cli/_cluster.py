@@ -1,0 +1,112 @@
+"""``cryoalign cluster``: sort subtomograms into classes and align them within each class, headless.
+
+Writes the input particles with ``rlnClassNumber`` (1-based), the pose of each particle against
+its class's average (``rlnAngleRot/Tilt/Psi``, RELION ZYZ, matrix ``A`` reference -> particle;
+``rlnOriginX/Y/ZAngst``, the particle centre at ``coordinate - origin / voxel_size``), the
+constrained correlation with that average (``cryoalignCorrelation``) and the posterior
+probability of the class (``rlnMaxValueProbDistribution``); optionally one MRC per class average.
+Methods: ``joint`` (alternating multi-reference alignment and Gaussian-mixture clustering) and
+``classical`` (global alignment, wedge-masked PCA, Gaussian mixture); see docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._align import _add_particle_args, _fourier_masks, _print_skipped, _resolve_device
+
+CONFIDENCE_COLUMN = "rlnMaxValueProbDistribution"
+CLASS_COLUMN = "rlnClassNumber"
+
+
+def _classes(text: str):
+    if text == "estimate":
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of classes >= 1 or 'estimate'") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError("expected a number of classes >= 1 or 'estimate'")
+    return k
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cluster", help="sort subtomograms into classes and align them within each class",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_particle_args(p)
+    p.add_argument("--classes", type=_classes, required=True, metavar="K",
+                   help="number of classes, or 'estimate' (lowest BIC of a Gaussian mixture, K = 1 .. --max-classes)")
+    p.add_argument("--out", required=True, metavar="CLUSTERS.star", help="particles with rlnClassNumber and poses")
+    p.add_argument("--averages-dir", default=None, metavar="DIR",
+                   help="write the class averages there as class_001.mrc, class_002.mrc, ...")
+    p.add_argument("--method", choices=["joint", "classical"], default="joint",
+                   help="joint alignment + clustering (default) or the classical PCA baseline")
+    p.add_argument("--iterations", type=int, default=4, metavar="N",
+                   help="joint: at most N alignment/clustering rounds (default 4; stops when no class changes)")
+    p.add_argument("--init-iterations", type=int, default=2, metavar="N",
+                   help="rounds of the reference-free averages (global, or per class for joint; default 2)")
+    p.add_argument("--init", choices=["invariant", "classical"], default="invariant",
+                   help="joint: first clustering from rotation-invariant spectra (default) or the classical method")
+    p.add_argument("--angular-step", type=float, default=30.0, metavar="DEG",
+                   help="global rotation grid step in degrees (default 30)")
+    p.add_argument("--refine-levels", type=int, default=2, metavar="K",
+                   help="local refinement levels after the grid, each 3x finer (default 2)")
+    p.add_argument("--max-shift", type=float, default=None, metavar="VOX", help="largest shift searched (default box/4)")
+    p.add_argument("--max-classes", type=int, default=8, metavar="K", help="largest K tried by --classes estimate")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the mixture starts")
+    p.set_defaults(func=run_cluster)
+
+
+def _average_paths(out_dir, k: int):
+    from pathlib import Path
+
+    return [Path(out_dir) / f"class_{c + 1:03d}.mrc" for c in range(k)]
+
+
+def run_cluster(args) -> int:
+    from ..backend.align.extract import load_particle_set, write_aligned_star
+    from ..backend.cluster.classify import cluster_subtomograms_job
+    from ..backend.jobs import run_job
+    from ..errors import InputError
+    from ..io import check_output_path, ensure_not_input, write_mrc
+
+    device = _resolve_device(args.device)
+    ensure_not_input(args.out, args.particles, args.tomogram)
+    check_output_path(args.out, overwrite=args.overwrite)
+    for flag, value in (("--iterations", args.iterations), ("--init-iterations", args.init_iterations)):
+        if value < 1:
+            raise InputError("an integer >= 1", field=flag, got=value)
+    pset = load_particle_set(args.particles, tomogram=args.tomogram, box=args.box)
+    _print_skipped(pset, "cluster")
+    n = len(pset.volumes)
+    if args.classes != "estimate" and args.classes > n // 2:
+        raise InputError(f"at most n/2 = {n // 2} classes for {n} particles", path=args.particles,
+                         field="--classes", got=args.classes)
+    box = pset.volumes.shape[-1]
+    masks = _fourier_masks(args, box, pset.voxel_size)
+    job = cluster_subtomograms_job(pset.volumes, n_classes=args.classes, method=args.method, particle_masks=masks,
+                                   iterations=args.iterations, init=args.init,
+                                   init_iterations=args.init_iterations, angular_step_deg=args.angular_step,
+                                   refine_levels=args.refine_levels, max_shift_voxels=args.max_shift,
+                                   voxel_size_angstrom=pset.voxel_size, max_classes=args.max_classes,
+                                   seed=args.seed, device=device)
+    res = run_job(job, progress=not getattr(args, "quiet", False), description="cluster")
+    paths = []
+    if args.averages_dir:
+        paths = _average_paths(args.averages_dir, res.n_classes)
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            ensure_not_input(p, args.particles, args.tomogram)
+            check_output_path(p, overwrite=args.overwrite)
+    out = write_aligned_star(args.out, pset, res.alignment, overwrite=args.overwrite,
+                             extra_columns={CLASS_COLUMN: res.classes + 1, CONFIDENCE_COLUMN: res.confidence})
+    for p, avg in zip(paths, res.averages):
+        write_mrc(p, avg, voxel_size=pset.voxel_size, overwrite=args.overwrite)
+    if not getattr(args, "quiet", False):
+        sizes = ", ".join(f"{c + 1}: {s}" for c, s in enumerate(res.class_sizes))
+        est = f" (estimated by BIC over K = {min(res.bic)}..{max(res.bic)})" if res.bic else ""
+        print(f"cryoalign cluster: {n} particles in {res.n_classes} classes{est} ({args.method}, "
+              f"{res.seconds:.1f} s); sizes {sizes}; wrote {out}" + (f" and {len(paths)} averages in "
+                                                                   f"{args.averages_dir}" if paths else ""))
+    return 0

@@ -1,0 +1,438 @@
+"""Dock widget "Cluster": sort particles into classes (joint alignment + clustering, or classical PCA).
+
+Inputs: a points layer on a tomogram image layer (boxes are cut around the points) or a
+subtomogram STAR file; the number of classes (or "estimate"); the method. The job runs in
+the background (Run / Cancel, progress); while it iterates, a 2-D embedding scatter plot
+coloured by class is redrawn, the class averages appear as image layers, and each point of
+the layer gets its class and confidence in ``features`` (``rlnClassNumber``,
+``rlnMaxValueProbDistribution``) and a face colour by class.
+
+The plot and the points layer are linked both ways: a lasso (drag) or a click (shift adds)
+in the plot selects those particles in the layer (``layer.selected_data``); selecting points
+in the viewer highlights them in the plot. A class can be merged into another or discarded;
+"Export STAR" writes the particles with ``rlnClassNumber`` (1-based), poses and confidence
+(discarded ones left out) and one MRC per remaining class average. All computation is in
+:mod:`napari_cryoalign.backend.cluster`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    PushButton,
+    SpinBox,
+)
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from matplotlib.path import Path as MplPath
+from matplotlib.widgets import LassoSelector
+
+from .._layers import class_colors
+from ..backend.jobs import Job, Partial
+from ._base import JobWidget, add_or_update_layer
+from .align import SOURCES, AlignWidget
+
+METHODS = ("joint", "classical")
+CLASS = "rlnClassNumber"
+CONFIDENCE = "rlnMaxValueProbDistribution"
+SCORE = "cryoalignCorrelation"
+DISCARDED = -1
+
+
+class EmbeddingPlot(FigureCanvasQTAgg):
+    """2-D scatter of the particles coloured by class; lasso / click selection; highlighted selection.
+
+    ``set_points(xy, classes)`` redraws; ``select(indices)`` highlights (and, unless
+    ``notify=False``, calls ``on_select(sorted indices)``); ``select_polygon(vertices)`` and
+    ``select_nearest(x, y, add=False)`` are what the lasso and a click do.
+    """
+
+    def __init__(self, *, on_select=None, parent=None):
+        self.figure = Figure(figsize=(3.2, 2.6), dpi=90, layout="constrained")
+        super().__init__(self.figure)
+        if parent is not None:
+            self.setParent(parent)
+        self.ax = self.figure.add_subplot(111)
+        self.ax.tick_params(labelsize=7)
+        self.ax.set_title("embedding (drag: lasso, click: pick)", fontsize=8)
+        self.on_select = on_select
+        self.xy = np.zeros((0, 2))
+        self.classes = np.zeros(0, dtype=int)
+        self.selected: set[int] = set()
+        self._scatter = None
+        self._highlight = self.ax.scatter([], [], s=70, facecolors="none", edgecolors="#d62728", linewidths=1.4)
+        self.lasso = LassoSelector(self.ax, self._lasso_done)
+        self.setMinimumHeight(180)
+
+    def set_points(self, xy, classes) -> None:
+        self.xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        self.classes = np.asarray(classes, dtype=int).reshape(-1)
+        if self._scatter is not None:
+            self._scatter.remove()
+        colors = np.where(self.classes[:, None] == DISCARDED, "#bbbbbb",
+                          class_colors(np.maximum(self.classes, 0) + 1)[:, None])[:, 0]
+        self._scatter = self.ax.scatter(self.xy[:, 0], self.xy[:, 1], c=list(colors), s=18, linewidths=0)
+        if len(self.xy):
+            lo, hi = self.xy.min(0), self.xy.max(0)
+            pad = 0.08 * np.maximum(hi - lo, 1e-6)
+            self.ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+            self.ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        self.selected = {i for i in self.selected if i < len(self.xy)}
+        self._draw_selection()
+
+    def select(self, indices, *, notify: bool = True) -> None:
+        self.selected = {int(i) for i in indices if 0 <= int(i) < len(self.xy)}
+        self._draw_selection()
+        if notify and self.on_select is not None:
+            self.on_select(sorted(self.selected))
+
+    def select_polygon(self, vertices) -> list[int]:
+        """Select the particles inside a polygon ``[(x, y), ...]`` in data coordinates."""
+        if len(self.xy) == 0 or len(vertices) < 3:
+            return []
+        inside = np.flatnonzero(MplPath(np.asarray(vertices, dtype=float)).contains_points(self.xy))
+        self.select(inside)
+        return inside.tolist()
+
+    def select_nearest(self, x: float, y: float, *, add: bool = False) -> int | None:
+        """Select the particle nearest to ``(x, y)`` (data coordinates); ``add`` keeps the current selection."""
+        if len(self.xy) == 0:
+            return None
+        span = np.maximum(self.xy.max(0) - self.xy.min(0), 1e-9)
+        d = np.linalg.norm((self.xy - [x, y]) / span, axis=1)
+        i = int(np.argmin(d))
+        self.select((self.selected | {i}) if add else {i})
+        return i
+
+    def _lasso_done(self, vertices) -> None:
+        verts = np.asarray(vertices, dtype=float)
+        if len(verts) < 3 or np.ptp(verts, axis=0).max() < 1e-9 * max(1.0, np.abs(verts).max()):
+            mods = getattr(self.lasso, "_state", set())
+            self.select_nearest(*verts[0], add="shift" in mods or "add" in mods)
+        else:
+            self.select_polygon(verts)
+
+    def _draw_selection(self) -> None:
+        idx = sorted(self.selected)
+        self._highlight.set_offsets(self.xy[idx] if idx else np.zeros((0, 2)))
+        self._highlight.set_zorder(3)
+        self.draw_idle()
+
+
+class ClusterWidget(JobWidget):
+    """Cluster particles (joint or classical), with a linked embedding plot, class averages and edits."""
+
+    job_name = "Cluster"
+
+    # reuse the "Align & average" widget's particle inputs (same attribute names)
+    _layer_choices = AlignWidget._layer_choices
+    _voxel_size = AlignWidget._voxel_size
+    _load_particles = AlignWidget._load_particles
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.source = ComboBox(label="particles from", choices=list(SOURCES), value=SOURCES[0])
+        self.points = ComboBox(label="points", choices=self._layer_choices("points"))
+        self.tomogram = ComboBox(label="tomogram", choices=self._layer_choices("image"))
+        self.box = SpinBox(label="box (voxels)", value=32, min=8, max=256, step=2)
+        self.star = FileEdit(label="STAR file", mode="r", filter="*.star")
+        self.n_classes = SpinBox(label="classes", value=2, min=1, max=50)
+        self.estimate = CheckBox(label="estimate number of classes", value=False)
+        self.method = ComboBox(label="method", choices=list(METHODS), value="joint")
+        self.iterations = SpinBox(label="iterations", value=4, min=1, max=50)
+        self.angular_step = FloatSpinBox(label="angular step (°)", value=30.0, min=3.0, max=90.0, step=5.0)
+        self.refine_levels = SpinBox(label="refine levels", value=2, min=0, max=4)
+        self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0)
+        self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0)
+        self.form = Container(widgets=[self.source, self.points, self.tomogram, self.box, self.star, self.n_classes,
+                                       self.estimate, self.method, self.iterations, self.angular_step,
+                                       self.refine_levels, self.tilt_min, self.tilt_max])
+        self.form_layout.addWidget(self.form.native)
+        self.plot = EmbeddingPlot(on_select=self._plot_selected)
+        self.form_layout.addWidget(self.plot)
+        self.edit_class = ComboBox(label="class", choices=[])
+        self.into_class = ComboBox(label="merge into", choices=[])
+        self.merge_button = PushButton(text="Merge class")
+        self.discard_button = PushButton(text="Discard class")
+        self.export_file = FileEdit(label="export to", mode="w", filter="*.star",
+                                    value=str(Path.cwd() / "clusters.star"))
+        self.export_button = PushButton(text="Export STAR + averages")
+        self.after = Container(widgets=[self.edit_class, self.into_class, self.merge_button, self.discard_button,
+                                        self.export_file, self.export_button])
+        self.form_layout.addWidget(self.after.native)
+        self._set_editable(False)
+        self.source.changed.connect(self._show_inputs)
+        self.estimate.changed.connect(self._show_inputs)
+        self.merge_button.changed.connect(lambda *_: self.merge_class(self._class_of(self.edit_class.value),
+                                                                      self._class_of(self.into_class.value)))
+        self.discard_button.changed.connect(lambda *_: self.discard_class(self._class_of(self.edit_class.value)))
+        self.export_button.changed.connect(self.export)
+        self.viewer.layers.events.inserted.connect(self._refresh_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_choices)
+        self._show_inputs()
+        self.pset = None
+        self.result = None
+        self.classes = None  # (m,) current labels of the kept particles, 0-based, DISCARDED = -1
+        self.confidence = None
+        self.embedding = None
+        self.averages = None
+        self.alignment = None
+        self._linked_layer = None
+        self._syncing = False
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _refresh_choices(self, *_):
+        for w in (self.points, self.tomogram):
+            w.reset_choices()
+
+    def _show_inputs(self, *_):
+        from_points = self.source.value == SOURCES[0]
+        for w in (self.points, self.tomogram, self.box):
+            w.visible = from_points
+        self.star.visible = not from_points
+        self.n_classes.enabled = not self.estimate.value
+
+    def make_job(self) -> Job:
+        import torch
+
+        from ..backend.cluster.classify import cluster_subtomograms_job
+        from ..backend.simulate.subtomograms import observed_fourier_mask
+
+        pset = self._load_particles()
+        box = pset["volumes"].shape[-1]
+        mask = observed_fourier_mask((box,) * 3, tilt_range_deg=(float(self.tilt_min.value), float(self.tilt_max.value)),
+                                     rfft=False)
+        k = "estimate" if self.estimate.value else int(self.n_classes.value)
+        job = cluster_subtomograms_job(pset["volumes"], n_classes=k, method=self.method.value,
+                                       particle_masks=torch.fft.fftshift(mask).numpy(),
+                                       iterations=int(self.iterations.value),
+                                       angular_step_deg=float(self.angular_step.value),
+                                       refine_levels=int(self.refine_levels.value), voxel_size_angstrom=pset["voxel"])
+        self.pset = pset
+        self.result = self.classes = self.confidence = self.embedding = self.averages = self.alignment = None
+        self._set_editable(False)
+        self._link_layer(pset.get("points"))
+        return job
+
+    # -- live updates ----------------------------------------------------------------------
+    def on_partial(self, partial: Partial) -> None:
+        if self.pset is None:
+            return
+        if partial.name == "classes":
+            self.classes = np.asarray(partial.value, dtype=int).copy()
+        elif partial.name == "confidence":
+            self.confidence = np.asarray(partial.value, dtype=float)
+        elif partial.name == "embedding":
+            self.embedding = np.asarray(partial.value, dtype=float)
+        elif partial.name == "averages":
+            self.averages = np.asarray(partial.value)
+            self._show_averages()
+            return
+        elif partial.name == "alignment":
+            self.alignment = partial.value
+            return
+        else:
+            return
+        self._show_classes()
+
+    def on_result(self, result) -> None:
+        self.result = result
+        self.classes = np.asarray(result.classes, dtype=int).copy()
+        self.confidence = np.asarray(result.confidence, dtype=float)
+        self.embedding = np.asarray(result.embedding, dtype=float)
+        self.averages = np.asarray(result.averages)
+        self.alignment = result.alignment
+        self._show_averages()
+        self._show_classes()
+        self._set_editable(True)
+        sizes = ", ".join(f"{c + 1}: {s}" for c, s in enumerate(result.class_sizes))
+        msg = f"{len(self.classes)} particles in {result.n_classes} classes ({result.method}); sizes {sizes}"
+        skipped = self.pset["skipped"] if self.pset else []
+        if skipped:
+            msg += f"; skipped {len(skipped)}: " + "; ".join(f"#{s.row} {s.reason}" for s in skipped[:5])
+        self.status.setText(msg)
+
+    def _show_averages(self) -> None:
+        v = self.pset["voxel"]
+        for c, avg in enumerate(self.averages):
+            name = f"class {c + 1} average"
+            if self.classes is not None and len(self.classes) and not np.any(self.classes == c) \
+                    and self.result is not None:
+                continue
+            add_or_update_layer(self.viewer, (np.asarray(avg, np.float32), {"name": name, "scale": (v, v, v),
+                                                                            "colormap": "gray"}, "image"))
+
+    def _show_classes(self) -> None:
+        if self.classes is None:
+            return
+        if self.embedding is not None and len(self.embedding) == len(self.classes):
+            self.plot.set_points(self.embedding, self.classes)
+        layer = self._layer()
+        if layer is None:
+            return
+        n = len(layer.data)
+        rows = self.pset["rows"]
+        feats = layer.features.copy() if len(layer.features) == n else None
+        import pandas as pd
+
+        if feats is None:
+            feats = pd.DataFrame(index=range(n))
+        cls = np.zeros(n, dtype=np.int64)  # 0 = no class (skipped or discarded)
+        cls[rows] = np.where(self.classes == DISCARDED, 0, self.classes + 1)
+        feats[CLASS] = cls
+        conf = np.full(n, np.nan)
+        if self.confidence is not None and len(self.confidence) == len(rows):
+            conf[rows] = self.confidence
+        feats[CONFIDENCE] = conf
+        if self.embedding is not None and len(self.embedding) == len(rows):
+            for j in range(2):
+                col = np.full(n, np.nan)
+                col[rows] = self.embedding[:, j]
+                feats[f"cluster_embedding_{j + 1}"] = col
+        if self.alignment is not None and len(self.alignment) == len(rows):
+            eul = np.full((n, 3), np.nan)
+            eul[rows] = self.alignment.euler_deg
+            for j, c in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
+                feats[c] = eul[:, j]
+            sc = np.full(n, np.nan)
+            sc[rows] = self.alignment.scores
+            feats[SCORE] = sc
+        layer.features = feats
+        colors = np.where(cls[:, None] == 0, "#bbbbbb", class_colors(np.maximum(cls, 1))[:, None])[:, 0]
+        layer.face_color = list(colors)
+
+    # -- the plot <-> layer link -----------------------------------------------------------
+    def _layer(self):
+        name = self.pset.get("points") if self.pset else None
+        if name is None or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        return layer if len(layer.data) == len(self.pset["zyx"]) else None  # the layer changed since the run
+
+    def _link_layer(self, name) -> None:
+        if self._linked_layer is not None:
+            try:
+                self._linked_layer.selected_data.events.items_changed.disconnect(self._layer_selected)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+            self._linked_layer = None
+        if name is not None and name in self.viewer.layers:
+            self._linked_layer = self.viewer.layers[name]
+            self._linked_layer.selected_data.events.items_changed.connect(self._layer_selected)
+
+    def _plot_selected(self, indices) -> None:
+        """Plot -> layer: particle indices (rows of the run) -> points selected in the viewer."""
+        layer = self._layer()
+        if layer is None or self._syncing:
+            return
+        self._syncing = True
+        try:
+            layer.selected_data = {int(self.pset["rows"][i]) for i in indices}
+        finally:
+            self._syncing = False
+
+    def _layer_selected(self, *_) -> None:
+        """Layer -> plot: highlight the selected points' particles (no echo back)."""
+        if self._syncing or self.pset is None or self._linked_layer is None:
+            return
+        where = {int(r): i for i, r in enumerate(self.pset["rows"])}
+        chosen = [where[int(j)] for j in self._linked_layer.selected_data if int(j) in where]
+        self.plot.select(chosen, notify=False)
+
+    # -- edits -----------------------------------------------------------------------------
+    def _set_editable(self, on: bool) -> None:
+        for w in (self.merge_button, self.discard_button, self.export_button):
+            w.enabled = on
+        if on and self.classes is not None:
+            names = [f"class {c + 1}" for c in sorted(set(self.classes.tolist()) - {DISCARDED})]
+            self.edit_class.choices = names
+            self.into_class.choices = names
+
+    @staticmethod
+    def _class_of(name) -> int | None:
+        return None if not name else int(str(name).split()[-1]) - 1
+
+    def merge_class(self, source: int, target: int) -> int:
+        """Move every particle of class ``source`` (0-based) into ``target``; returns how many moved.
+
+        The moved particles keep their poses against their old average until the next run
+        re-aligns them; the target's average is kept as it is.
+        """
+        if self.classes is None or source is None or target is None or source == target:
+            return 0
+        moved = int(np.sum(self.classes == source))
+        self.classes[self.classes == source] = target
+        self._drop_average_layer(source)
+        self._show_classes()
+        self._set_editable(True)
+        self.status.setText(f"merged class {source + 1} into class {target + 1} ({moved} particles)")
+        return moved
+
+    def discard_class(self, cls: int) -> int:
+        """Mark the particles of class ``cls`` (0-based) as discarded (left out of the export); returns how many."""
+        if self.classes is None or cls is None:
+            return 0
+        gone = int(np.sum(self.classes == cls))
+        self.classes[self.classes == cls] = DISCARDED
+        self._drop_average_layer(cls)
+        self._show_classes()
+        self._set_editable(True)
+        self.status.setText(f"discarded class {cls + 1} ({gone} particles)")
+        return gone
+
+    def _drop_average_layer(self, cls: int) -> None:
+        name = f"class {cls + 1} average"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+
+    def export(self, *_) -> Path | None:
+        """Write the kept particles with ``rlnClassNumber`` (1-based), poses and confidence, plus the class averages
+        as ``<stem>_class_NNN.mrc`` beside the STAR file."""
+        from napari.utils.notifications import show_error
+
+        from ..backend.align.types import AlignmentResult
+        from ..errors import CryoAlignError
+        from ..io import write_mrc
+
+        if self.classes is None or self.alignment is None or self.pset is None:
+            return None
+        out = Path(self.export_file.value)
+        keep = np.flatnonzero(self.classes != DISCARDED)
+        ali = AlignmentResult(np.asarray(self.alignment.rotations)[keep],
+                              np.asarray(self.alignment.origins_voxels)[keep],
+                              np.asarray(self.alignment.scores)[keep], self.alignment.method)
+        extra = {CLASS: self.classes[keep] + 1, CONFIDENCE: np.asarray(self.confidence)[keep]}
+        v = self.pset["voxel"]
+        try:
+            if self.pset.get("pset") is not None:
+                from ..backend.align.extract import write_aligned_star
+
+                ps = self.pset["pset"]
+                sub = dataclasses.replace(ps, rows=ps.rows[keep], extraction_origins_voxels=ps.extraction_origins_voxels[keep])
+                path = write_aligned_star(out, sub, ali, overwrite=True, extra_columns=extra)
+            else:
+                from ..io import write_particles
+
+                rows = self.pset["rows"][keep]
+                ori = (np.asarray(ali.origins_voxels) - self.pset["resid"][keep]) * v
+                path = write_particles(out, coordinates_xyz=self.pset["zyx"][rows][:, ::-1], euler_deg=ali.euler_deg,
+                                       origins_angstrom=ori, tomo_name=self.pset["tomo_name"], voxel_size=v,
+                                       tomogram_shape=self.pset["shape"],
+                                       extra_columns={**extra, SCORE: np.asarray(ali.scores)}, overwrite=True)
+            written = [path]
+            for c in sorted(set(self.classes[keep].tolist())):
+                written.append(write_mrc(out.with_name(f"{out.stem}_class_{c + 1:03d}.mrc"), self.averages[c],
+                                         voxel_size=v, overwrite=True))
+        except (CryoAlignError, OSError) as exc:
+            show_error(f"Export STAR: {exc}")
+            return None
+        self.status.setText(f"wrote {path} and {len(written) - 1} class averages")
+        return path

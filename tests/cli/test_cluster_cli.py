@@ -1,0 +1,79 @@
+"""`cryoalign cluster` end to end on a small simulated two-structure set."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from napari_cryoalign.backend.cluster.gmm import clustering_accuracy
+from napari_cryoalign.backend.simulate.subtomograms import (
+    simulate_subtomograms,
+    write_subtomogram_set,
+)
+from napari_cryoalign.cli import _cluster, build_parser
+from napari_cryoalign.errors import InputError
+from napari_cryoalign.io import euler_deg, read_mrc, read_particles
+from napari_cryoalign.io.mrc import voxel_size_isotropic
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="cryoalign")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    _cluster.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def sset_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cluster")
+    s = simulate_subtomograms(["ribosome", "mtor"], n_per_class=8, box=24, snr=1.0, seed=2)
+    files = write_subtomogram_set(s, d / "set")
+    return d, s, files
+
+
+def test_cluster_round_trip_writes_classes_matching_truth(sset_files, capsys):
+    d, s, files = sset_files
+    out = d / "clusters.star"
+    avg_dir = d / "averages"
+    assert _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(out),
+                 "--averages-dir", str(avg_dir), "--method", "joint", "--refine-levels", "1",
+                 "--iterations", "2", "--init-iterations", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "16 particles in 2 classes" in text
+    table = read_particles(out, require=("angles", "origins", "image_names"))
+    assert len(table) == 16
+    classes = table.data[_cluster.CLASS_COLUMN].to_numpy()
+    assert set(np.unique(classes)) == {1, 2}  # 1-based
+    assert clustering_accuracy(s.classes, classes).accuracy >= 0.9
+    conf = table.data[_cluster.CONFIDENCE_COLUMN].to_numpy()
+    assert np.all((conf >= 0) & (conf <= 1))
+    assert np.all(np.isfinite(euler_deg(table)))
+    assert "cryoalignCorrelation" in table.data.columns
+    # input columns kept (defocus), image names re-pointed relative to the new file
+    assert "rlnDefocusU" in table.data.columns
+    assert (out.parent / table.data["rlnImageName"].iloc[0]).exists()
+    for c in (1, 2):
+        vol = read_mrc(avg_dir / f"class_{c:03d}.mrc")
+        assert vol.data.shape == (24, 24, 24)
+        assert voxel_size_isotropic(vol) == pytest.approx(s.voxel_size_angstrom)
+    # existing outputs are refused without --overwrite
+    with pytest.raises(InputError, match="does not exist yet"):
+        _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(out)])
+
+
+def test_cluster_refuses_bad_requests(sset_files):
+    d, _, files = sset_files
+    with pytest.raises(InputError):  # never overwrite the input
+        _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(files["star"]),
+              "--overwrite"])
+    with pytest.raises(InputError, match="classes"):
+        _run(["cluster", "--particles", str(files["star"]), "--classes", "9", "--out", str(d / "x.star")])
+    with pytest.raises(SystemExit):
+        _run(["cluster", "--particles", str(files["star"]), "--classes", "zero", "--out", str(d / "x.star")])
+
+
+def test_cluster_is_a_cryoalign_command():
+    args = build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "estimate",
+                                      "--out", "c.star", "--method", "classical"])
+    assert args.classes == "estimate" and args.method == "classical" and args.func is _cluster.run_cluster
