@@ -29,8 +29,8 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ..backend.jobs import Job, Partial
 from ._base import JobWidget, add_or_update_layer
+from ._particles import ParticleInputs
 
-SOURCES = ("points on tomogram", "subtomogram STAR file")
 REFERENCES = ("reference-free", "image layer", "MRC file")
 METHODS = ("exhaustive", "learned", "learned+refine")
 SCORE = "cryoalignCorrelation"
@@ -62,18 +62,14 @@ class FSCPlot(FigureCanvasQTAgg):
         self.draw_idle()
 
 
-class AlignWidget(JobWidget):
+class AlignWidget(ParticleInputs, JobWidget):
     """Align subtomograms and average them, with live updates."""
 
     job_name = "Align & average"
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self.source = ComboBox(label="particles from", choices=list(SOURCES), value=SOURCES[0])
-        self.points = ComboBox(label="points", choices=self._layer_choices("points"))
-        self.tomogram = ComboBox(label="tomogram", choices=self._layer_choices("image"))
-        self.box = SpinBox(label="box (voxels)", value=32, min=8, max=256, step=2)
-        self.star = FileEdit(label="STAR file", mode="r", filter="*.star")
+        particle_inputs = self._make_particle_inputs()
         self.ref_kind = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
         self.ref_layer = ComboBox(label="reference layer", choices=self._layer_choices("image"))
         self.ref_file = FileEdit(label="reference file", mode="r", filter="*.mrc")
@@ -87,7 +83,7 @@ class AlignWidget(JobWidget):
         self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "aligned.star"))
         self.export_button = PushButton(text="Export STAR")
         self.remove_button.enabled = self.export_button.enabled = False
-        self.form = Container(widgets=[self.source, self.points, self.tomogram, self.box, self.star, self.ref_kind,
+        self.form = Container(widgets=[*particle_inputs, self.ref_kind,
                                        self.ref_layer, self.ref_file, self.method, self.angular_step, self.iterations,
                                        self.tilt_min, self.tilt_max])
         self.form_layout.addWidget(self.form.native)
@@ -115,52 +111,13 @@ class AlignWidget(JobWidget):
         self.last_result = None
 
     # -- inputs ----------------------------------------------------------------------------
-    def _layer_choices(self, kind: str):
-        def choices(_=None):
-            return [layer.name for layer in self.viewer.layers if layer._type_string == kind]
-        return choices
-
-    def _refresh_choices(self, *_):
-        for w in (self.points, self.tomogram, self.ref_layer):
-            w.reset_choices()
+    def _layer_combos(self) -> tuple:
+        return (self.points, self.tomogram, self.ref_layer)
 
     def _show_inputs(self, *_):
-        from_points = self.source.value == SOURCES[0]
-        for w in (self.points, self.tomogram, self.box):
-            w.visible = from_points
-        self.star.visible = not from_points
+        self._show_particle_inputs()
         self.ref_layer.visible = self.ref_kind.value == "image layer"
         self.ref_file.visible = self.ref_kind.value == "MRC file"
-
-    def _voxel_size(self, layer) -> float:
-        meta = layer.metadata.get("napari_cryoalign", {}) if hasattr(layer, "metadata") else {}
-        return float(meta.get("voxel_size_angstrom", layer.scale[-1]))
-
-    def _load_particles(self) -> dict:
-        """The particles to align (cheap: cuts boxes or reads files) and where they came from."""
-        from ..backend.align.extract import extract_subtomograms, load_particle_set
-        from ..errors import InputError
-
-        if self.source.value == SOURCES[0]:
-            if not self.points.value or not self.tomogram.value:
-                raise InputError("a points layer and a tomogram image layer", field="particles", got="none chosen")
-            pts, tomo = self.viewer.layers[self.points.value], self.viewer.layers[self.tomogram.value]
-            if tomo.ndim != 3 or pts.ndim != 3:
-                raise InputError("a 3D tomogram and 3D points", field="particles", got=f"{tomo.ndim}D / {pts.ndim}D")
-            world = np.asarray(pts.data, dtype=float) * np.asarray(pts.scale) + np.asarray(pts.translate)
-            zyx = (world - np.asarray(tomo.translate)) / np.asarray(tomo.scale)
-            ext = extract_subtomograms(np.asarray(tomo.data), zyx[:, ::-1], int(self.box.value), path=tomo.name)
-            if len(ext.rows) == 0:
-                raise InputError("at least one box inside the tomogram", field="particles",
-                                 got="; ".join(s.reason for s in ext.skipped[:2]))
-            return {"volumes": ext.volumes, "rows": ext.rows, "skipped": ext.skipped, "points": pts.name, "zyx": zyx,
-                        "voxel": self._voxel_size(tomo), "resid": ext.residual_origins_voxels, "initial": None,
-                        "tomo_name": tomo.name, "shape": tuple(tomo.data.shape)}
-        if not self.star.value or not Path(self.star.value).is_file():
-            raise InputError("an existing subtomogram STAR file", path=self.star.value, field="STAR file")
-        ps = load_particle_set(self.star.value)
-        return {"volumes": ps.volumes, "rows": ps.rows, "skipped": ps.skipped, "points": None, "zyx": None, "voxel": ps.voxel_size,
-                    "resid": ps.extraction_origins_voxels, "initial": None, "pset": ps}
 
     def _reference(self, box: int, voxel: float):
         from ..errors import InputError

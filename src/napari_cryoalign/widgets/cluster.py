@@ -38,7 +38,7 @@ from matplotlib.widgets import LassoSelector
 from .._layers import class_colors
 from ..backend.jobs import Job, Partial
 from ._base import JobWidget, add_or_update_layer
-from .align import SOURCES, AlignWidget
+from ._particles import ParticleInputs
 
 METHODS = ("joint", "classical")
 CLASS = "rlnClassNumber"
@@ -127,23 +127,14 @@ class EmbeddingPlot(FigureCanvasQTAgg):
         self.draw_idle()
 
 
-class ClusterWidget(JobWidget):
+class ClusterWidget(ParticleInputs, JobWidget):
     """Cluster particles (joint or classical), with a linked embedding plot, class averages and edits."""
 
     job_name = "Cluster"
 
-    # reuse the "Align & average" widget's particle inputs (same attribute names)
-    _layer_choices = AlignWidget._layer_choices
-    _voxel_size = AlignWidget._voxel_size
-    _load_particles = AlignWidget._load_particles
-
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self.source = ComboBox(label="particles from", choices=list(SOURCES), value=SOURCES[0])
-        self.points = ComboBox(label="points", choices=self._layer_choices("points"))
-        self.tomogram = ComboBox(label="tomogram", choices=self._layer_choices("image"))
-        self.box = SpinBox(label="box (voxels)", value=32, min=8, max=256, step=2)
-        self.star = FileEdit(label="STAR file", mode="r", filter="*.star")
+        particle_inputs = self._make_particle_inputs()
         self.n_classes = SpinBox(label="classes", value=2, min=1, max=50)
         self.estimate = CheckBox(label="estimate number of classes", value=False)
         self.method = ComboBox(label="method", choices=list(METHODS), value="joint")
@@ -152,7 +143,7 @@ class ClusterWidget(JobWidget):
         self.refine_levels = SpinBox(label="refine levels", value=2, min=0, max=4)
         self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0)
         self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0)
-        self.form = Container(widgets=[self.source, self.points, self.tomogram, self.box, self.star, self.n_classes,
+        self.form = Container(widgets=[*particle_inputs, self.n_classes,
                                        self.estimate, self.method, self.iterations, self.angular_step,
                                        self.refine_levels, self.tilt_min, self.tilt_max])
         self.form_layout.addWidget(self.form.native)
@@ -189,15 +180,8 @@ class ClusterWidget(JobWidget):
         self._syncing = False
 
     # -- inputs ----------------------------------------------------------------------------
-    def _refresh_choices(self, *_):
-        for w in (self.points, self.tomogram):
-            w.reset_choices()
-
     def _show_inputs(self, *_):
-        from_points = self.source.value == SOURCES[0]
-        for w in (self.points, self.tomogram, self.box):
-            w.visible = from_points
-        self.star.visible = not from_points
+        self._show_particle_inputs()
         self.n_classes.enabled = not self.estimate.value
 
     def make_job(self) -> Job:
