@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/bench_markers.py                 # everything (about 15-30 min on 2 busy cores)
     .venv/bin/python benchmarks/bench_markers.py --only 2d       # the 2D example only
     .venv/bin/python benchmarks/bench_markers.py --only 3d --cases noiseless,poisson_1024
+    .venv/bin/python benchmarks/bench_markers.py --only 3d --seeds-3d 10   # every 3D case, seeds 0-9
 
 Writes ``docs/benchmarks/markers.json`` (every case: runtime, load average, markers found,
 missed, spurious, localisation error in pixels, E_markers and E_global in nm² of
@@ -43,7 +44,10 @@ from napari_cryoalign.backend.markers.doming import fit_doming_model
 from napari_cryoalign.backend.markers.metrics import deformation_errors, match_markers
 from napari_cryoalign.backend.simulate.markers import simulate_marker_tiltseries
 
-CASES_3D = ["noiseless", "counts", "gauss_1024", "gauss_16384", "poisson_64", "poisson_1024", "poisson_16384",
+# the paper's noise levels (section IV-B): Gaussian variances 2^7 ... 2^14 on I0 = 2^10 counts,
+# Poisson with I0 = 2^6 ... 2^14 electrons per pixel
+CASES_3D = ["noiseless", "counts", "gauss_128", "gauss_256", "gauss_1024", "gauss_4096", "gauss_16384",
+            "poisson_64", "poisson_256", "poisson_1024", "poisson_4096", "poisson_8192", "poisson_16384",
             "cubic", "cubic_fit3"]
 
 
@@ -98,9 +102,9 @@ def _paper3d(case, seed):
     return simulate_marker_tiltseries(**kw)
 
 
-def bench_3d(cases, seed=0):
+def bench_3d(cases, seeds=(0,)):
     rows = []
-    for case in cases:
+    for case, seed in [(c, s) for c in cases for s in seeds]:
         ts = _paper3d(case, seed)
         g = MarkerGeometry.from_simulation(ts)
         extent = (819.2, 819.2, 100.0)
@@ -122,11 +126,47 @@ def bench_3d(cases, seed=0):
         row.update(_evaluate(ts, res.positions_nm, res.deformation, extent, 15.0))
         row["doming"] = _doming(ts, g, extent, degree=degree)
         rows.append(row)
-        print(f"3d {case}: {dt:.1f} s, cpu {cpu:.1f} s (load {load[0]:.1f}), found {row['n_found']}, missed {row['missed']}, spurious "
+        print(f"3d {case} seed {seed}: {dt:.1f} s, cpu {cpu:.1f} s (load {load[0]:.1f}), found {row['n_found']}, missed {row['missed']}, spurious "
               f"{row['spurious']}, max err {row['max_error_px']:.3f} px, E_markers {row['E_markers_nm2']:.3g}, "
               f"E_global {row['E_global_nm2']:.3g} (DM {row['doming']['E_markers_nm2']:.3g}, "
               f"{row['doming']['E_global_nm2']:.3g})", flush=True)
     return rows
+
+
+def _summary_3d(rows):
+    """Per 3D case over its seeds: mean/median/max of E_markers, E_global, localisation error; totals."""
+    out = {}
+    for case in dict.fromkeys(r["case"] for r in rows if r["case"] != "2d"):
+        rs = [r for r in rows if r["case"] == case]
+        em = np.array([r["E_markers_nm2"] for r in rs])
+        eg = np.array([r["E_global_nm2"] for r in rs])
+        out[case] = {
+            "seeds": sorted(r["seed"] for r in rs),
+            "E_markers_nm2_mean": float(em.mean()), "E_markers_nm2_median": float(np.median(em)),
+            "E_markers_nm2_max": float(em.max()), "E_global_nm2_mean": float(eg.mean()),
+            "E_global_nm2_median": float(np.median(eg)),
+            "max_error_px_max": float(max(r["max_error_px"] for r in rs)),
+            "missed_total": int(sum(r["missed"] for r in rs)), "spurious_total": int(sum(r["spurious"] for r in rs)),
+            "all_found_within_0.3px": bool(all(r["missed"] == 0 and r["spurious"] == 0 and r["max_error_px"] <= 0.3
+                                               for r in rs)),
+            "doming_E_markers_nm2_mean": float(np.mean([r["doming"]["E_markers_nm2"] for r in rs])),
+            "runtime_s_median": float(np.median([r["runtime_s"] for r in rs])),
+        }
+    return out
+
+
+def _table(summary) -> str:
+    """Markdown table of :func:`_summary_3d` (the one in docs/markers.md)."""
+    head = ("| case | seeds | all found ≤ 0.3 px | missed | spurious | max err px | E_markers nm² mean (median, max) "
+            "| E_global nm² mean | DM E_markers mean | median wall s |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for case, r in summary.items():
+        lines.append(
+            f"| {case} | {len(r['seeds'])} | {'yes' if r['all_found_within_0.3px'] else 'no'} | {r['missed_total']} "
+            f"| {r['spurious_total']} | {r['max_error_px_max']:.3f} | {r['E_markers_nm2_mean']:.3g} "
+            f"({r['E_markers_nm2_median']:.3g}, {r['E_markers_nm2_max']:.3g}) | {r['E_global_nm2_mean']:.3g} "
+            f"| {r['doming_E_markers_nm2_mean']:.2g} | {r['runtime_s_median']:.1f} |")
+    return "\n".join(lines)
 
 
 def _plot(rows, path):
@@ -135,20 +175,21 @@ def _plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    r3 = [r for r in rows if r["case"] != "2d"]
+    summ = _summary_3d(rows)
     r2 = [r for r in rows if r["case"] == "2d"]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    if r3:
-        x = np.arange(len(r3))
-        sa = [max(r["E_markers_nm2"], 1e-6) for r in r3]
-        dm = [max(r["doming"]["E_markers_nm2"], 1e-6) for r in r3]
+    if summ:
+        cases = list(summ)
+        x = np.arange(len(cases))
+        sa = [max(summ[c]["E_markers_nm2_mean"], 1e-6) for c in cases]
+        dm = [max(summ[c]["doming_E_markers_nm2_mean"], 1e-6) for c in cases]
         ax[0].bar(x - 0.2, sa, 0.4, label="SparseAlign (no traces)")
         ax[0].bar(x + 0.2, dm, 0.4, label="doming model (true traces)")
         ax[0].set_yscale("log")
         ax[0].axhline(1.0, color="k", lw=0.5, ls=":")
         ax[0].axhline(10.0, color="k", lw=0.5, ls="--")
-        ax[0].set_xticks(x, [r["case"] for r in r3], rotation=45, ha="right")
-        ax[0].set_ylabel("E_markers (nm²)")
+        ax[0].set_xticks(x, [f"{c} (n={len(summ[c]['seeds'])})" for c in cases], rotation=45, ha="right")
+        ax[0].set_ylabel("E_markers (nm²), mean over seeds")
         ax[0].set_title("3D example (paper3d)")
         ax[0].legend(fontsize=8)
     if r2:
@@ -171,10 +212,17 @@ def main(argv=None):
     ap.add_argument("--only", choices=("2d", "3d"), default=None)
     ap.add_argument("--cases", default=",".join(CASES_3D), help="3D cases, comma-separated")
     ap.add_argument("--seeds-2d", type=int, default=5)
+    ap.add_argument("--seeds-3d", type=int, default=1, help="seeds 0..N-1 per 3D case (the summary averages them)")
+    ap.add_argument("--first-seed-3d", type=int, default=0,
+                    help="start the 3D seeds here (run seeds in batches; rows of other seeds in the JSON are kept)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "markers.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "images" / "markers_bench.png"))
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the JSON")
+    ap.add_argument("--table", action="store_true", help="print the 3D summary of the JSON as a markdown table")
     args = ap.parse_args(argv)
+    if args.table:
+        print(_table(_summary_3d(json.loads(Path(args.out).read_text())["rows"])))
+        return
     if args.plot_only:
         _plot(json.loads(Path(args.out).read_text())["rows"], Path(args.plot))
         return
@@ -182,14 +230,16 @@ def main(argv=None):
     if args.only in (None, "2d"):
         rows += bench_2d(range(args.seeds_2d))
     if args.only in (None, "3d"):
-        rows += bench_3d([c for c in args.cases.split(",") if c])
+        rows += bench_3d([c for c in args.cases.split(",") if c], seeds=range(args.first_seed_3d, args.first_seed_3d + args.seeds_3d))
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {}
-    keep = [r for r in old.get("rows", []) if r["case"] not in {x["case"] for x in rows}]
+    keep = [r for r in old.get("rows", []) if (r["case"], r["seed"]) not in {(x["case"], x["seed"]) for x in rows}]
     rows = keep + rows
     import torch
 
-    doc = {"command": "python benchmarks/bench_markers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = "python benchmarks/bench_markers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    history = [c for c in old.get("commands", [old["command"]] if "command" in old else []) if c != command]
+    doc = {"command": command, "commands": history + [command],
            "machine": {"cpu_count": os.cpu_count(), "torch_threads_default": torch.get_num_threads(),
                        "note": "shared 2-core machine; loadavg recorded before/after every run"},
            "reference_notebook_2d_s": [259.8, 317.6], "rows": rows}
@@ -198,6 +248,7 @@ def main(argv=None):
         doc["summary_2d"] = {"median_runtime_s": float(np.median(two)),
                              "median_cpu_s": float(np.median([r.get("cpu_s", np.nan) for r in rows if r["case"] == "2d"])),
                              "speedup_vs_reference_median": float(np.median([259.8, 317.6]) / np.median(two))}
+    doc["summary_3d"] = _summary_3d(rows)
     from napari_cryoalign.io._atomic import atomic_write
 
     out.parent.mkdir(parents=True, exist_ok=True)

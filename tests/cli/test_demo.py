@@ -12,7 +12,7 @@ def test_demo_runs_and_summarises(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "napari-cryoalign demo: 7 steps" in text and str(out) in text
+    assert "napari-cryoalign demo: 9 steps" in text and str(out) in text
     summary = json.loads((out / "summary.json").read_text())
     assert [s["title"] for s in summary["steps"]][0].startswith("Simulate a crowded tomogram")
     for step in summary["steps"]:
@@ -30,5 +30,9 @@ def test_demo_runs_and_summarises(tmp_path, capsys):
     assert align["median_rotation_error_deg"] < 10 and align["median_shift_error_voxels"] < 1.0, align
     markers = next(v for k, v in steps.items() if k.startswith("Find gold"))
     assert markers["missed"] == 0 and markers["max_error_px"] < 0.3, markers
+    cluster = next(v for k, v in steps.items() if k.startswith("Cluster"))
+    assert cluster["accuracy"] >= 0.9, cluster
+    rec = next(v for k, v in steps.items() if k.startswith("Reconstruct"))
+    assert rec["fsc_0.143_angstrom"] < 40.0 and rec["cc_with_truth"] > 0.5, rec
     # the demo never overwrites
     assert main(["-q", "demo", "--out", str(out)]) == 2

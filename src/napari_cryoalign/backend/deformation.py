@@ -35,6 +35,7 @@ estimator can optimise the coefficients through it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ __all__ = [
 _COMPONENTS = ("x", "y", "z")
 
 
+@functools.lru_cache(maxsize=64)
+def _monomial_exponents(degree: int, variables: str) -> tuple[tuple[int, int, int], ...]:
+    return tuple(_monomial_exponents_uncached(degree, variables))
+
+
 def monomial_exponents(degree: int, variables: str = "xyz") -> list[tuple[int, int, int]]:
     """Exponents ``(a, b, c)`` of ``x^a y^b z^c`` for all monomials of total degree ``<= degree``.
 
@@ -66,6 +72,10 @@ def monomial_exponents(degree: int, variables: str = "xyz") -> list[tuple[int, i
     >>> monomial_exponents(1)
     [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
     """
+    return list(_monomial_exponents(int(degree), variables if isinstance(variables, str) else "".join(variables)))
+
+
+def _monomial_exponents_uncached(degree: int, variables: str) -> list[tuple[int, int, int]]:
     if degree < 0:
         raise InputError("a polynomial degree >= 0", field="degree", got=degree)
     idx = [_COMPONENTS.index(v) for v in variables]
@@ -223,15 +233,15 @@ class PolynomialDeformation:
     def basis(self, points_nm: torch.Tensor) -> torch.Tensor:
         """Monomials at the points: ``(..., 3)`` nm -> ``(..., n_terms)`` (dimensionless)."""
         q = points_nm / self.length_scale_nm
-        e = torch.tensor(self.terms, dtype=torch.int64, device=q.device)  # (n_terms, 3)
-        max_e = int(e.max()) if e.numel() else 0
+        terms = self.terms
+        max_e = max((max(t) for t in terms), default=0)
         # powers[..., k, p] = q_k^p for p = 0..max_e (exact integer powers, differentiable)
         pw = [torch.ones_like(q)]
         for _ in range(max_e):
             pw.append(pw[-1] * q)
         powers = torch.stack(pw, dim=-1)  # (..., 3, max_e + 1)
         cols = []
-        for a, b, c in self.terms:
+        for a, b, c in terms:
             cols.append(powers[..., 0, a] * powers[..., 1, b] * powers[..., 2, c])
         return torch.stack(cols, dim=-1)
 
