@@ -154,6 +154,8 @@ def test_bad_input_is_reported(sims):
     bad[7, 3, 3] = np.nan
     with pytest.raises(InputError, match=r"data: expected finite.*z-slice 7"):
         train_picker(bad, lab, **kw)
+    with pytest.raises(InputError, match=r"random_crop_fraction: expected a fraction in \[0, 1\]"):
+        train_picker(vol, lab, random_crop_fraction=1.5, **kw)
     assert np.isfinite(vol).all()  # input untouched
 
 

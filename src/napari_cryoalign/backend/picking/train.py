@@ -94,6 +94,7 @@ def train_picker_job(
     temperature: float = 0.07,
     n_anchors: int = 256,
     sigma_fraction: float = 0.125,
+    random_crop_fraction: float = 0.2,
     net_config: NetConfig | None = None,
     preview_every_s: float | None = None,
     preview_threshold: float = 0.5,
@@ -119,6 +120,9 @@ def train_picker_job(
     contrastive_weight, unsup_weight, consistency_weight : ``lambda_1, lambda_2, lambda_3``
     temperature : contrastive temperature; n_anchors : voxels sampled for the contrastive loss
     sigma_fraction : target Gaussian sigma as a fraction of the diameter
+    random_crop_fraction : probability that a crop after the first of a batch is taken anywhere
+        in the tomogram rather than around a label (so that membranes, gold and empty ice are
+        seen as unlabelled data too)
     net_config : architecture of a new picker
     preview_every_s : seconds between heatmap/picks previews (None: no previews)
     preview_threshold : score threshold of the preview picks
@@ -162,6 +166,8 @@ def train_picker_job(
     iterations = int(iterations)
     if iterations < 0:
         raise InputError("a number of iterations >= 0", field="iterations", got=iterations)
+    if not 0.0 <= float(random_crop_fraction) <= 1.0:
+        raise InputError("a fraction in [0, 1]", field="random_crop_fraction", got=random_crop_fraction)
     dvox = diameter_voxels(picker.diameter_angstrom, voxel_size, shape=shape, path=path)
 
     st = picker.stride
@@ -194,7 +200,7 @@ def train_picker_job(
     def draw_batch():
         xs, ts = [], []
         for b in range(batch_size):
-            if b == 0 or rng.random() < 0.8:
+            if b == 0 or rng.random() >= random_crop_fraction:
                 c = labels[rng.integers(len(labels))].copy()
                 c[:2] += rng.uniform(-0.25, 0.25, 2) * np.array([cx, cy])
                 c[2] += rng.uniform(-2, 2)
@@ -219,7 +225,7 @@ def train_picker_job(
         diameter_angstrom=picker.diameter_angstrom, voxel_size_train=float(voxel_size), class_prior=prior,
         lr=lr, batch_size=batch_size, crop=[cz, cy, cx], contrastive_weight=contrastive_weight,
         unsup_weight=unsup_weight, consistency_weight=consistency_weight, temperature=temperature,
-        n_anchors=n_anchors, sigma_fraction=sigma_fraction, seed=seed,
+        n_anchors=n_anchors, sigma_fraction=sigma_fraction, random_crop_fraction=float(random_crop_fraction), seed=seed,
         n_labels=int(len(labels)), tomogram_shape=list(shape),
     )
     picker.training = training
