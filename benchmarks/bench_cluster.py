@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryoalign.backend.cluster.classify import cluster_subtomograms
+from napari_cryoalign.backend.cluster.classify import MIN_CLASS_FRACTION, cluster_subtomograms
 from napari_cryoalign.backend.cluster.gmm import clustering_accuracy, v_measure
 from napari_cryoalign.backend.geometry import geodesic_angle_deg, matrix_distance
 from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms
@@ -87,7 +87,8 @@ def run_one(sset, method: str, args) -> dict:
                                particle_masks=sset.mask, voxel_size_angstrom=sset.voxel_size_angstrom,
                                iterations=args.iterations, init_iterations=args.init_iterations,
                                refine_levels=args.refine_levels, angular_step_deg=args.angular_step,
-                               seed=args.seed, device=args.device)
+                               seed=args.seed, device=args.device,
+                               **({} if args.min_class_fraction is None else {"min_class_fraction": args.min_class_fraction}))
     secs = time.perf_counter() - t0
     acc = clustering_accuracy(sset.classes, res.classes)
     n = len(sset.classes)
@@ -118,8 +119,15 @@ def main(argv=None) -> int:
     ap.add_argument("--angular-step", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--min-class-fraction", type=float, default=None,
+                    help="joint: re-seeding threshold (default: the backend's, 0.5)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--replace", action="store_true",
+                    help="overwrite the JSON; by default rows of (SNR, method, n per class) not in this run are kept")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     structures = args.structures.split(",")
     snrs = [float(s) for s in args.snrs.split(",")]
     methods = args.methods.split(",")
@@ -129,7 +137,13 @@ def main(argv=None) -> int:
                                      snr=snr, tilt_range_deg=(-60.0, 60.0), max_shift_voxels=3.0, defocus_um=5.0,
                                      seed=args.seed)
         for method in methods:
-            row = {"snr": snr, **run_one(sset, method, args)}
+            row = {"snr": snr, "n_per_class": args.n_per_class,
+                   "settings": {"iterations": args.iterations, "init_iterations": args.init_iterations,
+                                "refine_levels": args.refine_levels, "angular_step_deg": args.angular_step,
+                                "seed": args.seed, "torch_threads": torch.get_num_threads(),
+                                "min_class_fraction": args.min_class_fraction if args.min_class_fraction is not None
+                                else MIN_CLASS_FRACTION},
+                   "load_average_before": os.getloadavg(), **run_one(sset, method, args)}
             rows.append(row)
             ali = row["within_class_alignment"]
             print(f"SNR {snr:g} {method:9s} n={row['n']} accuracy {100 * row['accuracy']:.1f} % "
@@ -152,6 +166,17 @@ def main(argv=None) -> int:
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and not args.replace:
+        import json
+
+        old = json.loads(path.read_text())
+        old_n = old.get("protocol", {}).get("n_per_class")
+        key = lambda r: (float(r["snr"]), r["method"], int(r.get("n_per_class", old_n or 0)),  # noqa: E731
+                         float(r.get("settings", {}).get("min_class_fraction", 0.2)))
+        new_keys = {key(r) for r in rows}
+        kept = [dict(r, n_per_class=r.get("n_per_class", old_n)) for r in old.get("results", []) if key(r) not in new_keys]
+        out["results"] = kept + rows
+        out["commands"] = old.get("commands", []) + [" ".join(argv if argv is not None else __import__("sys").argv[1:])]
     print(f"wrote {write_json(path, out, overwrite=True)}")
     return 0
 

@@ -54,6 +54,9 @@ def register(sub) -> None:
                    help="local refinement levels after the grid, each 3x finer (default 2)")
     p.add_argument("--max-shift", type=float, default=None, metavar="VOX", help="largest shift searched (default box/4)")
     p.add_argument("--max-classes", type=int, default=8, metavar="K", help="largest K tried by --classes estimate")
+    p.add_argument("--min-class-fraction", type=float, default=0.5, metavar="F",
+                   help="joint: re-seed a class left with fewer than F x (mean class size) particles after a round "
+                   "(default 0.5; 0 = never, for sets where one class is much rarer)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the mixture starts")
     p.set_defaults(func=run_cluster)
 
@@ -90,7 +93,7 @@ def run_cluster(args) -> int:
                                    init_iterations=args.init_iterations, angular_step_deg=args.angular_step,
                                    refine_levels=args.refine_levels, max_shift_voxels=args.max_shift,
                                    voxel_size_angstrom=pset.voxel_size, max_classes=args.max_classes,
-                                   seed=args.seed, device=device)
+                                   min_class_fraction=args.min_class_fraction, seed=args.seed, device=device)
     res = run_job(job, progress=not getattr(args, "quiet", False), description="cluster")
     paths = []
     if args.averages_dir:

@@ -97,3 +97,6 @@ def test_bad_settings_are_input_errors(two_structures):
         cluster_subtomograms(s.volumes, n_classes=2, iterations=0)
     with pytest.raises(InputError, match="particles"):
         cluster_subtomograms(s.volumes[:3], n_classes=1)
+    with pytest.raises(InputError, match=r"min_class_fraction: expected a fraction in \[0, 1\)"):
+        cluster_subtomograms(s.volumes, n_classes=2, min_class_fraction=1.5)
+
