@@ -28,8 +28,10 @@ Run:  .venv/bin/python benchmarks/bench_cluster.py [--n-per-class 20] [--snrs 0.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -87,8 +89,7 @@ def run_one(sset, method: str, args) -> dict:
                                particle_masks=sset.mask, voxel_size_angstrom=sset.voxel_size_angstrom,
                                iterations=args.iterations, init_iterations=args.init_iterations,
                                refine_levels=args.refine_levels, angular_step_deg=args.angular_step,
-                               seed=args.seed, device=args.device,
-                               **({} if args.min_class_fraction is None else {"min_class_fraction": args.min_class_fraction}))
+                               min_class_fraction=args.min_class_fraction, seed=args.seed, device=args.device)
     secs = time.perf_counter() - t0
     acc = clustering_accuracy(sset.classes, res.classes)
     n = len(sset.classes)
@@ -119,12 +120,12 @@ def main(argv=None) -> int:
     ap.add_argument("--angular-step", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--min-class-fraction", type=float, default=None,
-                    help="joint: re-seeding threshold (default: the backend's, 0.5)")
+    ap.add_argument("--min-class-fraction", type=float, default=MIN_CLASS_FRACTION,
+                    help=f"joint: re-seeding threshold (default: the backend's, {MIN_CLASS_FRACTION:g})")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--replace", action="store_true",
-                    help="overwrite the JSON; by default rows of (SNR, method, n per class) not in this run are kept")
+                    help="overwrite the JSON; by default rows of other (SNR, method, n per class, min_class_fraction) are kept")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,8 +142,7 @@ def main(argv=None) -> int:
                    "settings": {"iterations": args.iterations, "init_iterations": args.init_iterations,
                                 "refine_levels": args.refine_levels, "angular_step_deg": args.angular_step,
                                 "seed": args.seed, "torch_threads": torch.get_num_threads(),
-                                "min_class_fraction": args.min_class_fraction if args.min_class_fraction is not None
-                                else MIN_CLASS_FRACTION},
+                                "min_class_fraction": args.min_class_fraction},
                    "load_average_before": os.getloadavg(), **run_one(sset, method, args)}
             rows.append(row)
             ali = row["within_class_alignment"]
@@ -167,8 +167,6 @@ def main(argv=None) -> int:
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file() and not args.replace:
-        import json
-
         old = json.loads(path.read_text())
         old_n = old.get("protocol", {}).get("n_per_class")
         key = lambda r: (float(r["snr"]), r["method"], int(r.get("n_per_class", old_n or 0)),  # noqa: E731
@@ -176,7 +174,7 @@ def main(argv=None) -> int:
         new_keys = {key(r) for r in rows}
         kept = [dict(r, n_per_class=r.get("n_per_class", old_n)) for r in old.get("results", []) if key(r) not in new_keys]
         out["results"] = kept + rows
-        out["commands"] = old.get("commands", []) + [" ".join(argv if argv is not None else __import__("sys").argv[1:])]
+        out["commands"] = old.get("commands", []) + [" ".join(argv if argv is not None else sys.argv[1:])]
     print(f"wrote {write_json(path, out, overwrite=True)}")
     return 0
 

@@ -77,7 +77,9 @@ def test_cluster_is_a_cryoalign_command():
     args = build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "estimate",
                                       "--out", "c.star", "--method", "classical"])
     assert args.classes == "estimate" and args.method == "classical" and args.func is _cluster.run_cluster
-    assert args.min_class_fraction == 0.5  # the backend's default re-seeding threshold
+    from napari_cryoalign.backend.cluster.classify import MIN_CLASS_FRACTION
+
+    assert args.min_class_fraction == 0.5 == MIN_CLASS_FRACTION  # the backend's default re-seeding threshold
     args = build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "3", "--out", "c.star",
                                       "--min-class-fraction", "0"])
     assert args.min_class_fraction == 0.0

@@ -58,11 +58,6 @@ __all__ = [
 _COMPONENTS = ("x", "y", "z")
 
 
-@functools.lru_cache(maxsize=64)
-def _monomial_exponents(degree: int, variables: str) -> tuple[tuple[int, int, int], ...]:
-    return tuple(_monomial_exponents_uncached(degree, variables))
-
-
 def monomial_exponents(degree: int, variables: str = "xyz") -> list[tuple[int, int, int]]:
     """Exponents ``(a, b, c)`` of ``x^a y^b z^c`` for all monomials of total degree ``<= degree``.
 
@@ -75,7 +70,9 @@ def monomial_exponents(degree: int, variables: str = "xyz") -> list[tuple[int, i
     return list(_monomial_exponents(int(degree), variables if isinstance(variables, str) else "".join(variables)))
 
 
-def _monomial_exponents_uncached(degree: int, variables: str) -> list[tuple[int, int, int]]:
+@functools.lru_cache(maxsize=64)
+def _monomial_exponents(degree: int, variables: str) -> tuple[tuple[int, int, int], ...]:
+    """:func:`monomial_exponents` as a tuple, cached (the basis asks for it at every evaluation)."""
     if degree < 0:
         raise InputError("a polynomial degree >= 0", field="degree", got=degree)
     idx = [_COMPONENTS.index(v) for v in variables]
@@ -93,7 +90,7 @@ def _monomial_exponents_uncached(degree: int, variables: str) -> list[tuple[int,
             for i, power in zip(idx, parts):
                 e[i] = power
             out.append(tuple(e))
-    return out
+    return tuple(out)
 
 
 def term_name(exponents: Sequence[int]) -> str:

@@ -54,6 +54,8 @@ def register(sub) -> None:
                    help="local refinement levels after the grid, each 3x finer (default 2)")
     p.add_argument("--max-shift", type=float, default=None, metavar="VOX", help="largest shift searched (default box/4)")
     p.add_argument("--max-classes", type=int, default=8, metavar="K", help="largest K tried by --classes estimate")
+    # = backend.cluster.classify.MIN_CLASS_FRACTION (not imported here: the backend pulls in torch,
+    # the CLI imports it lazily; tests/cli/test_cluster_cli.py checks the two agree)
     p.add_argument("--min-class-fraction", type=float, default=0.5, metavar="F",
                    help="joint: re-seed a class left with fewer than F x (mean class size) particles after a round "
                    "(default 0.5; 0 = never, for sets where one class is much rarer)")

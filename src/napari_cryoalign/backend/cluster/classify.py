@@ -120,13 +120,13 @@ class ClusterResult:
         return np.bincount(self.classes, minlength=self.n_classes)
 
 
-
 #: default of ``min_class_fraction``: a joint-method class with fewer than
 #: ``min_class_fraction * n / K`` particles after a round is re-seeded. 0.5 measured on the
 #: benchmark's five structures, 20 each (docs/cluster.md): at SNR 0.05 a first k-means cluster
 #: that mixed two structures left a class of 5-6 particles holding nothing; 0.2 did not catch it
 #: (76 %), 0.5 re-seeded it and reached 99 %.
 MIN_CLASS_FRACTION = 0.5
+
 
 def _embedding(features: np.ndarray) -> np.ndarray:
     x = torch.as_tensor(np.asarray(features, dtype=np.float64))
