@@ -23,6 +23,13 @@ S6-S10): 99.7-100 % at 0.1, 94.8-99.4 % at 0.05, 73.8-98.5 % at 0.03, 36-58 % at
 
 Writes docs/benchmarks/cluster.json (``--out`` to change).
 Run:  .venv/bin/python benchmarks/bench_cluster.py [--n-per-class 20] [--snrs 0.1] [--methods joint,classical]
+Runs side by side (one torch thread each), then merged into the docs JSON and printed as the
+table in docs/cluster.md::
+
+    .venv/bin/python benchmarks/bench_cluster.py --snrs 0.03 --threads 1 --out /tmp/a.json
+    .venv/bin/python benchmarks/bench_cluster.py --snrs 0.05 --threads 1 --out /tmp/b.json
+    .venv/bin/python benchmarks/bench_cluster.py --merge /tmp/a.json /tmp/b.json   # into --out
+    .venv/bin/python benchmarks/bench_cluster.py --table
 """
 
 from __future__ import annotations
@@ -107,6 +114,41 @@ def run_one(sset, method: str, args) -> dict:
     }
 
 
+def _row_key(row: dict, default_n: int | None = None) -> tuple:
+    """What identifies a benchmark row: (SNR, method, particles per structure, re-seeding threshold)."""
+    return (float(row["snr"]), row["method"], int(row.get("n_per_class", default_n or 0)),
+            float(row.get("settings", {}).get("min_class_fraction", 0.2)))
+
+
+def merge_results(old: dict, new: dict) -> dict:
+    """``new`` with the rows of ``old`` that ``new`` does not replace (same :func:`_row_key`) kept before its own."""
+    old_n = old.get("protocol", {}).get("n_per_class")
+    new_n = new.get("protocol", {}).get("n_per_class")
+    rows = [dict(r, n_per_class=r.get("n_per_class", new_n)) for r in new.get("results", [])]
+    new_keys = {_row_key(r) for r in rows}
+    kept = [dict(r, n_per_class=r.get("n_per_class", old_n)) for r in old.get("results", [])
+            if _row_key(r, old_n) not in new_keys]
+    return dict(new, results=kept + rows, commands=old.get("commands", []) + new.get("commands", []))
+
+
+def table(results: list[dict]) -> str:
+    """The markdown table of docs/cluster.md, one line per row, sorted by SNR (high first), method, size."""
+    head = ("| SNR | method | min_class_fraction | n | accuracy | per structure (" + ", ".join(FIVE) + ") | "
+            "within-class rot. (Frobenius, median °) | trans. (vox) | seconds | min per 1000 (extrapolated) |")
+    lines = [head, "|" + "---|" * 10]
+    for r in sorted(results, key=lambda r: (-float(r["snr"]), r["method"], r.get("n_per_class", 0),
+                                            r.get("settings", {}).get("min_class_fraction", 0.2))):
+        ali = r["within_class_alignment"]
+        per = ", ".join(f"{100 * r['per_structure'][k]:.0f}" for k in FIVE if k in r["per_structure"])
+        mcf = "-" if r["method"] == "classical" else f"{r.get('settings', {}).get('min_class_fraction', 0.2):g}"
+        rot = (f"{ali['rotation_frobenius_mean']:.2f} ± {ali['rotation_frobenius_std']:.2f}, "
+               f"{ali['rotation_deg_median']:.0f}°") if ali.get("n") else "-"
+        trans = f"{ali['translation_voxels_mean']:.2f}" if ali.get("n") else "-"
+        lines.append(f"| {float(r['snr']):g} | {r['method']} | {mcf} | {r['n']} | **{100 * r['accuracy']:.0f} %** | "
+                     f"{per} | {rot} | {trans} | {r['seconds']:.0f} | {r['seconds_per_1000_extrapolated'] / 60:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-per-class", type=int, default=100)
@@ -126,7 +168,20 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--replace", action="store_true",
                     help="overwrite the JSON; by default rows of other (SNR, method, n per class, min_class_fraction) are kept")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="merge the rows of these result files (runs done side by side) into --out and stop")
+    ap.add_argument("--table", action="store_true", help="print the rows of --out as the markdown table of docs/cluster.md")
     args = ap.parse_args(argv)
+    path = Path(args.out)
+    if args.table:
+        print(table(json.loads(path.read_text())["results"]))
+        return 0
+    if args.merge:
+        out = json.loads(path.read_text()) if path.is_file() and not args.replace else {"results": [], "commands": []}
+        for f in args.merge:
+            out = merge_results(out, json.loads(Path(f).read_text()))
+        print(f"wrote {write_json(path, out, overwrite=True)} ({len(out['results'])} rows)")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     structures = args.structures.split(",")
@@ -164,17 +219,10 @@ def main(argv=None) -> int:
         "jimnet_paper_range_over_structures": {str(k): list(v) for k, v in JIMNET.items()},
         "results": rows,
     }
-    path = Path(args.out)
+    out["commands"] = [" ".join(argv if argv is not None else sys.argv[1:])]
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file() and not args.replace:
-        old = json.loads(path.read_text())
-        old_n = old.get("protocol", {}).get("n_per_class")
-        key = lambda r: (float(r["snr"]), r["method"], int(r.get("n_per_class", old_n or 0)),  # noqa: E731
-                         float(r.get("settings", {}).get("min_class_fraction", 0.2)))
-        new_keys = {key(r) for r in rows}
-        kept = [dict(r, n_per_class=r.get("n_per_class", old_n)) for r in old.get("results", []) if key(r) not in new_keys]
-        out["results"] = kept + rows
-        out["commands"] = old.get("commands", []) + [" ".join(argv if argv is not None else sys.argv[1:])]
+        out = merge_results(json.loads(path.read_text()), out)
     print(f"wrote {write_json(path, out, overwrite=True)}")
     return 0
 

@@ -1,0 +1,44 @@
+"""The cluster benchmark's bookkeeping: merging runs done side by side and the docs table."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_cluster", ROOT / "benchmarks" / "bench_cluster.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(snr, method, n_per_class, acc, mcf=0.5):
+    return {"snr": snr, "method": method, "n_per_class": n_per_class, "n": 5 * n_per_class, "accuracy": acc,
+            "per_structure": {k: acc for k in ("ribosome", "cct", "mtor", "ruvab", "dengue_e_fab")},
+            "settings": {"min_class_fraction": mcf}, "seconds": 60.0 * n_per_class,
+            "seconds_per_1000_extrapolated": 12000.0, "within_class_alignment": {"n": 0}}
+
+
+def test_merge_replaces_rows_with_the_same_key_and_keeps_the_others(bench):
+    old = {"protocol": {"n_per_class": 20}, "commands": ["a"],
+           "results": [_row(0.03, "joint", 20, 0.9), _row(0.05, "joint", 20, 0.99), _row(0.03, "classical", 20, 0.5)]}
+    new = {"protocol": {"n_per_class": 20}, "commands": ["b"], "results": [_row(0.03, "joint", 20, 0.95)]}
+    merged = bench.merge_results(old, new)
+    assert [(r["snr"], r["method"], r["accuracy"]) for r in merged["results"]] == [
+        (0.05, "joint", 0.99), (0.03, "classical", 0.5), (0.03, "joint", 0.95)]
+    assert merged["commands"] == ["a", "b"]
+    # another size or threshold is another row
+    bigger = {"protocol": {"n_per_class": 100}, "commands": ["c"],
+              "results": [_row(0.03, "joint", 100, 0.97), _row(0.03, "joint", 20, 0.8, mcf=0.2)]}
+    assert len(bench.merge_results(merged, bigger)["results"]) == 5
+
+
+def test_table_has_one_line_per_row_sorted_by_snr(bench):
+    lines = bench.table([_row(0.03, "joint", 100, 0.97), _row(0.1, "classical", 20, 0.64)]).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith("| 0.1 | classical | - | 100 | **64 %** |")
+    assert lines[3].startswith("| 0.03 | joint | 0.5 | 500 | **97 %** | 97, 97, 97, 97, 97 | - |")
