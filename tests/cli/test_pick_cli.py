@@ -81,6 +81,12 @@ def test_train_predict_template_end_to_end(data):
     dist = np.linalg.norm(txyz[:, None] - pos[None], axis=2).min(1)
     assert len(txyz) == 8 and np.sum(dist <= 2.0) >= 7
     assert np.all(np.diff(tm.data["rlnAutopickFigureOfMerit"].to_numpy()) <= 0)
+    # cut at one expected false alarm instead of a number of picks: the planted copies, little else
+    assert _run(["pick", "template", "--tomogram", str(d / "tomo.mrc"), "--template", str(d / "ref.mrc"),
+                 "--out", str(d / "tm_fa.star"), "--angular-step", "60", "--false-positives", "1"]) == 0
+    fa = read_particles(d / "tm_fa.star").data[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()
+    dist = np.linalg.norm(fa[:, None] - pos[None], axis=2)
+    assert np.sum(dist.min(0) <= 2.0) >= len(pos) - 1 and len(fa) <= len(pos) + 3, (len(fa), len(pos))
     # outputs are never overwritten without --overwrite, inputs never
     with pytest.raises(InputError, match="output"):
         _run(["pick", "template", "--tomogram", str(d / "tomo.mrc"), "--template", str(d / "ref.mrc"),

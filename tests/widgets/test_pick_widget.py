@@ -317,6 +317,10 @@ def test_template_matching_finds_a_planted_particle(opened, qtbot, sim, tmp_path
     best = w.picks.coordinates_xyz[np.argmax(w.picks.scores)]
     assert np.linalg.norm(best - [x, y, z]) <= 1.0 and w.picks.scores.max() > 0.5
     assert w.picks.euler_deg is not None and w.picks.euler_deg.shape == (len(w.picks), 3)
+    # the slider starts at the one-false-alarm cut-off, which the planted blob passes
+    assert 0.0 < w.template_cutoff <= w.threshold.value < w.template_cutoff + 0.011
+    assert w.threshold.value < w.picks.scores.max()
+    assert len(w.shown_indices()) >= 1
     w.threshold.value = 0.5
     assert len(w.shown_indices()) == int(np.sum(w.picks.scores >= 0.5)) >= 1
     w.star_file.value = tmp_path / "tm.star"

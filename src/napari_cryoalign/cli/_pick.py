@@ -73,6 +73,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="PICKS.star")
     p.add_argument("--angular-step", type=float, default=30.0, metavar="DEG", help="rotation grid step (default 30)")
     p.add_argument("--threshold", type=float, default=None, metavar="NCC", help="minimum score (default none)")
+    p.add_argument("--false-positives", type=float, default=None, metavar="K",
+                   help="without --threshold: cut at the score that noise exceeds K times in the whole search "
+                   "(Gaussian false-alarm estimate, as pytom-match-pick's --number-of-false-positives; try 1)")
     p.add_argument("--max-picks", type=int, default=None, metavar="N", help="keep at most N picks")
     p.add_argument("--min-distance", type=float, default=None, metavar="D_ANGSTROM",
                    help="minimum distance between picks in Å (default: the template mask radius)")
@@ -199,12 +202,14 @@ def run_template(args) -> int:
                              angular_step_deg=args.angular_step, tilt_range_deg=None if args.no_wedge else args.tilt_range,
                              defocus_um=args.defocus, lowpass_angstrom=args.lowpass,
                              min_distance_angstrom=args.min_distance, threshold=args.threshold,
-                             max_picks=args.max_picks, device=args.device, path=args.tomogram,
+                             false_positives=args.false_positives, max_picks=args.max_picks, device=args.device,
+                             path=args.tomogram,
                              template_path=args.template)
     res = run_job(job, progress=not _quiet(args), description="template matching")
     _write_picks(args.out, res.picks, vol=vol, vs=vs, overwrite=args.overwrite)
     if args.heatmap:
         write_mrc(args.heatmap, res.scores, voxel_size=vs, overwrite=args.overwrite)
-    print(f"{len(res.picks)} picks over {len(res.euler_deg)} rotations in {time.perf_counter() - t0:.1f} s; "
+    print(f"{len(res.picks)} picks over {len(res.euler_deg)} rotations in {time.perf_counter() - t0:.1f} s "
+          f"(NCC noise sigma {res.ncc_std:.4f}; one expected false alarm above {res.suggested_threshold:.3f}); "
           f"wrote {args.out}" + (f" and {args.heatmap}" if args.heatmap else ""))
     return 0

@@ -86,6 +86,8 @@ class PickOutcome:
     best_rotation : ``(z, y, x)`` rotation index per voxel (template) or None
     euler_grid : ``(n_rotations, 3)`` RELION angles of the rotation grid (template) or None
     picker : the trained / used :class:`~napari_cryoalign.backend.picking.Picker` or None
+    suggested_threshold : template: the NCC that noise exceeds once in the search (the
+        slider starts there), else None
     """
 
     method: str
@@ -94,6 +96,7 @@ class PickOutcome:
     best_rotation: np.ndarray | None = None
     euler_grid: np.ndarray | None = None
     picker: Any = None
+    suggested_threshold: float | None = None
 
 
 # ------------------------------------------------------------------------------ jobs
@@ -139,7 +142,7 @@ def _template_job(tomogram, template, **kwargs) -> Job:
     res = yield from template_match_job(tomogram, template, threshold=TEMPLATE_SCORE_FLOOR,
                                         max_picks=MAX_CANDIDATES, **kwargs)
     return PickOutcome("template", res.picks, res.scores, best_rotation=res.best_rotation,
-                       euler_grid=res.euler_deg)
+                       euler_grid=res.euler_deg, suggested_threshold=res.suggested_threshold)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -188,6 +191,7 @@ class PickWidget(JobWidget):
         self.picker = None  #: the current picker model (trained in place, continued by Train)
         self.picks = PickSet.empty()
         self.score_map = None  # Heatmap (picker) or NCC volume (template) of the current candidates
+        self.template_cutoff = None  # NCC with one expected false alarm in the last template search
         self._best_rotation = None
         self._euler_grid = None
         self._method_of_candidates = None
@@ -679,6 +683,11 @@ class PickWidget(JobWidget):
             self.threshold.value = round(result.picker.default_threshold, 2)
             calibrated = f" (threshold {self.threshold.value:.2f}, calibrated on the labels)"
         self._set_candidates(result.picks, result.method)
+        thr = self.template_cutoff = result.suggested_threshold
+        if result.method == "template" and thr is not None and np.isfinite(thr):
+            # one expected false alarm in the whole search (pytom-match-pick's default cut-off)
+            self.threshold.value = float(np.clip(np.ceil(thr * 100) / 100, self.threshold.min, self.threshold.max))
+            calibrated = f" (threshold {self.threshold.value:.2f}: one expected false alarm from noise)"
         what = "trained and picked" if result.method == "picker" else "template matched"
         self.status.setText(f"{what}: {len(self.picks)} candidates, {len(self.shown_indices())} shown{calibrated}")
 

@@ -69,3 +69,32 @@ def test_bad_template():
         template_match(vol, np.ones((4, 5, 6)))
     with pytest.raises(InputError, match="larger|no larger"):
         template_match(vol[:10], np.random.default_rng(0).normal(size=(12, 12, 12)))
+
+
+def test_false_alarm_threshold_counts_noise_exceedances():
+    from napari_cryoalign.backend.picking.template import false_alarm_threshold
+
+    rng = np.random.default_rng(1)
+    n, sigma = 200_000, 0.07
+    for k in (1.0, 10.0):
+        thr = false_alarm_threshold(sigma, n, false_positives=k)
+        counts = [(rng.normal(0, sigma, n) > thr).sum() for _ in range(30)]
+        assert 0.6 * k < np.mean(counts) < 1.5 * k
+    assert false_alarm_threshold(sigma, n, false_positives=1) > false_alarm_threshold(sigma, n, false_positives=10)
+    with pytest.raises(InputError, match="false positives"):
+        false_alarm_threshold(sigma, n, false_positives=0)
+
+
+def test_suggested_threshold_keeps_the_planted_copies_and_little_noise(planted):
+    vol, ref, pos, rots = planted
+    res = template_match(vol, ref, voxel_size=10.0, angular_step_deg=45, batch=16, false_positives=1)
+    assert 0.9 * vol.size * len(res.euler_deg) < res.n_search <= vol.size * len(res.euler_deg)
+    assert 0.0 < res.ncc_std < 0.2 and 3 * res.ncc_std < res.suggested_threshold < 8 * res.ncc_std
+    # the picks are cut at the one-false-alarm score: every planted copy, at most a few others
+    assert res.picks.scores.min() >= res.suggested_threshold
+    d = np.linalg.norm(res.picks.coordinates_xyz[:, None] - pos[None], axis=2)
+    assert (d.min(0) <= 1.0).all() and len(res.picks) <= len(pos) + 2
+    # pure noise: (almost) nothing passes
+    noise = np.random.default_rng(2).normal(size=(24, 48, 48)).astype(np.float32)
+    res_n = template_match(noise, ref, voxel_size=10.0, angular_step_deg=45, batch=16, false_positives=1)
+    assert len(res_n.picks) <= 2

@@ -13,6 +13,14 @@ placed at each voxel (local normalisation as in pytom-match-pick / STOPGAP). Per
 maximum over rotations and its rotation index are kept; peaks of the score map, at least a
 particle radius apart, are the picks, with the Euler angles of their best rotation.
 
+The score cut-off that users of pytom-match-pick know is estimated too: the NCC of every
+rotation at every voxel is, away from particles, close to Gaussian noise with standard
+deviation ``sigma`` (accumulated during the search), so over ``n_search = n_voxels x
+n_rotations`` trials the score that noise exceeds ``k`` times on average is
+``sqrt(2) sigma erfcinv(2 k / n_search)`` (Rickgauer et al. 2017, eLife 6:e25648;
+:func:`false_alarm_threshold`). The result carries it for ``k = 1`` as
+``suggested_threshold``; ``false_positives=k`` cuts the picks there.
+
 The tomogram is processed in tiles (``tile``, plus a halo of half the template box), so
 memory is bounded and memory-mapped input works. Runs on any torch device.
 """
@@ -35,7 +43,7 @@ from ..jobs import Event, Partial, Progress, run_job
 from .infer import Picks, find_peaks
 from .picker import check_tomogram, resolve_device
 
-__all__ = ["TemplateMatchResult", "template_match_job", "template_match", "prepare_template"]
+__all__ = ["TemplateMatchResult", "template_match_job", "template_match", "prepare_template", "false_alarm_threshold"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,10 @@ class TemplateMatchResult:
     euler_deg : ``(n_rotations, 3)`` RELION (rot, tilt, psi) of the rotation grid
     picks : :class:`~.infer.Picks` (with ``euler_deg``), sorted by score
     seconds : wall time
+    ncc_std : standard deviation of the NCC over all rotations and voxels searched
+    n_search : number of (voxel, rotation) trials
+    suggested_threshold : the NCC that noise is expected to exceed once in the whole search
+        (:func:`false_alarm_threshold` with one false positive)
     """
 
     scores: np.ndarray
@@ -56,6 +68,28 @@ class TemplateMatchResult:
     euler_deg: np.ndarray
     picks: Picks
     seconds: float
+    ncc_std: float = float("nan")
+    n_search: int = 0
+    suggested_threshold: float = float("nan")
+
+
+def false_alarm_threshold(ncc_std: float, n_search: int, *, false_positives: float = 1.0) -> float:
+    """Score cut-off with ``false_positives`` expected noise peaks (Rickgauer et al. 2017).
+
+    Gaussian noise of standard deviation ``ncc_std`` exceeds ``sqrt(2) ncc_std erfcinv(2 k / n)``
+    ``k`` times on average in ``n`` independent trials. The trials of a template search
+    (neighbouring voxels and rotations) are correlated, so this is conservative, as in
+    pytom-match-pick, whose ``--number-of-false-positives`` (default 1) it mirrors.
+    """
+    from scipy.special import erfcinv
+
+    if not (np.isfinite(ncc_std) and ncc_std > 0) or n_search < 1:
+        raise InputError("a positive NCC standard deviation and at least one trial", field="ncc_std",
+                         got=f"{ncc_std}, {n_search} trials")
+    if not (0.0 < false_positives < 0.5 * n_search):
+        raise InputError(f"a number of false positives in (0, {0.5 * n_search:g})", field="false_positives",
+                         got=false_positives)
+    return float(np.sqrt(2.0) * ncc_std * erfcinv(2.0 * float(false_positives) / float(n_search)))
 
 
 def prepare_template(
@@ -114,6 +148,7 @@ def template_match_job(
     lowpass_angstrom: float | None = None,
     min_distance_angstrom: float | None = None,
     threshold: float | None = None,
+    false_positives: float | None = None,
     max_picks: int | None = None,
     tile: tuple[int, int, int] = (128, 256, 256),
     batch: int = 8,
@@ -138,6 +173,8 @@ def template_match_job(
     lowpass_angstrom : low-pass of the template (raised cosine), Å
     min_distance_angstrom : minimum distance between picks (default the mask radius)
     threshold : minimum NCC of a pick (default: none, use ``max_picks``)
+    false_positives : with ``threshold`` None, cut the picks at the score that noise exceeds
+        this many times in the whole search (:func:`false_alarm_threshold`; pytom-match-pick: 1)
     max_picks : at most this many picks
     tile : tile size ``(z, y, x)``; the halo is half the template box
     batch : rotations correlated at once
@@ -206,6 +243,8 @@ def template_match_job(
     n_batches = -(-len(rot) // batch)
     total = len(tiles) * n_batches
     done = 0
+    s1 = s2 = 0.0  # sum and sum of squares of the NCC over all (voxel, rotation) trials
+    n_trials = 0
     for z0, y0, x0 in tiles:
         z1, y1, x1 = min(z0 + tz, shape[0]), min(y0 + ty, shape[1]), min(x0 + tx, shape[2])
         za, ya, xa = max(0, z0 - halo), max(0, y0 - halo), max(0, x0 - halo)
@@ -228,6 +267,7 @@ def template_match_job(
         tile_best = torch.full((z1 - z0, y1 - y0, x1 - x0), -2.0, device=dev)
         tile_idx = torch.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=torch.int64, device=dev)
         denom = (n_mask * sd)[sl]
+        n_valid = int(torch.isfinite(denom).sum())  # NCC is 0 where the tomogram is flat
         for i0 in range(0, len(rot), batch):
             i1 = min(len(rot), i0 + batch)
             tp = templates(slice(i0, i1))
@@ -235,6 +275,9 @@ def template_match_job(
             cc = torch.fft.irfftn(vf[None] * tf.conj(), s=pshape, dim=(-3, -2, -1))
             ncc = cc[(slice(None),) + sl] / denom
             m, a = ncc.max(dim=0)
+            s1 += float(ncc.sum(dtype=torch.float64))
+            s2 += float((ncc * ncc).sum(dtype=torch.float64))
+            n_trials += n_valid * (i1 - i0)
             better = m > tile_best
             tile_best = torch.where(better, m, tile_best)
             tile_idx = torch.where(better, a + i0, tile_idx)
@@ -242,6 +285,14 @@ def template_match_job(
             yield Progress(done, total, f"rotations {i1}/{len(rot)}")
         scores[z0:z1, y0:y1, x0:x1] = tile_best.cpu().numpy()
         best[z0:z1, y0:y1, x0:x1] = tile_idx.cpu().numpy().astype(np.int32)
+    mean = s1 / max(n_trials, 1)
+    ncc_std = float(np.sqrt(max(s2 / max(n_trials, 1) - mean * mean, 0.0)))
+    suggested = false_alarm_threshold(ncc_std, n_trials) if ncc_std > 0 and n_trials >= 4 else float("nan")
+    if threshold is None and false_positives is not None:
+        if not np.isfinite(suggested):
+            raise InputError("a tomogram with some contrast under the template mask", path=path, field="data",
+                             got="no NCC variation to estimate a cut-off from")
+        threshold = false_alarm_threshold(ncc_std, n_trials, false_positives=false_positives)
     md = (float(min_distance_angstrom) / vs) if min_distance_angstrom is not None else float(mask_radius)
     xyz, sc = find_peaks(scores, min_distance=md, threshold=-1.0 if threshold is None else threshold,
                          max_picks=max_picks)
@@ -249,7 +300,8 @@ def template_match_job(
     picks = Picks(xyz, sc, eul[best[ii[:, 2], ii[:, 1], ii[:, 0]]] if len(sc) else np.zeros((0, 3)))
     yield Partial("picks", picks)
     return TemplateMatchResult(scores=scores, best_rotation=best, euler_deg=eul, picks=picks,
-                               seconds=time.perf_counter() - t0)
+                               seconds=time.perf_counter() - t0, ncc_std=ncc_std, n_search=int(n_trials),
+                               suggested_threshold=suggested)
 
 
 def template_match(tomogram, template, *, progress: bool = False, **kwargs) -> TemplateMatchResult:
