@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -84,23 +85,31 @@ def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level
     return out
 
 
-def throughput(model_box=64, n=512, threads=2):
+def throughput(model_box=64, n=512, threads=2, grid_level=None):
     ps = simulate_particles("ribosome", n=64, box=128, pixel_size_angstrom=3.0, snr=0.1, seed=3)
     data = particle_data_from_simulation(ps)
     idx = np.resize(np.arange(64), n)
     data = data.subset(idx)
     small = simulate_particles("ribosome", n=64, box=128, pixel_size_angstrom=3.0, snr=0.1, seed=4)
-    model = train_pose_model(particle_data_from_simulation(small), halves=(0,), epochs=1, batch_size=32,
-                             config=PoseNetConfig(image_size=model_box))
+    cfg = PoseNetConfig(image_size=model_box) if grid_level is None else \
+        PoseNetConfig(image_size=model_box, grid_level=grid_level)
+    # the weights do not change the cost: one epoch on 64 particles gives a model of the default architecture
+    model = train_pose_model(particle_data_from_simulation(small), halves=(0,), epochs=1, batch_size=32, config=cfg)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         predict_poses(model, data.subset(np.arange(64)))  # warm-up (grids, caches)
-        pred = predict_poses(model, data)
+        runs = []
+        for refine in (True, False):
+            t0 = time.perf_counter()
+            pred = predict_poses(model, data, local_refine=refine)
+            runs.append({"local_refine": refine, "particles_per_s": pred.particles_per_second,
+                         "wall_particles_per_s": n / (time.perf_counter() - t0)})
     finally:
         torch.set_num_threads(old)
-    return {"images": "128x128", "model_image_size": model_box, "threads": threads, "n": n,
-            "particles_per_s": pred.particles_per_second}
+    return {"images": "128x128", "model_image_size": model_box, "grid_level": model.config.grid_level,
+            "grid_size": 72 * 8 ** model.config.grid_level, "threads": threads, "n": n,
+            "load_average": list(os.getloadavg()), "particles_per_s": runs[0]["particles_per_s"], "runs": runs}
 
 
 def real_data():
@@ -119,7 +128,27 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reduced", action="store_true", help="small sets, few epochs (minutes on 2 CPU cores)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "pose.json"))
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only the inference throughput on 128² images (writes --out, default pose_throughput.json)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the throughput (default 2)")
+    ap.add_argument("--grid-level", type=int, default=None, help="throughput: SO(3) grid level (default: the model's)")
+    ap.add_argument("--n", type=int, default=512, help="throughput: particles predicted (default 512)")
     args = ap.parse_args()
+    if args.throughput_only:
+        from napari_cryoalign.io import write_json
+
+        out = args.out if args.out != str(ROOT / "docs" / "benchmarks" / "pose.json") else \
+            str(ROOT / "docs" / "benchmarks" / "pose_throughput.json")
+        res = {"command": "benchmarks/bench_pose.py --throughput-only"
+               + (f" --threads {args.threads}" if args.threads != 2 else "")
+               + (f" --grid-level {args.grid_level}" if args.grid_level is not None else "")
+               + (f" --n {args.n}" if args.n != 512 else ""),
+               "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
+               "throughput": throughput(n=args.n, threads=args.threads, grid_level=args.grid_level)}
+        print("throughput", res["throughput"], flush=True)
+        write_json(out, res, overwrite=True)
+        print("wrote", out)
+        return
     if args.reduced:
         sets = [("ribosome_C1_snr0.1", "ribosome", "C1", dict(n=2000, box=32, pixel=12.0, snr=0.1, epochs=10,
                                                                 grid_level=2, refine_n=200)),

@@ -46,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--class-prior", type=float, default=None, metavar="PI",
                    help="PU class prior (default 0.02; raise it for very crowded samples)")
     p.add_argument("--continue-from", default=None, metavar="MODEL.pt", help="continue training this model")
+    p.add_argument("--negatives", default=None, metavar="N.star",
+                   help="places that are NOT the particle (e.g. removed picks: gold, membranes, look-alikes), "
+                   "STAR like --labels; trained as known negatives")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run_train)
 
@@ -141,19 +144,23 @@ def run_train(args) -> int:
     from ..backend.picking import load_picker, save_picker, train_picker_job
     from ..backend.picking.train import DEFAULT_ITERATIONS
 
-    _check_outputs([args.out], args.tomogram, args.labels, args.continue_from, overwrite=args.overwrite)
+    _check_outputs([args.out], args.tomogram, args.labels, args.continue_from, args.negatives,
+                   overwrite=args.overwrite)
     vol, vs = _read_tomogram(args.tomogram)
     labels = _read_labels(args.labels, vol, vs)
+    negatives = _read_labels(args.negatives, vol, vs) if args.negatives else None
     picker = load_picker(args.continue_from, device="cpu") if args.continue_from else None
     t0 = time.perf_counter()
     job = train_picker_job(vol.data, labels, diameter_angstrom=args.diameter, voxel_size=vs, picker=picker,
                            iterations=args.iterations if args.iterations is not None else DEFAULT_ITERATIONS,
                            class_prior=args.class_prior, seed=args.seed, device=args.device,
-                           path=args.tomogram, labels_path=args.labels)
+                           negatives_xyz=negatives, path=args.tomogram, labels_path=args.labels,
+                           negatives_path=args.negatives)
     res = run_job(job, progress=not _quiet(args), description="train picker")
     save_picker(args.out, res.picker, overwrite=args.overwrite)
     last = float(res.losses[-10:].mean()) if res.losses.size else float("nan")
-    print(f"trained on {len(labels)} labels for {res.iterations} steps in {time.perf_counter() - t0:.1f} s "
+    print(f"trained on {len(labels)} labels" + (f" and {len(negatives)} negatives" if negatives is not None else "")
+          + f" for {res.iterations} steps in {time.perf_counter() - t0:.1f} s "
           f"(final loss {last:.4f}); wrote {args.out}")
     return 0
 

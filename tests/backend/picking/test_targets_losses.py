@@ -140,3 +140,37 @@ def test_contrastive_loss_prefers_clustered_positives():
     loss, _ = debiased_contrastive_loss(f, rand_b, target, prob, prior=0.1, n_anchors=64, generator=g)
     loss.backward()
     assert float(f.grad.abs().sum()) > 0
+
+
+def test_known_negatives_are_marked_around_removed_picks_without_touching_positives():
+    from napari_cryoalign.backend.picking.targets import NEGATIVE, UNLABELLED, mark_negatives
+
+    t = make_targets((10, 20, 20), np.array([[5, 4, 6]]), sigma_zyx=(1.0, 1.0, 1.0))
+    before = t.clone()
+    mark_negatives(t, np.array([[5, 14, 14], [5, 5, 7]]), radius_zyx=(2.0, 1.0, 1.0))
+    assert t[5, 14, 14] == NEGATIVE and t[7, 14, 14] == NEGATIVE and t[8, 14, 14] == UNLABELLED
+    assert t[5, 15, 14] == NEGATIVE and t[5, 16, 14] == UNLABELLED and t[6, 15, 15] == UNLABELLED
+    # the positive's peak and its soft neighbours are kept even where a negative ball reaches them
+    assert torch.equal(t[before >= 0], before[before >= 0])
+    assert float(t[5, 5, 7]) == float(before[5, 5, 7]) > 0  # a removed pick on a labelled particle's tail
+
+
+def test_known_negatives_add_their_own_risk_and_leave_the_unlabelled_mean_alone():
+    rng = np.random.default_rng(3)
+    y = np.full(400, -1.0)
+    y[:5] = 1.0
+    y[5:40] = rng.uniform(0.01, 0.9, 35)
+    logits = torch.from_numpy(rng.normal(0, 2, 400))
+    target = torch.from_numpy(y)
+    base, parts = pu_focal_loss(logits, target, prior=0.05)
+    y2 = y.copy()
+    y2[300:330] = -2.0
+    with_n, parts_n = pu_focal_loss(logits, torch.from_numpy(y2), prior=0.05, negative_weight=0.7)
+    p = torch.sigmoid(logits).numpy()
+    rnm = np.mean(-(p[300:330] ** 2) * np.log(1 - p[300:330]))
+    un = np.r_[np.arange(40, 300), np.arange(330, 400)]
+    assert parts_n["r_n_minus"] == pytest.approx(rnm, rel=1e-9)
+    assert parts_n["r_u_minus"] == pytest.approx(np.mean(-(p[un] ** 2) * np.log(1 - p[un])), rel=1e-9)
+    neg = max(parts_n["r_u_minus"] - 0.05 * parts_n["r_p_minus"], 0.0)
+    assert float(with_n) == pytest.approx(0.05 * parts_n["r_p_plus"] + neg + 0.7 * rnm, rel=1e-9)
+    assert parts["r_n_minus"] == 0.0

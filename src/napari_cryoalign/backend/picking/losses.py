@@ -9,7 +9,8 @@
 * :func:`consistency_loss` - MSE between the heatmaps of two augmented views (Eq. 14).
 
 Target convention (:mod:`.targets`): ``y == 1`` true positives (label centres), ``0 < y < 1``
-soft positives (the Gaussian around a centre), ``y == -1`` unlabelled.
+soft positives (the Gaussian around a centre), ``y == -1`` unlabelled, ``y == -2`` known
+negatives (places the user marked as not a particle).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def pu_focal_loss(
     prior: float,
     alpha: float = 2.0,
     beta: float = 4.0,
+    negative_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Non-negative PU risk with focal terms.
+    """Non-negative PU risk with focal terms, plus a known-negative term when there are any.
 
     ``R = prior * R_p+ + max(0, R_u- - prior * R_p-)`` with (``p = sigmoid(logits)``,
     ``y = target``; each term a mean over its voxel set, all as positive losses)::
@@ -51,17 +53,23 @@ def pu_focal_loss(
     no weight). When ``R_u- - prior * R_p-`` is negative the negative part is dropped (its
     gradient is zero; the reference code's choice, rather than nnPU's gradient ascent).
 
+    Known negatives (``y == -2``, not in the paper: removed picks, see docs/picking.md) add
+    ``negative_weight * R_n-`` with ``R_n- = mean_n[-p^a log(1-p)]``: the negative-class risk
+    measured on certain negatives instead of estimated from unlabelled data (PNU learning,
+    Sakai et al. 2017). They are not part of the unlabelled mean.
+
     Parameters
     ----------
     logits : any shape, pre-sigmoid heatmap
     target : same shape, values in ``{-1} U [0, 1]``
     prior : class prior ``pi_p`` in (0, 1)
     alpha, beta : focal exponents (2, 4)
+    negative_weight : weight of the known-negative risk
 
     Returns
     -------
     loss : scalar tensor
-    parts : floats ``r_p_plus, r_p_minus, r_u_minus, negative_risk`` for logging and tests
+    parts : floats ``r_p_plus, r_p_minus, r_u_minus, negative_risk, r_n_minus`` for logging and tests
     """
     if not 0.0 < prior < 1.0:
         raise ValueError(f"prior must be in (0, 1), got {prior}")
@@ -70,14 +78,20 @@ def pu_focal_loss(
     p = torch.sigmoid(logits)
     tp = (target >= 1.0 - _EPS).to(logits.dtype)
     sp = ((target > 0.0) & (target < 1.0 - _EPS)).to(logits.dtype)
-    un = (target < 0.0).to(logits.dtype)
+    kn_mask = target < -1.5
+    un = ((target < 0.0) & ~kn_mask).to(logits.dtype)
+    kn = kn_mask.to(logits.dtype)
     y = target.clamp(0.0, 1.0)
     r_p_plus = _masked_mean(-((1 - p) ** alpha) * logp, tp) + _masked_mean(-((1 - y) ** beta) * p**alpha * log1mp, sp)
     r_p_minus = _masked_mean(-(p**alpha) * log1mp, tp) + _masked_mean(-(y**beta) * (1 - p) ** alpha * logp, sp)
     r_u_minus = _masked_mean(-(p**alpha) * log1mp, un)
     neg = r_u_minus - prior * r_p_minus
     loss = prior * r_p_plus + torch.clamp(neg, min=0.0)
+    r_n_minus = _masked_mean(-(p**alpha) * log1mp, kn)
+    if bool(kn_mask.any()):
+        loss = loss + float(negative_weight) * r_n_minus
     parts = {
+        "r_n_minus": float(r_n_minus.detach()),
         "r_p_plus": float(r_p_plus.detach()),
         "r_p_minus": float(r_p_minus.detach()),
         "r_u_minus": float(r_u_minus.detach()),

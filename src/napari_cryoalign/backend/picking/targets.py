@@ -3,7 +3,9 @@
 Each labelled particle centre becomes a Gaussian peak of height 1 at its nearest output
 voxel (the *true positive*, ``y == 1``); its neighbours get ``0 < y < 1`` (*soft
 positives*); every voxel no peak reaches (``y < floor``) is *unlabelled*, ``-1``. Peaks of
-nearby particles are merged by maximum.
+nearby particles are merged by maximum. Places the user marked as *not* a particle (removed
+picks; :func:`mark_negatives`) are *known negatives*, ``-2``, within a ball around each
+(positives are never overwritten).
 
 Width: the Gaussian is isotropic in physical space with ``sigma = sigma_fraction *
 diameter`` (input voxels); on the output grid (stride ``(1, 2, 2)``) that is ``sigma`` slices
@@ -18,10 +20,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["heatmap_sigma", "input_to_output_zyx", "output_to_input_xyz", "make_targets", "UNLABELLED"]
+__all__ = ["heatmap_sigma", "input_to_output_zyx", "output_to_input_xyz", "make_targets", "mark_negatives",
+           "UNLABELLED", "NEGATIVE"]
 
 #: target value of unlabelled voxels
 UNLABELLED = -1.0
+#: target value of known-negative voxels (around places marked as not a particle)
+NEGATIVE = -2.0
 
 
 def heatmap_sigma(diameter_voxels: float, *, sigma_fraction: float = 0.125, stride: Sequence[int] = (1, 2, 2)):
@@ -103,3 +108,27 @@ def make_targets(
         torch.maximum(region, g[tuple(src)], out=region)
     out[out < floor] = UNLABELLED
     return out
+
+
+def mark_negatives(target: torch.Tensor, centres_out_zyx: np.ndarray, *, radius_zyx: Sequence[float]) -> torch.Tensor:
+    """Mark known negatives in place: unlabelled voxels of ``target`` within the ellipsoid of
+    semi-axes ``radius_zyx`` (output voxels) around each centre become :data:`NEGATIVE`.
+
+    ``centres_out_zyx`` ``(n, 3)`` integer output-voxel indices (z, y, x); voxels that are
+    (soft) positives keep their value. Returns ``target``.
+    """
+    cen = np.asarray(centres_out_zyx, dtype=np.int64).reshape(-1, 3)
+    rad = np.maximum(np.asarray(radius_zyx, dtype=np.float64), 0.5)
+    ext = np.ceil(rad).astype(np.int64)
+    axes = [torch.arange(-e, e + 1, dtype=torch.float32) / float(r) for e, r in zip(ext, rad)]
+    ball = (axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2) <= 1.0
+    shape = target.shape
+    for c in cen:
+        lo, hi = c - ext, c + ext + 1
+        d = [slice(max(lo[a], 0), min(hi[a], shape[a])) for a in range(3)]
+        if any(sl.start >= sl.stop for sl in d):
+            continue
+        src = tuple(slice(sl.start - lo[a], sl.stop - lo[a]) for a, sl in enumerate(d))
+        region = target[tuple(d)]
+        region[ball[src] & (region == UNLABELLED)] = NEGATIVE
+    return target

@@ -45,7 +45,7 @@ from .picker import (
     resolve_device,
     tomogram_stats,
 )
-from .targets import heatmap_sigma, input_to_output_zyx, make_targets
+from .targets import heatmap_sigma, input_to_output_zyx, make_targets, mark_negatives
 
 __all__ = ["TrainResult", "train_picker_job", "train_picker", "calibrated_threshold", "DEFAULT_ITERATIONS",
            "DEFAULT_CLASS_PRIOR"]
@@ -95,6 +95,9 @@ def train_picker_job(
     n_anchors: int = 256,
     sigma_fraction: float = 0.125,
     random_crop_fraction: float = 0.2,
+    negatives_xyz=None,
+    negative_crop_fraction: float = 0.3,
+    negative_weight: float = 1.0,
     net_config: NetConfig | None = None,
     preview_every_s: float | None = None,
     preview_threshold: float = 0.5,
@@ -102,6 +105,7 @@ def train_picker_job(
     device="cpu",
     path=None,
     labels_path=None,
+    negatives_path=None,
 ) -> Generator[Event, None, TrainResult]:
     """Train (or continue training) a picker on one partially labelled tomogram.
 
@@ -123,11 +127,18 @@ def train_picker_job(
     random_crop_fraction : probability that a crop after the first of a batch is taken anywhere
         in the tomogram rather than around a label (so that membranes, gold and empty ice are
         seen as unlabelled data too)
+    negatives_xyz : ``(m, 3)`` voxel coordinates (x, y, z) of places that are *not* the
+        particle (removed picks: gold, membranes, look-alikes), or None. A ball of a quarter
+        diameter around each is a known negative (:func:`.targets.mark_negatives`,
+        :func:`.losses.pu_focal_loss`); not in the paper, see docs/picking.md
+    negative_crop_fraction : probability that a crop after the first of a batch is centred on
+        a known negative (when there are some)
+    negative_weight : weight of the known-negative risk
     net_config : architecture of a new picker
     preview_every_s : seconds between heatmap/picks previews (None: no previews)
     preview_threshold : score threshold of the preview picks
     seed : random seed (crops, augmentations, initial weights); device : torch device or "auto"
-    path, labels_path : file names for error messages
+    path, labels_path, negatives_path : file names for error messages
 
     Returns
     -------
@@ -142,6 +153,10 @@ def train_picker_job(
     t_start = time.perf_counter()
     shape = check_tomogram(tomogram, path=path)
     labels = check_labels(labels_xyz, shape, path=labels_path)
+    negatives = (np.zeros((0, 3)) if negatives_xyz is None or len(negatives_xyz) == 0
+                 else check_labels(negatives_xyz, shape, path=negatives_path, min_labels=0))
+    if not 0.0 <= float(negative_crop_fraction) <= 1.0:
+        raise InputError("a fraction in [0, 1]", field="negative_crop_fraction", got=negative_crop_fraction)
     dev = resolve_device(device)
     if picker is None:
         if diameter_angstrom is None:
@@ -175,6 +190,10 @@ def train_picker_job(
     centres = input_to_output_zyx(labels, st)
     sigma = heatmap_sigma(dvox, sigma_fraction=sigma_fraction, stride=st)
     target_full = make_targets(oshape, centres, sigma_zyx=sigma)
+    if len(negatives):
+        r_neg = 0.25 * dvox
+        mark_negatives(target_full, input_to_output_zyx(negatives, st),
+                       radius_zyx=tuple(r_neg / float(a) for a in st))
     centre_val, scale_val = tomogram_stats(tomogram)
 
     # crop geometry (input voxels; y/x even so that the output grid stays aligned)
@@ -200,7 +219,11 @@ def train_picker_job(
     def draw_batch():
         xs, ts = [], []
         for b in range(batch_size):
-            if b == 0 or rng.random() >= random_crop_fraction:
+            if b > 0 and len(negatives) and rng.random() < negative_crop_fraction:
+                c = negatives[rng.integers(len(negatives))].copy()
+                c[:2] += rng.uniform(-0.25, 0.25, 2) * np.array([cx, cy])
+                c[2] += rng.uniform(-2, 2)
+            elif b == 0 or rng.random() >= random_crop_fraction:
                 c = labels[rng.integers(len(labels))].copy()
                 c[:2] += rng.uniform(-0.25, 0.25, 2) * np.array([cx, cy])
                 c[2] += rng.uniform(-2, 2)
@@ -226,7 +249,8 @@ def train_picker_job(
         lr=lr, batch_size=batch_size, crop=[cz, cy, cx], contrastive_weight=contrastive_weight,
         unsup_weight=unsup_weight, consistency_weight=consistency_weight, temperature=temperature,
         n_anchors=n_anchors, sigma_fraction=sigma_fraction, random_crop_fraction=float(random_crop_fraction), seed=seed,
-        n_labels=int(len(labels)), tomogram_shape=list(shape),
+        n_labels=int(len(labels)), n_negatives=int(len(negatives)), negative_crop_fraction=float(negative_crop_fraction),
+        negative_weight=float(negative_weight), tomogram_shape=list(shape),
     )
     picker.training = training
     losses: list[float] = []
@@ -251,7 +275,8 @@ def train_picker_job(
             feat_a = feats[:batch_size]
             feat_b = _flip(feats[batch_size:], tuple(a + 1 for a in fb))  # (B, C, z, y, x): spatial axes +1
             lb_back = _flip(lb, fb)
-            l_pu, parts = pu_focal_loss(torch.cat([la, lb_back]), torch.cat([ta, ta]), prior=prior)
+            l_pu, parts = pu_focal_loss(torch.cat([la, lb_back]), torch.cat([ta, ta]), prior=prior,
+                                        negative_weight=negative_weight)
             l_con, cparts = debiased_contrastive_loss(
                 feat_a, feat_b, ta, torch.sigmoid(la), prior=prior, temperature=temperature,
                 n_anchors=n_anchors, unsup_weight=unsup_weight, generator=gen)
