@@ -28,6 +28,7 @@ Writes ``docs/benchmarks/picking.json`` and ``docs/benchmarks/picking.png`` (``-
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ SPECIES = ("ribosome", "cct", "mtor", "ruvab")
 ABUNDANCE = (0.4, 0.2, 0.2, 0.2)
 THRESHOLD = 0.5  # the picker's default
 TM_LOWPASS = 60.0  # Å: a low-pass filtered reference, as in the paper's baseline
+NEGATIVE_STEPS = 300  # training steps of the removal round (--negatives)
 
 
 #: simulation settings per scenario. "clean": particles in ice only, 100 e/Å². "cellular": what
@@ -138,6 +140,10 @@ def main() -> int:
     ap.add_argument("--angular-step", type=float, default=30.0, help="template matching grid step (default 30)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip-template", action="store_true", help="no template-matching baseline")
+    ap.add_argument("--negatives", type=int, default=0, metavar="K",
+                    help="after each fraction, one removal round: the K highest-scoring wrong picks on the training "
+                    f"tomogram become known negatives and training continues {NEGATIVE_STEPS} steps (plus a control "
+                    "without them)")
     ap.add_argument("--skip-inference", action="store_true", help="no 200x512x512 inference timing")
     ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="clean",
                     help="simulated data: clean (particles in ice, default) or cellular (+ vesicles, membranes, "
@@ -164,6 +170,10 @@ def main() -> int:
             merged["picker"] = [x for x in merged["picker"] if x["fraction"] not in {y["fraction"] for y in r["picker"]}]
             merged["picker"] += r["picker"]
             merged["template_matching"] = merged["template_matching"] or r.get("template_matching")
+            if r.get("removal_round"):
+                fr = {y["fraction"] for y in r["removal_round"]}
+                merged["removal_round"] = [x for x in merged.get("removal_round", []) if x["fraction"] not in fr] \
+                    + r["removal_round"]
             merged["inference_512x512x200"] = merged["inference_512x512x200"] or r.get("inference_512x512x200")
         merged["picker"].sort(key=lambda r: r["fraction"])
         prefix = Path(args.out_prefix)
@@ -206,6 +216,7 @@ def main() -> int:
         + (f" --angular-step {args.angular_step:g}" if args.angular_step != 30.0 else "")
         + (f" --threads {args.threads}" if args.threads else "")
         + (" --skip-template" if args.skip_template else "") + (" --skip-inference" if args.skip_inference else "")
+        + (f" --negatives {args.negatives}" if args.negatives else "")
         + (f" --scenario {args.scenario}" if args.scenario != "clean" else ""),
         "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE, "voxel_size": VOXEL, "species": SPECIES, "abundance": ABUNDANCE, "n_particles": 320,
         "train_seed": 11, "test_seeds": test_seeds, "match_radius_voxels": radius, "diameter_angstrom": diameter,
@@ -249,6 +260,46 @@ def main() -> int:
               f"(P {tmr['precision']:.3f} R {tmr['recall']:.3f}) | "
               f"best F1 {tmr['best_f1']:.3f} | mAP r2 {tmr['map_r2']:.3f} r5 {tmr['map_r5']:.3f}", flush=True)
 
+    def evaluate_picker(picker):
+        per_tomo, t_inf = [], []
+        for s in tests:
+            t1 = time.perf_counter()
+            picks, _ = pick(picker, s.tomogram, threshold=0.02)
+            t_inf.append(time.perf_counter() - t1)
+            ev = evaluate(picks.coordinates_xyz, picks.scores, target(s), radius, threshold=THRESHOLD)
+            cal = picker.default_threshold  # calibrated on the labels at the end of training
+            prf = precision_recall_f1(picks.coordinates_xyz, picks.scores, target(s), radius=radius, threshold=cal)
+            ev.update(threshold_calibrated=cal, f1_calibrated=prf.f1, precision_calibrated=prf.precision,
+                      recall_calibrated=prf.recall)
+            per_tomo.append(ev)
+        return per_tomo, t_inf
+
+    def removal_round(picker, labels, frac):
+        """What a user does next in the widget: remove the K highest-scoring wrong picks shown on the
+        training tomogram and press Train again (continue, NEGATIVE_STEPS steps, removed picks as known
+        negatives); the control continues as long without them."""
+        from scipy.spatial import cKDTree
+
+        picks, _ = pick(picker, train_sim.tomogram, threshold=picker.default_threshold)
+        d, _ = cKDTree(target(train_sim)).query(picks.coordinates_xyz)
+        wrong = np.flatnonzero(d > radius)[: args.negatives]  # picks are sorted by score
+        negs = picks.coordinates_xyz[wrong]
+        out = {"fraction": frac, "n_labels": int(len(labels)), "n_negatives": int(len(negs)),
+               "n_wrong_shown_before": int(np.sum(d > radius)), "extra_iterations": NEGATIVE_STEPS,
+               "negative_z": [round(float(z), 1) for z in negs[:, 2]]}
+        for key, kw in (("with_negatives", {"negatives_xyz": negs}), ("control", {})):
+            t0 = time.perf_counter()
+            r = train_picker(train_sim.tomogram, labels, picker=copy.deepcopy(picker), voxel_size=VOXEL,
+                             iterations=NEGATIVE_STEPS, seed=1, **kw)
+            t = time.perf_counter() - t0
+            per_tomo, _ = evaluate_picker(r.picker)
+            out[key] = {"train_seconds": t, **mean_over(per_tomo), "per_tomogram": per_tomo}
+            m = out[key]
+            print(f"  + {len(negs)} removed picks ({key}): F1@calibrated {m['threshold_calibrated']:.3f}: "
+                  f"{m['f1_calibrated']:.3f} (P {m['precision_calibrated']:.3f} R {m['recall_calibrated']:.3f}) | "
+                  f"best F1 {m['best_f1']:.3f} | mAP r2 {m['map_r2']:.3f} r5 {m['map_r5']:.3f}", flush=True)
+        return out
+
     rng = np.random.default_rng(0)
     all_targets = target(train_sim)
     perm = rng.permutation(len(all_targets))
@@ -262,17 +313,7 @@ def main() -> int:
         res = train_picker(train_sim.tomogram, labels, diameter_angstrom=diameter, voxel_size=VOXEL,
                            iterations=iterations, seed=0)
         t_train = time.perf_counter() - t0
-        per_tomo, t_inf = [], []
-        for s in tests:
-            t1 = time.perf_counter()
-            picks, _ = pick(res.picker, s.tomogram, threshold=0.02)
-            t_inf.append(time.perf_counter() - t1)
-            ev = evaluate(picks.coordinates_xyz, picks.scores, target(s), radius, threshold=THRESHOLD)
-            cal = res.picker.default_threshold  # calibrated on the labels at the end of training
-            prf = precision_recall_f1(picks.coordinates_xyz, picks.scores, target(s), radius=radius, threshold=cal)
-            ev.update(threshold_calibrated=cal, f1_calibrated=prf.f1, precision_calibrated=prf.precision,
-                      recall_calibrated=prf.recall)
-            per_tomo.append(ev)
+        per_tomo, t_inf = evaluate_picker(res.picker)
         row = {"fraction": frac, "n_labels": k, "train_seconds": t_train, "iterations": iterations,
                "inference_seconds_256x256x64": float(np.mean(t_inf)), **mean_over(per_tomo), "per_tomogram": per_tomo}
         results["picker"].append(row)
@@ -282,6 +323,8 @@ def main() -> int:
               f"(P {row['precision']:.3f} R {row['recall']:.3f}) | best F1 {row['best_f1']:.3f} | "
               f"mAP r2 {row['map_r2']:.3f} r5 {row['map_r5']:.3f}", flush=True)
         last_model = res.picker
+        if args.negatives:
+            results.setdefault("removal_round", []).append(removal_round(res.picker, labels, frac))
         save()
         if i_frac == 0 and not args.skip_template:
             template_baseline()

@@ -57,6 +57,15 @@ def test_train_predict_template_end_to_end(data):
                  "--diameter", "80", "--out", str(d / "model.pt"), "--iterations", "40", "--device", "cpu",
                  "--seed", "1"]) == 0
     assert (d / "model.pt").is_file()
+    # continue with known negatives (places that are not the particle)
+    write_particles(d / "neg.star", coordinates_xyz=np.array([[30.0, 44, 12], [6, 30, 12]]), tomo_name="tomo")
+    assert _run(["pick", "train", "--tomogram", str(d / "tomo.mrc"), "--labels", str(d / "labels.star"),
+                 "--negatives", str(d / "neg.star"), "--continue-from", str(d / "model.pt"), "--diameter", "80",
+                 "--out", str(d / "model_neg.pt"), "--iterations", "3", "--device", "cpu"]) == 0
+    from napari_cryoalign.backend.picking import load_picker
+
+    trained = load_picker(d / "model_neg.pt").training
+    assert trained["n_negatives"] == 2 and trained["iterations_done"] == 43
     assert _run(["pick", "predict", "--tomogram", str(d / "tomo.mrc"), "--model", str(d / "model.pt"),
                  "--out", str(d / "picks.star"), "--threshold", "0.05", "--min-distance", "60",
                  "--heatmap", str(d / "heat.mrc")]) == 0
@@ -107,6 +116,9 @@ def test_bad_inputs(data, tmp_path):
         _run(base + ["--labels", str(tmp_path / "out.star"), "--diameter", "80", "--out", str(tmp_path / "a.pt")])
     with pytest.raises(InputError, match="diameter"):
         _run(base + ["--labels", str(d / "labels.star"), "--diameter", "400", "--out", str(tmp_path / "a.pt")])
+    with pytest.raises(InputError, match="out.star: rlnCoordinateX"):  # negatives are checked like labels
+        _run(base + ["--labels", str(d / "labels.star"), "--negatives", str(tmp_path / "out.star"), "--diameter", "80",
+                     "--out", str(tmp_path / "a.pt")])
     nan = read_mrc(d / "tomo.mrc").data.copy()
     nan[3, 4, 5] = np.nan
     import warnings

@@ -103,6 +103,10 @@ def test_label_history_and_pickset_units():
     moved = ps.replaced_by(P([[0.5, 0, 0], [10, 0, 0], [30, 0, 0]], [0.8, 0.6, 0.7]), match_radius=1.0)
     # the rejected one stays rejected at its new position, the accepted one with no match is kept
     assert moved.shown(0.0).tolist() == [2, 1, 3] and moved.status.tolist() == [REJECTED, 0, 0, ACCEPTED]
+    # a removed pick with no new candidate near it stays (never shown): a known negative for training
+    gone = moved.replaced_by(P([[10, 0, 0]], [0.6]), match_radius=1.0)
+    assert gone.shown(0.0).tolist() == [0, 2] and sorted(gone.status.tolist()) == [REJECTED, 0, ACCEPTED]
+    np.testing.assert_allclose(gone.rejected_xyz(), [[0.5, 0, 0]])
     assert labels_path_for("/d/TS_01.rec.gz").name == "TS_01_labels.star"
 
 
@@ -349,3 +353,44 @@ def test_cancel_keeps_the_model_and_train_continues(opened, qtbot, sim):
     total = picker.training["iterations_done"]
     assert total in (n + 1, n + 2) and w.loss_plot.steps[-1] == total
     assert picker.optimizer_state is not None and not picker.net.training  # eval mode, usable
+
+
+def test_removed_picks_are_autosaved_and_trained_as_negatives(make_napari_viewer, qtbot, tomo_file, sim):
+    from napari_cryoalign.widgets._pick_state import negatives_path_for
+
+    viewer = make_napari_viewer()
+    _open(viewer, tomo_file)
+    w = PickWidget(viewer)
+    w.add_labels(np.asarray(sim.truth.coordinates_xyz)[:3])
+    w.diameter.value = 200.0
+    w.iterations.value = 2
+    w.preview_s.value = 0.0
+    w.threshold.value = 0.0
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
+    assert w.runner.state.history[-1] == "finished", w.status.text()
+    w.threshold.value = 0.0
+    layer = viewer.layers["tomo_a.mrc picks"]
+    assert len(layer.data) >= 2
+    layer.selected_data = {0, 1}
+    removed = w.picks.coordinates_xyz[np.asarray(layer.features["candidate"])[[0, 1]]]
+    assert w.set_selected_status(REJECTED) == 2 and "removed picks: 2" in w.labels_info.value
+    neg_file = negatives_path_for(tomo_file)
+    w.flush_autosave()
+    np.testing.assert_allclose(np.sort(coordinates_xyz(read_particles(neg_file)), 0), np.sort(removed, 0), atol=1e-4)
+    # Train again: the removed picks go in as known negatives
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
+    assert w.runner.state.history[-1] == "finished", w.status.text()
+    assert w.picker.training["n_negatives"] == 2
+    assert len(w.picks.rejected_xyz()) >= 2  # verdicts survive the new candidates
+    # ... and not when the box is unticked
+    w.learn_negatives.value = False
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
+    assert w.picker.training["n_negatives"] == 0
+    # reopening the tomogram restores them
+    viewer2 = make_napari_viewer()
+    _open(viewer2, tomo_file)
+    w2 = PickWidget(viewer2)
+    assert len(w2.picks.rejected_xyz()) >= 2 and "removed picks" in w2.labels_info.value

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["ACCEPTED", "AUTO", "REJECTED", "LabelHistory", "PickSet", "labels_path_for"]
+__all__ = ["ACCEPTED", "AUTO", "REJECTED", "LabelHistory", "PickSet", "labels_path_for", "negatives_path_for"]
 
 AUTO, ACCEPTED, REJECTED = 0, 1, -1
 _MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".ali", ".mrcs")
@@ -32,6 +32,12 @@ def labels_path_for(tomogram_path) -> Path:
             name = name[: -len(comp)]
     stem = Path(name).stem if Path(name).suffix.lower() in _MRC_SUFFIXES else name
     return p.with_name(f"{stem}_labels.star")
+
+
+def negatives_path_for(tomogram_path) -> Path:
+    """``<folder>/<tomogram stem>_negatives.star``: the removed picks, autosaved next to the labels."""
+    lab = labels_path_for(tomogram_path)
+    return lab.with_name(lab.name[: -len("_labels.star")] + "_negatives.star")
 
 
 class LabelHistory:
@@ -124,8 +130,9 @@ class PickSet:
 
     def replaced_by(self, picks, *, match_radius: float) -> PickSet:
         """New candidates ``picks``, keeping verdicts: each accepted/rejected old candidate passes its
-        verdict to the nearest new one within ``match_radius`` voxels; accepted ones with no
-        match are kept as they were (the user wants them)."""
+        verdict to the nearest new one within ``match_radius`` voxels; judged ones with no match
+        are kept as they were (accepted: the user wants them; rejected: never shown, but they
+        stay known negatives for the next training)."""
         new = PickSet.from_picks(picks)
         judged = np.nonzero(self.status != AUTO)[0]
         if judged.size == 0:
@@ -139,7 +146,7 @@ class PickSet:
         for j, d, i in zip(judged, dist, idx):
             if d <= match_radius:
                 new.status[i] = self.status[j]
-            elif self.status[j] == ACCEPTED:
+            else:
                 keep_extra.append(j)
         if keep_extra:
             ke = np.asarray(keep_extra)
@@ -163,6 +170,10 @@ class PickSet:
         idx = np.asarray(list(indices), dtype=np.int64)
         if idx.size:
             self.status[idx] = value
+
+    def rejected_xyz(self) -> np.ndarray:
+        """``(m, 3)`` coordinates (x, y, z) of the removed picks: the known negatives of the next training."""
+        return self.coordinates_xyz[self.status == REJECTED].copy()
 
     def add(self, coordinates_xyz, score: float, *, status: int = ACCEPTED) -> None:
         """Append picks placed by hand (accepted by default)."""

@@ -54,6 +54,7 @@ from ._pick_state import (
     LabelHistory,
     PickSet,
     labels_path_for,
+    negatives_path_for,
 )
 from ._plots import LossPlot, ScoreHistogram
 
@@ -228,6 +229,7 @@ class PickWidget(JobWidget):
         self.iterations = SpinBox(label="iterations", value=DEFAULT_ITERATIONS, min=1, max=1_000_000, step=50)
         self.preview_s = FloatSpinBox(label="preview every (s)", value=5.0, min=0.0, max=3600.0, step=1.0)
         self.continue_training = CheckBox(text="continue from the current model", value=True)
+        self.learn_negatives = CheckBox(text="learn from removed picks (known negatives)", value=True)
         self.labels_info = Label(value="labels: 0")
         self.undo_button = PushButton(text="Undo label")
         self.redo_button = PushButton(text="Redo label")
@@ -240,7 +242,7 @@ class PickWidget(JobWidget):
         self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0, step=5.0)
         self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0, step=5.0)
         self._picker_widgets = [self.class_prior, self.iterations, self.preview_s, self.continue_training,
-                                self.labels_info, labels_row]
+                                self.learn_negatives, self.labels_info, labels_row]
         self._template_widgets = [self.reference, self.reference_file, self.angular_step, self.wedge,
                                   self.tilt_min, self.tilt_max]
         self.params = Container(widgets=[self.method, self.tomogram, self.diameter, self.diameter_info,
@@ -362,6 +364,9 @@ class PickWidget(JobWidget):
             return
         self._labels_layer = self._ensure_labels_layer(layer)
         self._history.reset(self._labels_layer.data)
+        negs = self._restore_points(layer, negatives_path_for, "removed picks")
+        if len(negs):
+            self.picks = PickSet(negs, np.zeros(len(negs)), None, np.full(len(negs), REJECTED, dtype=np.int8))
         self._update_label_info()
         self._update_diameter_info()
         if self.star_file.value is None or str(self.star_file.value) in (".", ""):
@@ -463,7 +468,8 @@ class PickWidget(JobWidget):
         n = 0 if self._labels_layer is None else len(self._labels_layer.data)
         where = self.autosave_path
         tail = f" (autosaved to {where.name})" if where is not None else " (not saved: the tomogram has no file)"
-        self.labels_info.value = f"labels: {n}{tail}"
+        n_neg = int(np.sum(self.picks.status == REJECTED))
+        self.labels_info.value = f"labels: {n}" + (f", removed picks: {n_neg}" if n_neg else "") + tail
         self.undo_button.enabled = self._history.can_undo
         self.redo_button.enabled = self._history.can_redo
 
@@ -477,10 +483,14 @@ class PickWidget(JobWidget):
         return None if str(out) in self._autosave_blocked else out
 
     def _restore_labels(self, tomo) -> np.ndarray:
+        return self._restore_points(tomo, labels_path_for, "labels")
+
+    def _restore_points(self, tomo, path_for, what: str) -> np.ndarray:
+        """Coordinates (x, y, z) autosaved next to the tomogram's file (``path_for``), or none."""
         p = _layer_path(tomo)
         if p is None:
             return np.zeros((0, 3))
-        path = labels_path_for(p)
+        path = path_for(p)
         if not path.is_file():
             return np.zeros((0, 3))
         from napari.utils.notifications import show_info, show_warning
@@ -493,17 +503,20 @@ class PickWidget(JobWidget):
             xyz = coordinates_xyz(table) if table.coordinates_from else np.zeros((0, 3))
         except (CryoAlignError, ValueError, OSError) as exc:
             self._autosave_blocked.add(str(path))
-            show_warning(f"Pick particles: could not restore labels ({exc}); that file is kept and "
-                         "labels of this session are not autosaved over it")
+            show_warning(f"Pick particles: could not restore {what} ({exc}); that file is kept and "
+                         f"{what} of this session are not autosaved over it")
             return np.zeros((0, 3))
-        show_info(f"Pick particles: restored {len(xyz)} labels from {path.name}")
+        show_info(f"Pick particles: restored {len(xyz)} {what} from {path.name}")
         return np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
 
     def flush_autosave(self, *_) -> Path | None:
-        """Write the labels now (normally done :data:`AUTOSAVE_DELAY_MS` after the last change)."""
+        """Write the labels (and the removed picks) now (normally done :data:`AUTOSAVE_DELAY_MS`
+        after the last change)."""
         self._autosave_timer.stop()
         path = self.autosave_path
         layer = self._tomogram_layer
+        if layer is not None:
+            self._autosave_negatives(layer)
         if path is None or self._labels_layer is None or layer is None:
             return None
         from napari.utils.notifications import show_error
@@ -522,6 +535,37 @@ class PickWidget(JobWidget):
             show_error(f"Pick particles: could not autosave labels: {exc}")
             return None
         self.last_autosave = path
+        return path
+
+    @property
+    def negatives_path(self) -> Path | None:
+        """Where the removed picks are autosaved (``<tomogram>_negatives.star``), or None."""
+        layer = self._tomogram_layer
+        p = None if layer is None else _layer_path(layer)
+        if p is None:
+            return None
+        out = negatives_path_for(p)
+        return None if str(out) in self._autosave_blocked else out
+
+    def _autosave_negatives(self, layer) -> Path | None:
+        path = self.negatives_path
+        if path is None:
+            return None
+        from napari.utils.notifications import show_error
+
+        from ..io import ensure_not_input, write_particles
+
+        xyz = self.picks.rejected_xyz()
+        if not len(xyz) and not path.exists():
+            return None
+        try:
+            ensure_not_input(path, _layer_path(layer))
+            write_particles(path, coordinates_xyz=xyz, tomo_name=_tomo_name(layer),
+                            tomogram_shape=tuple(_layer_array(layer).shape), voxel_size=self.voxel_size,
+                            overwrite=True)
+        except (CryoAlignError, OSError, ValueError) as exc:
+            show_error(f"Pick particles: could not autosave removed picks: {exc}")
+            return None
         return path
 
     # ------------------------------------------------------------------ jobs
@@ -585,8 +629,10 @@ class PickWidget(JobWidget):
         picker = self.picker if (self.continue_training.value and self.picker is not None) else None
         if picker is None:
             self.loss_plot.clear()
+        negatives = self.picks.rejected_xyz() if self.learn_negatives.value else np.zeros((0, 3))
         return _train_then_pick_job(
             data, labels, picker=picker, floor=PICKER_SCORE_FLOOR,
+            negatives_xyz=negatives if len(negatives) else None, negatives_path=self.negatives_path,
             min_distance_angstrom=self._min_distance_angstrom(), voxel_size=vs, path=path,
             diameter_angstrom=None if picker is not None else float(self.diameter.value),
             class_prior=float(self.class_prior.value), iterations=int(self.iterations.value),
@@ -747,8 +793,12 @@ class PickWidget(JobWidget):
 
     def _set_candidates(self, picks, method: str) -> None:
         radius = max(1.0, 0.25 * float(self.diameter.value) / self.voxel_size)
-        self.picks = self.picks.replaced_by(picks, match_radius=radius) if method == self._method_of_candidates \
-            else type(self.picks).from_picks(picks)
+        if method == self._method_of_candidates:
+            self.picks = self.picks.replaced_by(picks, match_radius=radius)
+        else:  # other scores: verdicts do not carry over, except removed picks (known negatives)
+            rej = self.picks.status == REJECTED
+            keep = PickSet(self.picks.coordinates_xyz[rej], self.picks.scores[rej], None, self.picks.status[rej])
+            self.picks = keep.replaced_by(picks, match_radius=radius)
         self._method_of_candidates = method
         scores = self.picks.scores
         if method == "picker":
@@ -852,6 +902,7 @@ class PickWidget(JobWidget):
             shown = {int(i) for i in self._last_shown}
             self.picks.set_status(sorted(shown - remaining), REJECTED)
             QTimer.singleShot(0, self.refresh_picks)
+            self._labels_changed()  # info line and autosave (removed picks are known negatives)
         elif action == "added":
             new = np.asarray(layer.features["candidate"]) < 0
             if new.any():
@@ -876,6 +927,7 @@ class PickWidget(JobWidget):
         cand = self._selected_candidates()
         self.picks.set_status(cand, status)
         self.refresh_picks()
+        self._labels_changed()  # info line and autosave (removed picks are known negatives)
         return int(cand.size)
 
     def promote_selected(self, *_) -> int:

@@ -97,7 +97,7 @@ def train_picker_job(
     random_crop_fraction: float = 0.2,
     negatives_xyz=None,
     negative_crop_fraction: float = 0.3,
-    negative_weight: float = 1.0,
+    negative_weight: float = 0.3,
     net_config: NetConfig | None = None,
     preview_every_s: float | None = None,
     preview_threshold: float = 0.5,
@@ -133,7 +133,8 @@ def train_picker_job(
         :func:`.losses.pu_focal_loss`); not in the paper, see docs/picking.md
     negative_crop_fraction : probability that a crop after the first of a batch is centred on
         a known negative (when there are some)
-    negative_weight : weight of the known-negative risk
+    negative_weight : weight of the known-negative risk (0.3; at 1 the hard negatives dominate
+        the loss and every score drops, which breaks the calibrated threshold - docs/picking.md)
     net_config : architecture of a new picker
     preview_every_s : seconds between heatmap/picks previews (None: no previews)
     preview_threshold : score threshold of the preview picks
