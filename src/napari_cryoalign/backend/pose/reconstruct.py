@@ -318,7 +318,8 @@ def reconstruct_half_maps(data: ParticleData, rotations=None, **kwargs) -> Recon
 # ----------------------------------------------------------------------------- projection
 @dataclass(frozen=True, eq=False)
 class FourierProjector:
-    """A map prepared for Fourier-slice projection: its padded 3D FT as ``(P³, 2)`` real/imag, and sizes."""
+    """A map prepared for Fourier-slice projection: its padded, centred 3D FT as a ``(1, 2, P, P, P)``
+    real/imag volume (zero frequency at index ``P // 2``), and sizes."""
 
     ft: torch.Tensor
     size: int
@@ -339,8 +340,9 @@ def prepare_projector(volume, *, pad: float = 2.0, device="cpu") -> FourierProje
     ax = (torch.arange(size, device=device, dtype=torch.float32) - size // 2) / size
     s = torch.sinc(ax) ** 2
     padded = padded / (s[:, None, None] * s[None, :, None] * s[None, None, :])
-    ft = torch.fft.fftn(torch.fft.ifftshift(padded))
-    return FourierProjector(torch.view_as_real(ft.to(torch.complex64)).reshape(-1, 2).contiguous(), size, n)
+    ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(padded)))  # zero frequency at size // 2
+    vol = torch.view_as_real(ft.to(torch.complex64)).permute(3, 0, 1, 2)[None].contiguous()
+    return FourierProjector(vol, size, n)
 
 
 def project_fourier(projector: FourierProjector, rotations) -> torch.Tensor:
@@ -353,11 +355,14 @@ def project_fourier(projector: FourierProjector, rotations) -> torch.Tensor:
                           else rotations, dtype=torch.float32, device=projector.ft.device).reshape(-1, 3, 3)
     n, size = projector.box, projector.size
     plane = _plane_coords(n, rot.device) * (size / n)
-    q = torch.einsum("bji,pj->bpi", rot, plane).reshape(-1, 3)
-    out = torch.zeros((q.shape[0], 2), dtype=torch.float32, device=rot.device)
-    for idx, w in _corners(q, size):
-        out += projector.ft[idx] * w[:, None]
-    out = torch.view_as_complex(out).reshape(rot.shape[0], n, n)
+    q = torch.einsum("bji,pj->bpi", rot, plane)  # (B, n², 3): x, y, z in padded-grid index units
+    # trilinear interpolation in one fused op: grid_sample's (x, y, z) run along (W, H, D) = the
+    # map's (x, y, z) axes; align_corners=True maps -1 / 1 to index 0 / P - 1. Only the corners
+    # beyond the inscribed sphere (masked below) would need the periodic wrap.
+    grid = ((q + size // 2) * (2.0 / (size - 1)) - 1.0).reshape(1, rot.shape[0], n, n, 3)
+    vals = torch.nn.functional.grid_sample(projector.ft, grid, mode="bilinear", padding_mode="zeros",
+                                           align_corners=True)[0]  # (2, B, n, n)
+    out = torch.complex(vals[0], vals[1])
     r2 = plane[:, 0] ** 2 + plane[:, 1] ** 2
     inside = (r2 < (size / 2.0) ** 2).reshape(n, n)
     return out * inside
