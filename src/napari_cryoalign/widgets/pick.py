@@ -475,11 +475,15 @@ class PickWidget(JobWidget):
 
     @property
     def autosave_path(self) -> Path | None:
+        """Where the labels are autosaved (``<tomogram>_labels.star``), or None."""
+        return self._autosave_file(labels_path_for)
+
+    def _autosave_file(self, path_for) -> Path | None:
         layer = self._tomogram_layer
         p = None if layer is None else _layer_path(layer)
         if p is None:
             return None
-        out = labels_path_for(p)
+        out = path_for(p)
         return None if str(out) in self._autosave_blocked else out
 
     def _restore_labels(self, tomo) -> np.ndarray:
@@ -511,60 +515,39 @@ class PickWidget(JobWidget):
 
     def flush_autosave(self, *_) -> Path | None:
         """Write the labels (and the removed picks) now (normally done :data:`AUTOSAVE_DELAY_MS`
-        after the last change)."""
+        after the last change). Returns the labels file written, or None."""
         self._autosave_timer.stop()
-        path = self.autosave_path
         layer = self._tomogram_layer
-        if layer is not None:
-            self._autosave_negatives(layer)
-        if path is None or self._labels_layer is None or layer is None:
+        if layer is None:
             return None
-        from napari.utils.notifications import show_error
-
-        from ..io import ensure_not_input, write_particles
-
-        xyz = self.labels_xyz()
-        if not len(xyz) and not path.exists():
+        self._write_autosave(self.negatives_path, self.picks.rejected_xyz(), layer, "removed picks")
+        if self._labels_layer is None:
             return None
-        try:
-            ensure_not_input(path, _layer_path(layer))
-            write_particles(path, coordinates_xyz=xyz, tomo_name=_tomo_name(layer),
-                            tomogram_shape=tuple(_layer_array(layer).shape), voxel_size=self.voxel_size,
-                            overwrite=True)
-        except (CryoAlignError, OSError, ValueError) as exc:
-            show_error(f"Pick particles: could not autosave labels: {exc}")
-            return None
-        self.last_autosave = path
+        path = self._write_autosave(self.autosave_path, self.labels_xyz(), layer, "labels")
+        if path is not None:
+            self.last_autosave = path
         return path
 
     @property
     def negatives_path(self) -> Path | None:
         """Where the removed picks are autosaved (``<tomogram>_negatives.star``), or None."""
-        layer = self._tomogram_layer
-        p = None if layer is None else _layer_path(layer)
-        if p is None:
-            return None
-        out = negatives_path_for(p)
-        return None if str(out) in self._autosave_blocked else out
+        return self._autosave_file(negatives_path_for)
 
-    def _autosave_negatives(self, layer) -> Path | None:
-        path = self.negatives_path
-        if path is None:
+    def _write_autosave(self, path: Path | None, xyz: np.ndarray, layer, what: str) -> Path | None:
+        """Write coordinates ``xyz`` next to the tomogram (nothing when there are none and no file yet)."""
+        if path is None or (not len(xyz) and not path.exists()):
             return None
         from napari.utils.notifications import show_error
 
         from ..io import ensure_not_input, write_particles
 
-        xyz = self.picks.rejected_xyz()
-        if not len(xyz) and not path.exists():
-            return None
         try:
             ensure_not_input(path, _layer_path(layer))
             write_particles(path, coordinates_xyz=xyz, tomo_name=_tomo_name(layer),
                             tomogram_shape=tuple(_layer_array(layer).shape), voxel_size=self.voxel_size,
                             overwrite=True)
         except (CryoAlignError, OSError, ValueError) as exc:
-            show_error(f"Pick particles: could not autosave removed picks: {exc}")
+            show_error(f"Pick particles: could not autosave {what}: {exc}")
             return None
         return path
 
