@@ -87,9 +87,8 @@ def pu_focal_loss(
     r_u_minus = _masked_mean(-(p**alpha) * log1mp, un)
     neg = r_u_minus - prior * r_p_minus
     loss = prior * r_p_plus + torch.clamp(neg, min=0.0)
-    r_n_minus = _masked_mean(-(p**alpha) * log1mp, kn)
-    if bool(kn_mask.any()):
-        loss = loss + float(negative_weight) * r_n_minus
+    r_n_minus = _masked_mean(-(p**alpha) * log1mp, kn)  # 0 when there are no known negatives
+    loss = loss + float(negative_weight) * r_n_minus
     parts = {
         "r_n_minus": float(r_n_minus.detach()),
         "r_p_plus": float(r_p_plus.detach()),

@@ -57,6 +57,21 @@ def output_to_input_xyz(indices_zyx: np.ndarray, stride: Sequence[int] = (1, 2, 
     return (ind * st + (st - 1.0) / 2.0)[:, ::-1].copy()
 
 
+def _patch_slices(centre, half, shape):
+    """``(grid slices, patch slices)`` of a ``2 half + 1`` patch centred on voxel ``centre``, clipped
+    to a grid of ``shape``; None when nothing of it is inside."""
+    lo = np.asarray(centre) - half
+    hi = np.asarray(centre) + half + 1
+    dst, src = [], []
+    for a in range(3):
+        d0, d1 = max(int(lo[a]), 0), min(int(hi[a]), int(shape[a]))
+        if d0 >= d1:
+            return None
+        dst.append(slice(d0, d1))
+        src.append(slice(d0 - int(lo[a]), d1 - int(lo[a])))
+    return tuple(dst), tuple(src)
+
+
 def make_targets(
     shape_out: Sequence[int],
     centres_out_zyx: np.ndarray,
@@ -90,22 +105,10 @@ def make_targets(
         g = g[..., None] * torch.exp(-(ax**2) / (2.0 * s * s))
     g = g.reshape(*(2 * rad + 1))
     for c in cen:
-        lo = c - rad
-        hi = c + rad + 1
-        src = []
-        dst = []
-        ok = True
-        for a in range(3):
-            d0, d1 = max(lo[a], 0), min(hi[a], shape_out[a])
-            if d0 >= d1:
-                ok = False
-                break
-            dst.append(slice(d0, d1))
-            src.append(slice(d0 - lo[a], d1 - lo[a]))
-        if not ok:
-            continue
-        region = out[tuple(dst)]
-        torch.maximum(region, g[tuple(src)], out=region)
+        sl = _patch_slices(c, rad, shape_out)
+        if sl is not None:
+            region = out[sl[0]]
+            torch.maximum(region, g[sl[1]], out=region)
     out[out < floor] = UNLABELLED
     return out
 
@@ -122,13 +125,9 @@ def mark_negatives(target: torch.Tensor, centres_out_zyx: np.ndarray, *, radius_
     ext = np.ceil(rad).astype(np.int64)
     axes = [torch.arange(-e, e + 1, dtype=torch.float32) / float(r) for e, r in zip(ext, rad)]
     ball = (axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2) <= 1.0
-    shape = target.shape
     for c in cen:
-        lo, hi = c - ext, c + ext + 1
-        d = [slice(max(lo[a], 0), min(hi[a], shape[a])) for a in range(3)]
-        if any(sl.start >= sl.stop for sl in d):
-            continue
-        src = tuple(slice(sl.start - lo[a], sl.stop - lo[a]) for a, sl in enumerate(d))
-        region = target[tuple(d)]
-        region[ball[src] & (region == UNLABELLED)] = NEGATIVE
+        sl = _patch_slices(c, ext, target.shape)
+        if sl is not None:
+            region = target[sl[0]]
+            region[ball[sl[1]] & (region == UNLABELLED)] = NEGATIVE
     return target

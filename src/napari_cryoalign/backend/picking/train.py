@@ -221,11 +221,13 @@ def train_picker_job(
         xs, ts = [], []
         for b in range(batch_size):
             if b > 0 and len(negatives) and rng.random() < negative_crop_fraction:
-                c = negatives[rng.integers(len(negatives))].copy()
-                c[:2] += rng.uniform(-0.25, 0.25, 2) * np.array([cx, cy])
-                c[2] += rng.uniform(-2, 2)
+                pool = negatives
             elif b == 0 or rng.random() >= random_crop_fraction:
-                c = labels[rng.integers(len(labels))].copy()
+                pool = labels
+            else:
+                pool = None
+            if pool is not None:  # around a label or a known negative, with jitter
+                c = pool[rng.integers(len(pool))].copy()
                 c[:2] += rng.uniform(-0.25, 0.25, 2) * np.array([cx, cy])
                 c[2] += rng.uniform(-2, 2)
             else:
