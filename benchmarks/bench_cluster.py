@@ -96,7 +96,8 @@ def run_one(sset, method: str, args) -> dict:
                                particle_masks=sset.mask, voxel_size_angstrom=sset.voxel_size_angstrom,
                                iterations=args.iterations, init_iterations=args.init_iterations,
                                refine_levels=args.refine_levels, angular_step_deg=args.angular_step,
-                               min_class_fraction=args.min_class_fraction, seed=args.seed, device=args.device)
+                               min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
+                               seed=args.seed, device=args.device)
     secs = time.perf_counter() - t0
     acc = clustering_accuracy(sset.classes, res.classes)
     n = len(sset.classes)
@@ -115,9 +116,11 @@ def run_one(sset, method: str, args) -> dict:
 
 
 def _row_key(row: dict, default_n: int | None = None) -> tuple:
-    """What identifies a benchmark row: (SNR, method, particles per structure, re-seeding threshold)."""
+    """What identifies a benchmark row: (SNR, method, particles per structure, re-seeding threshold,
+    globally searched rounds, rounds)."""
+    st = row.get("settings", {})
     return (float(row["snr"]), row["method"], int(row.get("n_per_class", default_n or 0)),
-            float(row.get("settings", {}).get("min_class_fraction", 0.2)))
+            float(st.get("min_class_fraction", 0.2)), int(st.get("global_rounds", 1)), st.get("iterations"))
 
 
 def merge_results(old: dict, new: dict) -> dict:
@@ -164,6 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--min-class-fraction", type=float, default=MIN_CLASS_FRACTION,
                     help=f"joint: re-seeding threshold (default: the backend's, {MIN_CLASS_FRACTION:g})")
+    ap.add_argument("--global-rounds", type=int, default=1,
+                    help="joint: rounds in which every class is searched globally (default 1, the backend's)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--replace", action="store_true",
@@ -197,7 +202,8 @@ def main(argv=None) -> int:
                    "settings": {"iterations": args.iterations, "init_iterations": args.init_iterations,
                                 "refine_levels": args.refine_levels, "angular_step_deg": args.angular_step,
                                 "seed": args.seed, "torch_threads": torch.get_num_threads(),
-                                "min_class_fraction": args.min_class_fraction},
+                                "min_class_fraction": args.min_class_fraction,
+                                "global_rounds": args.global_rounds},
                    "load_average_before": os.getloadavg(), **run_one(sset, method, args)}
             rows.append(row)
             ali = row["within_class_alignment"]

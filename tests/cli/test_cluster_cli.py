@@ -81,5 +81,5 @@ def test_cluster_is_a_cryoalign_command():
 
     assert args.min_class_fraction == 0.5 == MIN_CLASS_FRACTION  # the backend's default re-seeding threshold
     args = build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "3", "--out", "c.star",
-                                      "--min-class-fraction", "0"])
-    assert args.min_class_fraction == 0.0
+                                      "--min-class-fraction", "0", "--global-rounds", "3"])
+    assert args.min_class_fraction == 0.0 and args.global_rounds == 3

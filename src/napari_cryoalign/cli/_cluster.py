@@ -59,6 +59,9 @@ def register(sub) -> None:
     p.add_argument("--min-class-fraction", type=float, default=0.5, metavar="F",
                    help="joint: re-seed a class left with fewer than F x (mean class size) particles after a round "
                    "(default 0.5; 0 = never, for sets where one class is much rarer)")
+    p.add_argument("--global-rounds", type=int, default=1, metavar="R",
+                   help="joint: the first R rounds search every class globally (default 1; later rounds refine "
+                   "locally). More rounds cost a full search each and let poses recover from poor first averages")
     p.add_argument("--seed", type=int, default=0, help="random seed of the mixture starts")
     p.set_defaults(func=run_cluster)
 
@@ -79,7 +82,8 @@ def run_cluster(args) -> int:
     device = _resolve_device(args.device)
     ensure_not_input(args.out, args.particles, args.tomogram)
     check_output_path(args.out, overwrite=args.overwrite)
-    for flag, value in (("--iterations", args.iterations), ("--init-iterations", args.init_iterations)):
+    for flag, value in (("--iterations", args.iterations), ("--init-iterations", args.init_iterations),
+                        ("--global-rounds", args.global_rounds)):
         if value < 1:
             raise InputError("an integer >= 1", field=flag, got=value)
     pset = load_particle_set(args.particles, tomogram=args.tomogram, box=args.box)
@@ -95,7 +99,8 @@ def run_cluster(args) -> int:
                                    init_iterations=args.init_iterations, angular_step_deg=args.angular_step,
                                    refine_levels=args.refine_levels, max_shift_voxels=args.max_shift,
                                    voxel_size_angstrom=pset.voxel_size, max_classes=args.max_classes,
-                                   min_class_fraction=args.min_class_fraction, seed=args.seed, device=device)
+                                   min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
+                                   seed=args.seed, device=device)
     res = run_job(job, progress=not getattr(args, "quiet", False), description="cluster")
     paths = []
     if args.averages_dir:

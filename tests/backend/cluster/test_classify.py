@@ -99,4 +99,27 @@ def test_bad_settings_are_input_errors(two_structures):
         cluster_subtomograms(s.volumes[:3], n_classes=1)
     with pytest.raises(InputError, match=r"min_class_fraction: expected a fraction in \[0, 1\)"):
         cluster_subtomograms(s.volumes, n_classes=2, min_class_fraction=1.5)
+    with pytest.raises(InputError, match="global_rounds"):
+        cluster_subtomograms(s.volumes, n_classes=2, global_rounds=0)
+
+
+def test_global_rounds_search_every_class_globally_in_the_first_rounds(two_structures, monkeypatch):
+    """``global_rounds=2``: rounds 1 and 2 run the full grid search against each class, later ones refine locally."""
+    from napari_cryoalign.backend.cluster import classify
+
+    calls = []
+    for name in ("align_exhaustive_job", "refine_alignment_job"):
+        real = getattr(classify, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            calls.append(_name)
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(classify, name, spy)
+    s = two_structures
+    res = cluster_subtomograms(s.volumes[:8], n_classes=2, particle_masks=s.mask, refine_levels=1, init_iterations=1,
+                               iterations=3, global_rounds=2, min_class_fraction=0.0)
+    rounds = len(res.history)
+    assert calls[:4] == ["align_exhaustive_job"] * 4  # 2 classes x 2 global rounds
+    assert calls[4:] == ["refine_alignment_job"] * (2 * (rounds - 2))
 

@@ -300,7 +300,7 @@ def _score_features(scores: np.ndarray) -> np.ndarray:
 
 
 def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_step_deg, refine_levels, min_class_fraction,
-               max_shift_voxels, vox, n_components, max_frequency, max_classes, model, seed, device, t0):
+               global_rounds, max_shift_voxels, vox, n_components, max_frequency, max_classes, model, seed, device, t0):
     n, box = p.shape[0], p.shape[-1]
     total = 3 * init_iterations + 2 + 2 * int(iterations)
     yield Progress(0, total, f"joint: first clustering ({'Jim-Net features' if model is not None else init})")
@@ -359,7 +359,7 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
         t_it = time.perf_counter()
         refs, fmax = _filtered(avgs, res, vox=vox, box=box)
         for c in range(k):
-            if poses[c] is None or c in fresh:
+            if poses[c] is None or c in fresh or it < global_rounds:
                 job = align_exhaustive_job(p, refs[c], particle_masks=m, angular_step_deg=angular_step_deg,
                                            refine_levels=refine_levels, max_shift_voxels=max_shift_voxels,
                                            max_frequency=fmax, candidates=1, device=device)
@@ -454,6 +454,7 @@ def cluster_subtomograms_job(
     max_frequency: float = 0.15,
     max_classes: int = 8,
     min_class_fraction: float = MIN_CLASS_FRACTION,
+    global_rounds: int = 1,
     model=None,
     seed: int = 0,
     device="cpu",
@@ -466,6 +467,8 @@ def cluster_subtomograms_job(
     if not 0.0 <= float(min_class_fraction) < 1.0:
         raise InputError("a fraction in [0, 1) of the mean class size", field="min_class_fraction",
                          got=min_class_fraction)
+    if int(global_rounds) != global_rounds or global_rounds < 1:
+        raise InputError("an integer >= 1 (rounds searched globally)", field="global_rounds", got=global_rounds)
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
     m_np = None if m is None else m.cpu().numpy()
@@ -477,7 +480,7 @@ def cluster_subtomograms_job(
     if method == "classical":
         return (yield from _classical_job(p_np, m_np, **common))
     return (yield from _joint_job(p_np, m_np, init=init, model=model, min_class_fraction=float(min_class_fraction),
-                                  **common))
+                                  global_rounds=int(global_rounds), **common))
 
 
 def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
@@ -507,6 +510,10 @@ def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
         ``min_class_fraction * n / K`` particles is re-seeded with the particles that fit their own
         class worst (default 0.5; 0 turns re-seeding off, e.g. when one class is expected to be
         much rarer than the others)
+    global_rounds : joint: the first ``global_rounds`` rounds align every particle to every class
+        average by a full grid search (later rounds refine locally around the previous pose, a
+        third of ``angular_step_deg`` at most); a re-seeded class is always searched globally.
+        Default 1 (fast); more rounds let poses found against a poor first average recover
     model : a trained :class:`.jimnet.JimNet` supplying the first features (joint), or None
     seed : random seed of the mixture starts
     device : torch device
