@@ -56,22 +56,30 @@ STAGES = [
     ("mixed", 0.40, [100.0, 10.0, 1.0, 0.3, 0.1], 16, 5e-4),
     ("mixed-fullbox", 0.15, [100.0, 10.0, 1.0, 0.3, 0.1], 32, 2e-4),
 ]
+# the grid head (classification over SO(3), trained on the simulator's poses): high SNR first
+GRID_STAGES = [
+    ("high-snr", 0.4, [100.0, 10.0], 16, 1e-3),
+    ("mixed", 0.6, [100.0, 10.0, 1.0, 0.3, 0.1, 0.05], 16, 5e-4),
+]
+GRID_CONFIG = {"head": "grid", "input_box": 16, "grid_step_deg": 30.0, "channels": (8, 16, 32, 32, 64),
+               "hidden": 512}
 
 
-def _round_data(snr: float, n_per_class: int, seed: int):
-    s = simulate_subtomograms(STRUCTURES, n_per_class=n_per_class, box=32, snr=snr, seed=seed)
+def _round_data(snr: float, n_per_class: int, seed: int, device="cpu"):
+    s = simulate_subtomograms(STRUCTURES, n_per_class=n_per_class, box=32, snr=snr, seed=seed, device=device)
     refs = s.references[s.classes - 1]  # each particle's structure (not its pose)
     return s.volumes, refs, s.mask, s.rotations
 
 
 def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: int = 8,
-          checkpoint: Path | None = None, supervised: bool = False) -> tuple[GumNet, dict]:
+          checkpoint: Path | None = None, supervised: bool = False, head: str = "hypotheses",
+          device="cpu") -> tuple[GumNet, dict]:
     torch.manual_seed(seed)
-    model = GumNet(GumNetConfig(box=32))
-    log = {"stages": [], "losses": []}
+    model = GumNet(GumNetConfig(box=32, **(GRID_CONFIG if head == "grid" else {}))).to(device)
+    log = {"stages": [], "losses": [], "architecture": model.config.to_dict()}
     t_all = time.perf_counter()
     round_seed = 1000 * seed + 1
-    for name, share, snrs, loss_box, lr in STAGES:
+    for name, share, snrs, loss_box, lr in (GRID_STAGES if head == "grid" else STAGES):
         budget = share * minutes * 60.0
         t0 = time.perf_counter()
         rounds = steps = 0
@@ -79,11 +87,11 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         while time.perf_counter() - t0 < budget:
             snr = float(rng.choice(snrs))
-            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed)
+            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed, device)
             round_seed += 1
             job = train_job(vols, references=refs, particle_masks=mask, model=model, epochs=1,
                             batch_size=batch_size, lr=lr, loss_box=loss_box, optimizer=opt, seed=round_seed,
-                            true_rotations=rots if supervised else None)
+                            true_rotations=rots if supervised else None, device=device)
             try:
                 while True:
                     ev = next(job)
@@ -176,19 +184,28 @@ def main(argv=None) -> int:
     ap.add_argument("--supervised", action="store_true",
                     help="pre-train with the simulator's true rotations (winner-takes-all distance to the truth "
                     "added to the correlation loss); the default is the paper's unsupervised training")
+    ap.add_argument("--head", choices=("hypotheses", "grid"), default="hypotheses",
+                    help="output head: K hypotheses (the shipped default so far) or a classification over a "
+                    f"rotation grid ({GRID_CONFIG})")
+    ap.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 8; 42 for --head grid)")
+    ap.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
         train_log = None
     else:
-        model, train_log = train(args.minutes, seed=args.seed, checkpoint=args.checkpoint, supervised=args.supervised)
+        bs = args.batch_size or (42 if args.head == "grid" else 8)
+        model, train_log = train(args.minutes, seed=args.seed, checkpoint=args.checkpoint, supervised=args.supervised,
+                                 head=args.head, batch_size=bs, device=args.device)
+        model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
                          "voxel_size_angstrom": 12.0, "tilt_range_deg": [-60, 60], "defocus_um": 5.0,
                          "max_shift_voxels": 3.0},
                 "unsupervised": not args.supervised, "torch": torch.__version__,
                 "command": f"python scripts/train_gumnet_default.py --minutes {args.minutes:g} --seed {args.seed}"
-                + (" --supervised" if args.supervised else "")}
+                + (" --supervised" if args.supervised else "") + f" --head {args.head} --batch-size {bs}"
+                + f" --device {args.device}"}
         save_model(model, args.out, metadata=meta, overwrite=True)
         loss_curve = [v for _, v in train_log["losses"]]
         prov = dict(meta, final_loss_last50=float(np.mean(loss_curve[-50:])), steps=len(loss_curve),

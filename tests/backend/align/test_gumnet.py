@@ -225,3 +225,25 @@ def test_correlation_map_equals_direct_imputed_correlation_and_finds_the_origin(
     # a search radius that excludes the true shift finds a worse peak
     value_small, _ = best_shift(cmap, 0.0)
     assert value_small.item() < value.item() - 0.05
+
+
+# ----------------------------------------------------------------------------- grid head
+def test_grid_head_gives_logits_over_the_rotation_grid_and_reuses_one_reference():
+    from napari_cryoalign.backend.geometry import rotation_grid
+
+    torch.manual_seed(0)
+    cfg = GumNetConfig(head="grid", input_box=16, grid_step_deg=30.0)
+    assert cfg.pools == ((14, 12), (12, 10), (10, 8), (8, 7)) and cfg.feature_size() == 6
+    model = GumNet(cfg).eval()
+    assert model.grid.shape == (len(rotation_grid(30.0)), 3, 3)
+    assert "grid" not in model.state_dict()  # rebuilt from the config, not stored
+    moving, fixed = torch.randn(3, 32, 32, 32), torch.randn(1, 32, 32, 32)
+    with torch.no_grad():
+        once = model(moving, fixed)  # one reference: its features computed once
+        each = model(moving, fixed.expand(3, -1, -1, -1))
+    assert once.shape == (3, model.grid.shape[0])
+    torch.testing.assert_close(once, each, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="head"):
+        GumNetConfig(head="euler")
+    with pytest.raises(ValueError, match="input_box"):
+        GumNetConfig(input_box=64)

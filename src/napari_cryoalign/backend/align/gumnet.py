@@ -68,10 +68,16 @@ __all__ = [
 
 
 def _default_pools(box: int) -> tuple:
-    """Spectral-pooling (out, trunc) sizes: the paper's for box 32, the same ratios otherwise."""
+    """Spectral-pooling (out, trunc) sizes: the paper's for box 32, the same ratios otherwise.
+
+    Box 16 keeps every sample and only low-passes (14->14 keeping 12 coefficients, 12/10, 10/8,
+    8/7), so that the final feature map is 6^3 as in the paper's 32^3 network.
+    """
     paper = ((26, 22), (18, 15), (12, 10), (8, 7))
     if box == 32:
         return paper
+    if box == 16:
+        return ((14, 12), (12, 10), (10, 8), (8, 7))
     pools, n = [], box
     for (o, t), n32 in zip(paper, (30, 24, 16, 10)):
         n = n - 2
@@ -87,13 +93,20 @@ class GumNetConfig:
 
     Attributes
     ----------
-    box : edge of the cubic input volumes, voxels
+    box : edge of the cubic volumes the model is given, voxels
     channels : output channels of the five feature convolutions
-    pools : (out, trunc) of the four DCT spectral pooling layers (default: the paper's for box 32)
+    pools : (out, trunc) of the four DCT spectral pooling layers (default: the paper's for a
+        32^3 network input, low-pass only for 16^3)
     corr_channels : channels of the two convolutions of each correlation branch
     hidden : units of the two hidden linear layers
-    n_hypotheses : transform hypotheses ``K`` predicted per pair
-    max_shift : largest |origin| per axis searched by the correlation peak, voxels
+    n_hypotheses : head ``"hypotheses"``: transform hypotheses ``K`` predicted per pair
+    max_shift : largest |origin| per axis searched by the correlation peak, voxels (of ``box``)
+    head : ``"hypotheses"`` (``K`` rotations in the 6-D representation, chosen by the imputed
+        correlation) or ``"grid"`` (a probability for every rotation of
+        ``geometry.rotation_grid(grid_step_deg)``: a classification over SO(3))
+    grid_step_deg : head ``"grid"``: spacing of the rotation grid, degrees
+    input_box : the network's own input edge; volumes of ``box`` are Fourier-cropped to it
+        (:func:`fourier_crop`) and standardised before the feature extractor. None = ``box``
     """
 
     box: int = 32
@@ -103,13 +116,26 @@ class GumNetConfig:
     hidden: int = 256
     n_hypotheses: int = 24
     max_shift: float = 4.0
+    head: str = "hypotheses"
+    grid_step_deg: float = 30.0
+    input_box: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        pools = self.pools or _default_pools(int(self.box))
+        if self.input_box is not None:
+            object.__setattr__(self, "input_box", int(self.input_box))
+        pools = self.pools or _default_pools(self.net_box())
         object.__setattr__(self, "pools", tuple((int(o), int(t)) for o, t in pools))
         if len(self.channels) != 5 or len(self.pools) != 4:
             raise ValueError("GumNetConfig needs 5 channel counts and 4 pooling sizes")
+        if self.head not in ("hypotheses", "grid"):
+            raise ValueError(f"head must be 'hypotheses' or 'grid', got {self.head!r}")
+        if not 8 <= self.net_box() <= int(self.box):
+            raise ValueError(f"input_box must be between 8 and box ({self.box}), got {self.input_box}")
+
+    def net_box(self) -> int:
+        """Edge of the volumes the feature extractor sees (``input_box`` or ``box``)."""
+        return int(self.input_box or self.box)
 
     def feature_size(self) -> int:
         """Edge of the final feature map (6 for box 32)."""
@@ -156,7 +182,7 @@ class FeatureExtractor(nn.Module):
     def __init__(self, cfg: GumNetConfig):
         super().__init__()
         layers = []
-        cin, n = 1, cfg.box
+        cin, n = 1, cfg.net_box()
         for cout, (out, trunc) in zip(cfg.channels[:4], cfg.pools):
             layers += [nn.Conv3d(cin, cout, 3), nn.ReLU(inplace=True), nn.BatchNorm3d(cout),
                        SpectralPool3d(n - 2, out, trunc)]
@@ -190,13 +216,19 @@ def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
 
 
 class GumNet(nn.Module):
-    """Slim Gum-Net: predicts ``K`` rigid transforms bringing ``moving`` onto ``fixed``.
+    """Slim Gum-Net: predicts the rigid transform bringing ``moving`` onto ``fixed``.
 
     ``forward(moving, fixed)`` with both ``(B, box, box, box)`` (standardised, see
-    :func:`standardize`) returns ``(B, K, 3, 3)``: ``K`` hypotheses of the RELION matrix ``A``
-    (reference -> particle) such that ``align_particle_to_reference(moving, A, origin) ~ fixed``;
-    the origin of each hypothesis is the peak of :func:`imputed_correlation_map` within
-    ``config.max_shift`` voxels (:func:`best_shift`, :func:`origin_from_peak`).
+    :func:`standardize`; ``fixed`` may also be ``(1, box, box, box)``, one reference for the whole
+    batch, whose features are then computed once in eval mode) returns
+
+    * head ``"hypotheses"``: ``(B, K, 3, 3)``, ``K`` hypotheses of the RELION matrix ``A``
+      (reference -> particle) such that ``align_particle_to_reference(moving, A, origin) ~ fixed``;
+    * head ``"grid"``: ``(B, M)`` logits over the ``M`` rotations of ``self.grid`` ``(M, 3, 3)``
+      (the same matrices ``A``).
+
+    The origin is the peak of :func:`imputed_correlation_map` within ``config.max_shift``
+    voxels (:func:`best_shift`, :func:`origin_from_peak`).
     """
 
     def __init__(self, config: GumNetConfig | None = None):
@@ -216,8 +248,16 @@ class GumNet(nn.Module):
         flat = cc * (s - 4) ** 3
         self.head = nn.Sequential(nn.Linear(2 * flat, cfg.hidden), nn.ReLU(inplace=True),
                                   nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(inplace=True))
-        self.out = nn.Linear(cfg.hidden, 6 * cfg.n_hypotheses)
-        self._init_output()
+        if cfg.head == "grid":
+            from ..geometry import rotation_grid
+
+            grid = torch.from_numpy(rotation_grid(cfg.grid_step_deg)).float()
+            self.register_buffer("grid", grid, persistent=False)  # rebuilt from the config, not stored
+            self.out = nn.Linear(cfg.hidden, grid.shape[0])
+        else:
+            self.grid = None
+            self.out = nn.Linear(cfg.hidden, 6 * cfg.n_hypotheses)
+            self._init_output()
 
     def _init_output(self) -> None:
         """Small output weights; biases start the K hypotheses at K spread-out rotations, zero shift."""
@@ -230,13 +270,24 @@ class GumNet(nn.Module):
         with torch.no_grad():
             self.out.bias.copy_(torch.from_numpy(bias.reshape(-1)).float())
 
+    def _net_input(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.config.net_box()
+        return x if n == x.shape[-1] else standardize(fourier_crop(x, n))
+
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         b = moving.shape[0]
-        both = self.features(torch.cat([moving, fixed], 0).unsqueeze(1))
-        fm, ff = both[:b], both[b:]
+        moving, fixed = self._net_input(moving), self._net_input(fixed)
+        if fixed.shape[0] == 1 and b > 1 and not self.training:
+            fm = self.features(moving.unsqueeze(1))
+            ff = self.features(fixed.unsqueeze(1)).expand(b, -1, -1, -1, -1)
+        else:
+            both = self.features(torch.cat([moving, fixed.expand(b, -1, -1, -1)], 0).unsqueeze(1))
+            fm, ff = both[:b], both[b:]
         h = torch.cat([self.branch_ab(feature_correlation(fm, ff)), self.branch_ba(feature_correlation(ff, fm))], 1)
-        raw = self.out(self.head(h)).view(b, self.config.n_hypotheses, 6)
-        return rotation_from_6d(raw)
+        raw = self.out(self.head(h))
+        if self.config.head == "grid":
+            return raw
+        return rotation_from_6d(raw.view(b, self.config.n_hypotheses, 6))
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -51,11 +51,13 @@ from .types import AlignmentResult
 __all__ = [
     "DEFAULT_WEIGHTS",
     "FORMAT_NAME",
+    "GRID_TARGET_SIGMA",
     "FORMAT_VERSION",
     "GumNet",
     "GumNetConfig",
     "TrainResult",
     "align_learned",
+    "grid_targets",
     "load_default_model",
     "load_model",
     "save_model",
@@ -232,6 +234,58 @@ def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = No
     return rot, origins, (1.0 - values).view(b, k)
 
 
+def grid_targets(grid: torch.Tensor, rotations: torch.Tensor, sigma_deg: float) -> torch.Tensor:
+    """Soft classification targets over a rotation grid: ``softmax(-theta^2 / (2 sigma^2))``.
+
+    ``grid`` ``(M, 3, 3)``, ``rotations`` ``(B, 3, 3)`` (the true ``A``), ``theta`` the geodesic
+    angle between each grid rotation and the truth. Returns ``(B, M)``, rows summing to 1.
+    """
+    tr = torch.einsum("mij,bij->bm", grid, rotations.to(grid))
+    ang = torch.arccos(((tr - 1.0) / 2.0).clamp(-1.0, 1.0))
+    return torch.softmax(-(ang ** 2) / (2.0 * math.radians(sigma_deg) ** 2), dim=1)
+
+
+def _grid_mean(grid: torch.Tensor, probs: torch.Tensor, centre: torch.Tensor, radius_deg: float) -> torch.Tensor:
+    """Probability-weighted chordal mean of the grid rotations within ``radius_deg`` of ``centre``.
+
+    ``probs`` ``(B, M)``, ``centre`` ``(B,)`` grid indices. The mean matrix is projected onto
+    SO(3) (SVD), which places the estimate between grid points. Returns ``(B, 3, 3)``.
+    """
+    c = grid[centre]  # (B, 3, 3)
+    tr = torch.einsum("mij,bij->bm", grid, c)
+    near = tr >= 1.0 + 2.0 * math.cos(math.radians(radius_deg))
+    w = probs * near
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-30)
+    mean = torch.einsum("bm,mij->bij", w, grid)
+    u, _, vh = torch.linalg.svd(mean)
+    d = torch.sign(torch.linalg.det(u @ vh))
+    u = torch.cat([u[..., :2], u[..., 2:] * d.view(-1, 1, 1)], dim=-1)
+    return u @ vh
+
+
+def _grid_candidate_losses(model, moving, fixed, mmask, logits, k: int, *, loss_box: int | None = None):
+    """The ``k`` most probable grid rotations of each pair and their ``1 - r`` (imputed correlation
+    at the best shift, on ``loss_box^3`` copies). Returns indices ``(B, k)``, losses ``(B, k)``
+    (no gradient: the grid rotations are constants)."""
+    b = moving.shape[0]
+    idx = logits.topk(k, dim=1).indices
+    rk = model.grid[idx].reshape(-1, 3, 3)
+    mv, fx, mm, scale = moving, fixed, mmask, 1.0
+    box = moving.shape[-1]
+    if loss_box is not None and loss_box != box:
+        mv, fx = fourier_crop(moving, loss_box), fourier_crop(fixed, loss_box)
+        mm = None if mmask is None else crop_fourier_mask(mmask, loss_box)
+        scale = loss_box / box
+    if mm is not None and mm.ndim == 4:
+        mm = mm.repeat_interleave(k, 0)
+    fx_k = fx.expand(b, -1, -1, -1).repeat_interleave(k, 0)
+    zero = torch.zeros((rk.shape[0], 3), dtype=rk.dtype, device=rk.device)
+    with torch.no_grad():
+        _, warped, mh = warp_and_impute(mv.repeat_interleave(k, 0), fx_k, rk, zero, moving_mask=mm)
+        values, _ = best_shift(imputed_correlation_map(warped, fx_k, mh), model.config.max_shift * scale)
+    return idx, (1.0 - values).view(b, k)
+
+
 def _refine_shift(moving, fixed, rot, mmask, max_shift: float):
     """Sub-voxel origin of the chosen rotation from the full-box correlation peak."""
     zero = torch.zeros((rot.shape[0], 3), dtype=rot.dtype, device=rot.device)
@@ -261,6 +315,7 @@ def align_learned(
     model: GumNet | None = None,
     batch_size: int = 32,
     search_box: int | None = 16,
+    candidates: int = 1,
     device="cpu",
 ) -> AlignmentResult:
     """Align subtomograms to a reference with Gum-Net (one forward pass per particle).
@@ -274,9 +329,13 @@ def align_learned(
     reference_mask : the reference's observed Fourier mask (fftshift-ed) or None; used in the score
     model : a :class:`GumNet`; None loads the shipped default (:func:`load_default_model`)
     batch_size : particles per forward pass
-    search_box : the ``K`` hypotheses are compared on Fourier-cropped ``search_box^3`` copies
-        (fast, and as in training); the chosen one gets its sub-voxel shift at the full box.
-        None = compare at the full box
+    search_box : the ``K`` hypotheses (or ``candidates``) are compared on Fourier-cropped
+        ``search_box^3`` copies (fast, and as in training); the chosen one gets its sub-voxel
+        shift at the full box. None = compare at the full box
+    candidates : head ``"grid"``: 1 (fastest) keeps the most probable grid rotation; ``k > 1``
+        compares the ``k`` most probable by the imputed correlation and keeps the best. Either
+        way the rotation is the probability-weighted mean of the grid rotations within 1.5 grid
+        steps of the chosen one
     device : torch device
 
     Returns
@@ -284,9 +343,10 @@ def align_learned(
     AlignmentResult
         ``rotations`` ``(n, 3, 3)`` RELION ``A`` (reference -> particle), ``origins_voxels``
         ``(n, 3)`` (x, y, z), ``scores`` ``(n,)`` wedge-aware correlation of the aligned particle
-        with the reference, ``method="learned"``. Of the model's ``K`` rotation hypotheses, each
-        particle keeps the one with the highest imputed correlation (no ground truth involved);
-        the shift is the peak of that correlation within ``model.config.max_shift`` voxels.
+        with the reference, ``method="learned"``. Head ``"hypotheses"``: of the model's ``K``
+        rotation hypotheses, each particle keeps the one with the highest imputed correlation (no
+        ground truth involved); head ``"grid"``: see ``candidates``. The shift is the peak of the
+        imputed correlation within ``model.config.max_shift`` voxels.
     """
     t0 = time.perf_counter()
     if model is None:
@@ -302,6 +362,9 @@ def align_learned(
     if search_box is not None and not 8 <= int(search_box) <= box:
         raise InputError(f"a search box between 8 and {box} voxels, or None", field="search_box", got=search_box)
     search_box = None if search_box is None or int(search_box) == box else int(search_box)
+    if int(candidates) != candidates or candidates < 1:
+        raise InputError("an integer >= 1", field="candidates", got=candidates)
+    candidates = int(candidates)
     pm = _masks(particle_masks, "particle_masks", n, box)
     rm = _masks(reference_mask, "reference_mask", 1, box)
     was_training = model.training
@@ -320,9 +383,18 @@ def align_learned(
                 fixed = fixed_all.expand(b, -1, -1, -1)
                 mm = _pick(pm, idx)
                 mm = None if mm is None else mm.to(device)
-                rot, _, losses = _hypothesis_losses(model, moving, fixed, mm, loss_box=search_box)
-                best = losses.argmin(1)
-                r = rot[torch.arange(b, device=losses.device), best]
+                if model.config.head == "grid":
+                    logits = model(moving, fixed_all)
+                    if candidates > 1:  # the most probable rotations, the best-correlating one kept
+                        top, losses = _grid_candidate_losses(model, moving, fixed, mm, logits, candidates,
+                                                             loss_box=search_box)
+                        centre = top[torch.arange(b, device=top.device), losses.argmin(1)]
+                    else:
+                        centre = logits.argmax(1)
+                    r = _grid_mean(model.grid, torch.softmax(logits, 1), centre, 1.5 * model.config.grid_step_deg)
+                else:
+                    rot, _, losses = _hypothesis_losses(model, moving, fixed, mm, loss_box=search_box)
+                    r = rot[torch.arange(b, device=losses.device), losses.argmin(1)]
                 o = _refine_shift(moving, fixed, r, mm, model.config.max_shift)
                 scores[idx] = _wedge_aware_score(moving, fixed, r, o, mm, rm_d).cpu().numpy()
                 rots[idx] = r.double().cpu().numpy()
@@ -357,6 +429,26 @@ class TrainResult:
     settings: dict = field(default_factory=dict)
 
 
+def _grid_loss(model, moving, fixed, mmask, truth, *, loss_box, candidates: int, correlation_weight: float,
+               supervised_weight: float) -> torch.Tensor:
+    """Training loss of a grid-head model (see :func:`train_job`)."""
+    logits = model(moving, fixed)
+    logp = torch.log_softmax(logits, 1)
+    loss = logits.new_zeros(())
+    if correlation_weight > 0:
+        idx, lk = _grid_candidate_losses(model, moving, fixed, mmask, logits.detach(), candidates, loss_box=loss_box)
+        p = torch.softmax(logp.gather(1, idx), 1)  # the candidates' probabilities, renormalised
+        loss = loss + correlation_weight * (p * lk).sum(1).mean()
+    if truth is not None:
+        tgt = grid_targets(model.grid, truth, GRID_TARGET_SIGMA * model.config.grid_step_deg)
+        loss = loss + supervised_weight * -(tgt * logp).sum(1).mean()
+    return loss
+
+
+#: width of the soft grid targets, in grid steps (a Gaussian in the geodesic angle)
+GRID_TARGET_SIGMA = 0.6
+
+
 def train_job(
     particles,
     *,
@@ -370,6 +462,8 @@ def train_job(
     all_hypotheses_weight: float = 0.05,
     true_rotations=None,
     supervised_weight: float = 1.0,
+    correlation_weight: float = 1.0,
+    grid_candidates: int = 4,
     max_steps: int | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     device="cpu",
@@ -382,6 +476,12 @@ def train_job(
     volume (missing-wedge imputation), and minimises ``1 - r`` (Pearson correlation with the
     fixed volume) of the best hypothesis plus ``all_hypotheses_weight`` times the mean over all
     hypotheses. No poses are used.
+
+    A ``"grid"``-head model instead minimises ``correlation_weight`` times the expected ``1 - r``
+    over its ``grid_candidates`` most probable grid rotations (their probabilities renormalised;
+    the gradient moves probability towards the better-correlating ones), plus, with
+    ``true_rotations``, ``supervised_weight`` times the cross-entropy with soft targets
+    (:func:`grid_targets`, width ``GRID_TARGET_SIGMA`` grid steps).
 
     Parameters
     ----------
@@ -404,6 +504,8 @@ def train_job(
         supervised pre-training of the default weights on simulated data; without it the
         training is unsupervised, as in the paper
     supervised_weight : weight of that term
+    correlation_weight : head ``"grid"``: weight of the unsupervised expected-correlation term
+    grid_candidates : head ``"grid"``: candidates of that term per pair
     max_steps : stop after this many steps (None = run all epochs)
     optimizer : an optimiser over ``model``'s parameters to continue with (keeps Adam's
         moments across calls); None = a new Adam with ``lr``
@@ -458,7 +560,13 @@ def train_job(
                 "all_hypotheses_weight": all_hypotheses_weight, "seed": seed, "n_particles": n,
                 "pairs": "references" if refs is not None else "random particle pairs",
                 "imputation": pm is not None,
-                "supervised_weight": supervised_weight if truth is not None else 0.0}
+                "supervised_weight": supervised_weight if truth is not None else 0.0,
+                "head": model.config.head if model is not None else "hypotheses"}
+    if model is not None and model.config.head == "grid":
+        settings.update(correlation_weight=correlation_weight, grid_candidates=int(grid_candidates))
+        if not 1 <= int(grid_candidates) <= len(model.grid):
+            raise InputError(f"between 1 and {len(model.grid)} (the grid size)", field="grid_candidates",
+                             got=grid_candidates)
     losses, epoch_losses = [], []
     t0 = time.perf_counter()
     step = 0
@@ -484,11 +592,17 @@ def train_job(
                 fixed = standardize(fixed.to(device))
                 mm = _pick(pm, idx)
                 mm = None if mm is None else mm.to(device)
-                rot, _, lk = _hypothesis_losses(model, moving, fixed, mm, loss_box=loss_box)
-                loss = lk.min(1).values.mean() + all_hypotheses_weight * lk.mean()
-                if truth is not None:
-                    chord = ((rot - truth[idx].to(rot)[:, None]) ** 2).sum(dim=(-2, -1)) / 8.0  # (B, K)
-                    loss = loss + supervised_weight * (chord.min(1).values.mean() + all_hypotheses_weight * chord.mean())
+                if model.config.head == "grid":
+                    loss = _grid_loss(model, moving, fixed, mm, None if truth is None else truth[idx].to(device),
+                                      loss_box=loss_box, candidates=grid_candidates,
+                                      correlation_weight=correlation_weight, supervised_weight=supervised_weight)
+                else:
+                    rot, _, lk = _hypothesis_losses(model, moving, fixed, mm, loss_box=loss_box)
+                    loss = lk.min(1).values.mean() + all_hypotheses_weight * lk.mean()
+                    if truth is not None:
+                        chord = ((rot - truth[idx].to(rot)[:, None]) ** 2).sum(dim=(-2, -1)) / 8.0  # (B, K)
+                        loss = loss + supervised_weight * (chord.min(1).values.mean()
+                                                           + all_hypotheses_weight * chord.mean())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
