@@ -136,18 +136,25 @@ def merge_results(old: dict, new: dict) -> dict:
 
 def table(results: list[dict]) -> str:
     """The markdown table of docs/cluster.md, one line per row, sorted by SNR (high first), method, size."""
-    head = ("| SNR | method | min_class_fraction | n | accuracy | per structure (" + ", ".join(FIVE) + ") | "
-            "within-class rot. (Frobenius, median °) | trans. (vox) | seconds | min per 1000 (extrapolated) |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| SNR | method | min_class_fraction | rounds (global) | n | accuracy | per structure ("
+            + ", ".join(FIVE) + ") | within-class rot. (Frobenius, median °) | trans. (vox) | seconds | "
+            "min per 1000 (extrapolated) |")
+    lines = [head, "|" + "---|" * 11]
     for r in sorted(results, key=lambda r: (-float(r["snr"]), r["method"], r.get("n_per_class", 0),
-                                            r.get("settings", {}).get("min_class_fraction", 0.2))):
+                                            r.get("settings", {}).get("min_class_fraction", 0.2),
+                                            r.get("settings", {}).get("global_rounds", 1))):
         ali = r["within_class_alignment"]
+        st = r.get("settings", {})
         per = ", ".join(f"{100 * r['per_structure'][k]:.0f}" for k in FIVE if k in r["per_structure"])
-        mcf = "-" if r["method"] == "classical" else f"{r.get('settings', {}).get('min_class_fraction', 0.2):g}"
+        mcf = "-" if r["method"] == "classical" else f"{st.get('min_class_fraction', 0.2):g}"
+        rounds = "-" if r["method"] == "classical" else (
+            f"{len(r['iterations'])} of {st.get('iterations', '?')} ({st.get('global_rounds', 1)})"
+            if "iterations" in r else f"{st.get('iterations', '?')} ({st.get('global_rounds', 1)})")
         rot = (f"{ali['rotation_frobenius_mean']:.2f} ± {ali['rotation_frobenius_std']:.2f}, "
                f"{ali['rotation_deg_median']:.0f}°") if ali.get("n") else "-"
         trans = f"{ali['translation_voxels_mean']:.2f}" if ali.get("n") else "-"
-        lines.append(f"| {float(r['snr']):g} | {r['method']} | {mcf} | {r['n']} | **{100 * r['accuracy']:.0f} %** | "
+        lines.append(f"| {float(r['snr']):g} | {r['method']} | {mcf} | {rounds} | {r['n']} | "
+                     f"**{100 * r['accuracy']:.0f} %** | "
                      f"{per} | {rot} | {trans} | {r['seconds']:.0f} | {r['seconds_per_1000_extrapolated'] / 60:.0f} |")
     return "\n".join(lines)
 

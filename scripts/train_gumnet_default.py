@@ -91,7 +91,8 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
             round_seed += 1
             job = train_job(vols, references=refs, particle_masks=mask, model=model, epochs=1,
                             batch_size=batch_size, lr=lr, loss_box=loss_box, optimizer=opt, seed=round_seed,
-                            true_rotations=rots if supervised else None, device=device)
+                            true_rotations=rots if supervised else None, device=device,
+                            correlation_weight=0.0 if (head == "grid" and supervised) else 1.0)
             try:
                 while True:
                     ev = next(job)

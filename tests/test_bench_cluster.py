@@ -35,10 +35,17 @@ def test_merge_replaces_rows_with_the_same_key_and_keeps_the_others(bench):
     bigger = {"protocol": {"n_per_class": 100}, "commands": ["c"],
               "results": [_row(0.03, "joint", 100, 0.97), _row(0.03, "joint", 20, 0.8, mcf=0.2)]}
     assert len(bench.merge_results(merged, bigger)["results"]) == 5
+    # so is another number of globally searched rounds
+    glob = _row(0.03, "joint", 20, 0.9)
+    glob["settings"]["global_rounds"] = 3
+    assert len(bench.merge_results(merged, {"results": [glob]})["results"]) == 4
 
 
 def test_table_has_one_line_per_row_sorted_by_snr(bench):
     lines = bench.table([_row(0.03, "joint", 100, 0.97), _row(0.1, "classical", 20, 0.64)]).splitlines()
     assert len(lines) == 4
-    assert lines[2].startswith("| 0.1 | classical | - | 100 | **64 %** |")
-    assert lines[3].startswith("| 0.03 | joint | 0.5 | 500 | **97 %** | 97, 97, 97, 97, 97 | - |")
+    assert lines[2].startswith("| 0.1 | classical | - | - | 100 | **64 %** |")
+    assert lines[3].startswith("| 0.03 | joint | 0.5 | ? (1) | 500 | **97 %** | 97, 97, 97, 97, 97 | - |")
+    row = dict(_row(0.03, "joint", 40, 0.9), iterations=[{}] * 6)
+    row["settings"].update(iterations=6, global_rounds=6)
+    assert "| 0.03 | joint | 0.5 | 6 of 6 (6) | 200 | **90 %** |" in bench.table([row])
