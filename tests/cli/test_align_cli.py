@@ -141,3 +141,17 @@ def test_tomogram_extraction_skips_boxes_outside_and_checks_box(tmp_path, capsys
         _run(["align", "--particles", str(tmp_path / "picks.star"), "--tomogram", str(tmp_path / "tomo.mrc"),
               "--box", "23", "--reference", str(tmp_path / "ref.mrc"), "--out", str(tmp_path / "y.star")])
     assert err.value.field == "box"
+
+
+def test_learned_method_with_candidates_writes_poses(tmp_path):
+    """`align --method learned --candidates K` with the shipped grid model (32^3 boxes)."""
+    s = simulate_subtomograms(["ribosome"], n_per_class=4, box=32, snr=100.0, seed=4)
+    files = write_subtomogram_set(s, tmp_path / "set")
+    out = tmp_path / "learned.star"
+    assert _run(["align", "--particles", str(files["star"]), "--reference", str(files["references"][0]),
+                 "--out", str(out), "--method", "learned", "--candidates", "4"]) == 0
+    table = read_particles(out, require=("angles", "origins"))
+    assert len(table) == 4 and np.all(np.abs(table.data[_align.SCORE_COLUMN]) <= 1.0)
+    with pytest.raises(InputError, match="candidates"):
+        _run(["align", "--particles", str(files["star"]), "--reference", str(files["references"][0]),
+              "--out", str(tmp_path / "x.star"), "--method", "learned", "--candidates", "0"])

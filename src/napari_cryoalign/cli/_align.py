@@ -73,6 +73,9 @@ def register(sub) -> None:
     p.add_argument("--max-shift", type=float, default=None, metavar="VOX", help="largest shift searched (default box/4)")
     p.add_argument("--lowpass", type=float, default=None, metavar="A", help="compare frequencies up to 1/A only")
     p.add_argument("--model", default=None, metavar="MODEL.pt", help="learned aligner weights (default: shipped)")
+    p.add_argument("--candidates", type=int, default=1, metavar="K",
+                   help="learned (grid model): compare the network's K most probable rotations by the "
+                   "wedge-aware correlation and keep the best (default 1: fastest; 8 is more accurate, ~2x slower)")
     p.add_argument("--epochs", type=int, default=5, help="align train: epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="align train: batch size (default 16)")
     p.add_argument("--lr", type=float, default=1e-4, help="align train: learning rate (default 1e-4)")
@@ -204,7 +207,8 @@ def run_align(args) -> int:
     else:
         learned = _learned()
         model = learned.load_model(args.model, device=device) if args.model else learned.load_default_model(device=device)
-        result = learned.align_learned(pset.volumes, ref, particle_masks=masks, model=model, device=device)
+        result = learned.align_learned(pset.volumes, ref, particle_masks=masks, model=model,
+                                       candidates=args.candidates, device=device)
         if args.method == "learned+refine":
             from ..backend.align.exhaustive import refine_alignment_job
 

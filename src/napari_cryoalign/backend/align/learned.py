@@ -286,24 +286,28 @@ def _grid_candidate_losses(model, moving, fixed, mmask, logits, k: int, *, loss_
     return idx, (1.0 - values).view(b, k)
 
 
-def _refine_shift(moving, fixed, rot, mmask, max_shift: float):
-    """Sub-voxel origin of the chosen rotation from the full-box correlation peak."""
+def _shift_and_score(moving, fixed, rot, mmask, rmask, max_shift: float):
+    """Sub-voxel origin of the chosen rotation (full-box imputed-correlation peak) and the
+    wedge-aware score: the correlation of the aligned particle and the reference over the Fourier
+    region both measured. One warp and one mask rotation serve both; the shift is applied to
+    the warped particle as a Fourier phase. Returns origins ``(B, 3)`` and scores ``(B,)``."""
     zero = torch.zeros((rot.shape[0], 3), dtype=rot.dtype, device=rot.device)
     _, warped, mh = warp_and_impute(moving, fixed, rot, zero, moving_mask=mmask)
     _, d = best_shift(imputed_correlation_map(warped, fixed, mh), max_shift, subvoxel=True)
-    return origin_from_peak(rot, d)
-
-
-def _wedge_aware_score(moving, fixed, rot, org, mmask, rmask) -> torch.Tensor:
-    """Correlation of the aligned particle and the reference over the Fourier region both measured."""
-    _, warped, mh = warp_and_impute(moving, fixed, rot, org, moving_mask=mmask)
     if rmask is not None:
         mh = mh * _half(rmask.expand(moving.shape[0], *rmask.shape[-3:]))
     dims = (1, 2, 3)
     s = moving.shape[1:]
-    a = torch.fft.irfftn(torch.fft.rfftn(warped, dim=dims) * mh, s=s, dim=dims)
+    n = s[-1]
+    kz = torch.fft.fftfreq(s[0], device=d.device, dtype=d.dtype).view(1, -1, 1, 1)
+    ky = torch.fft.fftfreq(s[1], device=d.device, dtype=d.dtype).view(1, 1, -1, 1)
+    kx = torch.fft.rfftfreq(n, device=d.device, dtype=d.dtype).view(1, 1, 1, -1)
+    phase = 2 * math.pi * (kx * d[:, 0].view(-1, 1, 1, 1) + ky * d[:, 1].view(-1, 1, 1, 1)
+                           + kz * d[:, 2].view(-1, 1, 1, 1))
+    shifted = torch.fft.rfftn(warped, dim=dims) * torch.polar(torch.ones_like(phase), phase)  # warped(r + d)
+    a = torch.fft.irfftn(shifted * mh, s=s, dim=dims)
     b = torch.fft.irfftn(torch.fft.rfftn(fixed, dim=dims) * mh, s=s, dim=dims)
-    return pair_correlation(a, b)
+    return origin_from_peak(rot, d), pair_correlation(a, b)
 
 
 def align_learned(
@@ -365,6 +369,8 @@ def align_learned(
     if int(candidates) != candidates or candidates < 1:
         raise InputError("an integer >= 1", field="candidates", got=candidates)
     candidates = int(candidates)
+    if model.config.head == "grid" and candidates > len(model.grid):
+        raise InputError(f"at most {len(model.grid)} (the model's rotation grid)", field="candidates", got=candidates)
     pm = _masks(particle_masks, "particle_masks", n, box)
     rm = _masks(reference_mask, "reference_mask", 1, box)
     was_training = model.training
@@ -395,8 +401,8 @@ def align_learned(
                 else:
                     rot, _, losses = _hypothesis_losses(model, moving, fixed, mm, loss_box=search_box)
                     r = rot[torch.arange(b, device=losses.device), losses.argmin(1)]
-                o = _refine_shift(moving, fixed, r, mm, model.config.max_shift)
-                scores[idx] = _wedge_aware_score(moving, fixed, r, o, mm, rm_d).cpu().numpy()
+                o, sc = _shift_and_score(moving, fixed, r, mm, rm_d, model.config.max_shift)
+                scores[idx] = sc.cpu().numpy()
                 rots[idx] = r.double().cpu().numpy()
                 origins[idx] = o.double().cpu().numpy()
     finally:
