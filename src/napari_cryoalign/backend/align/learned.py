@@ -209,13 +209,14 @@ def _pick(masks: torch.Tensor | None, idx) -> torch.Tensor | None:
 
 
 # --------------------------------------------------------------------------------- inference
-def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = None):
-    """Forward pass, then for every hypothesis the best imputed correlation over shifts.
+def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: int | None = None):
+    """``1 - r`` (imputed correlation at the best shift within ``max_shift``) of ``k`` rotations per pair.
 
-    Returns rotations ``(B, K, 3, 3)``, origins ``(B, K, 3)`` (voxels of the full box, from the
-    correlation peak) and losses ``(B, K)`` = ``1 - r`` (differentiable w.r.t. the rotations).
+    ``moving`` ``(B, n, n, n)``, ``fixed`` ``(B | 1, n, n, n)``, ``rot`` ``(B, k, 3, 3)``; the warp
+    and the correlation run on Fourier-cropped ``loss_box^3`` copies when given. Returns losses
+    ``(B, k)`` (differentiable w.r.t. ``rot``) and the peak shifts ``(B * k, 3)`` in voxels of the
+    full box.
     """
-    rot = model(moving, fixed)
     b, k = rot.shape[:2]
     box = moving.shape[-1]
     mv, fx, mm, scale = moving, fixed, mmask, 1.0
@@ -225,13 +226,24 @@ def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = No
         scale = loss_box / box
     if mm is not None and mm.ndim == 4:
         mm = mm.repeat_interleave(k, 0)
-    fx_k = fx.repeat_interleave(k, 0)
+    fx_k = fx.expand(b, -1, -1, -1).repeat_interleave(k, 0)
     rk = rot.reshape(-1, 3, 3)
     zero = torch.zeros((rk.shape[0], 3), dtype=rk.dtype, device=rk.device)
     _, warped, mh = warp_and_impute(mv.repeat_interleave(k, 0), fx_k, rk, zero, moving_mask=mm)
-    values, d = best_shift(imputed_correlation_map(warped, fx_k, mh), model.config.max_shift * scale)
-    origins = origin_from_peak(rk.detach(), d / scale).view(b, k, 3)
-    return rot, origins, (1.0 - values).view(b, k)
+    values, d = best_shift(imputed_correlation_map(warped, fx_k, mh), max_shift * scale)
+    return (1.0 - values).view(b, k), d / scale
+
+
+def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = None):
+    """Forward pass, then for every hypothesis the best imputed correlation over shifts.
+
+    Returns rotations ``(B, K, 3, 3)``, origins ``(B, K, 3)`` (voxels of the full box, from the
+    correlation peak) and losses ``(B, K)`` = ``1 - r`` (differentiable w.r.t. the rotations).
+    """
+    rot = model(moving, fixed)
+    losses, d = _rotation_losses(moving, fixed, mmask, rot, model.config.max_shift, loss_box=loss_box)
+    origins = origin_from_peak(rot.reshape(-1, 3, 3).detach(), d).view(*rot.shape[:2], 3)
+    return rot, origins, losses
 
 
 def grid_targets(grid: torch.Tensor, rotations: torch.Tensor, sigma_deg: float) -> torch.Tensor:
@@ -267,23 +279,10 @@ def _grid_candidate_losses(model, moving, fixed, mmask, logits, k: int, *, loss_
     """The ``k`` most probable grid rotations of each pair and their ``1 - r`` (imputed correlation
     at the best shift, on ``loss_box^3`` copies). Returns indices ``(B, k)``, losses ``(B, k)``
     (no gradient: the grid rotations are constants)."""
-    b = moving.shape[0]
     idx = logits.topk(k, dim=1).indices
-    rk = model.grid[idx].reshape(-1, 3, 3)
-    mv, fx, mm, scale = moving, fixed, mmask, 1.0
-    box = moving.shape[-1]
-    if loss_box is not None and loss_box != box:
-        mv, fx = fourier_crop(moving, loss_box), fourier_crop(fixed, loss_box)
-        mm = None if mmask is None else crop_fourier_mask(mmask, loss_box)
-        scale = loss_box / box
-    if mm is not None and mm.ndim == 4:
-        mm = mm.repeat_interleave(k, 0)
-    fx_k = fx.expand(b, -1, -1, -1).repeat_interleave(k, 0)
-    zero = torch.zeros((rk.shape[0], 3), dtype=rk.dtype, device=rk.device)
     with torch.no_grad():
-        _, warped, mh = warp_and_impute(mv.repeat_interleave(k, 0), fx_k, rk, zero, moving_mask=mm)
-        values, _ = best_shift(imputed_correlation_map(warped, fx_k, mh), model.config.max_shift * scale)
-    return idx, (1.0 - values).view(b, k)
+        losses, _ = _rotation_losses(moving, fixed, mmask, model.grid[idx], model.config.max_shift, loss_box=loss_box)
+    return idx, losses
 
 
 def _shift_and_score(moving, fixed, rot, mmask, rmask, max_shift: float):
