@@ -79,3 +79,21 @@ def test_bad_input_is_a_message(scene, qtbot):
     w.ref_kind.value = "image layer"
     w.ref_layer.value = "tomo"  # wrong shape
     assert w.run() is None and "reference" in w.status.text()
+
+
+def test_candidates_shown_for_the_learned_methods_and_passed_to_the_job(scene, monkeypatch):
+    import napari_cryoalign.backend.align.average as average
+
+    _viewer, w, _ = scene
+    w.points.value, w.tomogram.value = "picks", "tomo"
+    w.box.value = 24
+    w.ref_kind.value = "image layer"
+    w.ref_layer.value = "ref"
+    assert w.candidates.native.isHidden()  # exhaustive
+    w.method.value = "learned"
+    assert not w.candidates.native.isHidden()
+    w.candidates.value = 4
+    seen = {}
+    monkeypatch.setattr(average, "align_average_job", lambda *a, **kw: seen.update(kw) or iter(()))
+    w.make_job()
+    assert seen["method"] == "learned" and seen["candidates"] == 4

@@ -76,6 +76,8 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.method = ComboBox(label="method", choices=list(METHODS), value="exhaustive")
         self.angular_step = FloatSpinBox(label="angular step (°)", value=30.0, min=3.0, max=90.0, step=5.0)
         self.iterations = SpinBox(label="iterations", value=3, min=1, max=50)
+        self.candidates = SpinBox(label="candidates", value=1, min=1, max=64,
+                                  tooltip="learned: compare the network's K most probable rotations by correlation")
         self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0)
         self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0)
         self.threshold = FloatSpinBox(label="remove below", value=0.0, min=-1.0, max=1.0, step=0.01)
@@ -85,7 +87,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.remove_button.enabled = self.export_button.enabled = False
         self.form = Container(widgets=[*particle_inputs, self.ref_kind,
                                        self.ref_layer, self.ref_file, self.method, self.angular_step, self.iterations,
-                                       self.tilt_min, self.tilt_max])
+                                       self.candidates, self.tilt_min, self.tilt_max])
         self.form_layout.addWidget(self.form.native)
         self.fsc_plot = FSCPlot()
         self.form_layout.addWidget(self.fsc_plot)
@@ -101,6 +103,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.form_layout.addWidget(self.after.native)
         self.source.changed.connect(self._show_inputs)
         self.ref_kind.changed.connect(self._show_inputs)
+        self.method.changed.connect(self._show_inputs)
         self.remove_button.changed.connect(self.remove_below)
         self.export_button.changed.connect(self.export_star)
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
@@ -118,6 +121,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self._show_particle_inputs()
         self.ref_layer.visible = self.ref_kind.value == "image layer"
         self.ref_file.visible = self.ref_kind.value == "MRC file"
+        self.candidates.visible = self.method.value != "exhaustive"
 
     def _reference(self, box: int, voxel: float):
         from ..errors import InputError
@@ -158,7 +162,8 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.fsc_plot.draw_idle()
         return align_average_job(pset["volumes"], reference=ref, particle_masks=torch.fft.fftshift(mask).numpy(),
                                  method=self.method.value, iterations=int(self.iterations.value),
-                                 angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset["voxel"])
+                                 angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset["voxel"],
+                                 candidates=int(self.candidates.value))
 
     # -- live updates ----------------------------------------------------------------------
     def on_partial(self, partial: Partial) -> None:

@@ -422,6 +422,7 @@ def align_average_job(
     voxel_size_angstrom: float = 1.0,
     initial: AlignmentResult | None = None,
     gallery_items: int = 24,
+    candidates: int = 1,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AverageResult]:
     """Align and average in one job (what the "Align & average" widget runs).
@@ -429,7 +430,7 @@ def align_average_job(
     ``method="exhaustive"``: :func:`iterative_average_job` (reference-free when ``reference``
     is None). ``"learned"`` / ``"learned+refine"``: one pass of the learned aligner against
     ``reference`` (required), optionally refined by local exhaustive search, then the
-    half-set average. Yields ``Partial("average")``, ``Partial("fsc")``,
+    half-set average (``candidates``: as in :func:`.learned.align_learned`). Yields ``Partial("average")``, ``Partial("fsc")``,
     ``Partial("alignment")`` and finally ``Partial("gallery", (m, N, 2N))`` (worst first).
     """
     if method == "exhaustive":
@@ -445,7 +446,8 @@ def align_average_job(
         except ImportError as exc:
             raise InputError("the learned aligner is not installed", field="method", got=str(exc)) from None
         yield Progress(0, 3, "learned alignment")
-        ali = learned.align_learned(particles, reference, particle_masks=particle_masks, device=device)
+        ali = learned.align_learned(particles, reference, particle_masks=particle_masks, candidates=candidates,
+                                    device=device)
         if method == "learned+refine":
             from .exhaustive import refine_alignment_job
 
