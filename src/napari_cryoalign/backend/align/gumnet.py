@@ -33,7 +33,9 @@ units (training on 2 CPU cores, weights < 5 MB); a 6-D rotation representation i
 sigmoid Euler angles (continuous, no gimbal lock); ``K`` transform hypotheses trained
 winner-takes-all and chosen at inference by the same unsupervised correlation (avoids the
 local optima of correlation-only training); per-pair ``1 - Pearson r`` instead of the
-batch-pooled ``1 - r^2``.
+batch-pooled ``1 - r^2``. ``GumNetConfig(head="grid")`` (the shipped default) replaces the
+hypotheses by a classification over a rotation grid, optionally on a Fourier-cropped
+``input_box`` (``docs/align_learned.md``, "The grid head").
 """
 
 from __future__ import annotations

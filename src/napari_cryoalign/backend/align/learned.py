@@ -51,8 +51,8 @@ from .types import AlignmentResult
 __all__ = [
     "DEFAULT_WEIGHTS",
     "FORMAT_NAME",
-    "GRID_TARGET_SIGMA",
     "FORMAT_VERSION",
+    "GRID_TARGET_SIGMA",
     "GumNet",
     "GumNetConfig",
     "TrainResult",
