@@ -40,6 +40,7 @@ __all__ = [
     "box_center",
     "rotate_volume",
     "shift_volume",
+    "shift_phase_ramp",
     "align_particle_to_reference",
     "transform_reference_to_particle",
     "rotate_image",
@@ -279,23 +280,34 @@ def rotate_volume(
     return _back(out, was_np)
 
 
+def shift_phase_ramp(spatial, shift: torch.Tensor) -> torch.Tensor:
+    """The rfft-layout phase factors ``exp(-2 pi i k . shift)`` of a periodic shift.
+
+    ``spatial``: the real-space shape ``(z, y, x)`` or ``(y, x)``; ``shift`` ``(B, ndim)`` in
+    ``(x, y[, z])`` order. Multiplying ``rfftn(x)`` by the result gives ``out(r + shift) = in(r)``.
+    Returns complex ``(B, *spatial[:-1], spatial[-1] // 2 + 1)``.
+    """
+    ndim = len(spatial)
+    phase = None
+    for axis in range(ndim):  # axis in array order (z, y, x) / (y, x)
+        n = spatial[axis]
+        if axis == ndim - 1:
+            k = torch.fft.rfftfreq(n, device=shift.device, dtype=shift.dtype)
+        else:
+            k = torch.fft.fftfreq(n, device=shift.device, dtype=shift.dtype)
+        s = shift[:, ndim - 1 - axis]  # shift component along this array axis
+        view = [1] * (ndim + 1)
+        view[axis + 1] = -1
+        term = s.view(-1, *([1] * ndim)) * k.view(view)
+        phase = term if phase is None else phase + term
+    return torch.exp(-2j * math.pi * phase)
+
+
 def _fourier_shift(x: torch.Tensor, shift: torch.Tensor, ndim: int) -> torch.Tensor:
     """Sub-voxel periodic shift by phase ramps. ``x`` (B, *spatial), ``shift`` (B, ndim) in (x, y[, z])."""
     spatial = x.shape[1:]
     dims = tuple(range(1, ndim + 1))
-    X = torch.fft.rfftn(x, dim=dims)
-    phase = torch.zeros((x.shape[0],) + X.shape[1:], dtype=x.dtype, device=x.device)
-    for axis in range(ndim):  # axis in array order (z, y, x) / (y, x)
-        n = spatial[axis]
-        if axis == ndim - 1:
-            k = torch.fft.rfftfreq(n, device=x.device, dtype=x.dtype)
-        else:
-            k = torch.fft.fftfreq(n, device=x.device, dtype=x.dtype)
-        s = shift[:, ndim - 1 - axis]  # shift component along this array axis
-        view = [1] * (ndim + 1)
-        view[axis + 1] = -1
-        phase = phase + s.view(-1, *([1] * ndim)) * k.view(view)
-    X = X * torch.exp(-2j * math.pi * phase)
+    X = torch.fft.rfftn(x, dim=dims) * shift_phase_ramp(spatial, shift.to(x.dtype))
     return torch.fft.irfftn(X, s=spatial, dim=dims)
 
 

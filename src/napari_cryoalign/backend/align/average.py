@@ -430,8 +430,9 @@ def align_average_job(
     ``method="exhaustive"``: :func:`iterative_average_job` (reference-free when ``reference``
     is None). ``"learned"`` / ``"learned+refine"``: one pass of the learned aligner against
     ``reference`` (required), optionally refined by local exhaustive search, then the
-    half-set average (``candidates``: as in :func:`.learned.align_learned`). Yields ``Partial("average")``, ``Partial("fsc")``,
-    ``Partial("alignment")`` and finally ``Partial("gallery", (m, N, 2N))`` (worst first).
+    half-set average (``candidates``: as in :func:`.learned.align_learned`). Yields
+    ``Partial("average")``, ``Partial("fsc")``, ``Partial("alignment")`` and finally
+    ``Partial("gallery", (m, N, 2N))`` (worst first).
     """
     if method == "exhaustive":
         result = yield from iterative_average_job(particles, reference=reference, particle_masks=particle_masks,

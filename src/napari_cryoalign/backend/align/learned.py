@@ -32,6 +32,7 @@ import torch
 
 from ...errors import InputError
 from ...io import atomic_write, check_output_path
+from ..geometry import shift_phase_ramp
 from ..jobs import Partial, Progress
 from .gumnet import (
     GumNet,
@@ -297,13 +298,7 @@ def _shift_and_score(moving, fixed, rot, mmask, rmask, max_shift: float):
         mh = mh * _half(rmask.expand(moving.shape[0], *rmask.shape[-3:]))
     dims = (1, 2, 3)
     s = moving.shape[1:]
-    n = s[-1]
-    kz = torch.fft.fftfreq(s[0], device=d.device, dtype=d.dtype).view(1, -1, 1, 1)
-    ky = torch.fft.fftfreq(s[1], device=d.device, dtype=d.dtype).view(1, 1, -1, 1)
-    kx = torch.fft.rfftfreq(n, device=d.device, dtype=d.dtype).view(1, 1, 1, -1)
-    phase = 2 * math.pi * (kx * d[:, 0].view(-1, 1, 1, 1) + ky * d[:, 1].view(-1, 1, 1, 1)
-                           + kz * d[:, 2].view(-1, 1, 1, 1))
-    shifted = torch.fft.rfftn(warped, dim=dims) * torch.polar(torch.ones_like(phase), phase)  # warped(r + d)
+    shifted = torch.fft.rfftn(warped, dim=dims) * shift_phase_ramp(s, -d.to(warped.dtype))  # warped(r + d)
     a = torch.fft.irfftn(shifted * mh, s=s, dim=dims)
     b = torch.fft.irfftn(torch.fft.rfftn(fixed, dim=dims) * mh, s=s, dim=dims)
     return origin_from_peak(rot, d), pair_correlation(a, b)
