@@ -97,7 +97,7 @@ def run_one(sset, method: str, args) -> dict:
                                iterations=args.iterations, init_iterations=args.init_iterations,
                                refine_levels=args.refine_levels, angular_step_deg=args.angular_step,
                                min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
-                               seed=args.seed, device=args.device)
+                               reseed=args.reseed, seed=args.seed, device=args.device)
     secs = time.perf_counter() - t0
     acc = clustering_accuracy(sset.classes, res.classes)
     n = len(sset.classes)
@@ -117,10 +117,11 @@ def run_one(sset, method: str, args) -> dict:
 
 def _row_key(row: dict, default_n: int | None = None) -> tuple:
     """What identifies a benchmark row: (SNR, method, particles per structure, re-seeding threshold,
-    globally searched rounds, rounds)."""
+    globally searched rounds, rounds, re-seeding rule; rows from before the rule existed used "worst")."""
     st = row.get("settings", {})
     return (float(row["snr"]), row["method"], int(row.get("n_per_class", default_n or 0)),
-            float(st.get("min_class_fraction", 0.2)), int(st.get("global_rounds", 1)), st.get("iterations"))
+            float(st.get("min_class_fraction", 0.2)), int(st.get("global_rounds", 1)), st.get("iterations"),
+            st.get("reseed", "worst"))
 
 
 def merge_results(old: dict, new: dict) -> dict:
@@ -136,17 +137,18 @@ def merge_results(old: dict, new: dict) -> dict:
 
 def table(results: list[dict]) -> str:
     """The markdown table of docs/cluster.md, one line per row, sorted by SNR (high first), method, size."""
-    head = ("| SNR | method | min_class_fraction | rounds (global) | n | accuracy | per structure ("
+    head = ("| SNR | method | re-seeding (threshold, rule) | rounds (global) | n | accuracy | per structure ("
             + ", ".join(FIVE) + ") | within-class rot. (Frobenius, median °) | trans. (vox) | seconds | "
             "min per 1000 (extrapolated) |")
     lines = [head, "|" + "---|" * 11]
     for r in sorted(results, key=lambda r: (-float(r["snr"]), r["method"], r.get("n_per_class", 0),
                                             r.get("settings", {}).get("min_class_fraction", 0.2),
-                                            r.get("settings", {}).get("global_rounds", 1))):
+                                            r.get("settings", {}).get("global_rounds", 1),
+                                            r.get("settings", {}).get("reseed", "worst"))):
         ali = r["within_class_alignment"]
         st = r.get("settings", {})
         per = ", ".join(f"{100 * r['per_structure'][k]:.0f}" for k in FIVE if k in r["per_structure"])
-        mcf = "-" if r["method"] == "classical" else f"{st.get('min_class_fraction', 0.2):g}"
+        mcf = "-" if r["method"] == "classical" else f"{st.get('min_class_fraction', 0.2):g}, {st.get('reseed', 'worst')}"
         rounds = "-" if r["method"] == "classical" else (
             f"{len(r['iterations'])} of {st.get('iterations', '?')} ({st.get('global_rounds', 1)})"
             if "iterations" in r else f"{st.get('iterations', '?')} ({st.get('global_rounds', 1)})")
@@ -174,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--min-class-fraction", type=float, default=MIN_CLASS_FRACTION,
                     help=f"joint: re-seeding threshold (default: the backend's, {MIN_CLASS_FRACTION:g})")
+    ap.add_argument("--reseed", choices=("split", "worst"), default="split",
+                    help="joint: re-seeding rule (default split, the backend's)")
     ap.add_argument("--global-rounds", type=int, default=1,
                     help="joint: rounds in which every class is searched globally (default 1, the backend's)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
                                 "refine_levels": args.refine_levels, "angular_step_deg": args.angular_step,
                                 "seed": args.seed, "torch_threads": torch.get_num_threads(),
                                 "min_class_fraction": args.min_class_fraction,
-                                "global_rounds": args.global_rounds},
+                                "global_rounds": args.global_rounds, "reseed": args.reseed},
                    "load_average_before": os.getloadavg(), **run_one(sset, method, args)}
             rows.append(row)
             ali = row["within_class_alignment"]

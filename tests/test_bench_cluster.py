@@ -39,13 +39,21 @@ def test_merge_replaces_rows_with_the_same_key_and_keeps_the_others(bench):
     glob = _row(0.03, "joint", 20, 0.9)
     glob["settings"]["global_rounds"] = 3
     assert len(bench.merge_results(merged, {"results": [glob]})["results"]) == 4
+    # and another re-seeding rule (rows without one used "worst")
+    split = _row(0.03, "joint", 20, 0.9)
+    split["settings"]["reseed"] = "split"
+    assert len(bench.merge_results(merged, {"results": [split]})["results"]) == 4
+    split["settings"]["reseed"] = "worst"
+    assert len(bench.merge_results(merged, {"results": [split]})["results"]) == 3
 
 
 def test_table_has_one_line_per_row_sorted_by_snr(bench):
     lines = bench.table([_row(0.03, "joint", 100, 0.97), _row(0.1, "classical", 20, 0.64)]).splitlines()
     assert len(lines) == 4
     assert lines[2].startswith("| 0.1 | classical | - | - | 100 | **64 %** |")
-    assert lines[3].startswith("| 0.03 | joint | 0.5 | ? (1) | 500 | **97 %** | 97, 97, 97, 97, 97 | - |")
+    assert lines[3].startswith("| 0.03 | joint | 0.5, worst | ? (1) | 500 | **97 %** | 97, 97, 97, 97, 97 | - |")
     row = dict(_row(0.03, "joint", 40, 0.9), iterations=[{}] * 6)
     row["settings"].update(iterations=6, global_rounds=6)
-    assert "| 0.03 | joint | 0.5 | 6 of 6 (6) | 200 | **90 %** |" in bench.table([row])
+    assert "| 0.03 | joint | 0.5, worst | 6 of 6 (6) | 200 | **90 %** |" in bench.table([row])
+    row["settings"]["reseed"] = "split"
+    assert "| 0.03 | joint | 0.5, split | 6 of 6 (6) | 200 | **90 %** |" in bench.table([row])

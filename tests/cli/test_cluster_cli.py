@@ -83,3 +83,30 @@ def test_cluster_is_a_cryoalign_command():
     args = build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "3", "--out", "c.star",
                                       "--min-class-fraction", "0", "--global-rounds", "3"])
     assert args.min_class_fraction == 0.0 and args.global_rounds == 3
+    import inspect
+
+    from napari_cryoalign.backend.cluster.classify import cluster_subtomograms_job
+
+    default = inspect.signature(cluster_subtomograms_job).parameters["reseed"].default
+    assert build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "3",
+                                      "--out", "c.star"]).reseed == default == "split"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "3", "--out", "c.star",
+                                   "--reseed", "farthest"])
+
+
+def test_cluster_passes_the_reseeding_rule_to_the_backend(sset_files, monkeypatch):
+    from napari_cryoalign.backend.cluster import classify
+
+    d, _, files = sset_files
+    seen = {}
+    real = classify.cluster_subtomograms_job
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(classify, "cluster_subtomograms_job", spy)
+    assert _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(d / "worst.star"),
+                 "--reseed", "worst", "--refine-levels", "1", "--iterations", "1", "--init-iterations", "1"]) == 0
+    assert seen["reseed"] == "worst"

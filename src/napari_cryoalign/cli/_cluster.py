@@ -59,6 +59,10 @@ def register(sub) -> None:
     p.add_argument("--min-class-fraction", type=float, default=0.5, metavar="F",
                    help="joint: re-seed a class left with fewer than F x (mean class size) particles after a round "
                    "(default 0.5; 0 = never, for sets where one class is much rarer)")
+    p.add_argument("--reseed", choices=("split", "worst"), default="split",
+                   help="joint: how a class below --min-class-fraction is re-seeded: split (default) bisects the "
+                   "largest class by a 2-class joint clustering and gives it the half that fits worse; worst gives "
+                   "it the n/K particles that fit their own class worst")
     p.add_argument("--global-rounds", type=int, default=1, metavar="R",
                    help="joint: the first R rounds search every class globally (default 1; later rounds refine "
                    "locally). More rounds cost a full search each and let poses recover from poor first averages")
@@ -100,7 +104,7 @@ def run_cluster(args) -> int:
                                    refine_levels=args.refine_levels, max_shift_voxels=args.max_shift,
                                    voxel_size_angstrom=pset.voxel_size, max_classes=args.max_classes,
                                    min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
-                                   seed=args.seed, device=device)
+                                   reseed=args.reseed, seed=args.seed, device=device)
     res = run_job(job, progress=not getattr(args, "quiet", False), description="cluster")
     paths = []
     if args.averages_dir:

@@ -29,8 +29,11 @@ explained in ``docs/cluster.md``)
           centred on its mean), started from ``argmax_k S``; its labels are Hungarian re-indexed
           onto the class averages' indices (:func:`.gmm.match_labels`), so class ``k`` stays
           class ``k``; its posteriors are the confidences. A class left with fewer than
-          ``max(2, 0.2 n / K)`` particles is re-seeded with the ``n / K`` particles that fit
-          their own class worst (reference-free average of them, global search next round);
+          ``max(2, min_class_fraction n / K)`` particles holds no structure of its own while another
+          class holds two: the largest class (with it) is bisected by a 2-class joint clustering
+          and the half that fits the largest class's old average worse becomes the emptied class
+          (``reseed="split"``; ``"worst"``: it takes the ``n / K`` particles that fit their own class
+          worst); both are searched globally next round;
        c. class averages re-computed (wedge-compensated) from each class's particles under
           their poses against that class's average, low-passed to the class's half-map FSC 0.143.
 
@@ -299,8 +302,34 @@ def _score_features(scores: np.ndarray) -> np.ndarray:
     return s / max(float(s.std()), 1e-12)
 
 
+def _set_poses(poses: list, c: int, idx, ali: AlignmentResult) -> None:
+    """Overwrite the poses (and scores) of particles ``idx`` against class ``c`` with ``ali``'s rows."""
+    rot, ori, sc = (np.array(poses[c].rotations), np.array(poses[c].origins_voxels), np.array(poses[c].scores))
+    rot[idx], ori[idx], sc[idx] = ali.rotations, ali.origins_voxels, ali.scores
+    poses[c] = AlignmentResult(rot, ori, sc, "exhaustive")
+
+
+def _split_class(p, m, labels, poses, big, c, *, step, total, label, sub):
+    """Bisect class ``big`` (with the few particles left in class ``c``) by a 2-class joint clustering
+    (``sub``: its settings); the half whose members fit the old average of ``big`` worse becomes class ``c``. ``labels`` and
+    ``poses`` are updated in place (each half's poses against its own half's average). Returns the
+    indices of the particles moved to ``c``, or None when the sub-clustering left a half empty."""
+    idx = np.flatnonzero((labels == big) | (labels == c))
+    r = yield from _drain(_joint_job(p[idx], _masks_for(m, idx), n_classes=2, **sub), step, total, label)
+    halves = [np.flatnonzero(r.classes == h) for h in (0, 1)]
+    if min(len(h) for h in halves) == 0:
+        return None
+    move = int(np.argmin([poses[big].scores[idx[h]].mean() for h in halves]))
+    for h, sel in enumerate(halves):
+        cls = c if h == move else big
+        labels[idx[sel]] = cls
+        _set_poses(poses, cls, idx[sel], _subset(r.alignment, sel))
+    return idx[halves[move]]
+
+
 def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_step_deg, refine_levels, min_class_fraction,
-               global_rounds, max_shift_voxels, vox, n_components, max_frequency, max_classes, model, seed, device, t0):
+               global_rounds, max_shift_voxels, vox, n_components, max_frequency, max_classes, model, seed, device, t0,
+               reseed="split"):
     n, box = p.shape[0], p.shape[-1]
     total = 3 * init_iterations + 2 + 2 * int(iterations)
     yield Progress(0, total, f"joint: first clustering ({'Jim-Net features' if model is not None else init})")
@@ -351,6 +380,11 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
     step += 1
 
     history = []
+    sub_kwargs = {"iterations": 2, "init": "invariant", "init_iterations": init_iterations,
+                  "angular_step_deg": angular_step_deg, "refine_levels": refine_levels, "min_class_fraction": 0.0,
+                  "global_rounds": 1, "max_shift_voxels": max_shift_voxels, "vox": vox, "n_components": n_components,
+                  "max_frequency": max_frequency, "max_classes": max_classes, "model": None, "seed": seed,
+                  "device": device, "t0": t0}
     poses: list[AlignmentResult | None] = [None] * k
     fresh: set = set()  # classes re-seeded in the last round: searched globally again
     scores = np.zeros((n, k))
@@ -384,16 +418,33 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
         labels = new
         conf = post[np.arange(n), labels]
         # a class that (nearly) emptied holds no structure of its own (its average came from a mixed
-        # first cluster): re-seed it with the particles that fit their class worst, re-average it and
-        # search it globally in the next round (k-means' empty-cluster rule, for class averages)
-        reseeded = []
+        # first cluster, and another class holds two structures): re-seed it and search it globally in
+        # the next round. "split" (default): bisect the largest class by a 2-class joint clustering of
+        # its members and give the half that fits the old average worse to the emptied class (a
+        # split-and-merge move); "worst": the n / K particles that fit their own class worst (k-means'
+        # empty-cluster rule, for class averages)
+        reseeded, splits = [], []
         if it < int(iterations) - 1:
             min_size = max(2, int(min_class_fraction * n / k))
-            best = scores[np.arange(n), labels]
             for c in range(k):
                 sizes = np.bincount(labels, minlength=k)
                 if sizes[c] >= min_size:
                     continue
+                if reseed == "split":
+                    big = [j for j in np.argsort(-sizes, kind="stable") if j != c and j not in fresh]
+                    if not big or sizes[big[0]] < 4:
+                        continue
+                    big = int(big[0])
+                    moved = yield from _split_class(p, m, labels, poses, big, c, step=step, total=total,
+                                                    label=f"iteration {it + 1}: splitting class {big + 1}",
+                                                    sub=sub_kwargs)
+                    if moved is None:
+                        continue
+                    conf[moved] = 0.0
+                    fresh.update((c, big))
+                    splits.append([big + 1, c + 1])
+                    continue
+                best = scores[np.arange(n), labels]
                 donors = [i for i in np.argsort(best) if sizes[labels[i]] > min_size and labels[i] != c]
                 take = np.asarray(donors[:max(min_size, n // k)], dtype=np.int64)
                 if len(take) < 2:
@@ -406,10 +457,7 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
                                             device=device)
                 r = yield from _drain(job, step, total, f"iteration {it + 1}: re-seeding class {c + 1}")
                 avgs[c], res[c] = r.average, r.fsc.resolution_0143
-                rot, ori, sc = (np.array(poses[c].rotations), np.array(poses[c].origins_voxels),
-                                np.array(poses[c].scores))
-                rot[take], ori[take], sc[take] = r.alignment.rotations, r.alignment.origins_voxels, r.alignment.scores
-                poses[c] = AlignmentResult(rot, ori, sc, "exhaustive")
+                _set_poses(poses, c, take, r.alignment)
                 fresh.add(c)
                 reseeded.append(c)
         alignment = _gather(poses, labels, "exhaustive")
@@ -419,7 +467,8 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
                 avgs[c], res[c] = new_avgs[c], res_new[c]
         sizes = np.bincount(labels, minlength=k).tolist()
         history.append({"iteration": it + 1, "changed_fraction": changed, "class_sizes": sizes,
-                        "reseeded": [c + 1 for c in reseeded], "seconds": time.perf_counter() - t_it})
+                        "reseeded": [c + 1 for c in reseeded], "split": splits,
+                        "seconds": time.perf_counter() - t_it})
         yield Progress(step, total, f"iteration {it + 1}: {100 * changed:.1f} % changed class, sizes {sizes}")
         step += 1
         yield Partial("classes", labels)
@@ -427,7 +476,7 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
         yield Partial("embedding", _embedding(feats_s))
         yield Partial("averages", avgs.copy())
         yield Partial("alignment", alignment)
-        if changed == 0.0 and it > 0 and not reseeded:
+        if changed == 0.0 and it > 0 and not reseeded and not splits:
             break
     yield Progress(total, total, "done")
     alignment = AlignmentResult(alignment.rotations, alignment.origins_voxels, alignment.scores, "exhaustive",
@@ -455,6 +504,7 @@ def cluster_subtomograms_job(
     max_classes: int = 8,
     min_class_fraction: float = MIN_CLASS_FRACTION,
     global_rounds: int = 1,
+    reseed: str = "split",
     model=None,
     seed: int = 0,
     device="cpu",
@@ -469,6 +519,8 @@ def cluster_subtomograms_job(
                          got=min_class_fraction)
     if int(global_rounds) != global_rounds or global_rounds < 1:
         raise InputError("an integer >= 1 (rounds searched globally)", field="global_rounds", got=global_rounds)
+    if reseed not in ("split", "worst"):
+        raise InputError("'split' or 'worst'", field="reseed", got=reseed)
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
     m_np = None if m is None else m.cpu().numpy()
@@ -480,7 +532,7 @@ def cluster_subtomograms_job(
     if method == "classical":
         return (yield from _classical_job(p_np, m_np, **common))
     return (yield from _joint_job(p_np, m_np, init=init, model=model, min_class_fraction=float(min_class_fraction),
-                                  global_rounds=int(global_rounds), **common))
+                                  global_rounds=int(global_rounds), reseed=reseed, **common))
 
 
 def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
@@ -507,9 +559,12 @@ def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
         other structures are aligned only coarsely to the global average)
     max_classes : largest K tried by ``"estimate"``
     min_class_fraction : joint: after each round but the last, a class with fewer than
-        ``min_class_fraction * n / K`` particles is re-seeded with the particles that fit their own
-        class worst (default 0.5; 0 turns re-seeding off, e.g. when one class is expected to be
-        much rarer than the others)
+        ``min_class_fraction * n / K`` particles is re-seeded (``reseed``; default 0.5; 0 turns
+        re-seeding off, e.g. when one class is expected to be much rarer than the others)
+    reseed : joint: how, ``"split"`` (default): the largest class and the emptied one are
+        bisected by a 2-class joint clustering (invariant start, 2 rounds) and the half that fits
+        the largest class's old average worse becomes the emptied class; ``"worst"``: the emptied
+        class takes the ``n / K`` particles that fit their own class worst
     global_rounds : joint: the first ``global_rounds`` rounds align every particle to every class
         average by a full grid search (later rounds refine locally around the previous pose, a
         third of ``angular_step_deg`` at most); a re-seeded class is always searched globally.
