@@ -288,19 +288,20 @@ def shift_phase_ramp(spatial, shift: torch.Tensor) -> torch.Tensor:
     Returns complex ``(B, *spatial[:-1], spatial[-1] // 2 + 1)``.
     """
     ndim = len(spatial)
-    phase = None
-    for axis in range(ndim):  # axis in array order (z, y, x) / (y, x)
+    ramp = None
+    for axis in range(ndim):  # axis in array order (z, y, x) / (y, x); separable: one 1-D factor per axis
         n = spatial[axis]
         if axis == ndim - 1:
             k = torch.fft.rfftfreq(n, device=shift.device, dtype=shift.dtype)
         else:
             k = torch.fft.fftfreq(n, device=shift.device, dtype=shift.dtype)
         s = shift[:, ndim - 1 - axis]  # shift component along this array axis
-        view = [1] * (ndim + 1)
+        view = [shift.shape[0]] + [1] * ndim
         view[axis + 1] = -1
-        term = s.view(-1, *([1] * ndim)) * k.view(view)
-        phase = term if phase is None else phase + term
-    return torch.exp(-2j * math.pi * phase)
+        term = torch.polar(torch.ones((), dtype=shift.dtype, device=shift.device),
+                           -2.0 * math.pi * s[:, None] * k[None, :]).view(view)
+        ramp = term if ramp is None else ramp * term
+    return ramp
 
 
 def _fourier_shift(x: torch.Tensor, shift: torch.Tensor, ndim: int) -> torch.Tensor:

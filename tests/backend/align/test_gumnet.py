@@ -23,9 +23,11 @@ from napari_cryoalign.backend.align.gumnet import (
     origin_from_peak,
     pair_correlation,
     rotate_fourier_mask,
+    rotate_fourier_mask_rfft,
     rotation_from_6d,
     warp_and_impute,
 )
+from napari_cryoalign.backend.align.scoring import mask_to_rfft
 from napari_cryoalign.backend.geometry import (
     euler_to_matrix,
     rotate_volume,
@@ -184,6 +186,20 @@ def test_imputation_fills_exactly_the_missing_region():
     # and the rotated mask itself is the mask rotated like the volume
     torch.testing.assert_close(rotate_fourier_mask(mask.double(), a)[0],
                                rotate_volume(mask.double(), a[0].T), atol=1e-12, rtol=0)
+
+
+def test_rfft_half_of_the_rotated_mask_is_sampled_directly():
+    """``rotate_fourier_mask_rfft`` (only the rfft half's samples) equals the full rotated mask's rfft half,
+    for a shared and a per-particle mask, at general (off-grid) rotations."""
+    n = 32
+    mask = _shifted_mask(n).double()
+    a = torch.from_numpy(Rotation.random(5, random_state=3).as_matrix())
+    full = mask_to_rfft(rotate_fourier_mask(mask, a))
+    assert full.shape == (5, n, n, n // 2 + 1)
+    torch.testing.assert_close(rotate_fourier_mask_rfft(mask, a), full, atol=1e-12, rtol=0)
+    per = torch.stack([mask, mask.flip(0), mask, mask.flip(1), mask])
+    torch.testing.assert_close(rotate_fourier_mask_rfft(per, a), mask_to_rfft(rotate_fourier_mask(per, a)),
+                               atol=1e-12, rtol=0)
 
 
 def test_fourier_crop_keeps_the_centre_and_scales_shifts():

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from ..geometry import align_particle_to_reference, random_rotations
+from ..geometry import _sample, align_particle_to_reference, random_rotations
 from ._dct import SpectralPool3d
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "origin_from_peak",
     "pair_correlation",
     "rotate_fourier_mask",
+    "rotate_fourier_mask_rfft",
     "rotation_from_6d",
     "standardize",
     "warp_and_impute",
@@ -303,12 +304,6 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - m) / s
 
 
-def _half(mask_shifted: torch.Tensor) -> torch.Tensor:
-    """fftshift-ed full mask ``(B, n, n, n)`` -> unshifted rfft half ``(B, n, n, n//2+1)``."""
-    n = mask_shifted.shape[-1]
-    return torch.fft.ifftshift(mask_shifted, dim=(1, 2, 3))[..., : n // 2 + 1]
-
-
 def rotate_fourier_mask(mask: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """The observed Fourier mask of ``align_particle_to_reference(volume, A)``.
 
@@ -323,6 +318,27 @@ def rotate_fourier_mask(mask: torch.Tensor, rotations: torch.Tensor) -> torch.Te
         mask = mask.unsqueeze(0)
     mask = mask.to(rotations.dtype).expand(b, *mask.shape[1:])
     return align_particle_to_reference(mask, rotations, None).clamp(0.0, 1.0)
+
+
+def rotate_fourier_mask_rfft(mask: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """:func:`rotate_fourier_mask` in unshifted rfft layout, sampled only where the rfft half is.
+
+    Equals ``mask_to_rfft(rotate_fourier_mask(mask, rotations))`` (the rotated mask at frequency
+    ``f`` is the mask at ``A f``) for about half the samples. ``mask``: ``(z, y, x)`` or
+    ``(1 | B, z, y, x)``, cubic, fftshift-ed (DC at ``N // 2``); ``rotations``: ``(B, 3, 3)``.
+    Returns ``(B, N, N, N // 2 + 1)``, values in [0, 1] (trilinear).
+    """
+    b = rotations.shape[0]
+    rotations = rotations.detach()  # the mask only gates the imputation; no gradient through it
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(0)
+    n = mask.shape[-1]
+    mask = mask.to(device=rotations.device, dtype=rotations.dtype).expand(b, *mask.shape[1:])
+    f = torch.fft.fftfreq(n, d=1.0 / n, device=rotations.device, dtype=rotations.dtype)  # signed integer frequencies
+    fz, fy, fx = torch.meshgrid(f, f, f[: n // 2 + 1], indexing="ij")
+    p = torch.stack([fx, fy, fz], dim=-1)  # (x, y, z) order
+    src = torch.einsum("zyxi,bji->bzyxj", p, rotations) + float(n // 2)  # A f, at the fftshift-ed index
+    return _sample(mask, src, mode="linear", padding="zeros").clamp(0.0, 1.0)
 
 
 def fourier_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -381,7 +397,7 @@ def warp_and_impute(
         ones = torch.ones((moving.shape[0], shape[0], shape[1], shape[2] // 2 + 1), dtype=moving.dtype,
                           device=moving.device)
         return warped, warped, ones
-    mh = _half(rotate_fourier_mask(moving_mask.to(moving.device), rotations))
+    mh = rotate_fourier_mask_rfft(moving_mask.to(moving.device), rotations)
     spec = torch.fft.rfftn(warped, dim=dims) * mh + torch.fft.rfftn(fixed, dim=dims) * (1.0 - mh)
     return torch.fft.irfftn(spec, s=shape, dim=dims), warped, mh
 

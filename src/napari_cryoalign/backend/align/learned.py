@@ -37,7 +37,6 @@ from ..jobs import Partial, Progress
 from .gumnet import (
     GumNet,
     GumNetConfig,
-    _half,
     best_shift,
     crop_fourier_mask,
     fourier_crop,
@@ -47,6 +46,7 @@ from .gumnet import (
     standardize,
     warp_and_impute,
 )
+from .scoring import mask_to_rfft
 from .types import AlignmentResult
 
 __all__ = [
@@ -295,7 +295,7 @@ def _shift_and_score(moving, fixed, rot, mmask, rmask, max_shift: float):
     _, warped, mh = warp_and_impute(moving, fixed, rot, zero, moving_mask=mmask)
     _, d = best_shift(imputed_correlation_map(warped, fixed, mh), max_shift, subvoxel=True)
     if rmask is not None:
-        mh = mh * _half(rmask.expand(moving.shape[0], *rmask.shape[-3:]))
+        mh = mh * mask_to_rfft(rmask)
     dims = (1, 2, 3)
     s = moving.shape[1:]
     shifted = torch.fft.rfftn(warped, dim=dims) * shift_phase_ramp(s, -d.to(warped.dtype))  # warped(r + d)

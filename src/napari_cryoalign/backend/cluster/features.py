@@ -26,7 +26,7 @@ import torch
 
 from ...errors import InputError
 from ..align.average import _prepare
-from ..align.gumnet import rotate_fourier_mask
+from ..align.gumnet import rotate_fourier_mask_rfft
 from ..align.scoring import _tensor, mask_to_rfft, rfft_weights
 from ..fourier import frequency_radius, sphere_mask
 from ..geometry import align_particle_to_reference
@@ -191,7 +191,7 @@ def wedge_masked_pca(particles, alignment, average, *, particle_masks=None, n_co
                 mh = torch.ones_like(f.real)
             else:
                 mk = m if m.shape[0] == 1 else m[sl]
-                mh = mask_to_rfft(rotate_fourier_mask(mk.expand(v.shape[0], *shape), rot[sl]))
+                mh = rotate_fourier_mask_rfft(mk, rot[sl])
             # scale the average to each particle over their common band (contrast differences do not count)
             num = (f * fa.conj()).real.mul(mh).flatten(1).sum(1)
             den = (fa.abs() ** 2)[None].mul(mh).flatten(1).sum(1).clamp(min=1e-30)
