@@ -73,13 +73,25 @@ def _round_data(snr: float, n_per_class: int, seed: int, device="cpu"):
 
 def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: int = 8,
           checkpoint: Path | None = None, supervised: bool = False, head: str = "hypotheses",
-          device="cpu") -> tuple[GumNet, dict]:
+          init: Path | None = None, device="cpu") -> tuple[GumNet, dict]:
+    """Train for ``minutes``; with ``init`` (a model file) continue from those weights with the last
+    stage of the curriculum only (its SNR mix and learning rate) for the whole budget."""
     torch.manual_seed(seed)
-    model = GumNet(GumNetConfig(box=32, **(GRID_CONFIG if head == "grid" else {}))).to(device)
-    log = {"stages": [], "losses": [], "architecture": model.config.to_dict()}
+    if init is not None:
+        model = load_model(init, device=device)
+        model.train()
+        if model.config.head != head:
+            raise SystemExit(f"--init {init}: a {model.config.head!r}-head model, but --head {head}")
+    else:
+        model = GumNet(GumNetConfig(box=32, **(GRID_CONFIG if head == "grid" else {}))).to(device)
+    log = {"stages": [], "losses": [], "architecture": model.config.to_dict(),
+           "init": None if init is None else str(init)}
     t_all = time.perf_counter()
     round_seed = 1000 * seed + 1
-    for name, share, snrs, loss_box, lr in (GRID_STAGES if head == "grid" else STAGES):
+    stages = GRID_STAGES if head == "grid" else STAGES
+    if init is not None:
+        stages = [(stages[-1][0], 1.0, *stages[-1][2:])]
+    for name, share, snrs, loss_box, lr in stages:
         budget = share * minutes * 60.0
         t0 = time.perf_counter()
         rounds = steps = 0
@@ -190,6 +202,9 @@ def main(argv=None) -> int:
                     f"rotation grid ({GRID_CONFIG})")
     ap.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 8; 42 for --head grid)")
     ap.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from these weights (e.g. the shipped default) with the last curriculum stage; "
+                    "use another --seed than the first run so that the rounds' data are new")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
@@ -197,7 +212,7 @@ def main(argv=None) -> int:
     else:
         bs = args.batch_size or (42 if args.head == "grid" else 8)
         model, train_log = train(args.minutes, seed=args.seed, checkpoint=args.checkpoint, supervised=args.supervised,
-                                 head=args.head, batch_size=bs, device=args.device)
+                                 head=args.head, batch_size=bs, init=args.init, device=args.device)
         model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
@@ -206,7 +221,10 @@ def main(argv=None) -> int:
                 "unsupervised": not args.supervised, "torch": torch.__version__,
                 "command": f"python scripts/train_gumnet_default.py --minutes {args.minutes:g} --seed {args.seed}"
                 + (" --supervised" if args.supervised else "") + f" --head {args.head} --batch-size {bs}"
-                + f" --device {args.device}"}
+                + f" --device {args.device}" + (f" --init {args.init.name}" if args.init else "")}
+        if args.init is not None:  # the provenance of the weights this run started from
+            prev = args.init.with_suffix(".json")
+            meta["init"] = json.loads(prev.read_text()) if prev.is_file() else {"file": str(args.init)}
         save_model(model, args.out, metadata=meta, overwrite=True)
         loss_curve = [v for _, v in train_log["losses"]]
         prov = dict(meta, final_loss_last50=float(np.mean(loss_curve[-50:])), steps=len(loss_curve),
