@@ -294,7 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--acryo-snrs", default="0.1", help="SNRs at which acryo runs (default 0.1; it is slow)")
     ap.add_argument("--average-n", type=int, default=200)
     ap.add_argument("--average-iterations", type=int, default=3)
-    ap.add_argument("--skip-averaging", action="store_true")
+    ap.add_argument("--skip-averaging", action="store_true",
+                    help="skip the averaging benchmark; an averaging result already in --out is kept (marked)")
     ap.add_argument("--average-no-ctf", action="store_true",
                     help="averaging set without CTF (else the CTF's first zero at ~31 Å bounds both maps)")
     ap.add_argument("--device", default="cpu")
@@ -327,6 +328,10 @@ def main(argv=None) -> int:
         result["averaging"] = bench_averaging(n=args.average_n, device=args.device, seed=args.seed + 1,
                                               iterations=args.average_iterations,
                                               defocus_um=None if args.average_no_ctf else 5.0)
+    elif Path(args.out).is_file():  # the averaging does not depend on the aligners' weights: keep the last one
+        old = json.loads(Path(args.out).read_text()).get("averaging")
+        if old is not None:
+            result["averaging"] = dict(old, kept_from_an_earlier_run=True)
     result["total_seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
