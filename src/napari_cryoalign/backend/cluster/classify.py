@@ -380,9 +380,12 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
     step += 1
 
     history = []
-    sub_kwargs = {"iterations": 2, "init": "invariant", "init_iterations": init_iterations,
-                  "angular_step_deg": angular_step_deg, "refine_levels": refine_levels, "min_class_fraction": 0.0,
-                  "global_rounds": 1, "max_shift_voxels": max_shift_voxels, "vox": vox, "n_components": n_components,
+    # the bisection: this method on the two classes' particles alone, re-seeding by the worst-fitting
+    # rule (with two classes those are the minority of a merged one; 2 rounds without it collapsed to
+    # 78 + 2 on mtor + dengue_e_fab at SNR 0.03, 4 rounds with it split them 85 % right)
+    sub_kwargs = {"iterations": 4, "init": "invariant", "init_iterations": init_iterations,
+                  "angular_step_deg": angular_step_deg, "refine_levels": refine_levels,
+                  "min_class_fraction": min_class_fraction, "reseed": "worst", "global_rounds": 1, "max_shift_voxels": max_shift_voxels, "vox": vox, "n_components": n_components,
                   "max_frequency": max_frequency, "max_classes": max_classes, "model": None, "seed": seed,
                   "device": device, "t0": t0}
     poses: list[AlignmentResult | None] = [None] * k
@@ -562,7 +565,8 @@ def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
         ``min_class_fraction * n / K`` particles is re-seeded (``reseed``; default 0.5; 0 turns
         re-seeding off, e.g. when one class is expected to be much rarer than the others)
     reseed : joint: how, ``"split"`` (default): the largest class and the emptied one are
-        bisected by a 2-class joint clustering (invariant start, 2 rounds) and the half that fits
+        bisected by a 2-class joint clustering (invariant start, 4 rounds, re-seeding by the
+        ``"worst"`` rule) and the half that fits
         the largest class's old average worse becomes the emptied class; ``"worst"``: the emptied
         class takes the ``n / K`` particles that fit their own class worst
     global_rounds : joint: the first ``global_rounds`` rounds align every particle to every class
