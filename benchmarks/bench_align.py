@@ -285,6 +285,29 @@ def bench_averaging(*, n: int, device: str, seed: int, iterations: int, defocus_
     return out
 
 
+THREE = ["ribosome", "mtor", "dengue_e_fab"]  # the structures without (pseudo-)symmetry
+
+
+def table(alignment: dict) -> str:
+    """The markdown table of docs/align.md from the ``alignment`` part of the JSON, one line per SNR and method."""
+    lines = ["| SNR | method | n | rot. Frobenius, all 5 | median ° | trans. vox, all 5 | rot. / trans., 3 structures "
+             "| pairs/s |", "|" + "---|" * 8]
+    for snr in sorted(alignment, key=lambda k: -float(k)):
+        for name, r in alignment[snr].items():
+            if not isinstance(r, dict):
+                continue
+            per = r.get("per_structure", {})
+            three = [per[k] for k in THREE if k in per]
+            rt = (f"{np.mean([p['rotation_error_frobenius_mean'] for p in three]):.2f} / "
+                  f"{np.mean([p['translation_error_voxels_mean'] for p in three]):.2f}") if three else "-"
+            label = name.replace("exhaustive (acryo subset)", "exhaustive, same particles as acryo")
+            lines.append(f"| {float(snr):g} | {label} | {r['n']} | {r['rotation_error_frobenius_mean']:.2f} ± "
+                         f"{r['rotation_error_frobenius_std']:.2f} | {r['rotation_error_deg_median']:.1f} | "
+                         f"{r['translation_error_voxels_mean']:.2f} ± {r['translation_error_voxels_std']:.2f} | {rt} | "
+                         f"{r['pairs_per_second']:.3g} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer particles (a smoke run)")
@@ -301,7 +324,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--table", action="store_true", help="print the alignment rows of --out as the table of docs/align.md")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())["alignment"]))
+        return 0
     if args.quick:
         args.n_per_class, args.acryo_per_class, args.average_n = 4, 1, 40
     note = _add_learned()
