@@ -310,10 +310,11 @@ def _set_poses(poses: list, c: int, idx, ali: AlignmentResult) -> None:
 
 
 def _split_class(p, m, labels, poses, big, c, *, step, total, label, sub):
-    """Bisect class ``big`` (with the few particles left in class ``c``) by a 2-class joint clustering
-    (``sub``: its settings); the half whose members fit the old average of ``big`` worse becomes class ``c``. ``labels`` and
-    ``poses`` are updated in place (each half's poses against its own half's average). Returns the
-    indices of the particles moved to ``c``, or None when the sub-clustering left a half empty."""
+    """Bisect class ``big`` (with the few particles left in class ``c``) by a 2-class joint
+    clustering (``sub``: its settings); the half whose members fit the old average of ``big``
+    worse becomes class ``c``. ``labels`` and ``poses`` are updated in place (each half's poses
+    against its own half's average). Returns the indices of the particles moved to ``c``, or None
+    when the sub-clustering left a half empty."""
     idx = np.flatnonzero((labels == big) | (labels == c))
     r = yield from _drain(_joint_job(p[idx], _masks_for(m, idx), n_classes=2, **sub), step, total, label)
     halves = [np.flatnonzero(r.classes == h) for h in (0, 1)]
@@ -385,7 +386,8 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
     # 78 + 2 on mtor + dengue_e_fab at SNR 0.03, 4 rounds with it split them 85 % right)
     sub_kwargs = {"iterations": 4, "init": "invariant", "init_iterations": init_iterations,
                   "angular_step_deg": angular_step_deg, "refine_levels": refine_levels,
-                  "min_class_fraction": min_class_fraction, "reseed": "worst", "global_rounds": 1, "max_shift_voxels": max_shift_voxels, "vox": vox, "n_components": n_components,
+                  "min_class_fraction": min_class_fraction, "reseed": "worst", "global_rounds": 1,
+                  "max_shift_voxels": max_shift_voxels, "vox": vox, "n_components": n_components,
                   "max_frequency": max_frequency, "max_classes": max_classes, "model": None, "seed": seed,
                   "device": device, "t0": t0}
     poses: list[AlignmentResult | None] = [None] * k
