@@ -183,7 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--replace", action="store_true",
-                    help="overwrite the JSON; by default rows of other (SNR, method, n per class, min_class_fraction) are kept")
+                    help="overwrite the JSON; by default rows with another key (_row_key: SNR, method, n per class, "
+                    "threshold, rounds, re-seeding rule) are kept")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="merge the rows of these result files (runs done side by side) into --out and stop")
     ap.add_argument("--table", action="store_true", help="print the rows of --out as the markdown table of docs/cluster.md")

@@ -568,9 +568,9 @@ def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
         re-seeding off, e.g. when one class is expected to be much rarer than the others)
     reseed : joint: how, ``"split"`` (default): the largest class and the emptied one are
         bisected by a 2-class joint clustering (invariant start, 4 rounds, re-seeding by the
-        ``"worst"`` rule) and the half that fits
-        the largest class's old average worse becomes the emptied class; ``"worst"``: the emptied
-        class takes the ``n / K`` particles that fit their own class worst
+        ``"worst"`` rule) and the half that fits the largest class's old average worse becomes
+        the emptied class; ``"worst"``: the emptied class takes the ``n / K`` particles that fit
+        their own class worst
     global_rounds : joint: the first ``global_rounds`` rounds align every particle to every class
         average by a full grid search (later rounds refine locally around the previous pose, a
         third of ``angular_step_deg`` at most); a re-seeded class is always searched globally.
