@@ -4,14 +4,17 @@ Sets (``simulate_particles``): a large structure (ribosome, C1) and a small one 
 symmetrised under D2 with RELION's axes), uniform random poses, CTF 1-3 µm, shifts ±3 px,
 SNR 0.1 and 0.05, two half-sets (``rlnRandomSubset``). Protocol: one network per half set,
 each predicts the other half (gold standard). Reported per set: MAnE, wMAnE (all
-confidences 1 here, so equal to MAnE), median error, with and without projection-matching
-refinement; ΔPCC and ΔFSCR (0.5 / 0.143) as CESPED defines them (maps from the true poses'
+confidences 1 here, so equal to MAnE), median error, for the network alone (CESPED's setting),
+with projection-matching refinement, and for the default prediction (``map_search``: the
+network's posterior times the likelihood under the other half's map over the SO(3) grid,
+``backend/pose/matching.py``); ΔPCC and ΔFSCR (0.5 / 0.143) as CESPED defines them (maps from the true poses'
 half maps vs the map from the predicted rotations with the true shifts, soft spherical mask),
 the same for random rotations (the floor), and apart the map with the predicted shifts (biased
 towards the reference the shift search uses); training time and inference throughput.
 
-Throughput: particles per second of ``predict_poses`` (network + band-limited refinement +
-FFT shift search) on 128² images on 2 CPU threads (the model works on 64² Fourier crops).
+Throughput: particles per second of ``predict_poses`` on 128² images on 2 CPU threads (the
+model works on 64² Fourier crops): the network + band-limited refinement + FFT shift search,
+and the same with the map search (its projection tables are built once per model, timed apart).
 
 Real data: cryoDRGN's ``sta_testing_bin8.star`` (219 ribosome tilt images, 64², bin 8 of
 1.82 Å = 14.56 Å/px; the STAR file's 1.96 Å is the unbinned detector pixel) reconstructed from
@@ -64,7 +67,7 @@ def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level
     model = train_pose_model(data, symmetry=symmetry, halves=(1, 2), epochs=epochs, batch_size=32, lr=2e-3,
                              config=cfg, seed=seed)
     train_s = time.perf_counter() - t
-    pred = predict_poses(model, data)
+    pred = predict_poses(model, data, map_search=False)  # the network alone: CESPED's setting
     err = angular_errors(pred.rotations, data.rotations, symmetry, confidence=data.confidence)
     grid_err = angular_errors(pred.grid_rotations, data.rotations, symmetry)
     out = {"structure": structure, "symmetry": symmetry, "n": n, "box": box, "pixel_A": pixel, "snr": snr,
@@ -72,7 +75,7 @@ def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level
            "loss_per_epoch": model.training.get("loss"),
            "no_refinement": err.as_dict(), "grid_argmax_only": grid_err.as_dict(),
            "predict_particles_per_s": pred.particles_per_second,
-           "shift_rmse_A": float(np.sqrt(((pred.origins_angstrom - data.origins_angstrom) ** 2).sum(1).mean()))}
+           "shift_rmse_A": _shift_rmse(pred, data)}
     # CESPED's protocol: the map from the predicted rotations with the true shifts (CESPED leaves shifts out).
     # The map with the predicted shifts is reported apart: the shift search aligns each image to the other
     # half's map projected at the predicted pose, so with wrong poses it fits noise to that projection and
@@ -84,13 +87,25 @@ def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level
     ev = evaluate_reconstructions(data, pred.rotations, predicted_origins_angstrom=pred.origins_angstrom,
                                   symmetry=symmetry)
     out["maps_no_refinement_predicted_shifts_reference_biased"] = ev.as_dict()
+    # the default prediction: the network's posterior times the likelihood under the training half's map
+    # (searched over the whole SO(3) grid; gold standard: each particle against the other half's map)
+    t = time.perf_counter()
+    pm = predict_poses(model, data, map_search=True)
+    out["map_search"] = {**angular_errors(pm.rotations, data.rotations, symmetry, confidence=data.confidence).as_dict(),
+                         "seconds_including_tables": time.perf_counter() - t,
+                         "particles_per_s": pm.particles_per_second, "shift_rmse_A": _shift_rmse(pm, data),
+                         "mean_confidence": float(pm.confidence.mean())}
+    out["maps_map_search"] = evaluate_reconstructions(
+        data, pm.rotations, predicted_origins_angstrom=data.origins_angstrom, symmetry=symmetry).as_dict()
+    out["maps_map_search_predicted_shifts"] = evaluate_reconstructions(
+        data, pm.rotations, predicted_origins_angstrom=pm.origins_angstrom, symmetry=symmetry).as_dict()
     rnd = random_rotations(n, seed=seed + 1)
     out["maps_random_rotations_true_shifts"] = evaluate_reconstructions(
         data, rnd, predicted_origins_angstrom=data.origins_angstrom, symmetry=symmetry).as_dict()
     out["random_rotations"] = angular_errors(rnd, data.rotations, symmetry).as_dict()
     if refine_n:
         sub = np.arange(min(refine_n, n))
-        pr = predict_poses(model, data.subset(sub), projection_refine=True)
+        pr = predict_poses(model, data.subset(sub), projection_refine=True, map_search=False)
         out["with_projection_refinement"] = {
             "particles": int(sub.size),
             **angular_errors(pr.rotations, data.rotations[sub], symmetry).as_dict(),
@@ -99,6 +114,10 @@ def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level
             "particles_per_s": pr.particles_per_second}
     print(name, json.dumps(out, indent=1, default=float), flush=True)
     return out
+
+
+def _shift_rmse(pred, data) -> float:
+    return float(np.sqrt(((pred.origins_angstrom - data.origins_angstrom) ** 2).sum(1).mean()))
 
 
 def throughput(model_box=64, n=512, threads=2, grid_level=None):
@@ -114,18 +133,23 @@ def throughput(model_box=64, n=512, threads=2, grid_level=None):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        predict_poses(model, data.subset(np.arange(64)))  # warm-up (grids, caches)
+        predict_poses(model, data.subset(np.arange(64)), map_search=False)  # warm-up (grids, caches)
+        t0 = time.perf_counter()
+        predict_poses(model, data.subset(np.arange(64)), map_search=True)  # builds the map search's tables once
+        prepare_s = time.perf_counter() - t0
         runs = []
-        for refine in (True, False):
+        for refine, ms in ((True, False), (False, False), (True, True)):
             t0 = time.perf_counter()
-            pred = predict_poses(model, data, local_refine=refine)
-            runs.append({"local_refine": refine, "particles_per_s": pred.particles_per_second,
+            pred = predict_poses(model, data, local_refine=refine, map_search=ms)
+            runs.append({"local_refine": refine, "map_search": ms, "particles_per_s": pred.particles_per_second,
                          "wall_particles_per_s": n / (time.perf_counter() - t0)})
     finally:
         torch.set_num_threads(old)
     return {"images": "128x128", "model_image_size": model_box, "grid_level": model.config.grid_level,
             "grid_size": 72 * 8 ** model.config.grid_level, "threads": threads, "n": n,
-            "load_average": list(os.getloadavg()), "particles_per_s": runs[0]["particles_per_s"], "runs": runs}
+            "load_average": list(os.getloadavg()), "particles_per_s": runs[0]["particles_per_s"],
+            "map_search_particles_per_s": runs[2]["particles_per_s"],
+            "map_search_first_call_64_particles_s": prepare_s, "runs": runs}
 
 
 def real_data():

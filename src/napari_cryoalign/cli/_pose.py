@@ -50,6 +50,11 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, metavar="POSES.star")
     q.add_argument("--refine", action="store_true",
                    help="local projection matching against the training half's map after the network (slower)")
+    q.add_argument("--no-map-search", action="store_true",
+                   help="the network alone (CESPED's setting); by default its probabilities are combined with the "
+                        "likelihood of each image under the training half's map, searched over the whole SO(3) grid")
+    q.add_argument("--map-candidates", type=int, default=16, metavar="K",
+                   help="map search: coarse rotations kept per particle for the fine grid (default 16)")
     q.add_argument("--no-shifts", action="store_true", help="skip the FFT shift search (origins written as 0)")
     q.add_argument("--max-shift", type=float, default=None, metavar="A", help="largest shift searched (default 15%% of the box)")
     q.add_argument("--half", type=int, choices=[0, 1, 2], default=None,
@@ -127,11 +132,14 @@ def run_predict(args) -> int:
     data = load_particle_data(args.particles)
     job = predict_poses_job(model, data, batch_size=args.batch_size, shift_search_enabled=not args.no_shifts,
                             max_shift_angstrom=args.max_shift, projection_refine=args.refine, use_half=args.half,
+                            map_search=False if args.no_map_search else None, map_candidates=args.map_candidates,
                             threads=args.threads, device=device)
     pred = run_job(job, progress=not _quiet(args), description="pose predict")
     write_predicted_star(out, data, pred, overwrite=args.overwrite)
     print(f"predicted {data.n} poses in {pred.seconds:.1f} s ({pred.particles_per_second:.0f} particles/s); "
-          f"mean confidence {pred.confidence.mean():.3f}" + ("; refined by projection matching" if pred.refined else ""))
+          f"mean confidence {pred.confidence.mean():.3f}"
+          + ("; network + map search" if pred.map_search else "; network only")
+          + ("; refined by projection matching" if pred.refined else ""))
     if data.rotations is not None:
         err = angular_errors(pred.rotations, data.rotations, model.symmetry, confidence=data.confidence)
         print(f"  against the poses in the input file: MAnE {err.mane:.1f}°, wMAnE {err.wmane:.1f}°, "

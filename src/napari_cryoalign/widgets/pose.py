@@ -72,6 +72,9 @@ class PoseWidget(JobWidget):
         self.symmetry = LineEdit(label="symmetry", value="C1")
         self.epochs = SpinBox(label="epochs", value=10, min=1, max=500)
         self.grid_level = SpinBox(label="grid level", value=2, min=0, max=4)
+        self.map_search = CheckBox(text="search the training half's map (accurate)", value=True,
+                                   tooltip="combine the network with each image's likelihood under the map "
+                                           "reconstructed from the training half, over the whole SO(3) grid")
         self.refine = CheckBox(text="refine by projection matching", value=False)
         self.threshold = FloatSlider(label="confidence ≥", value=0.0, min=0.0, max=1.0, step=0.01)
         self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "poses.star"))
@@ -80,7 +83,7 @@ class PoseWidget(JobWidget):
         self.save_model_button = PushButton(text="Save model")
         self.export_button.enabled = self.save_model_button.enabled = False
         self.form = Container(widgets=[self.star, self.load_button, self.mode, self.model_file, self.symmetry,
-                                       self.epochs, self.grid_level, self.refine])
+                                       self.epochs, self.grid_level, self.map_search, self.refine])
         self.form_layout.addWidget(self.form.native)
         self.loss_plot = LossPlot()
         self.fsc_plot = FSCPlot()
@@ -133,7 +136,8 @@ class PoseWidget(JobWidget):
         if self.data is None and self.load_particles() is None:
             raise InputError("a particle STAR file that loads", field="particles STAR", got=str(self.star.value))
         self.loss_plot.clear()
-        predict = {"projection_refine": bool(self.refine.value)}
+        predict = {"projection_refine": bool(self.refine.value),
+                   "map_search": None if self.map_search.value else False}
         if self.mode.value == MODES[0]:
             train = {"symmetry": self.symmetry.value, "epochs": int(self.epochs.value),
                      "grid_level": int(self.grid_level.value)}
@@ -212,7 +216,7 @@ class PoseWidget(JobWidget):
         sub = PosePrediction(rotations=p.rotations[keep], euler_deg=p.euler_deg[keep],
                              origins_angstrom=p.origins_angstrom[keep], confidence=p.confidence[keep],
                              grid_rotations=p.grid_rotations[keep], network_half=p.network_half[keep],
-                             refined=p.refined, seconds=p.seconds)
+                             refined=p.refined, seconds=p.seconds, map_search=p.map_search)
         try:
             out = write_predicted_star(Path(self.export_file.value), self.data.subset(keep), sub, overwrite=True)
         except (CryoAlignError, OSError) as exc:

@@ -13,6 +13,10 @@ For each particle (:func:`predict_poses_job`):
    half is projected at the pose (Fourier slice), multiplied by ``|T|`` (the image is phase
    flipped) and cross-correlated with the image by FFT; the peak (parabolic sub-pixel) within
    ``max_shift`` gives the particle's centre, written as RELION's ``origin = -displacement``;
+   With ``map_search`` the rotation comes instead from the network's log-probabilities plus
+   the log-likelihood of the image under that map over the whole SO(3) grid
+   (:mod:`.matching`: a coarse-to-fine global search of precomputed projections; the fine grid
+   is the network's, so both are added grid point by grid point);
 5. optionally (``projection_refine``) a local projection-matching search: poses ``A Δ`` within
    ``refine_range_deg`` are scored by the best normalised cross-correlation over shifts,
    against the same training-half map.
@@ -31,8 +35,9 @@ from ...errors import InputError
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..jobs import Partial, Progress, run_job
 from .data import ParticleData, preprocess_images, transfer_function
-from .grid import grid_spacing_deg, local_offsets
+from .grid import grid_spacing_deg, healpix_npix, local_offsets
 from .harmonics import wigner_d
+from . import matching
 from .reconstruct import prepare_projector, project_fourier
 from .train import PoseModel
 
@@ -53,6 +58,7 @@ class PosePrediction:
     network_half : ``(n,)`` which network predicted each particle (training half 1/2, or 0)
     refined : whether projection matching ran
     seconds : wall-clock time of the prediction
+    map_search : whether the rotations combine the network with the map search (:mod:`.matching`)
     """
 
     rotations: np.ndarray
@@ -63,6 +69,7 @@ class PosePrediction:
     network_half: np.ndarray
     refined: bool
     seconds: float
+    map_search: bool = False
 
     @property
     def particles_per_second(self) -> float:
@@ -122,7 +129,9 @@ def shift_search(images: torch.Tensor, projections_ft: torch.Tensor, *, max_shif
 def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int = 64, local_refine: bool = True,
                       shift_search_enabled: bool = True, max_shift_angstrom: float | None = None,
                       projection_refine: bool = False, refine_range_deg: float | None = None,
-                      refine_step_deg: float | None = None, use_half: int | None = None, threads: int | None = None,
+                      refine_step_deg: float | None = None, map_search: bool | None = None, map_candidates: int = 16,
+                      map_network_candidates: int = 4, map_max_frequency: float | None = None,
+                      use_half: int | None = None, threads: int | None = None,
                       device="cpu") -> Generator[Progress | Partial, None, PosePrediction]:
     """Predict poses (and in-plane shifts) of particles with a trained :class:`~.train.PoseModel`.
 
@@ -136,6 +145,14 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
     max_shift_angstrom : largest shift searched (default 15 % of the box)
     projection_refine : local projection matching (step 5; slower)
     refine_range_deg, refine_step_deg : its search range and step (default: the grid spacing and a third of it)
+    map_search : add the log-likelihood under the training-half map, searched over the SO(3)
+        grid (:mod:`.matching`), to the network's log-probabilities; confidence = the posterior
+        probability of the chosen rotation among the candidates scored. None (default): on when
+        every network used has its training-half map and a grid of level >= 1; False: the network
+        alone (CESPED's setting)
+    map_candidates : coarse rotations (one grid level below the network's) kept per image by the map search
+    map_network_candidates : the network's most probable rotations whose coarse parents are added
+    map_max_frequency : the map search's resolution limit, cycles per box (default ``0.35 S``)
     use_half : force the network of this training half for every particle (default: gold standard)
     device : torch device
 
@@ -162,8 +179,28 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
     max_shift = (0.15 * data.box * data.pixel_size_angstrom if max_shift_angstrom is None
                  else float(max_shift_angstrom)) / px
     which = _network_for(model, data.half, use_half)
+    if map_search is None:
+        map_search = cfg.grid_level >= 1 and set(which.tolist()) <= set(model.references)
     projectors = {h: prepare_projector(model.references[h], device=device) for h in set(which.tolist())
-                  if h in model.references} if (shift_search_enabled or projection_refine) else {}
+                  if h in model.references} if (shift_search_enabled or projection_refine or map_search) else {}
+    searches = {}
+    if map_search:
+        if cfg.grid_level < 1:
+            raise InputError("a model with an SO(3) grid of level >= 1 for the map search", field="grid_level",
+                             got=cfg.grid_level)
+        missing = sorted(set(which.tolist()) - set(projectors))
+        if missing:
+            raise InputError("the training-half reconstruction stored with each network", field="references",
+                             got=f"none for network(s) {missing}")
+        map_off = [torch.as_tensor(local_offsets(max_angle_deg=0.5 * spacing / f, step_deg=spacing / 3.0 / f),
+                                   dtype=torch.float32, device=device) for f in (1.0, 3.0)]  # 19 rotations each
+        searches = {}
+        for h, p in projectors.items():
+            key = ("map_search", h, cfg.grid_level - 1, map_max_frequency, str(device))
+            if key not in model.cache:
+                model.cache[key] = matching.prepare_map_search(p, level=cfg.grid_level - 1,
+                                                               max_frequency=map_max_frequency)
+            searches[h] = model.cache[key]
     n = data.n
     rot_out = np.zeros((n, 3, 3))
     grid_out = np.zeros((n, 3, 3))
@@ -181,18 +218,27 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
                 x = preprocess_images(data, idx, image_size=s, device=device)
                 coef = net(x)
                 logits = net.grid_logits(coef)
-                prob = torch.softmax(logits, dim=1)
-                conf, best = prob.max(dim=1)
+                t = transfer_function(data.ctf, idx, (s, s), pixel_size_angstrom=px, rfft=False, device=device) \
+                    if h in projectors else None
+                weight = None if t is None else t.abs()
+                if map_search:
+                    conf, best, disp0 = _combine_with_map(searches[h], x, weight, logits, max_shift=max_shift,
+                                                          candidates=map_candidates,
+                                                          network_candidates=map_network_candidates)
+                else:
+                    conf, best = torch.softmax(logits, dim=1).max(dim=1)
                 grid_rot = torch.as_tensor(euler_to_matrix(net.grid()[1][best.cpu().numpy()]), dtype=torch.float32,
                                            device=device)
                 rot = grid_rot
-                if local_refine:
+                if local_refine and map_search:
+                    for off in map_off:  # two rounds, the second three times finer
+                        rot, disp0 = matching.refine_rotations(searches[h], projectors[h], x, weight, rot, disp0,
+                                                               offsets=off, max_shift=max_shift)
+                elif local_refine:
                     _, j = net.refine_on_offsets(coef, best, d_off)
                     rot = grid_rot @ off_t[j]
                 disp = torch.zeros((len(idx), 2), device=device)
                 if h in projectors:
-                    t = transfer_function(data.ctf, idx, (s, s), pixel_size_angstrom=px, rfft=False, device=device)
-                    weight = None if t is None else t.abs()
                     if projection_refine:
                         rot, disp = _match(projectors[h], x, rot, match_offsets, weight, max_shift)
                     elif shift_search_enabled:
@@ -215,7 +261,24 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
     yield Partial("poses", rot_out)
     return PosePrediction(rotations=rot_out, euler_deg=matrix_to_euler(rot_out), origins_angstrom=-disp_out * px,
                           confidence=conf_out, grid_rotations=grid_out, network_half=which,
-                          refined=bool(projection_refine), seconds=time.perf_counter() - t0)
+                          refined=bool(projection_refine), seconds=time.perf_counter() - t0,
+                          map_search=bool(map_search))
+
+
+def _combine_with_map(search, images, weight, logits, *, max_shift, candidates, network_candidates):
+    """Posterior ``log p_net + log L`` on the fine grid (= the network's): its probability, index ``(B,)``
+    and displacement ``(B, 2)``."""
+    extra = None
+    if network_candidates:
+        top = logits.topk(min(int(network_candidates), logits.shape[1]), dim=1).indices
+        np_f, np_c = healpix_npix(search.fine.level), healpix_npix(search.coarse.level)
+        extra = (top // np_f // 2) * np_c + (top % np_f) // 4  # coarse parent: in-plane // 2, direction // 4
+    res = matching.map_search(search, images, weight, max_shift=max_shift, candidates=candidates, extra_coarse=extra)
+    post = res.log_likelihood + torch.log_softmax(logits, dim=1).gather(1, res.fine_index)
+    prob = torch.softmax(post, dim=1)
+    conf, j = prob.max(dim=1)
+    ar = torch.arange(j.shape[0], device=j.device)
+    return conf, res.fine_index[ar, j], res.displacement[ar, j]
 
 
 def _match(projector, images, rot, offsets, weight, max_shift):

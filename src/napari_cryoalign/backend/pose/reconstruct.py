@@ -40,6 +40,7 @@ __all__ = [
     "pearson_correlation",
     "prepare_projector",
     "project_fourier",
+    "slice_values",
     "reconstruct",
     "reconstruct_half_maps",
     "reconstruct_half_maps_job",
@@ -351,21 +352,32 @@ def project_fourier(projector: FourierProjector, rotations) -> torch.Tensor:
     The phase origin is the box centre ``N//2`` (the transform of ``ifftshift(image)``);
     ``torch.fft.fftshift(torch.fft.ifft2(out).real)`` is the projection image.
     """
-    rot = torch.as_tensor(np.asarray(rotations, dtype=np.float32) if not isinstance(rotations, torch.Tensor)
-                          else rotations, dtype=torch.float32, device=projector.ft.device).reshape(-1, 3, 3)
     n, size = projector.box, projector.size
-    plane = _plane_coords(n, rot.device) * (size / n)
-    q = torch.einsum("bji,pj->bpi", rot, plane)  # (B, n², 3): x, y, z in padded-grid index units
-    # trilinear interpolation in one fused op: grid_sample's (x, y, z) run along (W, H, D) = the
-    # map's (x, y, z) axes; align_corners=True maps -1 / 1 to index 0 / P - 1. Only the corners
-    # beyond the inscribed sphere (masked below) would need the periodic wrap.
-    grid = ((q + size // 2) * (2.0 / (size - 1)) - 1.0).reshape(1, rot.shape[0], n, n, 3)
-    vals = torch.nn.functional.grid_sample(projector.ft, grid, mode="bilinear", padding_mode="zeros",
-                                           align_corners=True)[0]  # (2, B, n, n)
-    out = torch.complex(vals[0], vals[1])
+    plane = _plane_coords(n, projector.ft.device)
+    out = slice_values(projector, rotations, plane[:, :2]).reshape(-1, n, n)
     r2 = plane[:, 0] ** 2 + plane[:, 1] ** 2
     inside = (r2 < (size / 2.0) ** 2).reshape(n, n)
     return out * inside
+
+
+def slice_values(projector: FourierProjector, rotations, frequencies: torch.Tensor) -> torch.Tensor:
+    """Central-slice values ``(B, P)`` complex at in-plane frequencies ``(P, 2)`` (kx, ky in cycles per box ``N``).
+
+    The values of the map's transform at ``Aᵀ (kx, ky, 0)`` (trilinear), phase origin at the box
+    centre; :func:`project_fourier` is this on the whole ``N²`` grid.
+    """
+    rot = torch.as_tensor(np.asarray(rotations, dtype=np.float32) if not isinstance(rotations, torch.Tensor)
+                          else rotations, dtype=torch.float32, device=projector.ft.device).reshape(-1, 3, 3)
+    n, size = projector.box, projector.size
+    k = torch.as_tensor(frequencies, dtype=torch.float32, device=rot.device) * (size / n)
+    q = torch.einsum("bji,pj->bpi", rot[:, :2, :], k)  # (B, P, 3): x, y, z in padded-grid index units
+    # trilinear interpolation in one fused op: grid_sample's (x, y, z) run along (W, H, D) = the
+    # map's (x, y, z) axes; align_corners=True maps -1 / 1 to index 0 / P - 1. Only the corners
+    # beyond the inscribed sphere (masked by project_fourier) would need the periodic wrap.
+    grid = ((q + size // 2) * (2.0 / (size - 1)) - 1.0).reshape(1, rot.shape[0], k.shape[0], 1, 3)
+    vals = torch.nn.functional.grid_sample(projector.ft, grid, mode="bilinear", padding_mode="zeros",
+                                           align_corners=True)[0, :, :, :, 0]  # (2, B, P)
+    return torch.complex(vals[0], vals[1])
 
 
 def pearson_correlation(a, b, *, mask=None) -> float:

@@ -66,6 +66,8 @@ class PoseModel:
     pixel_size_angstrom : pixel size of the model's ``S x S`` images (Å)
     box : particle box the model was trained on (pixels, before resizing)
     training : dict (epochs, losses, seconds, particles per half, ...)
+    cache : what prediction derives from the references (projection tables of the map search),
+        kept so that repeated predictions with one model build them once; not saved
     """
 
     nets: dict
@@ -75,6 +77,7 @@ class PoseModel:
     pixel_size_angstrom: float
     box: int
     training: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def halves(self) -> list[int]:
