@@ -56,11 +56,42 @@ from napari_cryoalign.backend.simulate.particles import simulate_particles
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level, refine_n, seed=0):
-    t = time.perf_counter()
+def _simulate(structure, symmetry, *, n, box, pixel, snr, seed):
     ps = simulate_particles(structure, n=n, box=box, pixel_size_angstrom=pixel, snr=snr, defocus_um=(1.0, 3.0),
                             max_shift_pixels=3.0 * box / 64, symmetry=symmetry, seed=seed)
-    data = particle_data_from_simulation(ps)
+    return ps, particle_data_from_simulation(ps)
+
+
+def oracle(ps, data, *, grid_level, symmetry, batch=64):
+    """Global projection matching against the TRUE map, no network (the map search without a prior):
+    how well these images determine their poses at all. Same grids, search and refinement as prediction."""
+    from napari_cryoalign.backend.pose.data import preprocess_images, transfer_function
+    from napari_cryoalign.backend.pose.matching import prepare_map_search, refinement_offsets, search_poses
+    from napari_cryoalign.backend.pose.reconstruct import prepare_projector
+
+    s = min(64, data.box)
+    if ps.reference.shape[-1] != s:
+        raise ValueError("the oracle needs the true map at the model's image size")
+    t = time.perf_counter()
+    proj = prepare_projector(ps.reference)
+    search = prepare_map_search(proj, level=grid_level - 1)
+    offsets = refinement_offsets(grid_level)
+    px = data.pixel_size_angstrom * data.box / s
+    max_shift = 0.15 * data.box * data.pixel_size_angstrom / px
+    rot = np.zeros((data.n, 3, 3))
+    for i in range(0, data.n, batch):
+        idx = np.arange(i, min(i + batch, data.n))
+        x = preprocess_images(data, idx, image_size=s)
+        amp = transfer_function(data.ctf, idx, (s, s), pixel_size_angstrom=px, rfft=False).abs()
+        rot[idx] = search_poses(search, proj, x, amp, max_shift=max_shift,
+                                refine_offsets=offsets).rotations.double().numpy()
+    return {"what": "global projection matching against the true map (no network, no half map)",
+            **angular_errors(rot, data.rotations, symmetry).as_dict(), "seconds": time.perf_counter() - t}
+
+
+def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level, refine_n, seed=0):
+    t = time.perf_counter()
+    ps, data = _simulate(structure, symmetry, n=n, box=box, pixel=pixel, snr=snr, seed=seed)
     sim_s = time.perf_counter() - t
     cfg = PoseNetConfig(image_size=min(64, box), grid_level=grid_level)
     t = time.perf_counter()
@@ -99,6 +130,7 @@ def run_set(name, structure, symmetry, *, n, box, pixel, snr, epochs, grid_level
         data, pm.rotations, predicted_origins_angstrom=data.origins_angstrom, symmetry=symmetry).as_dict()
     out["maps_map_search_predicted_shifts"] = evaluate_reconstructions(
         data, pm.rotations, predicted_origins_angstrom=pm.origins_angstrom, symmetry=symmetry).as_dict()
+    out["oracle_true_map"] = oracle(ps, data, grid_level=grid_level, symmetry=symmetry)
     rnd = random_rotations(n, seed=seed + 1)
     out["maps_random_rotations_true_shifts"] = evaluate_reconstructions(
         data, rnd, predicted_origins_angstrom=data.origins_angstrom, symmetry=symmetry).as_dict()
@@ -177,6 +209,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=None, help="sets: training epochs (overrides the preset)")
     ap.add_argument("--sets", default=None, help="comma-separated set names to run (default: all of the preset)")
     ap.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    ap.add_argument("--oracle-only", action="store_true",
+                    help="sets: only the global projection matching against the true map (no training); "
+                         "writes --out, default docs/benchmarks/pose_oracle.json")
     args = ap.parse_args()
     if args.throughput_only:
         from napari_cryoalign.io import write_json
@@ -213,6 +248,25 @@ def main():
         sets = [t for t in sets if t[0] in want]
     for _, _, _, kw in sets:
         kw.update({k: v for k, v in (("n", args.particles), ("epochs", args.epochs)) if v is not None})
+    if args.oracle_only:
+        from napari_cryoalign.io import write_json
+
+        out = args.out if args.out != str(ROOT / "docs" / "benchmarks" / "pose.json") else \
+            str(ROOT / "docs" / "benchmarks" / "pose_oracle.json")
+        res = {"command": "benchmarks/bench_pose.py " + " ".join(sys.argv[1:]),
+               "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                           "threads": torch.get_num_threads()}, "sets": {}}
+        for name, structure, sym, kw in sets:
+            ps, data = _simulate(structure, sym, n=kw["n"], box=kw["box"], pixel=kw["pixel"], snr=kw["snr"], seed=0)
+            res["sets"][name] = {"structure": structure, "symmetry": sym, "n": kw["n"], "box": kw["box"],
+                                 "pixel_A": kw["pixel"], "snr": kw["snr"], "grid_level": kw["grid_level"],
+                                 "oracle_true_map": oracle(ps, data, grid_level=kw["grid_level"], symmetry=sym),
+                                 "random_rotations": angular_errors(random_rotations(kw["n"], seed=1), data.rotations,
+                                                                    sym).as_dict()}
+            print(name, json.dumps(res["sets"][name], default=float), flush=True)
+        write_json(out, res, overwrite=True)
+        print("wrote", out)
+        return
     results = {"command": "benchmarks/bench_pose.py " + " ".join(sys.argv[1:]),
                "machine": {"platform": platform.platform(), "torch": torch.__version__,
                            "threads": torch.get_num_threads()},

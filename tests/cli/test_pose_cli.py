@@ -35,12 +35,14 @@ def test_train_predict_reconstruct(sim_dir, capsys):
                  "--out", str(d / "poses_net.star"), "--no-map-search"]) == 0
     out = capsys.readouterr().out
     assert "network only" in out
+    assert "rlnLogLikeliContribution" not in starfile.read(d / "poses_net.star", always_dict=True)["particles"]
     mane_net = float(re.search(r"MAnE ([0-9.]+)°", out).group(1))
     assert mane_map < 0.5 * mane_net  # measured 26° vs 126°: after 2 epochs the network alone is near random
     df = starfile.read(d / "poses.star", always_dict=True)["particles"]
     src = starfile.read(star, always_dict=True)["particles"]
     for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
-              "rlnParticleFigureOfMerit", "rlnDefocusU", "rlnRandomSubset", "rlnImageName"):
+              "rlnParticleFigureOfMerit", "rlnLogLikeliContribution", "rlnDefocusU", "rlnRandomSubset",
+              "rlnImageName"):
         assert c in df.columns
     assert len(df) == len(src) and (df["rlnDefocusU"].to_numpy() == pytest.approx(src["rlnDefocusU"].to_numpy()))
     assert star.read_bytes() == before  # input untouched

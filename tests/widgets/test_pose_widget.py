@@ -36,6 +36,8 @@ def test_train_predict_reconstruct_export(make_napari_viewer, qtbot, star, tmp_p
     assert viewer.layers["pose reconstruction"].data.shape == (32, 32, 32)
     pts = viewer.layers["particle confidence"]
     assert len(pts.data) == 96 and "confidence" in pts.features.columns
+    assert w.map_search.value and w.last_run.prediction.map_search  # the default: network + map search
+    assert np.isfinite(pts.features["log_likelihood"]).all()
     assert w.orientation_plot.n_points == 96 and w.fsc_plot.report is not None
     assert len(w.loss_plot.steps) > 0
     conf = w.last_run.prediction.confidence
@@ -46,5 +48,6 @@ def test_train_predict_reconstruct_export(make_napari_viewer, qtbot, star, tmp_p
     out = w.export_star()
     df = starfile.read(out, always_dict=True)["particles"]
     assert len(df) == len(keep) and "rlnParticleFigureOfMerit" in df.columns
+    assert "rlnLogLikeliContribution" in df.columns
     w.save_model_file.value = str(tmp_path / "m.pt")
     assert w.save_model().is_file()

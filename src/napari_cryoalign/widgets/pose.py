@@ -176,6 +176,8 @@ class PoseWidget(JobWidget):
         n, box = self.data.n, self.data.box
         features = {"confidence": pred.confidence, "rot": pred.euler_deg[:, 0], "tilt": pred.euler_deg[:, 1],
                     "psi": pred.euler_deg[:, 2], "half": self.data.half}
+        if pred.log_likelihood is not None:
+            features["log_likelihood"] = pred.log_likelihood  # the map search's fit: low = junk or poor particle
         pts = np.column_stack([np.arange(n), np.full(n, box // 2), np.full(n, box // 2)]).astype(float)
         px = self.data.pixel_size_angstrom
         add_or_update_layer(self.viewer, (pts, {"name": "particle confidence", "features": features,
@@ -216,7 +218,8 @@ class PoseWidget(JobWidget):
         sub = PosePrediction(rotations=p.rotations[keep], euler_deg=p.euler_deg[keep],
                              origins_angstrom=p.origins_angstrom[keep], confidence=p.confidence[keep],
                              grid_rotations=p.grid_rotations[keep], network_half=p.network_half[keep],
-                             refined=p.refined, seconds=p.seconds, map_search=p.map_search)
+                             refined=p.refined, seconds=p.seconds, map_search=p.map_search,
+                             log_likelihood=None if p.log_likelihood is None else p.log_likelihood[keep])
         try:
             out = write_predicted_star(Path(self.export_file.value), self.data.subset(keep), sub, overwrite=True)
         except (CryoAlignError, OSError) as exc:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_cryoalign.backend.pose import matching
-from napari_cryoalign.backend.pose.grid import local_offsets, so3_healpix_grid
+from napari_cryoalign.backend.pose.grid import so3_healpix_grid
 from napari_cryoalign.backend.pose.reconstruct import prepare_projector, project_fourier, slice_values
 from napari_cryoalign.backend.symmetry import symmetric_angle_deg
 from napari_cryoalign.errors import InputError
@@ -70,13 +70,18 @@ def test_map_search_finds_known_poses_and_displacements(search_set):
     row = res.fine_index[0][torch.isfinite(res.log_likelihood[0])]
     assert row.unique().numel() == row.numel()
     # off the grid: two rounds of local refinement bring the rotations within a few degrees
-    rot = torch.as_tensor(grid[idx], dtype=torch.float32)
-    d = res.displacement[ar, best]
-    for f in (1.0, 3.0):
-        off = torch.as_tensor(local_offsets(max_angle_deg=7.5 / f, step_deg=5.0 / f), dtype=torch.float32)
-        rot, d = matching.refine_rotations(search, proj, images, None, rot, d, offsets=off, max_shift=3.0)
-    err2 = symmetric_angle_deg(rot.double().numpy(), ps.rotations)
+    found = matching.search_poses(search, proj, images, None, max_shift=3.0, candidates=8,
+                                  refine_offsets=matching.refinement_offsets(2))
+    assert torch.equal(found.index, res.fine_index[ar, best])  # no prior: the likelihood's best grid point
+    err2 = symmetric_angle_deg(found.rotations.double().numpy(), ps.rotations)
     assert np.median(err2) < 3.0 and np.median(err2) < np.median(err)
+    assert ((found.confidence > 0) & (found.confidence <= 1)).all()
+    # a prior certain of one rotation: its parent is expanded and it wins
+    prior = torch.full((images.shape[0], 4608), -1e30)  # the fine grid: level 2
+    prior[:, 0] = 0.0
+    forced = matching.search_poses(search, proj, images, None, max_shift=3.0, candidates=8, log_prior=prior,
+                                   prior_candidates=1)
+    assert (forced.index == 0).all()
 
 
 def test_centre_estimate_follows_the_particle(search_set):

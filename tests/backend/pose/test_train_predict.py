@@ -111,6 +111,8 @@ def test_in_plane_rotation_of_the_image_rotates_the_prediction(trained):
 
 def test_map_search_is_the_default_and_beats_the_network(trained):
     """With the training half's map, the combined posterior is far more accurate than the short-trained network."""
+    from dataclasses import replace
+
     data, model = trained
     test = np.flatnonzero(data.half == 2)[:120]
     sub = data.subset(test)
@@ -123,11 +125,13 @@ def test_map_search_is_the_default_and_beats_the_network(trained):
     # coarse grid of this small model is level 0, 60°), refined off the grid
     assert np.median(e_both) < 4.0 and e_both.mean() < 15.0 and e_both.mean() < 0.5 * e_net.mean()
     assert (both.confidence > 0).all() and (both.confidence <= 1).all()
+    # the log-likelihood flags junk: pure-noise "particles" fit the map worse than every real one
+    junk = replace(sub, images=np.random.default_rng(0).normal(size=sub.images.shape).astype(np.float32))
+    ll_junk = predict_poses(model, junk.subset(np.arange(20))).log_likelihood
+    assert net.log_likelihood is None and ll_junk.max() < both.log_likelihood.min()
     d = np.abs(both.origins_angstrom - sub.origins_angstrom) / data.pixel_size_angstrom
     assert np.median(d) < 0.5
     # a model without the map of the needed half cannot search it
-    from dataclasses import replace
-
     bare = replace(model, references={}, cache={})
     with pytest.raises(InputError, match="references"):
         predict_poses(bare, sub, map_search=True)

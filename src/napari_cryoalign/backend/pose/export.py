@@ -2,7 +2,8 @@
 
 Written columns: ``rlnAngleRot/Tilt/Psi`` (degrees, RELION ZYZ), ``rlnOriginXAngst/YAngst``
 (Å, RELION sign; pixel-unit ``rlnOriginX/Y`` of old files are dropped so the two cannot
-disagree) and the confidence in ``rlnParticleFigureOfMerit`` (CESPED's choice). The optics
+disagree), the confidence in ``rlnParticleFigureOfMerit`` (CESPED's choice) and, with the map
+search, its log-likelihood in ``rlnLogLikeliContribution`` (RELION's per-particle column). The optics
 and general blocks are copied. The file is written atomically and never over the input.
 """
 
@@ -64,6 +65,8 @@ def write_predicted_star(path: str | os.PathLike, data: ParticleData, prediction
     df["rlnOriginXAngst"] = prediction.origins_angstrom[:, 0]
     df["rlnOriginYAngst"] = prediction.origins_angstrom[:, 1]
     df[CONFIDENCE_OUT_COLUMN] = np.asarray(prediction.confidence, dtype=np.float64)
+    if prediction.log_likelihood is not None:
+        df["rlnLogLikeliContribution"] = np.asarray(prediction.log_likelihood, dtype=np.float64)
     blocks[pname] = df
     with atomic_path(out, overwrite=overwrite) as tmp:
         starfile.write(blocks, tmp, float_format="%.6f")

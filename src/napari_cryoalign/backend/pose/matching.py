@@ -40,10 +40,11 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from .grid import healpix_npix, so3_healpix_grid
+from .grid import grid_spacing_deg, healpix_npix, local_offsets, so3_healpix_grid
 from .reconstruct import FourierProjector, slice_values
 
-__all__ = ["MapSearch", "MapSearchResult", "map_search", "prepare_map_search", "refine_rotations"]
+__all__ = ["FoundPoses", "MapSearch", "MapSearchResult", "map_search", "prepare_map_search", "refine_rotations",
+           "refinement_offsets", "search_poses"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +135,7 @@ def prepare_map_search(projector: FourierProjector, *, level: int = 2, coarse_ma
     ``projector``: :func:`.reconstruct.prepare_projector` of an ``(S, S, S)`` map (the model's
     pixel size). ``max_frequency`` (fine) and ``coarse_max_frequency``: radii in cycles per box
     (defaults ``0.35 S`` and ``0.16 S``). Memory: ``12 · 72 · 8^(level+1) · F`` bytes for the fine
-    table (F ≈ π k_max² / 2 frequencies), about 250 MB for ``S = 64`` at level 2.
+    table (F ≈ π k_max² / 2 frequencies): 370 MB for ``S = 64`` at level 2 (``MapSearch.nbytes``).
     """
     size = projector.box
     if not 0 <= int(level) <= 3:
@@ -279,3 +280,52 @@ def refine_rotations(search: MapSearch, projector: FourierProjector, images: tor
     k = (best.clamp(min=0) ** 2 / den).argmax(dim=1)  # (B,)
     ar = torch.arange(b, device=images.device)
     return cand.reshape(b, j, 3, 3)[ar, k], local[ar, which[ar, k]]
+
+
+def refinement_offsets(level: int, *, device="cpu") -> tuple[torch.Tensor, ...]:
+    """The two rounds of small rotations of :func:`search_poses` after a grid of ``level``: 19 each,
+    within half the grid spacing in steps of a third of it, then three times finer."""
+    spacing = grid_spacing_deg(level)
+    return tuple(torch.as_tensor(local_offsets(max_angle_deg=0.5 * spacing / f, step_deg=spacing / 3.0 / f),
+                                 dtype=torch.float32, device=device) for f in (1.0, 3.0))
+
+
+@dataclass(frozen=True, eq=False)
+class FoundPoses:
+    """What :func:`search_poses` chose per image: fine-grid ``index`` ``(B,)``, its posterior
+    probability among the candidates ``confidence`` ``(B,)``, its ``log_likelihood`` ``(B,)`` (nats;
+    grows with the particle's signal and its fit to the map), the refined ``rotations``
+    ``(B, 3, 3)`` and ``displacement`` ``(B, 2)`` pixels (x, y) from the box centre."""
+
+    index: torch.Tensor
+    confidence: torch.Tensor
+    log_likelihood: torch.Tensor
+    rotations: torch.Tensor
+    displacement: torch.Tensor
+
+
+def search_poses(search: MapSearch, projector: FourierProjector, images: torch.Tensor,
+                 amplitude: torch.Tensor | None, *, max_shift: float, candidates: int = 16,
+                 log_prior: torch.Tensor | None = None, prior_candidates: int = 4,
+                 refine_offsets: tuple[torch.Tensor, ...] = ()) -> FoundPoses:
+    """The map search with an optional prior, then local refinement: what prediction runs per batch.
+
+    ``log_prior`` ``(B, G_fine)``: log-probabilities on the fine grid (the pose network's, whose
+    grid this is), added to ``log L``; the parents of its ``prior_candidates`` best rotations are
+    expanded too. Without it this is global projection matching against the map.
+    ``refine_offsets``: rounds of :func:`refine_rotations` (e.g. :func:`refinement_offsets`).
+    """
+    extra = None
+    if log_prior is not None and prior_candidates:
+        top = log_prior.topk(min(int(prior_candidates), log_prior.shape[1]), dim=1).indices
+        np_f, np_c = healpix_npix(search.fine.level), healpix_npix(search.coarse.level)
+        extra = (top // np_f // 2) * np_c + (top % np_f) // 4  # coarse parent: in-plane // 2, direction // 4
+    res = map_search(search, images, amplitude, max_shift=max_shift, candidates=candidates, extra_coarse=extra)
+    post = res.log_likelihood if log_prior is None else res.log_likelihood + log_prior.gather(1, res.fine_index)
+    conf, j = torch.softmax(post, dim=1).max(dim=1)
+    ar = torch.arange(j.shape[0], device=j.device)
+    index, disp = res.fine_index[ar, j], res.displacement[ar, j]
+    rot = search.fine.rotations[index]
+    for off in refine_offsets:
+        rot, disp = refine_rotations(search, projector, images, amplitude, rot, disp, offsets=off, max_shift=max_shift)
+    return FoundPoses(index, conf, res.log_likelihood[ar, j], rot, disp)

@@ -35,7 +35,7 @@ from ...errors import InputError
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..jobs import Partial, Progress, run_job
 from .data import ParticleData, preprocess_images, transfer_function
-from .grid import grid_spacing_deg, healpix_npix, local_offsets
+from .grid import grid_spacing_deg, local_offsets
 from .harmonics import wigner_d
 from . import matching
 from .reconstruct import prepare_projector, project_fourier
@@ -59,6 +59,8 @@ class PosePrediction:
     refined : whether projection matching ran
     seconds : wall-clock time of the prediction
     map_search : whether the rotations combine the network with the map search (:mod:`.matching`)
+    log_likelihood : ``(n,)`` with the map search, ``log L`` of the chosen grid pose (nats; low for
+        particles that fit the map badly), else None
     """
 
     rotations: np.ndarray
@@ -70,6 +72,7 @@ class PosePrediction:
     refined: bool
     seconds: float
     map_search: bool = False
+    log_likelihood: np.ndarray | None = None
 
     @property
     def particles_per_second(self) -> float:
@@ -192,8 +195,7 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
         if missing:
             raise InputError("the training-half reconstruction stored with each network", field="references",
                              got=f"none for network(s) {missing}")
-        map_off = [torch.as_tensor(local_offsets(max_angle_deg=0.5 * spacing / f, step_deg=spacing / 3.0 / f),
-                                   dtype=torch.float32, device=device) for f in (1.0, 3.0)]  # 19 rotations each
+        map_off = matching.refinement_offsets(cfg.grid_level, device=device) if local_refine else ()
         searches = {}
         for h, p in projectors.items():
             key = ("map_search", h, cfg.grid_level - 1, map_max_frequency, str(device))
@@ -206,6 +208,7 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
     grid_out = np.zeros((n, 3, 3))
     disp_out = np.zeros((n, 2))
     conf_out = np.zeros(n)
+    ll_out = np.full(n, np.nan)
     batches = [(h, idx[i:i + batch_size]) for h in sorted(set(which.tolist()))
                for idx in [np.flatnonzero(which == h)] for i in range(0, idx.size, batch_size)]
     done = 0
@@ -222,18 +225,18 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
                     if h in projectors else None
                 weight = None if t is None else t.abs()
                 if map_search:
-                    conf, best, disp0 = _combine_with_map(searches[h], x, weight, logits, max_shift=max_shift,
-                                                          candidates=map_candidates,
-                                                          network_candidates=map_network_candidates)
+                    found = matching.search_poses(searches[h], projectors[h], x, weight, max_shift=max_shift,
+                                                  candidates=map_candidates, log_prior=torch.log_softmax(logits, 1),
+                                                  prior_candidates=map_network_candidates, refine_offsets=map_off)
+                    conf, best = found.confidence, found.index
+                    ll_out[idx] = found.log_likelihood.double().cpu().numpy()
                 else:
                     conf, best = torch.softmax(logits, dim=1).max(dim=1)
                 grid_rot = torch.as_tensor(euler_to_matrix(net.grid()[1][best.cpu().numpy()]), dtype=torch.float32,
                                            device=device)
                 rot = grid_rot
-                if local_refine and map_search:
-                    for off in map_off:  # two rounds, the second three times finer
-                        rot, disp0 = matching.refine_rotations(searches[h], projectors[h], x, weight, rot, disp0,
-                                                               offsets=off, max_shift=max_shift)
+                if map_search:
+                    rot = found.rotations
                 elif local_refine:
                     _, j = net.refine_on_offsets(coef, best, d_off)
                     rot = grid_rot @ off_t[j]
@@ -262,23 +265,7 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
     return PosePrediction(rotations=rot_out, euler_deg=matrix_to_euler(rot_out), origins_angstrom=-disp_out * px,
                           confidence=conf_out, grid_rotations=grid_out, network_half=which,
                           refined=bool(projection_refine), seconds=time.perf_counter() - t0,
-                          map_search=bool(map_search))
-
-
-def _combine_with_map(search, images, weight, logits, *, max_shift, candidates, network_candidates):
-    """Posterior ``log p_net + log L`` on the fine grid (= the network's): its probability, index ``(B,)``
-    and displacement ``(B, 2)``."""
-    extra = None
-    if network_candidates:
-        top = logits.topk(min(int(network_candidates), logits.shape[1]), dim=1).indices
-        np_f, np_c = healpix_npix(search.fine.level), healpix_npix(search.coarse.level)
-        extra = (top // np_f // 2) * np_c + (top % np_f) // 4  # coarse parent: in-plane // 2, direction // 4
-    res = matching.map_search(search, images, weight, max_shift=max_shift, candidates=candidates, extra_coarse=extra)
-    post = res.log_likelihood + torch.log_softmax(logits, dim=1).gather(1, res.fine_index)
-    prob = torch.softmax(post, dim=1)
-    conf, j = prob.max(dim=1)
-    ar = torch.arange(j.shape[0], device=j.device)
-    return conf, res.fine_index[ar, j], res.displacement[ar, j]
+                          map_search=bool(map_search), log_likelihood=ll_out if map_search else None)
 
 
 def _match(projector, images, rot, offsets, weight, max_shift):
