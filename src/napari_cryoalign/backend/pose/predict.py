@@ -8,15 +8,16 @@ For each particle (:func:`predict_poses_job`):
    (CESPED writes it as ``rlnParticleFigureOfMerit``);
 3. the network's output is a band-limited function on SO(3), so it is evaluated at
    ``A_k Δ_j`` for small offsets ``Δ_j`` around the grid point (finer than the grid) and the
-   best one kept (``local_refine``);
+   best one kept (``local_refine``). With ``map_search`` (the default when the model has its
+   training-half maps) steps 2-3 are instead: the network's log-probabilities plus the
+   log-likelihood of the image under the training half's map, over the whole SO(3) grid
+   (:mod:`.matching`: a coarse-to-fine global search of precomputed projections; the fine grid
+   is the network's, so the two add grid point by grid point), then a local search off the grid
+   by the likelihood;
 4. **shift search** (CESPED leaves shifts out): the reconstruction of the network's training
    half is projected at the pose (Fourier slice), multiplied by ``|T|`` (the image is phase
    flipped) and cross-correlated with the image by FFT; the peak (parabolic sub-pixel) within
    ``max_shift`` gives the particle's centre, written as RELION's ``origin = -displacement``;
-   With ``map_search`` the rotation comes instead from the network's log-probabilities plus
-   the log-likelihood of the image under that map over the whole SO(3) grid
-   (:mod:`.matching`: a coarse-to-fine global search of precomputed projections; the fine grid
-   is the network's, so both are added grid point by grid point);
 5. optionally (``projection_refine``) a local projection-matching search: poses ``A Δ`` within
    ``refine_range_deg`` are scored by the best normalised cross-correlation over shifts,
    against the same training-half map.
@@ -34,10 +35,10 @@ import torch
 from ...errors import InputError
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..jobs import Partial, Progress, run_job
+from . import matching
 from .data import ParticleData, preprocess_images, transfer_function
 from .grid import grid_spacing_deg, local_offsets
 from .harmonics import wigner_d
-from . import matching
 from .reconstruct import prepare_projector, project_fourier
 from .train import PoseModel
 
@@ -196,7 +197,6 @@ def predict_poses_job(model: PoseModel, data: ParticleData, *, batch_size: int =
             raise InputError("the training-half reconstruction stored with each network", field="references",
                              got=f"none for network(s) {missing}")
         map_off = matching.refinement_offsets(cfg.grid_level, device=device) if local_refine else ()
-        searches = {}
         for h, p in projectors.items():
             key = ("map_search", h, cfg.grid_level - 1, map_max_frequency, str(device))
             if key not in model.cache:
