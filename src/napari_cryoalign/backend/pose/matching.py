@@ -22,8 +22,9 @@ plane inside ``|k| ≤ k_max`` (weights 2 for ``kx > 0``, 1 on the ``kx = 0`` co
 the full-plane sums), DC excluded.
 
 **Coarse to fine.** All ``72·8^L`` rotations of the coarse grid (level ``L``, default 2: 4,608,
-15°) are scored at low resolution (``k ≤ k_coarse``) over a lattice of displacements within
-``max_shift``. The ``candidates`` best coarse rotations (and the network's, when combined)
+15°) are scored at low resolution (``k ≤ k_coarse``) at the particle's centre (found first by
+cross-correlation with the rotational average of the projections) and its four neighbours 1 px
+away. The ``candidates`` best coarse rotations (and the network's, when combined)
 are expanded to their children on the fine grid (level ``L + 1``: 4 nested HEALPix directions
 times 3 in-plane angles each, 7.5°), which are scored at full resolution (``k ≤ k_fine``) over
 a finer displacement lattice around the best coarse displacement. Both grids' projections are
@@ -156,7 +157,7 @@ def _shift_lattice(radius: float, step: float, device) -> torch.Tensor:
     return torch.as_tensor(d, dtype=torch.float32, device=device)
 
 
-def _image_side(table: _Table, images_ft: torch.Tensor, amplitude: torch.Tensor | None, size: int):
+def _image_side(table: _Table, images_ft: torch.Tensor, amplitude: torch.Tensor | None):
     """Weighted image coefficients ``w |T| X`` ``(B, F)`` complex and ``w T²`` ``(B, F)``."""
     x = images_ft.reshape(images_ft.shape[0], -1)[:, table.index]
     if amplitude is None:
@@ -172,6 +173,18 @@ def _phases(table: _Table, shifts: torch.Tensor, size: int) -> torch.Tensor:
     return torch.polar(torch.ones_like(ang), ang)
 
 
+def _best_over_shifts(table: _Table, y: torch.Tensor, a2: torch.Tensor, reim: torch.Tensor, power: torch.Tensor,
+                      local: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log L`` ``(B, C)`` of candidates with projections ``reim`` ``(B, C, 2F)`` and ``power``
+    ``(B, C, F)`` on ``table``'s frequencies, the best over displacements ``local`` ``(B, D, 2)``,
+    and the index of that displacement ``(B, C)``; ``y, a2`` from :func:`_image_side`."""
+    yy = y[:, None, :] * _phases(table, local, size)  # (B, D, F)
+    val = torch.cat([yy.real, yy.imag], dim=2) @ reim.transpose(1, 2)  # (B, D, C)
+    best, which = val.max(dim=1)
+    den = torch.einsum("bf,bcf->bc", a2, power).clamp(min=1e-20)
+    return best.clamp(min=0) ** 2 / den / (2.0 * float(size) ** 2), which  # 2 N²: twice the noise variance
+
+
 def _centre(search: MapSearch, x_ft: torch.Tensor, amplitude: torch.Tensor | None, max_shift: float) -> torch.Tensor:
     """Displacement ``(B, 2)`` of each particle from the box centre, by cross-correlation with the
     rotational average of the projections (the mean of the fine table: the same for every pose,
@@ -180,7 +193,7 @@ def _centre(search: MapSearch, x_ft: torch.Tensor, amplitude: torch.Tensor | Non
 
     f = search.fine
     s = search.size
-    y, _ = _image_side(f, x_ft, amplitude, s)
+    y, _ = _image_side(f, x_ft, amplitude)
     z = torch.zeros((y.shape[0], s * s), dtype=y.dtype, device=y.device)
     z[:, f.index] = y * f.template.conj()
     cc = torch.fft.ifft2(z.reshape(-1, s, s)).real  # half-plane weights 2: the real part is the full sum / N²
@@ -210,12 +223,11 @@ def map_search(search: MapSearch, images: torch.Tensor, amplitude: torch.Tensor 
     b = images.shape[0]
     dev = images.device
     x_ft = torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1)))
-    norm2 = 2.0 * float(s) ** 2  # 2 N²: twice the noise variance of an unnormalised coefficient
     centre = _centre(search, x_ft, amplitude, max_shift)
     # --- coarse: every rotation, the centre and its 4 neighbours
     c = search.coarse
     shifts = _clip(centre[:, None, :] + _shift_lattice(1.01, 1.0, dev)[None], max_shift)  # (B, D, 2)
-    y, a2 = _image_side(c, x_ft, amplitude, s)
+    y, a2 = _image_side(c, x_ft, amplitude)
     yy = y[:, None, :] * _phases(c, shifts, s)  # (B, D, F)
     dot = (torch.cat([yy.real, yy.imag], dim=2).reshape(-1, c.reim.shape[1]) @ c.reim.T).reshape(
         b, shifts.shape[1], -1)  # (B, D, G)
@@ -234,12 +246,8 @@ def map_search(search: MapSearch, images: torch.Tensor, amplitude: torch.Tensor 
     child_psi = (2 * psi[..., None] + torch.tensor([-1, 0, 1], device=dev)) % n_psi_f  # (B, K, 3)
     child = (child_psi[..., :, None] * np_f + child_dir[..., None, :]).reshape(b, -1)  # (B, C)
     local = _clip(d0[:, None, :] + _shift_lattice(0.75, 0.5, dev)[None], max_shift)  # (B, 9, 2)
-    y, a2 = _image_side(f, x_ft, amplitude, s)
-    yy = y[:, None, :] * _phases(f, local, s)  # (B, 9, F)
-    val = torch.cat([yy.real, yy.imag], dim=2) @ f.reim[child].transpose(1, 2)  # (B, 9, C)
-    best, which = val.max(dim=1)  # (B, C)
-    den = torch.einsum("bf,bcf->bc", a2, f.power[child]).clamp(min=1e-20)
-    best_ll = best.clamp(min=0) ** 2 / den / norm2
+    y, a2 = _image_side(f, x_ft, amplitude)
+    best_ll, which = _best_over_shifts(f, y, a2, f.reim[child], f.power[child], local, s)  # (B, C)
     best_d = local.gather(1, which[..., None].expand(-1, -1, 2))
     # children shared by two kept coarse rotations are counted once
     order = child.sort(dim=1)
@@ -272,12 +280,9 @@ def refine_rotations(search: MapSearch, projector: FourierProjector, images: tor
     cand = (rotations[:, None] @ offsets[None]).reshape(-1, 3, 3)  # (B·J, 3, 3)
     p = slice_values(projector, cand, torch.stack([f.kx, f.ky], dim=1)).reshape(b, j, -1)  # (B, J, F)
     local = _clip(displacement[:, None, :] + _shift_lattice(0.75, 0.5, images.device)[None], max_shift)
-    y, a2 = _image_side(f, x_ft, amplitude, s)
-    yy = y[:, None, :] * _phases(f, local, s)  # (B, 9, F)
-    val = torch.cat([yy.real, yy.imag], dim=2) @ torch.cat([p.real, p.imag], dim=2).transpose(1, 2)  # (B, 9, J)
-    best, which = val.max(dim=1)  # (B, J)
-    den = torch.einsum("bf,bjf->bj", a2, p.real ** 2 + p.imag ** 2).clamp(min=1e-20)
-    k = (best.clamp(min=0) ** 2 / den).argmax(dim=1)  # (B,)
+    y, a2 = _image_side(f, x_ft, amplitude)
+    ll, which = _best_over_shifts(f, y, a2, torch.cat([p.real, p.imag], dim=2), p.real ** 2 + p.imag ** 2, local, s)
+    k = ll.argmax(dim=1)  # (B,)
     ar = torch.arange(b, device=images.device)
     return cand.reshape(b, j, 3, 3)[ar, k], local[ar, which[ar, k]]
 
