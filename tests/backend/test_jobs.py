@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from napari_cryoalign.backend.jobs import JobCancelled, Partial, Progress, run_job, throttle
+from napari_cryoalign.backend.jobs import JobCancelled, Partial, Progress, run_job, subjob, throttle
 
 
 def counting_job(n, log):
@@ -60,3 +60,51 @@ def test_throttle():
     time.sleep(0.06)
     assert t() is True
     assert throttle(10, first=False)() is False
+
+
+def _outer(sub, **kwargs):
+    result = yield from subjob(sub, **kwargs)
+    yield Partial("outer", result)
+    return result + 1
+
+
+def _events(job):
+    events = []
+    result = run_job(job, progress=False, on_partial=events.append, on_progress=events.append)
+    return result, events
+
+
+def test_subjob_forwards_everything_by_default():
+    log = []
+    result, events = _events(_outer(counting_job(3, log)))
+    assert result == 4 and log == ["closed"]
+    assert [(e.step, e.total, e.message) for e in events if isinstance(e, Progress)] == [
+        (1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    assert [(e.name, e.value) for e in events if isinstance(e, Partial)] == [("value", 0), ("value", 2), ("outer", 3)]
+
+
+def test_subjob_places_progress_at_an_outer_step_with_a_prefix_and_drops_partials():
+    def sub():
+        yield Progress(0, None, "no total")  # shows nothing at a fixed outer step: dropped
+        yield Progress(1, 2, "half")
+        yield Partial("picks", [1, 2])
+        return 7
+
+    result, events = _events(_outer(sub(), at=(5, 9), prefix="refine", partials=False))
+    assert result == 8
+    assert [(e.step, e.total, e.message) for e in events if isinstance(e, Progress)] == [(5, 9, "refine: half")]
+    assert [e.name for e in events if isinstance(e, Partial)] == ["outer"]
+
+
+def test_subjob_without_progress_keeps_partials():
+    result, events = _events(_outer(counting_job(2, []), progress=False))
+    assert not any(isinstance(e, Progress) for e in events)
+    assert [e.name for e in events] == ["value", "outer"]
+
+
+def test_closing_the_outer_job_closes_the_subjob():
+    log = []
+    job = _outer(counting_job(10, log))
+    next(job), next(job)
+    job.close()
+    assert log == ["closed"]

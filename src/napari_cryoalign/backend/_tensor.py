@@ -1,4 +1,4 @@
-"""numpy <-> torch at the edges of the backend's public functions.
+"""numpy <-> torch at the edges of the backend's public functions, and the one device resolver.
 
 Public backend functions accept numpy arrays or torch tensors and return the kind they
 were given: ``t, was_numpy = as_tensor(x)`` on the way in, ``to_caller(result, was_numpy)``
@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "to_caller"]
+from ..errors import InputError
+
+__all__ = ["as_tensor", "resolve_device", "to_caller"]
 
 
 def as_tensor(x, *, device=None, dtype=None, float64_to_float32: bool = False) -> tuple[torch.Tensor, bool]:
@@ -41,3 +43,16 @@ def as_tensor(x, *, device=None, dtype=None, float64_to_float32: bool = False) -
 def to_caller(t: torch.Tensor, was_numpy: bool):
     """Back to numpy (on the CPU) if the caller gave numpy, else the tensor as it is."""
     return t.detach().cpu().numpy() if was_numpy else t
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given (None = CPU)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("a device this machine has ('cpu', or 'cuda' with a GPU, or 'auto')", field="device",
+                         got=str(device))
+    return dev

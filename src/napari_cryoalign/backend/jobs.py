@@ -36,7 +36,7 @@ from typing import Any, Callable, Generator, TypeVar, Union
 
 from ..errors import JobCancelled
 
-__all__ = ["Progress", "Partial", "Event", "Job", "run_job", "as_job", "JobCancelled", "throttle"]
+__all__ = ["Progress", "Partial", "Event", "Job", "run_job", "as_job", "subjob", "JobCancelled", "throttle"]
 
 R = TypeVar("R")
 
@@ -131,6 +131,46 @@ def as_job(function: Callable[..., R], *args, message: str = "", **kwargs) -> Jo
     result = function(*args, **kwargs)
     yield Progress(1, 1, message)
     return result
+
+
+def subjob(
+    job: Job[R],
+    *,
+    prefix: str = "",
+    at: tuple[int, int] | None = None,
+    progress: bool = True,
+    partials: bool = True,
+) -> Job[R]:
+    """Run ``job`` inside an outer job (``result = yield from subjob(job, ...)``) and return its result.
+
+    The one way a job forwards the events of another (its sub-job):
+
+    * ``progress`` - forward the sub-job's :class:`Progress` records (False: drop them);
+    * ``at`` - ``(step, total)`` of the outer job: a forwarded record is shown at that step of
+      the outer total instead of the sub-job's own counts (records without a total, which
+      would show nothing new at a fixed step, are dropped);
+    * ``prefix`` - put before each forwarded message (``"prefix: message"``);
+    * ``partials`` - forward the sub-job's :class:`Partial` results (False: drop them; the
+      outer job usually returns or re-yields what it needs from the sub-job's result).
+
+    Cancelling the outer job (closing it at a ``yield``) closes the sub-job too.
+    """
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, Progress):
+            if not progress or (at is not None and not event.total):
+                continue
+            message = f"{prefix}: {event.message}" if prefix else event.message
+            step, total = at if at is not None else (event.step, event.total)
+            yield Progress(step, total, message)
+        elif isinstance(event, Partial):
+            if partials:
+                yield event
+        elif event is not None:
+            raise TypeError(f"a job may yield Progress or Partial, not {type(event).__name__}")
 
 
 class throttle:

@@ -10,32 +10,11 @@ extra column ``cryoalignCorrelation``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from ._args import device_arg, float_pair, resolve_device
+
 SCORE_COLUMN = "cryoalignCorrelation"  # = backend.align.extract.SCORE_COLUMN (not imported: keeps --help fast)
-
-
-def _device(text: str) -> str:
-    if text not in ("auto", "cpu", "cuda", "mps") and not text.startswith("cuda:"):
-        raise argparse.ArgumentTypeError("expected auto, cpu or cuda")
-    return text
-
-
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _pair(text: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected MIN,MAX in degrees, e.g. -60,60") from None
-    return a, b
 
 
 def _add_particle_args(p) -> None:
@@ -43,12 +22,12 @@ def _add_particle_args(p) -> None:
                    help="particles: rlnImageName naming one MRC per particle, or coordinates with --tomogram")
     p.add_argument("--tomogram", default=None, metavar="T.mrc", help="cut boxes around rlnCoordinateX/Y/Z from it")
     p.add_argument("--box", type=int, default=None, metavar="N", help="box size in voxels (even), with --tomogram")
-    p.add_argument("--tilt-range", type=_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
+    p.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
                    help="tilt range of the data, for the missing-wedge masks (default -60,60)")
     p.add_argument("--no-wedge", action="store_true", help="treat the particles as fully observed")
     p.add_argument("--fourier-mask", default=None, metavar="M.mrc",
                    help="observed Fourier mask (fftshift-ed, DC at N//2), instead of --tilt-range")
-    p.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda or auto (default cpu)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda or auto (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -111,7 +90,6 @@ def register(sub) -> None:
 def _fourier_masks(args, box: int, voxel: float):
     """The particles' observed Fourier mask (N, N, N), fftshift-ed, or None."""
     import numpy as np
-    import torch
 
     from ..errors import InputError
 
@@ -123,12 +101,9 @@ def _fourier_masks(args, box: int, voxel: float):
             raise InputError(f"a Fourier mask of the particles' box {(box,) * 3}", path=args.fourier_mask,
                              field="shape", got=f"{m.shape}")
         return np.asarray(m, dtype=np.float32)
-    if args.no_wedge:
-        return None
-    from ..backend.simulate.subtomograms import observed_fourier_mask
+    from ..backend.wedge import particle_fourier_mask
 
-    m = observed_fourier_mask((box,) * 3, tilt_range_deg=tuple(args.tilt_range), rfft=False)
-    return torch.fft.fftshift(m).numpy().astype(np.float32)
+    return particle_fourier_mask(box, tilt_range_deg=None if args.no_wedge else tuple(args.tilt_range))
 
 
 def _print_skipped(pset, command: str) -> None:
@@ -180,7 +155,7 @@ def run_align(args) -> int:
     from ..errors import InputError
     from ..io import ensure_not_input
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     ensure_not_input(args.out, args.particles, args.tomogram, args.reference)
     if args.action == "train":
         return _run_train(args, device)
@@ -268,7 +243,7 @@ def run_average(args) -> int:
     from ..backend.jobs import run_job
     from ..io import check_output_path, ensure_not_input, write_mrc
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     out = Path(args.out)
     ensure_not_input(out, args.particles, args.tomogram)
     outs = [out]

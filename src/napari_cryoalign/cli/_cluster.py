@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._align import _add_particle_args, _fourier_masks, _print_skipped, _resolve_device
+from ._align import _add_particle_args, _fourier_masks, _print_skipped
+from ._args import resolve_device
 
 CONFIDENCE_COLUMN = "rlnMaxValueProbDistribution"
 CLASS_COLUMN = "rlnClassNumber"
@@ -83,7 +84,7 @@ def run_cluster(args) -> int:
     from ..errors import InputError
     from ..io import check_output_path, ensure_not_input, write_mrc
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     ensure_not_input(args.out, args.particles, args.tomogram)
     check_output_path(args.out, overwrite=args.overwrite)
     for flag, value in (("--iterations", args.iterations), ("--init-iterations", args.init_iterations),

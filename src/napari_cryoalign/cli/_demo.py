@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ._args import resolve_device
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the headless demo on embedded data and print a summary", description=__doc__)
@@ -25,17 +27,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def _step_tomogram(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
     from ..backend.jobs import run_job
-    from ..backend.simulate.tomogram import simulate_tomogram_job, write_tomogram_simulation
+    from ..backend.simulate.tomogram import (
+        simulate_tomogram_job,
+        write_tomogram_simulation,
+    )
 
     sim = run_job(
         simulate_tomogram_job(
@@ -70,7 +67,10 @@ def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict
     from ..backend import geometry
     from ..backend.fourier import fsc, resolution_at, sphere_mask
     from ..backend.jobs import run_job
-    from ..backend.simulate.subtomograms import simulate_subtomograms_job, write_subtomogram_set
+    from ..backend.simulate.subtomograms import (
+        simulate_subtomograms_job,
+        write_subtomogram_set,
+    )
     from ..io import star
 
     structures = ["ribosome", "cct", "mtor"]
@@ -112,7 +112,10 @@ def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict
 
 
 def _step_tiltseries(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
-    from ..backend.simulate.markers import simulate_marker_tiltseries, write_marker_tiltseries
+    from ..backend.simulate.markers import (
+        simulate_marker_tiltseries,
+        write_marker_tiltseries,
+    )
 
     ts = simulate_marker_tiltseries(preset="paper3d", seed=seed, device=device)
     files = write_marker_tiltseries(ts, out / "tiltseries")
@@ -351,7 +354,7 @@ def run(args) -> int:
     if out.exists() and any(out.iterdir()):
         raise InputError("a new or empty output folder (the demo never overwrites)", path=out, field="--out")
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     results = []
     ctx: dict = {}
     t_all = time.perf_counter()

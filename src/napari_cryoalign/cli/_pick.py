@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
+from ._args import device_arg, float_pair
+
 log = logging.getLogger(__name__)
-
-
-def _device(text: str) -> str:
-    if text not in ("auto", "cpu", "cuda") and not text.startswith("cuda:"):
-        raise argparse.ArgumentTypeError("expected auto, cpu or cuda")
-    return text
-
-
-def _pair(text: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected MIN,MAX in degrees, e.g. -60,60") from None
-    return a, b
 
 
 def register(sub) -> None:
@@ -41,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--diameter", required=True, type=float, metavar="D_ANGSTROM", help="particle diameter in Å")
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="model file to write")
     p.add_argument("--iterations", type=int, default=None, metavar="N", help="training steps (default 600)")
-    p.add_argument("--device", type=_device, default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--class-prior", type=float, default=None, metavar="PI",
                    help="PU class prior (default 0.02; raise it for very crowded samples)")
@@ -63,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--min-distance", type=float, default=None, metavar="D_ANGSTROM",
                    help="minimum distance between picks in Å (default: the particle radius)")
     p.add_argument("--heatmap", default=None, metavar="PATH", help="also write the heatmap (MRC, tomogram grid)")
-    p.add_argument("--device", type=_device, default="auto")
+    p.add_argument("--device", type=device_arg, default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_predict)
 
@@ -82,14 +69,14 @@ def register(sub) -> None:
     p.add_argument("--max-picks", type=int, default=None, metavar="N", help="keep at most N picks")
     p.add_argument("--min-distance", type=float, default=None, metavar="D_ANGSTROM",
                    help="minimum distance between picks in Å (default: the template mask radius)")
-    p.add_argument("--tilt-range", type=_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
+    p.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
                    help="tilt range for the missing wedge, degrees (default -60,60)")
     p.add_argument("--no-wedge", action="store_true", help="do not apply a missing wedge to the template")
     p.add_argument("--lowpass", type=float, default=None, metavar="A", help="low-pass the template to A Å")
     p.add_argument("--defocus", type=float, default=None, metavar="UM",
                    help="multiply the template by |CTF| at this defocus (µm; phase-flipped tomograms)")
     p.add_argument("--heatmap", default=None, metavar="PATH", help="also write the score map (MRC)")
-    p.add_argument("--device", type=_device, default="auto")
+    p.add_argument("--device", type=device_arg, default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_template)
 

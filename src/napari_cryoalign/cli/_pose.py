@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._align import _device, _resolve_device
+from ._args import device_arg, resolve_device
 
 
 def register(sub) -> None:
@@ -40,7 +40,7 @@ def register(sub) -> None:
                    help="HEALPix level of the output SO(3) grid, 72*8^K rotations (default 3: 36,864, ~7.5°)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    t.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (default cpu)")
+    t.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or auto (default cpu)")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=run_train)
 
@@ -61,7 +61,7 @@ def register(sub) -> None:
                    help="use the network trained on this half for every particle (default: the other half's)")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--threads", type=int, default=None)
-    q.add_argument("--device", type=_device, default="cpu")
+    q.add_argument("--device", type=device_arg, default="cpu")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=run_predict)
 
@@ -80,7 +80,7 @@ def register(sub) -> None:
     r.add_argument("--no-ctf", action="store_true", help="ignore the CTF columns")
     r.add_argument("--regularization", type=float, default=0.01, metavar="L",
                    help="Wiener constant relative to the mean CTF² weight (default 0.01)")
-    r.add_argument("--device", type=_device, default="cpu")
+    r.add_argument("--device", type=device_arg, default="cpu")
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=run_reconstruct)
 
@@ -104,7 +104,7 @@ def run_train(args) -> int:
     job = train_pose_model_job(data, symmetry=args.symmetry, halves=halves, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
                                grid_level=args.grid_level, seed=args.seed, threads=args.threads,
-                               device=_resolve_device(args.device))
+                               device=resolve_device(args.device))
     model = run_job(job, progress=not _quiet(args), description="pose train")
     save_pose_model(out, model, overwrite=args.overwrite)
     losses = "; ".join(f"half {h}: {v[0]:.3f} -> {v[-1]:.3f}" for h, v in model.training["loss"].items())
@@ -127,7 +127,7 @@ def run_predict(args) -> int:
     out = Path(args.out)
     ensure_not_input(out, args.particles, args.model)
     check_output_path(out, overwrite=args.overwrite)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     model = load_pose_model(args.model, device=device)
     data = load_particle_data(args.particles)
     job = predict_poses_job(model, data, batch_size=args.batch_size, shift_search_enabled=not args.no_shifts,
@@ -177,7 +177,7 @@ def run_reconstruct(args) -> int:
             raise InputError(f"a reference of the particles' box {(data.box,) * 3}", path=args.reference,
                              field="shape", got=ref.shape)
     job = reconstruct_half_maps_job(data, symmetry=args.symmetry, half_maps=args.half_maps,
-                                    regularization=args.regularization, device=_resolve_device(args.device))
+                                    regularization=args.regularization, device=resolve_device(args.device))
     res = run_job(job, progress=not _quiet(args), description="reconstruct")
     px = data.pixel_size_angstrom
     write_mrc(out, res.volume, voxel_size=px, overwrite=args.overwrite)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._sim_subtomograms import _range
+from ._args import float_range
 
 
 def register(sub) -> None:
@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--box", type=int, default=64, help="image size in pixels (default 64)")
     p.add_argument("--pixel-size", type=float, default=6.0, metavar="A", help="pixel size in Å (default 6)")
     p.add_argument("--snr", type=float, default=0.1, help="signal variance / noise variance (default 0.1); 0 = no noise")
-    p.add_argument("--defocus", type=_range, default=(1.0, 3.0), metavar="MIN,MAX",
+    p.add_argument("--defocus", type=float_range, default=(1.0, 3.0), metavar="MIN,MAX",
                    help="defocus range in µm, underfocus positive (default 1,3)")
     p.add_argument("--astigmatism", type=float, default=0.1, metavar="UM", help="defocusU - defocusV in µm (default 0.1)")
     p.add_argument("--no-ctf", action="store_true", help="no CTF")

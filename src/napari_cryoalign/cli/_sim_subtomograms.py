@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-
-def _range(text: str) -> tuple[float, float]:
-    parts = [float(p) for p in text.replace(":", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        return (parts[0], parts[0])
-    if len(parts) != 2:
-        raise ValueError(text)
-    return (parts[0], parts[1])
+from ._args import float_range
 
 
 def register(sub) -> None:
@@ -27,11 +20,11 @@ def register(sub) -> None:
     p.add_argument("--box", type=int, default=32, help="box size in voxels (default 32)")
     p.add_argument("--voxel-size", type=float, default=12.0, metavar="A", help="voxel size in Å (default 12)")
     p.add_argument("--snr", type=float, default=0.1, help="signal variance / noise variance (default 0.1); 0 = no noise")
-    p.add_argument("--tilt-range", type=_range, default=(-60.0, 60.0), metavar="MIN,MAX",
+    p.add_argument("--tilt-range", type=float_range, default=(-60.0, 60.0), metavar="MIN,MAX",
                    help="tilt range in degrees (default -60,60); see also --no-wedge")
     p.add_argument("--no-wedge", action="store_true", help="no missing wedge (full Fourier sphere)")
     p.add_argument("--max-shift", type=float, default=3.0, metavar="VOX", help="max shift per axis in voxels (default 3)")
-    p.add_argument("--defocus", type=_range, default=(5.0, 5.0), metavar="UM[,UM]",
+    p.add_argument("--defocus", type=float_range, default=(5.0, 5.0), metavar="UM[,UM]",
                    help="defocus in µm (underfocus positive) or a range MIN,MAX (default 5)")
     p.add_argument("--no-ctf", action="store_true", help="no CTF")
     p.add_argument("--seed", type=int, default=0)
@@ -43,7 +36,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..backend.jobs import run_job
     from ..backend.simulate.structures import list_structures, structure_info
-    from ..backend.simulate.subtomograms import simulate_subtomograms_job, write_subtomogram_set
+    from ..backend.simulate.subtomograms import (
+        simulate_subtomograms_job,
+        write_subtomogram_set,
+    )
 
     if args.list:
         for name in list_structures():

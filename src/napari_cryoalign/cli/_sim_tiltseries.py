@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(p) for p in text.replace(":", ",").split(",") if p.strip())
+from ._args import floats
 
 
 def register(sub) -> None:
@@ -22,11 +20,11 @@ def register(sub) -> None:
                    "256² sample data (default paper3d)")
     p.add_argument("--markers", type=int, default=None, metavar="N", help="number of gold beads")
     p.add_argument("--bead-diameter", type=float, default=None, metavar="NM")
-    p.add_argument("--fov", type=_floats, default=None, metavar="X,Y", help="field of view in nm")
+    p.add_argument("--fov", type=floats, default=None, metavar="X,Y", help="field of view in nm")
     p.add_argument("--thickness", type=float, default=None, metavar="NM", help="slab thickness in nm")
     p.add_argument("--detector", type=lambda s: tuple(int(v) for v in s.split(",")), default=None, metavar="Y,X",
                    help="detector pixels (y,x)")
-    p.add_argument("--tilt-range", type=_floats, default=None, metavar="MIN,MAX")
+    p.add_argument("--tilt-range", type=floats, default=None, metavar="MIN,MAX")
     p.add_argument("--tilts", type=int, default=None, metavar="N", help="number of tilts")
     p.add_argument("--acquisition", default=None, choices=("sequential", "bidirectional", "dose-symmetric"))
     p.add_argument("--deformation", default=None, metavar="JSON",

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-
-
-def _pair(text: str) -> tuple[float, float]:
-    parts = [float(p) for p in text.replace(":", ",").split(",") if p.strip()]
-    if len(parts) != 2:
-        raise ValueError(text)
-    return (parts[0], parts[1])
+from ._args import float_pair, ints
 
 
 def register(sub) -> None:
@@ -23,7 +14,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (created; existing files are not replaced)")
-    p.add_argument("--size", type=_ints, default=(512, 512, 128), metavar="X,Y,Z",
+    p.add_argument("--size", type=ints, default=(512, 512, 128), metavar="X,Y,Z",
                    help="tomogram size in voxels as x,y,z (default 512,512,128)")
     p.add_argument("--voxel-size", type=float, default=10.0, metavar="A", help="voxel size in Å (default 10)")
     p.add_argument("--particles", type=int, default=200, metavar="N", help="number of particles (default 200)")
@@ -36,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--membranes", type=int, default=0, help="number of flat membranes (default 0)")
     p.add_argument("--gold", type=int, default=0, help="number of gold beads (default 0)")
     p.add_argument("--gold-diameter", type=float, default=10.0, metavar="NM", help="gold bead diameter (default 10 nm)")
-    p.add_argument("--tilt-range", type=_pair, default=(-60.0, 60.0), metavar="MIN,MAX", help="degrees (default -60,60)")
+    p.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX", help="degrees (default -60,60)")
     p.add_argument("--tilt-step", type=float, default=3.0, metavar="DEG", help="tilt step (default 3)")
     p.add_argument("--acquisition", default="dose-symmetric",
                    choices=("sequential", "bidirectional", "dose-symmetric"))
@@ -49,7 +40,7 @@ def register(sub) -> None:
                    help="total dose in e/Å² split over the tilts (default 100); 0 = noiseless")
     p.add_argument("--no-phaseflip", action="store_true", help="do not phase-flip before reconstruction")
     p.add_argument("--filter", default="ramp", choices=("ramp", "shepp-logan", "cosine", "hann", "none"))
-    p.add_argument("--radial", type=_pair, default=(0.35, 0.035), metavar="CUTOFF,FALLOFF",
+    p.add_argument("--radial", type=float_pair, default=(0.35, 0.035), metavar="CUTOFF,FALLOFF",
                    help="WBP low-pass in cycles/pixel, like IMOD's RADIAL (default 0.35,0.035)")
     p.add_argument("--tomo-name", default="sim_tomo", help="rlnTomoName in the STAR file")
     p.add_argument("--write-potential", action="store_true", help="also write the noiseless potential.mrc")
@@ -61,7 +52,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..backend.jobs import run_job
-    from ..backend.simulate.tomogram import check_outputs, simulate_tomogram_job, write_tomogram_simulation
+    from ..backend.simulate.tomogram import (
+        check_outputs,
+        simulate_tomogram_job,
+        write_tomogram_simulation,
+    )
     from ..errors import InputError
 
     check_outputs(args.out, overwrite=args.overwrite, write_potential=args.write_potential)

@@ -49,3 +49,15 @@ def maybe_kind_of_file(path: str | os.PathLike) -> str | None:
 def is_stack_name(path: str | os.PathLike) -> bool:
     """True for names that by convention hold image stacks (.st, .mrcs, .ali)."""
     return core_suffix(Path(path)) in STACK_SUFFIXES
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """The name without its format suffix (and a trailing .gz/.bz2): ``TS_01.rec.gz`` -> ``TS_01``.
+
+    Names without an MRC suffix are kept whole (``TS_01.tomo`` stays ``TS_01.tomo``).
+    """
+    name = Path(path).name
+    for comp in COMPRESSED_SUFFIXES:
+        if name.lower().endswith(comp):
+            name = name[: -len(comp)]
+    return Path(name).stem if Path(name).suffix.lower() in MRC_SUFFIXES else name

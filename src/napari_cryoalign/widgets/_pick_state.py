@@ -17,21 +17,17 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..io._kinds import file_stem
+
 __all__ = ["ACCEPTED", "AUTO", "REJECTED", "LabelHistory", "PickSet", "labels_path_for", "negatives_path_for"]
 
 AUTO, ACCEPTED, REJECTED = 0, 1, -1
-_MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".ali", ".mrcs")
 
 
 def labels_path_for(tomogram_path) -> Path:
     """``<folder>/<tomogram stem>_labels.star`` for a tomogram file (``.mrc``, ``.rec.gz``, ...)."""
     p = Path(tomogram_path)
-    name = p.name
-    for comp in (".gz", ".bz2"):
-        if name.lower().endswith(comp):
-            name = name[: -len(comp)]
-    stem = Path(name).stem if Path(name).suffix.lower() in _MRC_SUFFIXES else name
-    return p.with_name(f"{stem}_labels.star")
+    return p.with_name(f"{file_stem(p)}_labels.star")
 
 
 def negatives_path_for(tomogram_path) -> Path:

@@ -147,20 +147,17 @@ class AlignWidget(ParticleInputs, JobWidget):
         return ref
 
     def make_job(self) -> Job:
-        import torch
-
         from ..backend.align.average import align_average_job
-        from ..backend.simulate.subtomograms import observed_fourier_mask
+        from ..backend.wedge import particle_fourier_mask
 
         pset = self._load_particles()
         box = pset["volumes"].shape[-1]
         ref = self._reference(box, pset["voxel"])
-        mask = observed_fourier_mask((box,) * 3, tilt_range_deg=(float(self.tilt_min.value), float(self.tilt_max.value)),
-                                     rfft=False)
+        mask = particle_fourier_mask(box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
         self.pset = pset
         self.fsc_plot.ax.clear()
         self.fsc_plot.draw_idle()
-        return align_average_job(pset["volumes"], reference=ref, particle_masks=torch.fft.fftshift(mask).numpy(),
+        return align_average_job(pset["volumes"], reference=ref, particle_masks=mask,
                                  method=self.method.value, iterations=int(self.iterations.value),
                                  angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset["voxel"],
                                  candidates=int(self.candidates.value))

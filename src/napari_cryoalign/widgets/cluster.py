@@ -185,18 +185,15 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self.n_classes.enabled = not self.estimate.value
 
     def make_job(self) -> Job:
-        import torch
-
         from ..backend.cluster.classify import cluster_subtomograms_job
-        from ..backend.simulate.subtomograms import observed_fourier_mask
+        from ..backend.wedge import particle_fourier_mask
 
         pset = self._load_particles()
         box = pset["volumes"].shape[-1]
-        mask = observed_fourier_mask((box,) * 3, tilt_range_deg=(float(self.tilt_min.value), float(self.tilt_max.value)),
-                                     rfft=False)
+        mask = particle_fourier_mask(box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
         k = "estimate" if self.estimate.value else int(self.n_classes.value)
         job = cluster_subtomograms_job(pset["volumes"], n_classes=k, method=self.method.value,
-                                       particle_masks=torch.fft.fftshift(mask).numpy(),
+                                       particle_masks=mask,
                                        iterations=int(self.iterations.value),
                                        angular_step_deg=float(self.angular_step.value),
                                        refine_levels=int(self.refine_levels.value), voxel_size_angstrom=pset["voxel"])

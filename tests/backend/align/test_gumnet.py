@@ -33,7 +33,7 @@ from napari_cryoalign.backend.geometry import (
     rotate_volume,
     transform_reference_to_particle,
 )
-from napari_cryoalign.backend.simulate.subtomograms import observed_fourier_mask
+from napari_cryoalign.backend.wedge import observed_fourier_mask
 
 
 def _blob_volume(n=32, seed=0):

@@ -27,7 +27,7 @@ import torch
 from ...errors import InputError
 from ..fourier import FSCResult, fsc, lowpass, resolution_at, sphere_mask
 from ..geometry import align_particle_to_reference
-from ..jobs import Partial, Progress, run_job
+from ..jobs import Partial, Progress, run_job, subjob
 from .exhaustive import _rotate_cubes, align_exhaustive_job
 from .scoring import _tensor, mask_to_rfft
 from .types import AlignmentResult
@@ -245,17 +245,6 @@ def average_particles(particles, alignment: AlignmentResult | None = None, *, pa
         return AverageResult(avg, maps[0], maps[1], report, alignment, half)
 
 
-def _drain(job, offset: int, total: int, prefix: str):
-    """Forward a sub-job's progress as steps of the outer job; returns the sub-job's result."""
-    while True:
-        try:
-            ev = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(ev, Progress) and ev.total:
-            yield Progress(offset, total, f"{prefix}: {ev.message}")
-
-
 def iterative_average_job(
     particles,
     *,
@@ -321,7 +310,8 @@ def iterative_average_job(
             job = align_exhaustive_job(p[idx], refs[h], particle_masks=mh, reference_mask=ref_mask,
                                        angular_step_deg=angular_step_deg, refine_levels=refine_levels,
                                        max_shift_voxels=max_shift_voxels, max_frequency=fmax, device=device)
-            ali = yield from _drain(job, 3 * it + h + 1, total, f"iteration {it + 1}, half {h + 1}")
+            ali = yield from subjob(job, at=(3 * it + h + 1, total), prefix=f"iteration {it + 1}, half {h + 1}",
+                                    partials=False)
             rot[idx] = ali.rotations
             ori[idx] = ali.origins_voxels
             scores[idx] = ali.scores
@@ -452,8 +442,9 @@ def align_average_job(
         if method == "learned+refine":
             from .exhaustive import refine_alignment_job
 
-            ali = yield from _drain(refine_alignment_job(particles, reference, ali, particle_masks=particle_masks,
-                                                         max_angle_deg=20.0, device=device), 1, 3, "refine")
+            ali = yield from subjob(refine_alignment_job(particles, reference, ali, particle_masks=particle_masks,
+                                                         max_angle_deg=20.0, device=device),
+                                    at=(1, 3), prefix="refine", partials=False)
         yield Progress(2, 3, "averaging")
         result = average_particles(particles, ali, particle_masks=particle_masks, half_maps=True,
                                    voxel_size_angstrom=voxel_size_angstrom, device=device)

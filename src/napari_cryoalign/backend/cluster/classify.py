@@ -56,7 +56,6 @@ import torch
 
 from ...errors import InputError
 from ..align.average import (
-    _drain,
     _prepare,
     average_particles,
     iterative_average_job,
@@ -65,7 +64,7 @@ from ..align.average import (
 from ..align.exhaustive import align_exhaustive_job, refine_alignment_job
 from ..align.types import AlignmentResult
 from ..fourier import lowpass
-from ..jobs import Partial, Progress, run_job
+from ..jobs import Partial, Progress, run_job, subjob
 from .features import (
     invariant_features,
     principal_components,
@@ -236,7 +235,7 @@ def _classical(p, m, *, n_classes, init_iterations, angular_step_deg, refine_lev
     job = iterative_average_job(p, particle_masks=m, iterations=init_iterations, angular_step_deg=angular_step_deg,
                                 refine_levels=refine_levels, max_shift_voxels=max_shift_voxels,
                                 voxel_size_angstrom=vox, device=device)
-    glob = yield from _drain(job, offset, total, "global average")
+    glob = yield from subjob(job, at=(offset, total), prefix="global average", partials=False)
     yield Partial("alignment", glob.alignment)
     q_max = 8 if n_components is None else int(n_components)
     pca = wedge_masked_pca(p, glob.alignment, glob.average, particle_masks=m, n_components=q_max,
@@ -281,7 +280,7 @@ def _classical_job(p, m, *, n_classes, iterations, init_iterations, angular_step
         job = refine_alignment_job(p[idx], refs[c], _subset(glob.alignment, idx), particle_masks=_masks_for(m, idx),
                                    max_angle_deg=angular_step_deg / 3.0, levels=1, max_shift_voxels=max_shift_voxels,
                                    max_frequency=fmax, device=device)
-        ali = yield from _drain(job, total - 1, total, f"class {c + 1}: local refinement")
+        ali = yield from subjob(job, at=(total - 1, total), prefix=f"class {c + 1}: local refinement", partials=False)
         rot[idx], ori[idx], sc[idx] = ali.rotations, ali.origins_voxels, ali.scores
     alignment = AlignmentResult(rot, ori, sc, "exhaustive", seconds=time.perf_counter() - t0)
     avgs, _ = _class_averages(p, m, labels, alignment, k, vox=vox, device=device)
@@ -316,7 +315,8 @@ def _split_class(p, m, labels, poses, big, c, *, step, total, label, sub):
     against its own half's average). Returns the indices of the particles moved to ``c``, or None
     when the sub-clustering left a half empty."""
     idx = np.flatnonzero((labels == big) | (labels == c))
-    r = yield from _drain(_joint_job(p[idx], _masks_for(m, idx), n_classes=2, **sub), step, total, label)
+    r = yield from subjob(_joint_job(p[idx], _masks_for(m, idx), n_classes=2, **sub), at=(step, total), prefix=label,
+                          partials=False)
     halves = [np.flatnonzero(r.classes == h) for h in (0, 1)]
     if min(len(h) for h in halves) == 0:
         return None
@@ -375,7 +375,8 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
             job = iterative_average_job(p[idx], particle_masks=_masks_for(m, idx), iterations=init_iterations,
                                         angular_step_deg=angular_step_deg, refine_levels=refine_levels,
                                         max_shift_voxels=max_shift_voxels, voxel_size_angstrom=vox, device=device)
-            r = yield from _drain(job, step, total, f"class {c + 1}: reference-free average")
+            r = yield from subjob(job, at=(step, total), prefix=f"class {c + 1}: reference-free average",
+                                  partials=False)
             avgs[c], res[c] = r.average, r.fsc.resolution_0143
     yield Partial("averages", avgs)
     step += 1
@@ -406,7 +407,8 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
                 job = refine_alignment_job(p, refs[c], poses[c], particle_masks=m, max_angle_deg=angular_step_deg / 3,
                                            levels=1, max_shift_voxels=max_shift_voxels, max_frequency=fmax,
                                            device=device)
-            poses[c] = yield from _drain(job, step, total, f"iteration {it + 1}: particles vs class {c + 1}")
+            poses[c] = yield from subjob(job, at=(step, total), prefix=f"iteration {it + 1}: particles vs class {c + 1}",
+                                         partials=False)
             scores[:, c] = poses[c].scores
         fresh = set()
         step += 1
@@ -460,7 +462,8 @@ def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_st
                                             angular_step_deg=angular_step_deg, refine_levels=refine_levels,
                                             max_shift_voxels=max_shift_voxels, voxel_size_angstrom=vox,
                                             device=device)
-                r = yield from _drain(job, step, total, f"iteration {it + 1}: re-seeding class {c + 1}")
+                r = yield from subjob(job, at=(step, total), prefix=f"iteration {it + 1}: re-seeding class {c + 1}",
+                                      partials=False)
                 avgs[c], res[c] = r.average, r.fsc.resolution_0143
                 _set_poses(poses, c, take, r.alignment)
                 fresh.add(c)

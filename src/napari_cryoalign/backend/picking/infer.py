@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from .._tensor import resolve_device
 from ..jobs import Event, Partial, Progress, run_job
-from .picker import Picker, check_tomogram, normalise_block, resolve_device, tomogram_stats
+from .picker import Picker, check_tomogram, normalise_block, tomogram_stats
 from .targets import output_to_input_xyz
 
 __all__ = [

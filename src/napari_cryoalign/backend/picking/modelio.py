@@ -22,8 +22,9 @@ import torch
 
 from ...errors import InputError
 from ...io import atomic_write, check_output_path
+from .._tensor import resolve_device
 from .model import NetConfig, PickerNet
-from .picker import Picker, resolve_device
+from .picker import Picker
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_picker", "load_picker", "picker_to_bytes"]
 

@@ -11,30 +11,17 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from .._tensor import resolve_device
 from .model import OUTPUT_STRIDE, NetConfig, PickerNet
 
 __all__ = [
     "Picker",
-    "resolve_device",
     "tomogram_stats",
     "normalise_block",
     "check_tomogram",
     "check_labels",
     "diameter_voxels",
 ]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given (None = CPU)."""
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("a device this machine has ('cpu', or 'cuda' with a GPU, or 'auto')", field="device",
-                         got=str(device))
-    return dev
 
 
 @dataclass

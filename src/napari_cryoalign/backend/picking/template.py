@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
+from .._tensor import resolve_device
 from ..fourier import ctf_3d, frequency_radius, missing_wedge_mask, resample_voxel_size, sphere_mask
 from ..geometry import matrix_to_euler, rotate_volume, rotation_grid
 from ..jobs import Event, Partial, Progress, run_job
 from .infer import Picks, find_peaks
-from .picker import check_tomogram, resolve_device
+from .picker import check_tomogram
 
 __all__ = ["TemplateMatchResult", "template_match_job", "template_match", "prepare_template", "false_alarm_threshold"]
 

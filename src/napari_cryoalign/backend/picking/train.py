@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ..jobs import Event, Partial, Progress, run_job
+from .._tensor import resolve_device
+from ..jobs import Event, Partial, Progress, run_job, subjob
 from .infer import Picks, find_peaks, predict_heatmap_job
 from .losses import consistency_loss, debiased_contrastive_loss, pu_focal_loss
 from .model import NetConfig
@@ -42,7 +43,6 @@ from .picker import (
     check_tomogram,
     diameter_voxels,
     normalise_block,
-    resolve_device,
     tomogram_stats,
 )
 from .targets import heatmap_sigma, input_to_output_zyx, make_targets, mark_negatives
@@ -298,7 +298,8 @@ def train_picker_job(
             if preview_every_s is not None and time.monotonic() >= next_preview:
                 t0 = time.monotonic()
                 net.eval()
-                heat = yield from _quiet(predict_heatmap_job(picker, tomogram, stats=(centre_val, scale_val)))
+                heat = yield from subjob(predict_heatmap_job(picker, tomogram, stats=(centre_val, scale_val)),
+                                         progress=False)
                 xyz, sc = find_peaks(heat, min_distance=dvox / 2, threshold=preview_threshold)
                 net.train()
                 yield Partial("heatmap", heat)
@@ -345,17 +346,6 @@ def _label_scores(net, labels: np.ndarray, crop_origin, crop_at) -> np.ndarray:
             sl = tuple(slice(max(0, v - 1), min(n, v + 2)) for v, n in zip(k, prob.shape))
             out[i] = float(prob[sl].max())
     return out
-
-
-def _quiet(job):
-    """Run a sub-job, swallowing its Progress events (its result is returned)."""
-    try:
-        while True:
-            ev = next(job)
-            if isinstance(ev, Partial):
-                yield ev
-    except StopIteration as stop:
-        return stop.value
 
 
 def train_picker(tomogram, labels_xyz, *, progress: bool = False, **kwargs) -> TrainResult:

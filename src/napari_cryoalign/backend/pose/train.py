@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from ..geometry import rotate_image
-from ..jobs import Partial, Progress, run_job
+from ..jobs import Partial, Progress, run_job, subjob
 from ..symmetry import normalize_symmetry, point_group
 from .data import (
     ParticleData,
@@ -267,7 +267,10 @@ def train_pose_model_job(data: ParticleData, *, symmetry: str = "C1", halves=(1,
                                          total_steps=total_steps)
             step += int(epochs) * max(1, idx.size // batch_size)
             nets[h], history[h] = net, hist
-            rec = yield from _reference_job(small.subset(idx), sym, device)
+            rec = yield from subjob(reconstruct_half_maps_job(small.subset(idx), symmetry=sym, half_maps=False,
+                                                              device=device),
+                                    prefix="reference map", partials=False)
+            rec = rec.volume
             refs[h] = rec
             yield Partial("reference", rec)
     finally:
@@ -280,18 +283,6 @@ def train_pose_model_job(data: ParticleData, *, symmetry: str = "C1", halves=(1,
                 "seconds": time.perf_counter() - t0}
     return PoseModel(nets=nets, references=refs, config=config, symmetry=sym,
                      pixel_size_angstrom=small.pixel_size_angstrom, box=data.box, training=training)
-
-
-def _reference_job(small: ParticleData, symmetry: str, device):
-    """Reconstruction of the (downsampled) training particles from their true poses."""
-    gen = reconstruct_half_maps_job(small, symmetry=symmetry, half_maps=False, device=device)
-    try:
-        while True:
-            ev = next(gen)
-            if isinstance(ev, Progress):
-                yield Progress(ev.step, ev.total, "reference map: " + ev.message)
-    except StopIteration as stop:
-        return stop.value.volume
 
 
 def train_pose_model(data: ParticleData, **kwargs) -> PoseModel:

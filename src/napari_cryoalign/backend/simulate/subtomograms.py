@@ -41,16 +41,21 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ..fourier import ctf_3d, frequency_radius, missing_wedge_mask
-from ..geometry import euler_to_matrix, matrix_to_euler, random_rotations, transform_reference_to_particle
+from ..fourier import ctf_3d
+from ..geometry import (
+    euler_to_matrix,
+    matrix_to_euler,
+    random_rotations,
+    transform_reference_to_particle,
+)
 from ..jobs import Partial, Progress, run_job
+from ..wedge import observed_fourier_mask
 from .structures import list_structures, load_structure_map
 
 __all__ = [
     "SubtomogramSet",
     "simulate_subtomograms",
     "simulate_subtomograms_job",
-    "observed_fourier_mask",
     "write_subtomogram_set",
     "sample_subtomograms",
 ]
@@ -112,21 +117,6 @@ class SubtomogramSet:
     def masks(self) -> np.ndarray:
         """The observed Fourier mask of every particle ``(n, z, y, x)`` (a read-only broadcast view)."""
         return np.broadcast_to(self.mask, self.volumes.shape)
-
-
-def observed_fourier_mask(
-    shape: tuple[int, int, int],
-    *,
-    tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
-    rfft: bool = True,
-    device="cpu",
-) -> torch.Tensor:
-    """Missing-wedge mask times the Nyquist sphere ``|k| <= 1/2`` (unshifted; rfft layout by default)."""
-    sphere = (frequency_radius(shape, rfft=rfft, device=device) <= 0.5 + 1e-9).to(torch.float32)
-    if tilt_range_deg is None:
-        return sphere
-    lo, hi = tilt_range_deg
-    return sphere * missing_wedge_mask(shape, tilt_min_deg=lo, tilt_max_deg=hi, rfft=rfft, device=device)
 
 
 def _check(structures, n_per_class, box, voxel, snr, max_shift, defocus, frac):
@@ -358,8 +348,8 @@ def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, o
     -------
     dict with the paths: ``star``, ``params``, ``mask``, ``references`` (list), ``folder``.
     """
-    from ...io.mrc import write_mrc
     from ...io._atomic import write_json
+    from ...io.mrc import write_mrc
     from ...io.star import write_subtomograms
 
     out = Path(out_dir)
