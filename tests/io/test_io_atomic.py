@@ -109,3 +109,29 @@ def test_write_json_atomic_and_refuses_overwrite(tmp_path):
     write_json(p, {"x": 2}, overwrite=True)
     assert json.loads(p.read_text()) == {"x": 2}
     assert [q.name for q in tmp_path.iterdir()] == ["a.json"]  # no temporary files left
+
+
+def test_model_file_round_trip_and_plain_header(tmp_path):
+    import numpy as np
+    import torch
+
+    from napari_cryoalign.io.modelfile import jsonable, model_file_bytes, read_model_file, write_model_file
+
+    class Version(str):
+        pass
+
+    header = {"n": np.int64(3), "x": np.float32(0.5), "shape": (2, 3), "arr": np.arange(3), "v": Version("2.13"),
+              1: None}
+    state = {"w": torch.ones(2, requires_grad=True)}
+    path = write_model_file(tmp_path / "m.pt", format_name="napari-cryoalign-test", version=1, header=header,
+                            state_dict=state, extra={"optimizer_state": None})
+    obj = read_model_file(path, format_name="napari-cryoalign-test", max_version=1, what="test model")
+    assert obj["header"]["n"] == 3 and type(obj["header"]["n"]) is int
+    assert obj["header"]["shape"] == [2, 3] and obj["header"]["arr"] == [0, 1, 2]
+    assert type(obj["header"]["v"]) is str and obj["header"]["1"] is None and "created" in obj["header"]
+    assert torch.equal(obj["state_dict"]["w"], torch.ones(2)) and obj["optimizer_state"] is None
+    assert jsonable({"a": (np.float64(1.5),)}) == {"a": [1.5]}
+    with pytest.raises(InputError):  # never replaced silently
+        write_model_file(path, format_name="napari-cryoalign-test", version=1, header={}, state_dict=state)
+    raw = model_file_bytes(format_name="napari-cryoalign-test", version=1, header={}, state_dict=state)
+    assert raw[:2] == b"PK"  # a torch zip archive

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ...io import atomic_write, check_output_path
+from ...io.modelfile import read_model_file, write_model_file
 from ..geometry import shift_phase_ramp
 from ..jobs import Partial, Progress
 from .gumnet import (
@@ -72,26 +72,6 @@ DEFAULT_WEIGHTS = "gumnet_default.pt"
 
 
 # --------------------------------------------------------------------------------- model files
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, str):
-        return str(x)  # plain str: subclasses (torch.__version__) would not load with weights_only
-    if isinstance(x, bool) or x is None:
-        return x
-    if isinstance(x, int):
-        return int(x)
-    if isinstance(x, float):
-        return float(x)
-    if hasattr(x, "item") and getattr(x, "size", 1) == 1:
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
-
-
 def save_model(model: GumNet, path: str | os.PathLike, *, metadata: dict | None = None,
                overwrite: bool = False) -> Path:
     """Write ``model`` to ``path`` atomically (temporary file in the same folder, then rename).
@@ -109,22 +89,11 @@ def save_model(model: GumNet, path: str | os.PathLike, *, metadata: dict | None 
     """
     if not isinstance(model, GumNet):
         raise InputError("a GumNet model", field="model", got=type(model).__name__)
-    path = check_output_path(path, overwrite=overwrite)
     meta = dict(getattr(model, "metadata", None) or {})
     meta.update(metadata or {})
-    payload = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "header": {
-            "architecture": model.config.to_dict(),
-            "metadata": _jsonable(meta),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
-    with atomic_write(path, mode="wb", overwrite=overwrite) as f:
-        torch.save(payload, f)
-    return path
+    return write_model_file(path, format_name=FORMAT_NAME, version=FORMAT_VERSION,
+                            header={"architecture": model.config.to_dict(), "metadata": meta},
+                            state_dict=model.state_dict(), overwrite=overwrite)
 
 
 def load_model(path: str | os.PathLike, *, device="cpu") -> GumNet:
@@ -140,8 +109,6 @@ def load_model(path: str | os.PathLike, *, device="cpu") -> GumNet:
         file; ``"version"`` a newer format; ``"architecture"`` / ``"state_dict"`` weights that
         do not fit the described network.
     """
-    from ...io.modelfile import read_model_file
-
     p = Path(path)
     obj = read_model_file(p, format_name=FORMAT_NAME, max_version=FORMAT_VERSION, what="Gum-Net model")
     header, state = obj["header"], obj["state_dict"]

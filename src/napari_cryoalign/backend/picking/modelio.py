@@ -13,15 +13,11 @@ raises :class:`~napari_cryoalign.errors.InputError` naming the file and what is 
 
 from __future__ import annotations
 
-import io as _io
 import os
-import time
 from pathlib import Path
 
-import torch
-
 from ...errors import InputError
-from ...io import atomic_write, check_output_path
+from ...io.modelfile import model_file_bytes, read_model_file, write_model_file
 from .._tensor import resolve_device
 from .model import NetConfig, PickerNet
 from .picker import Picker
@@ -32,50 +28,26 @@ FORMAT_NAME = "napari-cryoalign-picker"
 FORMAT_VERSION = 1
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    if hasattr(x, "item"):
-        return x.item()
-    return str(x)
-
-
-def _payload(picker: Picker) -> dict:
+def _model_file(picker: Picker) -> dict:
     header = {
         "diameter_angstrom": float(picker.diameter_angstrom),
         "voxel_size": float(picker.voxel_size),
         "class_prior": float(picker.class_prior),
         "net_config": picker.net_config.to_dict(),
-        "training": _jsonable(picker.training),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "training": picker.training,
     }
-    state = {k: v.detach().cpu().clone() for k, v in picker.net.state_dict().items()}
-    return {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "header": header,
-        "state_dict": state,
-        "optimizer_state": picker.optimizer_state,
-    }
+    return {"format_name": FORMAT_NAME, "version": FORMAT_VERSION, "header": header,
+            "state_dict": picker.net.state_dict(), "extra": {"optimizer_state": picker.optimizer_state}}
 
 
 def picker_to_bytes(picker: Picker) -> bytes:
     """The model file's bytes (for tests and in-memory copies)."""
-    buf = _io.BytesIO()
-    torch.save(_payload(picker), buf)
-    return buf.getvalue()
+    return model_file_bytes(**_model_file(picker))
 
 
 def save_picker(path: str | os.PathLike, picker: Picker, *, overwrite: bool = False) -> Path:
     """Write ``picker`` to ``path`` atomically (temporary file + rename). Returns the path."""
-    path = check_output_path(path, overwrite=overwrite)
-    with atomic_write(path, mode="wb", overwrite=overwrite) as f:
-        torch.save(_payload(picker), f)
-    return path
+    return write_model_file(path, **_model_file(picker), overwrite=overwrite)
 
 
 def load_picker(path: str | os.PathLike, *, device="cpu") -> Picker:
@@ -89,8 +61,6 @@ def load_picker(path: str | os.PathLike, *, device="cpu") -> Picker:
         another tool; ``"version"`` a newer format; ``"state_dict"`` weights that do not fit
         the network described by the header.
     """
-    from ...io.modelfile import read_model_file
-
     p = Path(path)
     obj = read_model_file(p, format_name=FORMAT_NAME, max_version=FORMAT_VERSION, what="picker model")
     header, state = obj["header"], obj["state_dict"]

@@ -14,15 +14,13 @@ reconstruction of its training particles (used by the shift search and refinemen
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...errors import InputError
-from ...io import atomic_write, check_output_path
-from ..picking.modelio import _jsonable
+from ...io.modelfile import read_model_file, write_model_file
 from .model import PoseNet, PoseNetConfig
 from .train import PoseModel
 
@@ -34,20 +32,16 @@ FORMAT_VERSION = 1
 
 def save_pose_model(path: str | os.PathLike, model: PoseModel, *, overwrite: bool = False) -> Path:
     """Write ``model`` atomically (temporary file + rename); refuses to replace a file unless ``overwrite``."""
-    path = check_output_path(path, overwrite=overwrite)
     state = {}
     for h, net in model.nets.items():
         for k, v in net.state_dict().items():
-            state[f"net{h}.{k}"] = v.detach().cpu().clone()
+            state[f"net{h}.{k}"] = v
         state[f"reference{h}"] = torch.as_tensor(np.asarray(model.references[h], dtype=np.float32))
     header = {"config": model.config.to_dict(), "symmetry": model.symmetry,
               "pixel_size_angstrom": float(model.pixel_size_angstrom), "box": int(model.box),
-              "halves": [int(h) for h in model.halves], "training": _jsonable(model.training),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "header": header, "state_dict": state}
-    with atomic_write(path, mode="wb", overwrite=overwrite) as f:
-        torch.save(payload, f)
-    return path
+              "halves": [int(h) for h in model.halves], "training": model.training}
+    return write_model_file(path, format_name=FORMAT_NAME, version=FORMAT_VERSION, header=header, state_dict=state,
+                            overwrite=overwrite)
 
 
 def load_pose_model(path: str | os.PathLike, *, device="cpu") -> PoseModel:
@@ -56,8 +50,6 @@ def load_pose_model(path: str | os.PathLike, *, device="cpu") -> PoseModel:
     Raises :class:`InputError` naming the file: missing, unreadable, another format, a newer
     version, or weights that do not fit the network the header describes (``field="state_dict"``).
     """
-    from ...io.modelfile import read_model_file
-
     p = Path(path)
     obj = read_model_file(p, format_name=FORMAT_NAME, max_version=FORMAT_VERSION, what="pose model")
     header, state = obj["header"], obj["state_dict"]
