@@ -2,7 +2,9 @@
 
 * MRC (``.mrc .rec .map .st .mrcs .ali``, also ``.gz``/``.bz2``): an image layer with
   ``scale`` from the header's voxel size in Å, ``(vz, vy, vx)``; stacks (tilt series,
-  particle stacks) get scale 1 on the stack axis. Large files are memory-mapped.
+  particle stacks) get scale 1 on the stack axis. Large files are memory-mapped. An IMOD
+  angle file beside a 3D file (``<stem>.tlt`` or ``<stem>.rawtlt``, one angle per image)
+  goes into the metadata as ``tilt_angles_deg``, so "Markers & deformation" finds it.
 * STAR: a points layer at ``(z, y, x)`` = ``(rlnCoordinateZ, Y, X)`` (0-based voxels), with
   every column of the particle table kept in ``features``. The layer scale is the voxel
   size found in the STAR file (optics/general blocks) or in the header of the tomogram it
@@ -86,6 +88,8 @@ def mrc_layer_data(path: str | os.PathLike) -> tuple:
             "shape": tuple(int(s) for s in data.shape),
         }
     }
+    if data.ndim == 3:
+        meta["napari_cryoalign"].update(_tilt_angles_beside(path, n_images=int(data.shape[0])))
     kwargs = {
         "name": Path(path).name,
         "scale": scale,
@@ -95,6 +99,25 @@ def mrc_layer_data(path: str | os.PathLike) -> tuple:
     }
     kwargs["axis_labels"] = axis_labels
     return (data, kwargs, "image")
+
+
+def _tilt_angles_beside(path, *, n_images: int) -> dict:
+    """``{"tilt_angles_deg", "tlt_path"}`` from an IMOD angle file next to a stack (``<stem>.tlt``, else
+    ``<stem>.rawtlt``) with one angle per image; ``{}`` when there is none (or it does not fit)."""
+    from .io import read_tlt
+    from .io._kinds import file_stem
+
+    p = Path(path)
+    for suffix in (".tlt", ".rawtlt"):
+        tlt = p.with_name(file_stem(p) + suffix)
+        if tlt.is_file():
+            try:
+                angles = read_tlt(tlt, n_tilts=n_images)
+            except (CryoAlignError, OSError, ValueError) as exc:
+                log.warning("%s: not used for %s: %s", tlt, p.name, exc)
+                continue
+            return {"tilt_angles_deg": [float(a) for a in angles], "tlt_path": str(tlt.resolve())}
+    return {}
 
 
 def _contrast_limits(data: np.ndarray) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._layer_geometry import plugin_metadata, voxel_size_from
 from .errors import InputError
 
 _COORD_COLUMNS = {
@@ -42,16 +43,11 @@ def write_points(path: str, data, meta: dict) -> list[str]:
         raise InputError(
             "a points layer with 3D (z, y, x) coordinates", path=path, field="layer data", got=f"shape {points.shape}"
         )
-    info = (meta.get("metadata") or {}).get("napari_cryoalign", {})
+    info = plugin_metadata(meta.get("metadata"))
     source = info.get("path")
     if source and Path(source).exists() and Path(source).resolve() == Path(path).resolve():
         raise InputError("an output path different from the file the layer was read from", path=path, field="output")
-    scale = meta.get("scale")
-    voxel = info.get("voxel_size_angstrom")
-    if isinstance(voxel, (list, tuple)):
-        voxel = voxel[0]
-    if voxel is None and scale is not None and float(scale[-1]) != 1.0:
-        voxel = float(scale[-1])
+    voxel = voxel_size_from(meta.get("metadata"), meta.get("scale"))
     features = meta.get("features")
     extra = None
     tomo_name = info.get("tomo_name") or meta.get("name")

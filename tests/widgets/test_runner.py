@@ -94,10 +94,10 @@ def test_error_goes_to_handler_not_exception(qtbot):
 
 
 def test_default_error_handler_is_a_notification(qtbot, monkeypatch):
-    import napari_cryoalign.widgets._runner as runner_mod
+    import napari.utils.notifications as notifications
 
     shown = []
-    monkeypatch.setattr(runner_mod, "show_error", shown.append)
+    monkeypatch.setattr(notifications, "show_error", shown.append)  # what the one error reporter calls
     r = JobRunner("picker", show_progress=False)
     r.start(failing_job())
     qtbot.waitUntil(lambda: len(shown) == 1, timeout=10_000)

@@ -1,15 +1,52 @@
-"""Shared pieces of the dock widgets: a Run/Cancel/progress row and layer updates in place."""
+"""Shared pieces of the dock widgets: a Run/Cancel/progress row, the one error reporter, the one
+export path, and layer updates in place.
+
+* :func:`report_error` - every failure a widget meets (a job that raised, a button handler
+  that raised, bad parameters) becomes a napari notification and the widget's status line;
+  unexpected exceptions also go to the log with their traceback. The widget stays usable.
+* :func:`handler` - decorator for button handlers and other slots: an exception becomes
+  :meth:`JobWidget.report` instead of escaping into Qt.
+* :meth:`JobWidget.export_files` - every "Export" / "Save" button writes through it: never over a
+  file the viewer has open or the widget reads, never over an existing file unless the
+  widget's "overwrite existing files" box is ticked (all outputs are checked before the first
+  one is written), writers atomic.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from .._layer_geometry import layer_path
 from ..backend.jobs import Job, Partial
+from ..errors import CryoAlignError
+from ._errors import OVERWRITE_TEXT, report_error
 from ._runner import JobRunner, RunState
 
-__all__ = ["JobWidget", "add_or_update_layer", "show_particles_in_thick_slices"]
+__all__ = ["JobWidget", "add_or_update_layer", "handler", "report_error", "show_particles_in_thick_slices"]
+
+T = TypeVar("T")
+
+
+def handler(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Decorate a :class:`JobWidget` method run by a button or signal: an exception is reported, not raised.
+
+    The method returns None when it failed.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the widget keeps running
+            self.report(exc)
+            return None
+
+    return wrapper
 
 
 def add_or_update_layer(viewer, layer_data: tuple) -> Any:
@@ -73,7 +110,10 @@ class JobWidget(QWidget):
     Subclasses put their parameter widgets into ``self.form_layout``, implement
     :meth:`make_job` (returns a backend job generator) and :meth:`on_result`, and may
     override :meth:`on_partial`. Pressing Run starts a job (cancelling a running one:
-    the newest request wins); Cancel stops it at its next yield.
+    the newest request wins); Cancel stops it at its next yield. Other buttons that start a
+    job call :meth:`start` with their own job maker; every failure goes through
+    :meth:`report`, every file written through :meth:`export_files` (with ``self.overwrite``, the
+    box :meth:`make_overwrite_box` makes).
     """
 
     job_name = "job"
@@ -85,8 +125,10 @@ class JobWidget(QWidget):
             self.job_name,
             on_partial=self._handle_partial,
             on_done=self._handle_done,
+            on_error=self.report,
             on_state=self._show_state,
         )
+        self.overwrite = None  #: the "overwrite existing files" box (see make_overwrite_box)
         outer = QVBoxLayout(self)
         self.form_layout = QVBoxLayout()
         outer.addLayout(self.form_layout)
@@ -120,20 +162,72 @@ class JobWidget(QWidget):
     def on_result(self, result) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def input_files(self) -> list[Path]:
+        """Files this widget reads besides the viewer's layers (reference maps, angle files...)."""
+        return []
+
     # -- machinery -------------------------------------------------------------------------
     def run(self) -> int | None:
         """Start the job with the current parameters; returns its token (None if the parameters are bad)."""
-        from napari.utils.notifications import show_error
+        return self.start(self.make_job)
 
-        from ..errors import CryoAlignError
-
+    def start(self, make_job: Callable[[], Job]) -> int | None:
+        """Make a job with ``make_job()`` and run it (cancelling a running one); None if making it failed."""
         try:
-            job = self.make_job()
-        except (CryoAlignError, ValueError) as exc:
-            show_error(f"{self.job_name}: {exc}")
-            self.status.setText(f"error: {exc}")
+            job = make_job()
+        except Exception as exc:  # noqa: BLE001 - bad parameters or a failing set-up: a message, never a crash
+            self.report(exc)
             return None
         return self.runner.start(job)
+
+    def report(self, exc: BaseException) -> str:
+        """Show a failure (notification, status line, traceback in the log for the unexpected)."""
+        return report_error(self.job_name, exc, status=self.status)
+
+    def make_overwrite_box(self):
+        """The widget's "overwrite existing files" box (unticked), used by :meth:`export_files`."""
+        from magicgui.widgets import CheckBox
+
+        self.overwrite = CheckBox(text=OVERWRITE_TEXT, value=False)
+        return self.overwrite
+
+    def protected_files(self) -> list[Path]:
+        """Files no export may write over: every file a layer of the viewer was read from, and :meth:`input_files`."""
+        paths = [layer_path(layer) for layer in self.viewer.layers]
+        return [p for p in paths + list(self.input_files()) if p is not None]
+
+    def export_files(self, outputs: Sequence[str | Path], write: Callable[[bool], T], *, done: str) -> T | None:
+        """The one way a widget writes files.
+
+        Parameters
+        ----------
+        outputs : every file ``write`` will create (folders: the folder); checked before anything is written
+        write : ``write(overwrite)`` does the writing with the writers of :mod:`napari_cryoalign.io`
+            (atomic, refusing an existing file unless ``overwrite``) and returns what to give back
+        done : the message shown on success
+
+        Returns what ``write`` returned, or None after reporting why nothing (more) was written.
+        """
+        from napari.utils.notifications import show_info
+
+        from ..io import check_output_path, ensure_not_input
+
+        overwrite = bool(self.overwrite is not None and self.overwrite.value)
+        try:
+            protected = self.protected_files()
+            for out in outputs:
+                if out is None or str(out) in ("", "."):
+                    raise CryoAlignError("expected an output file name (got none)")
+                ensure_not_input(out, *protected)
+                if not Path(out).is_dir():
+                    check_output_path(out, overwrite=overwrite)
+            result = write(overwrite)
+        except Exception as exc:  # noqa: BLE001 - reported; nothing is half-written (writers are atomic)
+            self.report(exc)
+            return None
+        show_info(f"{self.job_name}: {done}")
+        self.status.setText(done)
+        return result
 
     def _handle_partial(self, partial: Partial) -> None:
         self.on_partial(partial)
@@ -141,8 +235,13 @@ class JobWidget(QWidget):
     def _handle_done(self, result) -> None:
         self.on_result(result)
 
+    def _run_text(self) -> str:
+        """The Run button's text while nothing runs."""
+        return "Run"
+
     def _show_state(self, state: RunState) -> None:
-        self.run_button.setText("Restart" if state.running else "Run")
+        failure = self.status.text()  # a failure message stays visible after the run settles
+        self.run_button.setText("Restart" if state.running else self._run_text())
         self.cancel_button.setEnabled(state.running)
         if state.total:
             self.progress_bar.setRange(0, int(state.total))
@@ -152,4 +251,6 @@ class JobWidget(QWidget):
         else:
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(1 if state.message == "done" else 0)
+        if state.message == "failed" and failure.startswith("error:"):
+            return
         self.status.setText(state.message or ("running" if state.running else "ready"))

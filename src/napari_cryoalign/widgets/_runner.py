@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 from napari.qt.threading import GeneratorWorker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
 from ..backend.jobs import Job, Partial, Progress
-from ..errors import CryoAlignError
+from ._errors import report_error
 
 __all__ = ["JobRunner", "RunState"]
 
@@ -231,11 +231,7 @@ class JobRunner:
         if self.on_error is not None:
             self.on_error(exc)
             return
-        if isinstance(exc, CryoAlignError):
-            show_error(f"{self.name}: {exc}")
-        else:
-            log.error("%s failed", self.name, exc_info=exc)
-            show_error(f"{self.name} failed: {type(exc).__name__}: {exc}")
+        report_error(self.name, exc)
 
     def _close_pbar(self) -> None:
         if self._pbar is not None:

@@ -27,13 +27,13 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
+from .._layer_geometry import layer_array, voxel_size_from
 from ..backend.jobs import Job, Partial
-from ._base import JobWidget, add_or_update_layer
-from ._particles import ParticleInputs
+from ._base import JobWidget, add_or_update_layer, handler
+from ._particles import SCORE, ParticleInputs
 
 REFERENCES = ("reference-free", "image layer", "MRC file")
 METHODS = ("exhaustive", "learned", "learned+refine")
-SCORE = "cryoalignCorrelation"
 
 
 class FSCPlot(FigureCanvasQTAgg):
@@ -85,6 +85,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "aligned.star"))
         self.export_button = PushButton(text="Export STAR")
         self.remove_button.enabled = self.export_button.enabled = False
+        self.make_overwrite_box()
         self.form = Container(widgets=[*particle_inputs, self.ref_kind,
                                        self.ref_layer, self.ref_file, self.method, self.angular_step, self.iterations,
                                        self.candidates, self.tilt_min, self.tilt_max])
@@ -99,7 +100,8 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.table.setMinimumHeight(120)
         self.table.itemSelectionChanged.connect(self._select_points)
         self.form_layout.addWidget(self.table)
-        self.after = Container(widgets=[self.threshold, self.remove_button, self.export_file, self.export_button])
+        self.after = Container(widgets=[self.threshold, self.remove_button, self.export_file, self.overwrite,
+                                        self.export_button])
         self.form_layout.addWidget(self.after.native)
         self.source.changed.connect(self._show_inputs)
         self.ref_kind.changed.connect(self._show_inputs)
@@ -109,7 +111,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
         self._show_inputs()
-        self.pset = None  # what the running / last job aligned: dict with rows, coordinates, voxel size, ...
+        self.pset = None  # the ParticleSource the running / last job aligned
         self.last_alignment = None
         self.last_result = None
 
@@ -123,6 +125,11 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.ref_file.visible = self.ref_kind.value == "MRC file"
         self.candidates.visible = self.method.value != "exhaustive"
 
+    def input_files(self) -> list[Path]:
+        ref = self.ref_file.value if self.ref_kind.value == "MRC file" else None
+        star = self.star.value if self.source.value != "points on tomogram" else None
+        return [Path(p) for p in (ref, star) if p is not None and str(p) not in ("", ".")]
+
     def _reference(self, box: int, voxel: float):
         from ..errors import InputError
 
@@ -131,17 +138,19 @@ class AlignWidget(ParticleInputs, JobWidget):
         if self.ref_kind.value == "image layer":
             if not self.ref_layer.value:
                 raise InputError("a reference image layer", field="reference", got="none")
-            ref = np.asarray(self.viewer.layers[self.ref_layer.value].data, dtype=np.float32)
+            layer = self.viewer.layers[self.ref_layer.value]
+            # a layer without a voxel size (added by hand) is taken at the particles' voxel size
+            rv = voxel_size_from(layer.metadata, layer.scale) or voxel
+            ref, where = np.asarray(layer_array(layer), dtype=np.float32), layer.name
         else:
             from ..io import read_mrc
             from ..io.mrc import voxel_size_isotropic
 
             vol = read_mrc(self.ref_file.value)
-            rv = voxel_size_isotropic(vol)
-            if abs(rv - voxel) > 1e-3 * voxel:
-                raise InputError(f"the particles' voxel size ({voxel:g} Å)", path=self.ref_file.value,
-                                 field="voxel_size", got=f"{rv:g} Å")
-            ref = np.asarray(vol.data, dtype=np.float32)
+            ref, rv, where = np.asarray(vol.data, dtype=np.float32), voxel_size_isotropic(vol), self.ref_file.value
+        if abs(rv - voxel) > 1e-3 * voxel:
+            raise InputError(f"the particles' voxel size ({voxel:g} Å)", path=where, field="voxel_size",
+                             got=f"{rv:g} Å")
         if ref.shape != (box,) * 3:
             raise InputError(f"a reference of the box size {(box,) * 3}", field="reference", got=f"{ref.shape}")
         return ref
@@ -151,22 +160,21 @@ class AlignWidget(ParticleInputs, JobWidget):
         from ..backend.wedge import particle_fourier_mask
 
         pset = self._load_particles()
-        box = pset["volumes"].shape[-1]
-        ref = self._reference(box, pset["voxel"])
-        mask = particle_fourier_mask(box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
+        ref = self._reference(pset.box, pset.voxel)
+        mask = particle_fourier_mask(pset.box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
         self.pset = pset
         self.fsc_plot.ax.clear()
         self.fsc_plot.draw_idle()
-        return align_average_job(pset["volumes"], reference=ref, particle_masks=mask,
+        return align_average_job(pset.volumes, reference=ref, particle_masks=mask,
                                  method=self.method.value, iterations=int(self.iterations.value),
-                                 angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset["voxel"],
+                                 angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset.voxel,
                                  candidates=int(self.candidates.value))
 
     # -- live updates ----------------------------------------------------------------------
     def on_partial(self, partial: Partial) -> None:
         if self.pset is None:
             return
-        v = self.pset["voxel"]
+        v = self.pset.voxel
         if partial.name == "average":
             add_or_update_layer(self.viewer, (np.asarray(partial.value), {"name": "aligned average", "scale": (v, v, v),
                                                                           "colormap": "gray"}, "image"))
@@ -181,7 +189,7 @@ class AlignWidget(ParticleInputs, JobWidget):
 
     def _show_alignment(self, ali) -> None:
         self.last_alignment = ali
-        rows = self.pset["rows"]
+        rows = self.pset.rows
         scores = np.asarray(ali.scores, dtype=float)
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(rows))
@@ -193,11 +201,11 @@ class AlignWidget(ParticleInputs, JobWidget):
             sitem.setData(0, float(s))
             self.table.setItem(i, 1, sitem)
         self.table.setSortingEnabled(True)
-        name = self.pset.get("points")
+        name = self.pset.points
         if name is None or name not in self.viewer.layers:
             return
         pts = self.viewer.layers[name]
-        if len(pts.data) != len(self.pset["zyx"]):
+        if len(pts.data) != len(self.pset.zyx):
             return  # the layer changed since the run started
         n = len(pts.data)
         feats = pts.features.copy() if len(pts.features) == n else None
@@ -208,7 +216,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         eul = np.full((n, 3), np.nan)
         eul[rows] = ali.euler_deg
         ori = np.full((n, 3), np.nan)
-        ori[rows] = (np.asarray(ali.origins_voxels) - self.pset["resid"]) * self.pset["voxel"]
+        ori[rows] = self.pset.origins_angstrom(ali)
         col = np.full(n, np.nan)
         col[rows] = scores
         for j, c in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
@@ -219,13 +227,12 @@ class AlignWidget(ParticleInputs, JobWidget):
         pts.features = feats
         from .._layers import orientation_vectors
 
-        box = self.pset["volumes"].shape[-1]
-        vec = orientation_vectors(np.asarray(pts.data)[rows], ali.euler_deg, length=box / 3)
+        vec = orientation_vectors(np.asarray(pts.data)[rows], ali.euler_deg, length=self.pset.box / 3)
         add_or_update_layer(self.viewer, (vec, {"name": f"{name} orientations", "scale": tuple(pts.scale),
                                                 "edge_color": "cyan", "edge_width": 0.6}, "vectors"))
 
     def _select_points(self) -> None:
-        name = self.pset.get("points") if self.pset else None
+        name = self.pset.points if self.pset else None
         if name is None or name not in self.viewer.layers:
             return
         chosen = {int(self.table.item(i.row(), 0).data(0)) for i in self.table.selectionModel().selectedRows()}
@@ -236,16 +243,17 @@ class AlignWidget(ParticleInputs, JobWidget):
         if self.last_alignment is None or self.last_alignment is not result.alignment:
             self._show_alignment(result.alignment)
         self.remove_button.enabled = self.export_button.enabled = True
-        skipped = self.pset["skipped"] if self.pset else []
+        skipped = self.pset.skipped if self.pset else []
         msg = f"averaged {len(result.alignment)} particles; FSC 0.143 at {result.fsc.resolution_0143:.1f} Å"
         if skipped:
             msg += f"; skipped {len(skipped)}: " + "; ".join(f"#{s.row} {s.reason}" for s in skipped[:5])
         self.status.setText(msg)
 
     # -- actions ---------------------------------------------------------------------------
+    @handler
     def remove_below(self, *_) -> int:
         """Delete the points whose correlation is below the threshold; returns how many."""
-        name = self.pset.get("points") if self.pset else None
+        name = self.pset.points if self.pset else None
         if name is None or name not in self.viewer.layers:
             self.status.setText("removing needs particles from a points layer")
             return 0
@@ -262,33 +270,12 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.status.setText(f"removed {len(bad)} particles below {self.threshold.value:g}; run again to re-average")
         return len(bad)
 
+    @handler
     def export_star(self, *_) -> Path | None:
         """Write the aligned particles (coordinates, angles, origins, correlation) to a STAR file."""
-        from napari.utils.notifications import show_error
-
-        from ..errors import CryoAlignError
-
         if self.last_result is None or self.pset is None:
             return None
-        ali = self.last_result.alignment
         out = Path(self.export_file.value)
-        try:
-            if self.pset.get("pset") is not None:
-                from ..backend.align.extract import write_aligned_star
-
-                path = write_aligned_star(out, self.pset["pset"], ali, overwrite=True)
-            else:
-                from ..io import write_particles
-
-                rows = self.pset["rows"]
-                v = self.pset["voxel"]
-                ori = (np.asarray(ali.origins_voxels) - self.pset["resid"]) * v
-                path = write_particles(out, coordinates_xyz=self.pset["zyx"][rows][:, ::-1], euler_deg=ali.euler_deg,
-                                       origins_angstrom=ori, tomo_name=self.pset["tomo_name"], voxel_size=v,
-                                       tomogram_shape=self.pset["shape"], extra_columns={SCORE: np.asarray(ali.scores)},
-                                       overwrite=True)
-        except (CryoAlignError, OSError) as exc:
-            show_error(f"Export STAR: {exc}")
-            return None
-        self.status.setText(f"wrote {path}")
-        return path
+        ali = self.last_result.alignment
+        return self.export_files([out], lambda overwrite: self.pset.write_star(out, ali, overwrite=overwrite),
+                           done=f"wrote {len(ali)} particles to {out}")

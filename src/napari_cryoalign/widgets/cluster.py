@@ -17,7 +17,6 @@ in the viewer highlights them in the plot. A class can be merged into another or
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +36,12 @@ from matplotlib.widgets import LassoSelector
 
 from .._layers import class_colors
 from ..backend.jobs import Job, Partial
-from ._base import JobWidget, add_or_update_layer
-from ._particles import ParticleInputs
+from ._base import JobWidget, add_or_update_layer, handler
+from ._particles import SCORE, ParticleInputs
 
 METHODS = ("joint", "classical")
 CLASS = "rlnClassNumber"
 CONFIDENCE = "rlnMaxValueProbDistribution"
-SCORE = "cryoalignCorrelation"
 DISCARDED = -1
 
 
@@ -157,7 +155,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
                                     value=str(Path.cwd() / "clusters.star"))
         self.export_button = PushButton(text="Export STAR + averages")
         self.after = Container(widgets=[self.edit_class, self.into_class, self.merge_button, self.discard_button,
-                                        self.export_file, self.export_button])
+                                        self.export_file, self.make_overwrite_box(), self.export_button])
         self.form_layout.addWidget(self.after.native)
         self._set_editable(False)
         self.source.changed.connect(self._show_inputs)
@@ -189,18 +187,18 @@ class ClusterWidget(ParticleInputs, JobWidget):
         from ..backend.wedge import particle_fourier_mask
 
         pset = self._load_particles()
-        box = pset["volumes"].shape[-1]
+        box = pset.box
         mask = particle_fourier_mask(box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
         k = "estimate" if self.estimate.value else int(self.n_classes.value)
-        job = cluster_subtomograms_job(pset["volumes"], n_classes=k, method=self.method.value,
+        job = cluster_subtomograms_job(pset.volumes, n_classes=k, method=self.method.value,
                                        particle_masks=mask,
                                        iterations=int(self.iterations.value),
                                        angular_step_deg=float(self.angular_step.value),
-                                       refine_levels=int(self.refine_levels.value), voxel_size_angstrom=pset["voxel"])
+                                       refine_levels=int(self.refine_levels.value), voxel_size_angstrom=pset.voxel)
         self.pset = pset
         self.result = self.classes = self.confidence = self.embedding = self.averages = self.alignment = None
         self._set_editable(False)
-        self._link_layer(pset.get("points"))
+        self._link_layer(pset.points)
         return job
 
     # -- live updates ----------------------------------------------------------------------
@@ -236,13 +234,13 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self._set_editable(True)
         sizes = ", ".join(f"{c + 1}: {s}" for c, s in enumerate(result.class_sizes))
         msg = f"{len(self.classes)} particles in {result.n_classes} classes ({result.method}); sizes {sizes}"
-        skipped = self.pset["skipped"] if self.pset else []
+        skipped = self.pset.skipped if self.pset else []
         if skipped:
             msg += f"; skipped {len(skipped)}: " + "; ".join(f"#{s.row} {s.reason}" for s in skipped[:5])
         self.status.setText(msg)
 
     def _show_averages(self) -> None:
-        v = self.pset["voxel"]
+        v = self.pset.voxel
         for c, avg in enumerate(self.averages):
             name = f"class {c + 1} average"
             if self.classes is not None and len(self.classes) and not np.any(self.classes == c) \
@@ -260,7 +258,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
         if layer is None:
             return
         n = len(layer.data)
-        rows = self.pset["rows"]
+        rows = self.pset.rows
         feats = layer.features.copy() if len(layer.features) == n else None
         import pandas as pd
 
@@ -292,11 +290,11 @@ class ClusterWidget(ParticleInputs, JobWidget):
 
     # -- the plot <-> layer link -----------------------------------------------------------
     def _layer(self):
-        name = self.pset.get("points") if self.pset else None
+        name = self.pset.points if self.pset else None
         if name is None or name not in self.viewer.layers:
             return None
         layer = self.viewer.layers[name]
-        return layer if len(layer.data) == len(self.pset["zyx"]) else None  # the layer changed since the run
+        return layer if len(layer.data) == len(self.pset.zyx) else None  # the layer changed since the run
 
     def _link_layer(self, name) -> None:
         if self._linked_layer is not None:
@@ -316,7 +314,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
             return
         self._syncing = True
         try:
-            layer.selected_data = {int(self.pset["rows"][i]) for i in indices}
+            layer.selected_data = {int(self.pset.rows[i]) for i in indices}
         finally:
             self._syncing = False
 
@@ -324,7 +322,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
         """Layer -> plot: highlight the selected points' particles (no echo back)."""
         if self._syncing or self.pset is None or self._linked_layer is None:
             return
-        where = {int(r): i for i, r in enumerate(self.pset["rows"])}
+        where = {int(r): i for i, r in enumerate(self.pset.rows)}
         chosen = [where[int(j)] for j in self._linked_layer.selected_data if int(j) in where]
         self.plot.select(chosen, notify=False)
 
@@ -341,6 +339,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
     def _class_of(name) -> int | None:
         return None if not name else int(str(name).split()[-1]) - 1
 
+    @handler
     def merge_class(self, source: int, target: int) -> int:
         """Move every particle of class ``source`` (0-based) into ``target``; returns how many moved.
 
@@ -357,6 +356,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self.status.setText(f"merged class {source + 1} into class {target + 1} ({moved} particles)")
         return moved
 
+    @handler
     def discard_class(self, cls: int) -> int:
         """Mark the particles of class ``cls`` (0-based) as discarded (left out of the export); returns how many."""
         if self.classes is None or cls is None:
@@ -374,46 +374,28 @@ class ClusterWidget(ParticleInputs, JobWidget):
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
 
+    def input_files(self) -> list[Path]:
+        star = self.star.value if self.source.value != "points on tomogram" else None
+        return [] if star is None or str(star) in ("", ".") else [Path(star)]
+
+    @handler
     def export(self, *_) -> Path | None:
         """Write the kept particles with ``rlnClassNumber`` (1-based), poses and confidence, plus the class averages
         as ``<stem>_class_NNN.mrc`` beside the STAR file."""
-        from napari.utils.notifications import show_error
-
-        from ..backend.align.types import AlignmentResult
-        from ..errors import CryoAlignError
         from ..io import write_mrc
 
         if self.classes is None or self.alignment is None or self.pset is None:
             return None
         out = Path(self.export_file.value)
         keep = np.flatnonzero(self.classes != DISCARDED)
-        ali = AlignmentResult(np.asarray(self.alignment.rotations)[keep],
-                              np.asarray(self.alignment.origins_voxels)[keep],
-                              np.asarray(self.alignment.scores)[keep], self.alignment.method)
         extra = {CLASS: self.classes[keep] + 1, CONFIDENCE: np.asarray(self.confidence)[keep]}
-        v = self.pset["voxel"]
-        try:
-            if self.pset.get("pset") is not None:
-                from ..backend.align.extract import write_aligned_star
+        classes = sorted(set(self.classes[keep].tolist()))
+        maps = {c: out.with_name(f"{out.stem}_class_{c + 1:03d}.mrc") for c in classes}
 
-                ps = self.pset["pset"]
-                sub = dataclasses.replace(ps, rows=ps.rows[keep], extraction_origins_voxels=ps.extraction_origins_voxels[keep])
-                path = write_aligned_star(out, sub, ali, overwrite=True, extra_columns=extra)
-            else:
-                from ..io import write_particles
+        def write(overwrite: bool) -> Path:
+            path = self.pset.write_star(out, self.alignment, keep=keep, extra_columns=extra, overwrite=overwrite)
+            for c, where in maps.items():
+                write_mrc(where, self.averages[c], voxel_size=self.pset.voxel, overwrite=overwrite)
+            return path
 
-                rows = self.pset["rows"][keep]
-                ori = (np.asarray(ali.origins_voxels) - self.pset["resid"][keep]) * v
-                path = write_particles(out, coordinates_xyz=self.pset["zyx"][rows][:, ::-1], euler_deg=ali.euler_deg,
-                                       origins_angstrom=ori, tomo_name=self.pset["tomo_name"], voxel_size=v,
-                                       tomogram_shape=self.pset["shape"],
-                                       extra_columns={**extra, SCORE: np.asarray(ali.scores)}, overwrite=True)
-            written = [path]
-            for c in sorted(set(self.classes[keep].tolist())):
-                written.append(write_mrc(out.with_name(f"{out.stem}_class_{c + 1:03d}.mrc"), self.averages[c],
-                                         voxel_size=v, overwrite=True))
-        except (CryoAlignError, OSError) as exc:
-            show_error(f"Export STAR: {exc}")
-            return None
-        self.status.setText(f"wrote {path} and {len(written) - 1} class averages")
-        return path
+        return self.export_files([out, *maps.values()], write, done=f"wrote {out} and {len(maps)} class averages")

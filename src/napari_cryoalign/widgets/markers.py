@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from magicgui.widgets import (
-    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -34,8 +33,9 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
+from .._layer_geometry import layer_array, layer_voxel_size, plugin_metadata, tomogram_name
 from ..backend.jobs import Job, Partial
-from ._base import JobWidget, add_or_update_layer
+from ._base import JobWidget, add_or_update_layer, handler
 
 POINTS = "markers"
 VECTORS = "deformation vectors"
@@ -63,7 +63,7 @@ class MarkersWidget(JobWidget):
         self.arrow_scale = FloatSpinBox(label="arrow scale", value=1.0, min=0.1, max=100.0, step=0.5)
         self.threshold = FloatSlider(label="min weight", value=0.0, min=0.0, max=1.0, step=0.05)
         self.out_dir = FileEdit(label="export to", mode="d", value=str(Path.cwd() / "markers_out"))
-        self.overwrite = CheckBox(label="overwrite", value=False)
+        self.make_overwrite_box()
         self.export_button = PushButton(text="Export markers + deformation")
         self.export_button.enabled = False
         self.form = Container(widgets=[self.layer, self.tlt, self.order, self.bead, self.degree, self.levels,
@@ -110,6 +110,9 @@ class MarkersWidget(JobWidget):
         v = str(edit.value).strip()
         return v if v and v != "." and Path(v).is_file() else None
 
+    def input_files(self) -> list[Path]:
+        return [Path(p) for p in (self._path(self.tlt), self._path(self.order)) if p is not None]
+
     # -- job ---------------------------------------------------------------------------------
     def make_job(self) -> Job:
         from ..backend.markers.find import find_markers_job
@@ -121,23 +124,24 @@ class MarkersWidget(JobWidget):
         if not name or name not in self.viewer.layers:
             raise InputError("a tilt-series image layer (n_tilts, y, x)", field="tilt series", got=name)
         layer = self.viewer.layers[name]
-        data = np.asarray(layer.data)
-        meta = layer.metadata.get("napari_cryoalign", {}) if isinstance(layer.metadata, dict) else {}
+        data = np.asarray(layer_array(layer))
+        meta = plugin_metadata(layer.metadata)
         tlt = self._path(self.tlt)
         if tlt is not None:
-            angles = read_tlt(tlt)
+            angles = read_tlt(tlt, n_tilts=data.shape[0])
         elif "tilt_angles_deg" in meta:
             angles = np.asarray(meta["tilt_angles_deg"], dtype=np.float64)
         else:
-            raise InputError("a .tlt file with one angle per image", field="angles", got="none")
+            raise InputError("a .tlt file with one angle per image (chosen here, or <stack name>.tlt beside the "
+                             "stack's file)", field="angles", got="none")
         order_file = self._path(self.order)
         if order_file is not None:
             order = read_acquisition_order(order_file, n_tilts=data.shape[0])
         else:
             order = (meta.get("truth") or {}).get("acquisition_order")
-        pixel_nm = float(layer.scale[-1]) / 10.0
+        pixel_nm = layer_voxel_size(layer) / 10.0
         self._scale = tuple(float(s) for s in layer.scale)
-        self._data_name = name
+        self._data_name = tomogram_name(layer)
         self._losses = np.zeros(0)
         self._geometry = None
         self._order = order
@@ -262,22 +266,16 @@ class MarkersWidget(JobWidget):
             if "weight" in layer.features:
                 layer.shown = layer.features["weight"].to_numpy() >= float(self.threshold.value)
 
+    @handler
     def export(self, *_):
         """Write the markers above the weight threshold and the deformation into the export folder."""
-        from napari.utils.notifications import show_error, show_info
-
         from ..backend.markers.export import write_results
-        from ..errors import CryoAlignError
 
         if self.result is None:
             return None
-        try:
-            paths = write_results(self.out_dir.value, self.result.select(float(self.threshold.value)),
-                                  acquisition_order=self._order, overwrite=bool(self.overwrite.value),
-                                  tomo_name=str(self._data_name))
-        except (CryoAlignError, OSError) as exc:
-            show_error(f"{self.job_name}: {exc}")
-            self.status.setText(f"error: {exc}")
-            return None
-        show_info(f"wrote {len(paths)} files to {self.out_dir.value}")
-        return paths
+        out = Path(self.out_dir.value)
+        selected = self.result.select(float(self.threshold.value))
+        return self.export_files(
+            [out], lambda overwrite: write_results(out, selected, acquisition_order=self._order, overwrite=overwrite,
+                                                   tomo_name=str(self._data_name)),
+            done=f"wrote the markers and the deformation to {out}")

@@ -12,6 +12,7 @@ computation is in :mod:`napari_cryoalign.backend.pose`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 
 from ..backend.jobs import Job, Partial
-from ._base import JobWidget, add_or_update_layer
+from ._base import JobWidget, add_or_update_layer, handler
 from ._plots import LossPlot, ScoreHistogram
 from .align import FSCPlot
 
@@ -79,6 +80,7 @@ class PoseWidget(JobWidget):
         self.threshold = FloatSlider(label="confidence ≥", value=0.0, min=0.0, max=1.0, step=0.01)
         self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "poses.star"))
         self.export_button = PushButton(text="Export STAR")
+        self.make_overwrite_box()
         self.save_model_file = FileEdit(label="save model", mode="w", filter="*.pt", value=str(Path.cwd() / "pose_model.pt"))
         self.save_model_button = PushButton(text="Save model")
         self.export_button.enabled = self.save_model_button.enabled = False
@@ -92,7 +94,7 @@ class PoseWidget(JobWidget):
         for w in (self.loss_plot, self.fsc_plot, self.orientation_plot, self.histogram):
             self.form_layout.addWidget(w)
         self.after = Container(widgets=[self.threshold, self.export_file, self.export_button, self.save_model_file,
-                                        self.save_model_button])
+                                        self.save_model_button, self.overwrite])
         self.form_layout.addWidget(self.after.native)
         self.load_button.changed.connect(self.load_particles)
         self.mode.changed.connect(self._show_inputs)
@@ -109,24 +111,22 @@ class PoseWidget(JobWidget):
         self.epochs.visible = self.grid_level.visible = training
 
     # -- loading ---------------------------------------------------------------------------
+    @handler
     def load_particles(self, *_):
         """Read the STAR file and its stack (synchronously: reading is fast); show the stack."""
-        from napari.utils.notifications import show_error
-
         from ..backend.pose.data import load_particle_data
-        from ..errors import CryoAlignError
 
-        try:
-            self.data = load_particle_data(Path(self.star.value))
-        except (CryoAlignError, OSError) as exc:
-            show_error(f"{self.job_name}: {exc}")
-            self.status.setText(f"error: {exc}")
-            return None
+        self.data = None
+        self.data = load_particle_data(Path(self.star.value))
         px = self.data.pixel_size_angstrom
         add_or_update_layer(self.viewer, (self.data.images, {"name": "particle images", "scale": (1.0, px, px)}, "image"))
         self.status.setText(f"loaded {self.data.n} particles, {self.data.box}² px at {px:g} Å"
                             + ("" if self.data.rotations is None else " (with poses)"))
         return self.data
+
+    def input_files(self) -> list[Path]:
+        files = [self.star.value] + ([self.model_file.value] if self.mode.value != MODES[0] else [])
+        return [Path(p) for p in files if p is not None and str(p) not in ("", ".")]
 
     # -- the job ---------------------------------------------------------------------------
     def make_job(self) -> Job:
@@ -204,40 +204,35 @@ class PoseWidget(JobWidget):
             shown[self.selected()] = True
             layer.shown = shown
 
+    @handler
     def export_star(self, *_):
-        from napari.utils.notifications import show_error, show_info
-
+        """Write the particles at or above the confidence threshold with their poses (STAR)."""
         from ..backend.pose.export import write_predicted_star
-        from ..backend.pose.predict import PosePrediction
-        from ..errors import CryoAlignError
 
         if self.last_run is None:
             return None
         keep = self.selected()
-        p = self.last_run.prediction
-        sub = PosePrediction(rotations=p.rotations[keep], euler_deg=p.euler_deg[keep],
-                             origins_angstrom=p.origins_angstrom[keep], confidence=p.confidence[keep],
-                             grid_rotations=p.grid_rotations[keep], network_half=p.network_half[keep],
-                             refined=p.refined, seconds=p.seconds, map_search=p.map_search,
-                             log_likelihood=None if p.log_likelihood is None else p.log_likelihood[keep])
-        try:
-            out = write_predicted_star(Path(self.export_file.value), self.data.subset(keep), sub, overwrite=True)
-        except (CryoAlignError, OSError) as exc:
-            show_error(f"{self.job_name}: {exc}")
-            return None
-        show_info(f"wrote {len(keep)} poses to {out}")
-        return out
+        sub = _rows(self.last_run.prediction, keep)
+        data, out = self.data.subset(keep), Path(self.export_file.value)
+        return self.export_files([out], lambda overwrite: write_predicted_star(out, data, sub, overwrite=overwrite),
+                                 done=f"wrote {len(keep)} poses to {out}")
 
+    @handler
     def save_model(self, *_):
-        from napari.utils.notifications import show_error
-
+        """Write the trained (or loaded) pose networks to the model file."""
         from ..backend.pose.modelio import save_pose_model
-        from ..errors import CryoAlignError
 
         if self.last_run is None:
             return None
-        try:
-            return save_pose_model(Path(self.save_model_file.value), self.last_run.model, overwrite=True)
-        except (CryoAlignError, OSError) as exc:
-            show_error(f"{self.job_name}: {exc}")
-            return None
+        out = Path(self.save_model_file.value)
+        return self.export_files([out], lambda overwrite: save_pose_model(out, self.last_run.model,
+                                                                          overwrite=overwrite),
+                                 done=f"saved the pose model to {out}")
+
+
+def _rows(prediction, keep):
+    """The prediction of the particles ``keep`` only: every per-particle array indexed, the rest kept."""
+    n = len(prediction.confidence)
+    per_particle = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
+    return dataclasses.replace(prediction, **{k: v[keep] for k, v in per_particle.items()
+                                              if isinstance(v, np.ndarray) and v.ndim and len(v) == n})

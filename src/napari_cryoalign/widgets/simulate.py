@@ -14,7 +14,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushBu
 
 from .. import _layers
 from ..backend.jobs import Job, as_job
-from ._base import JobWidget, add_or_update_layer
+from ._base import JobWidget, add_or_update_layer, handler
 
 KINDS = {
     "Tomogram with particles (picking)": "tomogram",
@@ -69,8 +69,9 @@ class SimulateWidget(JobWidget):
         self.out_dir = FileEdit(label="save to", mode="d", value=str(Path.cwd() / "simulated"))
         self.save_button = PushButton(text="Save last result to folder")
         self.save_button.enabled = False
+        self.make_overwrite_box()
         widgets = [self.kind, self.seed] + [w for group in self._groups.values() for w in group]
-        self.form = Container(widgets=widgets + [self.out_dir, self.save_button])
+        self.form = Container(widgets=widgets + [self.out_dir, self.overwrite, self.save_button])
         self.form_layout.addWidget(self.form.native)
         self.kind.changed.connect(self._show_group)
         self.save_button.changed.connect(self.save_last)
@@ -149,37 +150,30 @@ class SimulateWidget(JobWidget):
         self.save_button.enabled = True
         self.status.setText(f"simulated {kind}: {len(layers)} layers")
 
+    @handler
     def save_last(self, *_) -> dict | None:
-        """Write the last result with the same writer as ``cryoalign simulate`` (atomic; refuses to overwrite)."""
-        from napari.utils.notifications import show_error, show_info
-
-        from ..errors import CryoAlignError
-
+        """Write the last result with the same writer as ``cryoalign simulate`` (atomic; refuses to overwrite
+        unless the overwrite box is ticked)."""
         if self.last_result is None:
             return None
-        out = Path(self.out_dir.value)
-        try:
-            files = _write(self.last_kind, self.last_result, out)
-        except (CryoAlignError, OSError) as exc:
-            show_error(f"Simulate: {exc}")
-            return None
-        show_info(f"Simulate: wrote {self.last_kind} to {out}")
-        return files
+        out, kind, result = Path(self.out_dir.value), self.last_kind, self.last_result
+        return self.export_files([out], lambda overwrite: _write(kind, result, out, overwrite=overwrite),
+                                 done=f"wrote the simulated {kind} to {out}")
 
 
-def _write(kind: str, result, out: Path) -> dict:
+def _write(kind: str, result, out: Path, *, overwrite: bool) -> dict:
     if kind == "tomogram":
         from ..backend.simulate.tomogram import write_tomogram_simulation
 
-        return write_tomogram_simulation(result, out)
+        return write_tomogram_simulation(result, out, overwrite=overwrite)
     if kind == "subtomograms":
         from ..backend.simulate.subtomograms import write_subtomogram_set
 
-        return write_subtomogram_set(result, out)
+        return write_subtomogram_set(result, out, overwrite=overwrite)
     if kind == "tiltseries":
         from ..backend.simulate.markers import write_marker_tiltseries
 
-        return write_marker_tiltseries(result, out)
+        return write_marker_tiltseries(result, out, overwrite=overwrite)
     from ..backend.simulate.particles import write_particle_set
 
-    return write_particle_set(result, out)
+    return write_particle_set(result, out, overwrite=overwrite)
