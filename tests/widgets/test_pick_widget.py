@@ -169,7 +169,8 @@ def test_click_labels_train_threshold_export(opened, qtbot, sim, tomo_file, tmp_
     assert str(len(picks_layer.data)) in w.n_picks.value
     # min distance reruns only the peak finder on the kept heatmap
     w.min_distance.value = 300.0
-    assert len(w.runner.state.history) == runs
+    qtbot.waitUntil(lambda: not w.peaks_runner.running, timeout=30_000)  # the peak finder runs in a worker
+    assert len(w.runner.state.history) == runs and w.peaks_runner.state.history[-1] == "finished"
     xyz = w.picks.coordinates_xyz
     d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1) + np.eye(len(xyz)) * 1e9
     assert d.min() >= 30.0 - 1e-6

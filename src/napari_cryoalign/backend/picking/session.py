@@ -1,0 +1,133 @@
+"""Picking sessions: the jobs behind the "Pick particles" widget, as compositions of the picking jobs.
+
+An interactive session keeps *all* candidate peaks above a low score floor
+(:data:`PICKER_SCORE_FLOOR`, :data:`TEMPLATE_SCORE_FLOOR`; at most :data:`MAX_CANDIDATES`), so
+that moving the score threshold only filters them and a new minimum distance only reruns the
+peak finder on the kept score map (:func:`find_candidates`). Each job returns a
+:class:`PickOutcome`:
+
+* :func:`train_and_pick_job` - train (or continue training) the picker on the labels, then
+  tiled inference and peaks on the whole tomogram;
+* :func:`pick_with_model_job` - inference and peaks with a given (loaded) picker;
+* :func:`template_candidates_job` - template matching, with the rotation of each peak.
+
+No computation of their own beyond bookkeeping; nothing here knows about Qt or napari.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..jobs import Job, Partial, Progress, subjob
+from .infer import Picks, find_peaks, pick_job
+
+__all__ = [
+    "MAX_CANDIDATES",
+    "PICKER_SCORE_FLOOR",
+    "TEMPLATE_SCORE_FLOOR",
+    "PickOutcome",
+    "find_candidates",
+    "pick_with_model_job",
+    "template_candidates_job",
+    "train_and_pick_job",
+]
+
+#: candidates below these scores are not kept (heatmap probability / normalised cross-correlation)
+PICKER_SCORE_FLOOR = 0.02
+TEMPLATE_SCORE_FLOOR = 0.0
+#: at most this many candidates are kept (highest first)
+MAX_CANDIDATES = 50_000
+
+
+@dataclass(frozen=True)
+class PickOutcome:
+    """What a picking session's job produced.
+
+    Attributes
+    ----------
+    method : "picker" or "template"
+    picks : candidate :class:`~.infer.Picks` (down to the score floor), sorted by decreasing score
+    score_map : :class:`~.infer.Heatmap` (picker) or the ``(z, y, x)`` NCC volume (template)
+    best_rotation : ``(z, y, x)`` rotation index per voxel (template) or None
+    euler_grid : ``(n_rotations, 3)`` RELION angles (degrees) of the rotation grid (template) or None
+    picker : the trained / used :class:`~.picker.Picker` or None
+    suggested_threshold : template: the NCC that noise exceeds once in the search, else None
+    """
+
+    method: str
+    picks: Any
+    score_map: Any
+    best_rotation: np.ndarray | None = None
+    euler_grid: np.ndarray | None = None
+    picker: Any = None
+    suggested_threshold: float | None = None
+
+
+def train_and_pick_job(tomogram, labels_xyz, *, picker=None, min_distance_angstrom: float | None = None,
+                       voxel_size: float, path=None, **train_kwargs) -> Job[PickOutcome]:
+    """Train the picker on ``labels_xyz`` (or continue ``picker``), then find every candidate in ``tomogram``.
+
+    Parameters
+    ----------
+    tomogram : ``(z, y, x)`` array or memmap
+    labels_xyz : ``(n, 3)`` labelled particles, 0-based voxels (x, y, z)
+    picker : a picker to continue training, or None for a new one
+    min_distance_angstrom : minimum distance between candidates in Å (None: the particle radius)
+    voxel_size : Å per voxel of the tomogram
+    path : the tomogram's file, for messages
+    train_kwargs : the options of :func:`~.train.train_picker_job` (diameter, iterations, device, ...)
+
+    Yields the training job's events, ``Partial("heatmap")`` at the end; returns a :class:`PickOutcome`.
+    """
+    from .train import train_picker_job
+
+    res = yield from train_picker_job(tomogram, labels_xyz, picker=picker, voxel_size=voxel_size, path=path,
+                                      **train_kwargs)
+    yield Progress(0, None, "picking with the trained model")
+    picks, heat = yield from subjob(pick_job(res.picker, tomogram, threshold=PICKER_SCORE_FLOOR, voxel_size=voxel_size,
+                                             min_distance_angstrom=min_distance_angstrom, max_picks=MAX_CANDIDATES,
+                                             path=path), partials=False)
+    yield Partial("heatmap", heat)
+    return PickOutcome("picker", picks, heat, picker=res.picker)
+
+
+def pick_with_model_job(picker, tomogram, *, min_distance_angstrom: float | None = None, voxel_size: float,
+                        path=None, device=None) -> Job[PickOutcome]:
+    """Tiled inference of ``picker`` on ``tomogram`` and every candidate above the floor (no training)."""
+    picks, heat = yield from subjob(pick_job(picker, tomogram, threshold=PICKER_SCORE_FLOOR, voxel_size=voxel_size,
+                                             min_distance_angstrom=min_distance_angstrom, max_picks=MAX_CANDIDATES,
+                                             path=path, device=device), partials=False)
+    yield Partial("heatmap", heat)
+    return PickOutcome("picker", picks, heat, picker=picker)
+
+
+def template_candidates_job(tomogram, template, **kwargs) -> Job[PickOutcome]:
+    """Template matching (:func:`~.template.template_match_job`, same options), every peak above the floor."""
+    from .template import template_match_job
+
+    res = yield from template_match_job(tomogram, template, threshold=TEMPLATE_SCORE_FLOOR, max_picks=MAX_CANDIDATES,
+                                        **kwargs)
+    return PickOutcome("template", res.picks, res.scores, best_rotation=res.best_rotation, euler_grid=res.euler_deg,
+                       suggested_threshold=res.suggested_threshold)
+
+
+def find_candidates(score_map, *, method: str, min_distance_voxels: float, best_rotation=None,
+                    euler_grid=None) -> Picks:
+    """The candidates of a kept score map at a new minimum distance (only the peak finder reruns).
+
+    Parameters
+    ----------
+    score_map : :class:`~.infer.Heatmap` (``method="picker"``) or the ``(z, y, x)`` NCC volume ("template")
+    min_distance_voxels : minimum distance between candidates, tomogram voxels
+    best_rotation, euler_grid : template matching's rotation index per voxel and grid angles, to give
+        each candidate its orientation
+    """
+    floor = PICKER_SCORE_FLOOR if method == "picker" else TEMPLATE_SCORE_FLOOR
+    xyz, sc = find_peaks(score_map, min_distance=min_distance_voxels, threshold=floor, max_picks=MAX_CANDIDATES)
+    if method == "picker" or best_rotation is None:
+        return Picks(xyz, sc)
+    ii = np.round(xyz).astype(np.int64).reshape(-1, 3)
+    return Picks(xyz, sc, np.asarray(euler_grid)[best_rotation[ii[:, 2], ii[:, 1], ii[:, 0]]].reshape(-1, 3))

@@ -1,0 +1,54 @@
+"""The picking session's jobs (what the "Pick particles" widget runs): candidates down to the floor,
+the rotation of each template peak, only the peak finder for a new minimum distance."""
+
+import numpy as np
+
+from napari_cryoalign.backend.jobs import Partial, run_job
+from napari_cryoalign.backend.picking import Picker
+from napari_cryoalign.backend.picking.infer import Heatmap
+from napari_cryoalign.backend.picking.session import (
+    PICKER_SCORE_FLOOR,
+    find_candidates,
+    pick_with_model_job,
+)
+
+
+def _blobs(shape, centres_zyx, heights, sigma=1.5):
+    z, y, x = np.indices(shape)
+    out = np.zeros(shape, np.float32)
+    for (cz, cy, cx), h in zip(centres_zyx, heights):
+        out += h * np.exp(-((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma**2))
+    return out
+
+
+def test_find_candidates_of_a_template_score_map_carry_the_rotation_of_their_voxel():
+    ncc = _blobs((16, 24, 24), [(5, 6, 7), (10, 18, 16)], [0.9, 0.6])
+    best_rotation = np.zeros(ncc.shape, dtype=np.int64)
+    best_rotation[10, 18, 16] = 2
+    grid = np.array([[0.0, 0.0, 0.0], [10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
+    picks = find_candidates(ncc, method="template", min_distance_voxels=4.0, best_rotation=best_rotation,
+                            euler_grid=grid)
+    np.testing.assert_allclose(picks.coordinates_xyz[:2], [[7, 6, 5], [16, 18, 10]])
+    np.testing.assert_allclose(picks.euler_deg[:2], [grid[0], grid[2]])
+    # a minimum distance beyond their separation (15.8 voxels) keeps only the higher peak
+    far = find_candidates(ncc, method="template", min_distance_voxels=20.0, best_rotation=best_rotation,
+                          euler_grid=grid)
+    assert len(far) == 1 and np.allclose(far.coordinates_xyz[0], [7, 6, 5])
+
+
+def test_find_candidates_of_a_heatmap_keep_the_floor():
+    data = _blobs((8, 12, 12), [(3, 4, 4), (4, 9, 9)], [0.8, 0.01])
+    picks = find_candidates(Heatmap(data, (2, 2, 2)), method="picker", min_distance_voxels=3.0)
+    assert picks.euler_deg is None and np.all(picks.scores >= PICKER_SCORE_FLOOR)
+    np.testing.assert_allclose(picks.coordinates_xyz[0], [2 * 4, 2 * 4, 2 * 3], atol=1.0)
+
+
+def test_pick_with_model_job_returns_every_candidate_and_shows_the_heatmap():
+    rng = np.random.default_rng(0)
+    tomo = rng.normal(size=(24, 48, 48)).astype(np.float32)
+    picker = Picker.new(diameter_angstrom=80.0, voxel_size=10.0)
+    partials = []
+    out = run_job(pick_with_model_job(picker, tomo, voxel_size=10.0), progress=False, on_partial=partials.append)
+    assert out.method == "picker" and out.picker is picker
+    assert [p.name for p in partials] == ["heatmap"] and isinstance(partials[0], Partial)
+    assert np.all(out.picks.scores >= PICKER_SCORE_FLOOR) and out.score_map is partials[0].value
