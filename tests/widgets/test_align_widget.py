@@ -97,3 +97,99 @@ def test_candidates_shown_for_the_learned_methods_and_passed_to_the_job(scene, m
     monkeypatch.setattr(average, "align_average_job", lambda *a, **kw: seen.update(kw) or iter(()))
     w.make_job()
     assert seen["method"] == "learned" and seen["candidates"] == 4
+
+
+def test_align_files_opened_with_the_reader(make_napari_viewer, qtbot, planted_files, tmp_path):
+    """The user's path: tomogram, particles and reference are files opened with the plugin's reader.
+
+    The reader stores the MRC header's voxel size (x, y, z) in the layer's metadata; reading
+    it as one number crashed this widget before (TypeError).
+    """
+    from conftest import open_files
+
+    f = planted_files
+    viewer = make_napari_viewer()
+    tomo, = open_files(viewer, f.tomogram)
+    pts, = open_files(viewer, f.particles)
+    assert tuple(tomo.metadata["napari_cryoalign"]["voxel_size_angstrom"]) == (VOX, VOX, VOX)
+    w = AlignWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.points.value, w.tomogram.value = pts.name, tomo.name
+    w.box.value = 24
+    w.ref_kind.value = "MRC file"
+    w.ref_file.value = str(f.references[0])
+    w.iterations.value = 1
+    w.tilt_min.value, w.tilt_max.value = -90.0, 90.0  # the planted copies have no missing wedge
+    assert w.run() is not None, w.status.text()
+    qtbot.waitUntil(lambda: not w.runner.running and w.last_result is not None, timeout=90_000)
+    eul = pts.features[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()[:4]
+    assert geodesic_angle_deg(euler_to_matrix(eul), f.rotations).max() < 6.0
+    score = pts.features[SCORE].to_numpy()
+    assert np.all(score[:4] > 0.3) and score[4] < 0.2
+    # export: never over an opened file, never over an existing file unless ticked
+    before = f.tomogram.read_bytes()
+    w.export_file.value = str(f.tomogram)
+    assert w.export_star() is None and "input" in w.status.text() and f.tomogram.read_bytes() == before
+    out = tmp_path / "aligned.star"
+    w.export_file.value = str(out)
+    assert w.export_star() == out
+    t = read_particles(out, require=("angles",))
+    assert set(t.data["rlnTomoName"]) == {"planted"} and "rlnCenteredCoordinateXAngst" in t.data
+    assert geodesic_angle_deg(euler_to_matrix(euler_deg(t))[:4], f.rotations).max() < 6.0
+    assert w.export_star() is None and "overwrite existing files" in w.status.text()
+    w.overwrite.value = True
+    assert w.export_star() == out
+
+
+def test_a_failing_job_and_a_failing_button_become_messages(make_napari_viewer, qtbot, planted_files, monkeypatch,
+                                                            caplog):
+    """Any exception in a job or a button handler: a napari notification, the traceback in the log, the
+    widget usable for the next run."""
+    import logging
+
+    import napari.utils.notifications as notifications
+
+    from napari_cryoalign.backend.align import average
+    from napari_cryoalign.backend.jobs import Progress
+    from conftest import open_files
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_error", shown.append)
+    real_job = average.align_average_job
+
+    def broken_job(*args, **kwargs):
+        yield Progress(0, 2, "about to fail")
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(average, "align_average_job", broken_job)
+    viewer = make_napari_viewer()
+    tomo, pts = open_files(viewer, planted_files.tomogram, planted_files.particles)
+    w = AlignWidget(viewer)
+    w.points.value, w.tomogram.value, w.box.value, w.iterations.value = pts.name, tomo.name, 24, 1
+    caplog.set_level(logging.ERROR)
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=30_000)
+    assert w.runner.state.history[-1] == "failed"
+    assert any("injected failure" in m for m in shown) and "RuntimeError: injected failure" in w.status.text()
+    assert any(r.exc_info and "injected failure" in str(r.exc_info[1]) for r in caplog.records)  # the traceback
+    # the widget is usable: the next run works
+    monkeypatch.setattr(average, "align_average_job", real_job)
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=90_000)
+    assert w.runner.state.history[-1] == "finished" and w.last_result is not None
+    # a button handler that fails (here the writer): a message, the traceback logged, nothing raised
+    shown.clear()
+    caplog.clear()
+
+    def broken_writer(*args, **kwargs):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(type(w.pset), "write_star", broken_writer)
+    w.export_file.value = str(planted_files.tomogram.with_name("out.star"))
+    assert w.export_star() is None
+    assert any("disk full" in m for m in shown) and "OSError" in w.status.text()
+    assert any(r.exc_info for r in caplog.records)
+    # and a bad parameter is a message, not an exception
+    w.ref_kind.value = "MRC file"
+    w.ref_file.value = str(planted_files.tomogram)  # the tomogram: not the particles' box
+    assert w.run() is None and "box size" in w.status.text()

@@ -106,3 +106,29 @@ def test_bad_input_is_a_message(scene):
     w.box.value = 40  # larger than the tomogram's z edge (32)
     assert w.run() is None
     assert "box" in w.status.text()
+
+
+def test_cluster_files_opened_with_the_reader(make_napari_viewer, qtbot, tmp_path):
+    """The user's path: the tomogram (MRC) and its particles (STAR) opened with the plugin's reader."""
+    from conftest import open_files, write_planted
+
+    f = write_planted(tmp_path / "data", structures=("ribosome", "mtor"), per_class=PER_CLASS, noise=0.7)
+    viewer = make_napari_viewer()
+    tomo, pts = open_files(viewer, f.tomogram, f.particles)
+    w = ClusterWidget(viewer)
+    w.points.value, w.tomogram.value = pts.name, tomo.name
+    w.box.value, w.n_classes.value, w.iterations.value, w.refine_levels.value = 24, 2, 1, 1
+    w.tilt_min.value, w.tilt_max.value = -90.0, 90.0  # the planted copies have no missing wedge
+    assert w.run() is not None, w.status.text()
+    qtbot.waitUntil(lambda: not w.runner.running and w.result is not None, timeout=120_000)
+    classes = pts.features[CLASS].to_numpy()
+    assert clustering_accuracy(f.classes, classes).accuracy >= 0.9
+    w.export_file.value = str(tmp_path / "clusters.star")
+    t = read_particles(w.export(), require=("coordinates3d", "angles"))
+    assert len(t) == len(f.classes) and set(t.data["rlnTomoName"]) == {"planted"}
+    avg = read_mrc(tmp_path / "clusters_class_002.mrc")
+    assert voxel_size_isotropic(avg) == pytest.approx(f.voxel)
+    # a second export to the same names is refused (all files checked before any is written)
+    (tmp_path / "clusters_class_001.mrc").unlink()
+    assert w.export() is None and "overwrite existing files" in w.status.text()
+    assert not (tmp_path / "clusters_class_001.mrc").exists()

@@ -90,3 +90,46 @@ def test_missing_angles_is_a_message(make_napari_viewer):
     w.layer.value = "plain"
     assert w.run() is None
     assert "angle" in w.status.text()
+
+
+def test_tilt_series_file_opened_with_the_reader(make_napari_viewer, qtbot, tmp_path):
+    """The user's path: the stack opened with the plugin's reader; its angles come from the IMOD ``.tlt``
+    beside it, the pixel size from the MRC header (not from a layer scale in nm)."""
+    from conftest import open_files
+
+    from napari_cryoalign.backend.simulate.markers import write_marker_tiltseries
+
+    model = PolynomialDeformation.from_terms({"z": {"1": 60.0, "x": -40.0, "y": 25.0}}, degree=1, variables="xy",
+                                             length_scale_nm=409.6)
+    ts = simulate_marker_tiltseries(geometry="3d", n_markers=4, bead_diameter_nm=15.0,
+                                    field_of_view_nm=(409.6, 409.6), thickness_nm=80.0, detector_shape=(32, 32),
+                                    tilt_range_deg=(-60, 60), n_tilts=21, endpoint=True, deformation=model,
+                                    profile="gaussian", profile_sigma_nm=15.0, noise="none", seed=3)
+    files = write_marker_tiltseries(ts, tmp_path / "ts", write_ideal=False)
+    viewer = make_napari_viewer()
+    layer, = open_files(viewer, files["tilt_series"])
+    meta = layer.metadata["napari_cryoalign"]
+    np.testing.assert_allclose(meta["tilt_angles_deg"], ts.tilt_angles_deg)
+    w = MarkersWidget(viewer)
+    w.layer.value = layer.name
+    assert str(w.tlt.value) in ("", ".")  # no angle file chosen: the one beside the stack is used
+    w.bead.value, w.sigma.value, w.thickness.value = 15.0, 15.0, 80.0
+    w.degree.value = 1
+    w.levels.value = "1"
+    w.preprocess.value = "log"
+    assert w.run() is not None, w.status.text()
+    qtbot.waitUntil(lambda: w.result is not None, timeout=120_000)
+    assert w.result.n_markers == 4
+    pts = viewer.layers[POINTS]
+    true = ts.projected_px
+    d = np.linalg.norm(pts.data[:, None, 1:] - true[pts.data[:, 0].astype(int)][:, :, ::-1], axis=-1).min(1)
+    assert d.max() < 0.3
+    # positions in nm: right only with the header's pixel size (each true bead has a marker within 2 nm in x, y)
+    est, truth = np.asarray(w.result.positions_nm)[:, :2], np.asarray(ts.bead_positions_nm)[:, :2]
+    assert np.linalg.norm(truth[:, None] - est[None], axis=-1).min(1).max() < 2.0
+    # the export never writes over the stack's folder files it read (the .tlt is an input)
+    w.out_dir.value = str(tmp_path / "ts")
+    w.overwrite.value = True
+    before = files["tlt"].read_bytes()
+    paths = w.export()
+    assert paths is not None and files["tlt"].read_bytes() == before and paths["star"].is_file()

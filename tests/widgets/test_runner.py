@@ -93,6 +93,22 @@ def test_error_goes_to_handler_not_exception(qtbot):
     assert not r.running and r.state.history[-1] == "failed"
 
 
+def test_a_runtime_error_in_a_job_is_reported_and_the_runner_settles(qtbot):
+    """superqt drops a RuntimeError raised by a generator (it takes it for a deleted worker); the runner
+    must still report it and finish, or the widget would stay "running" for good."""
+    def job():
+        yield Progress(1, 2)
+        raise RuntimeError("shape mismatch (as torch says)")
+
+    r, got = _runner()
+    r.start(job())
+    qtbot.waitUntil(lambda: len(got["errors"]) == 1, timeout=10_000)
+    assert type(got["errors"][0]) is RuntimeError and "shape mismatch" in str(got["errors"][0])
+    assert r.wait(5_000) and not r.running and r.state.history[-1] == "failed"
+    r.start(slow_job("next", 2, 0.0, []))  # usable again
+    qtbot.waitUntil(lambda: got["done"] == ["next"], timeout=10_000)
+
+
 def test_default_error_handler_is_a_notification(qtbot, monkeypatch):
     import napari.utils.notifications as notifications
 

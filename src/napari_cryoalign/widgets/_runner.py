@@ -28,9 +28,25 @@ __all__ = ["JobRunner", "RunState"]
 log = logging.getLogger(__name__)
 
 
+class _JobFailed(Exception):
+    """An exception a job raised, carried out of the worker thread (``original`` is the exception).
+
+    superqt's generator worker takes a ``RuntimeError`` from the generator for a deleted worker:
+    it warns and emits neither ``errored`` nor ``finished``, so the runner would wait forever
+    (torch raises RuntimeError for many real failures). Wrapped, every exception arrives.
+    """
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
 def _drive(job: Job):
     """Generator run in the worker thread: forwards the job's events, then its return value."""
-    result = yield from job
+    try:
+        result = yield from job
+    except Exception as exc:  # noqa: BLE001 - handed to the main thread as it is (see _JobFailed)
+        raise _JobFailed(exc) from exc
     return result
 
 
@@ -193,6 +209,7 @@ class JobRunner:
         self._emit_state()
 
     def _on_errored(self, token: int, exc: BaseException) -> None:
+        exc = exc.original if isinstance(exc, _JobFailed) else exc
         if token != self.state.token:
             return
         self.state.running = False
