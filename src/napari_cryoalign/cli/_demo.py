@@ -64,6 +64,7 @@ def _step_tomogram(out: Path, seed: int, device: str, quiet: bool, ctx: dict) ->
 def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
     import numpy as np
 
+    from .. import io as star
     from ..backend import geometry
     from ..backend.fourier import fsc, resolution_at, sphere_mask
     from ..backend.jobs import run_job
@@ -71,7 +72,6 @@ def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict
         simulate_subtomograms_job,
         write_subtomogram_set,
     )
-    from ..io import star
 
     structures = ["ribosome", "cct", "mtor"]
     sset = run_job(
@@ -131,9 +131,9 @@ def _step_tiltseries(out: Path, seed: int, device: str, quiet: bool, ctx: dict) 
 
 
 def _step_particles(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
+    from .. import io as star
     from ..backend.jobs import run_job
     from ..backend.simulate.particles import simulate_particles_job, write_particle_set
-    from ..io import star
 
     pset = run_job(
         simulate_particles_job("ribosome", n=400, box=64, pixel_size_angstrom=6.0, snr=0.1, seed=seed, device=device),

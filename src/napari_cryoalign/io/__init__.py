@@ -24,20 +24,22 @@ from .star import (
     classes,
     coordinates_xyz,
     euler_deg,
-    format_image_name,
     image_names,
     origins_angstrom,
-    parse_image_name,
-    read_particle_images,
     read_particles,
     read_star,
-    read_subtomograms,
     read_tomograms_star,
     scores,
     tomo_names,
     voxels_to_centered_angstrom,
-    write_particle_stack,
     write_particles,
+)
+from .star_images import (
+    format_image_name,
+    parse_image_name,
+    read_particle_images,
+    read_subtomograms,
+    write_particle_stack,
     write_subtomograms,
 )
 from .tilt import read_acquisition_order, read_tlt, write_acquisition_order, write_tlt

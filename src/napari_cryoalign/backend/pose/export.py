@@ -30,7 +30,8 @@ def write_predicted_star(path: str | os.PathLike, data: ParticleData, prediction
     import starfile
 
     from ...io import atomic_path, check_output_path, ensure_not_input
-    from ...io.star import format_image_name, read_star
+    from ...io.star import read_star
+    from ...io.star_images import format_image_name
 
     out = check_output_path(path, overwrite=overwrite)
     if data.path is not None:
@@ -46,7 +47,7 @@ def write_predicted_star(path: str | os.PathLike, data: ParticleData, prediction
         pname = next(k for k in ("particles", "images", "") if k in blocks and isinstance(blocks[k], pd.DataFrame))
         df = data.table.data.copy().reset_index(drop=True)
         # image names relative to the new file's folder
-        from ...io.star import parse_image_name
+        from ...io.star_images import parse_image_name
 
         names = []
         for i, s in enumerate(df["rlnImageName"].astype(str)):
