@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from napari_cryoalign import _reader, _writer
-from napari_cryoalign.io import mrc, star
+from napari_cryoalign import io as star
+from napari_cryoalign.io import mrc
 
 
 @pytest.fixture

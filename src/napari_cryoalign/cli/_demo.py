@@ -157,10 +157,10 @@ def _step_pick(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dic
     """Label 10 % of the ribosomes of the demo tomogram, train the PU picker, pick, score against the truth."""
     import numpy as np
 
+    from .. import io as star
     from ..backend.jobs import run_job
     from ..backend.picking import precision_recall_f1, save_picker, train_picker_job
     from ..backend.picking.infer import pick_job
-    from ..io import star
 
     sim = ctx["tomogram"]
     truth = sim.truth

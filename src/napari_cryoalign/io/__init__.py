@@ -21,17 +21,20 @@ from .mrc import (
 from .star import (
     ParticleTable,
     centered_angstrom_to_voxels,
+    read_particles,
+    read_star,
+    read_tomograms_star,
+    voxels_to_centered_angstrom,
+    write_star,
+)
+from .star_columns import (
     classes,
     coordinates_xyz,
     euler_deg,
     image_names,
     origins_angstrom,
-    read_particles,
-    read_star,
-    read_tomograms_star,
     scores,
     tomo_names,
-    voxels_to_centered_angstrom,
     write_particles,
 )
 from .star_images import (
@@ -63,6 +66,7 @@ __all__ = [
     # STAR
     "ParticleTable",
     "read_star",
+    "write_star",
     "read_particles",
     "write_particles",
     "read_tomograms_star",

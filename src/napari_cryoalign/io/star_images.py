@@ -26,15 +26,8 @@ import pandas as pd
 from ..errors import InputError
 from ._atomic import check_output_path
 from .mrc import VoxelSizeWarning, _check_finite, read_mrc, write_mrc
-from .star import (
-    IMAGE_COLUMN,
-    ParticleTable,
-    _existing,
-    _pixel_size_from_file,
-    image_names,
-    read_particles,
-    write_particles,
-)
+from .star import IMAGE_COLUMN, ParticleTable, _existing, _pixel_size_from_file, read_particles
+from .star_columns import image_names, write_particles
 
 __all__ = [
     "parse_image_name",
