@@ -21,6 +21,8 @@ from .mrc import (
 from .star import (
     ParticleTable,
     centered_angstrom_to_voxels,
+    particle_block,
+    particle_table,
     read_particles,
     read_star,
     read_tomograms_star,
@@ -42,6 +44,7 @@ from .star_images import (
     parse_image_name,
     read_particle_images,
     read_subtomograms,
+    relocate_image_names,
     write_particle_stack,
     write_subtomograms,
 )
@@ -68,6 +71,8 @@ __all__ = [
     "read_star",
     "write_star",
     "read_particles",
+    "particle_table",
+    "particle_block",
     "write_particles",
     "read_tomograms_star",
     "coordinates_xyz",
@@ -81,6 +86,7 @@ __all__ = [
     "voxels_to_centered_angstrom",
     "parse_image_name",
     "format_image_name",
+    "relocate_image_names",
     "read_subtomograms",
     "read_particle_images",
     "write_subtomograms",

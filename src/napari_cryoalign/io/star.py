@@ -44,6 +44,8 @@ __all__ = [
     "read_star",
     "write_star",
     "read_particles",
+    "particle_table",
+    "particle_block",
     "read_tomograms_star",
     "centered_angstrom_to_voxels",
     "voxels_to_centered_angstrom",
@@ -218,7 +220,32 @@ def _version(path: Path) -> int | None:
     return None
 
 
-def _particle_block(blocks: dict, path: Path) -> tuple[str, pd.DataFrame]:
+def particle_block(blocks: Mapping[str, Any], *, path: str | os.PathLike | None = None
+                   ) -> tuple[str, pd.DataFrame]:
+    """The particle table among the blocks :func:`read_star` returned.
+
+    ``data_particles``, else ``data_images``, else ``data_`` (RELION 3.0), else the only loop
+    block other than optics/general/global.
+
+    Parameters
+    ----------
+    blocks : mapping
+        Block name to DataFrame or dict.
+    path : path-like, optional, keyword-only
+        The STAR file, named in the error.
+
+    Returns
+    -------
+    name : str
+        The block's name (``"particles"``, ``"images"``, ``""``, ...).
+    table : pandas.DataFrame
+        One row per particle (the block itself, not a copy).
+
+    Raises
+    ------
+    InputError
+        ``field="data_particles"`` when no block qualifies.
+    """
     for name in _PARTICLE_BLOCKS:
         if isinstance(blocks.get(name), pd.DataFrame):
             return name, blocks[name]
@@ -443,6 +470,8 @@ def read_particles(path: str | os.PathLike, *,
                    require: Sequence[str] = ("coordinates",)) -> ParticleTable:
     """Read a RELION particle STAR file (3.0, 3.1, 4 or 5 form).
 
+    ``read_particles(path, ...)`` is ``particle_table(read_star(path), path=path, ...)``.
+
     Parameters
     ----------
     path : path-like
@@ -481,8 +510,42 @@ def read_particles(path: str | os.PathLike, *,
         coordinates outside the tomogram (``field`` = the column, naming the rows).
     """
     p = _existing(path)
-    blocks = read_star(p)
-    _, df = _particle_block(blocks, p)
+    return particle_table(read_star(p), path=p, tomogram_shape=tomogram_shape, voxel_size=voxel_size,
+                          tomograms=tomograms, require=require)
+
+
+def particle_table(blocks: Mapping[str, Any], *, path: str | os.PathLike | None = None,
+                   tomogram_shape: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+                   voxel_size: float | Mapping[str, float] | None = None,
+                   tomograms: str | os.PathLike | Mapping[str, Mapping[str, Any]] | None = None,
+                   require: Sequence[str] = ("coordinates",)) -> ParticleTable:
+    """The :class:`ParticleTable` of a STAR file whose blocks are already read.
+
+    For a caller that needs to look at the blocks first (:func:`read_star`, then
+    :func:`particle_block`), so that the file is parsed once. ``blocks`` is not changed.
+
+    Parameters
+    ----------
+    blocks : mapping
+        Block name to DataFrame or dict, as :func:`read_star` returns them.
+    path : path-like, optional, keyword-only
+        The STAR file they were read from: named in errors, stored in the table, and its
+        ``# version`` line tells the RELION 5 form apart.
+    tomogram_shape, voxel_size, tomograms, require
+        As for :func:`read_particles`.
+
+    Returns
+    -------
+    ParticleTable
+        As :func:`read_particles`.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_particles`, except for a missing or unreadable file.
+    """
+    p = Path(path) if path is not None else None
+    _, df = particle_block(blocks, path=p)
     df = df.copy()
     optics = blocks.get("optics")
     optics = optics.copy() if isinstance(optics, pd.DataFrame) else None
@@ -509,7 +572,7 @@ def read_particles(path: str | os.PathLike, *,
 
     has_vox = _has(df, COORDINATE_COLUMNS[:2])
     has_centered = _has(df, CENTERED_COLUMNS[:2])
-    version = _version(p)
+    version = _version(p) if p is not None else None
     if has_centered or (version is not None and version >= 50000 and optics is not None) \
             or (general is not None and "rlnTomoSubTomosAre2DStacks" in general):
         form = "relion5"

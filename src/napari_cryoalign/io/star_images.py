@@ -32,6 +32,7 @@ from .star_columns import image_names, write_particles
 __all__ = [
     "parse_image_name",
     "format_image_name",
+    "relocate_image_names",
     "read_subtomograms",
     "read_particle_images",
     "write_subtomograms",
@@ -68,6 +69,42 @@ def parse_image_name(name: str, *, path=None, row: int | None = None) -> tuple[i
 def format_image_name(index0: int, stack: str) -> str:
     """``(0, "a.mrcs")`` -> ``"000001@a.mrcs"`` (RELION's 6-digit, 1-based form)."""
     return f"{int(index0) + 1:06d}@{stack}"
+
+
+def relocate_image_names(names, *, star_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
+    """Re-point ``rlnImageName`` values read from ``star_path`` for a STAR file at ``out_path``.
+
+    A name resolves against the folder of ``star_path`` (an absolute one stays as it is) and
+    is written relative to the folder of ``out_path``, with ``/`` separators; an
+    ``index@stack.mrcs`` name keeps its index (written in RELION's 6-digit form).
+
+    Parameters
+    ----------
+    names : (n,) sequence of str
+        ``rlnImageName`` values.
+    star_path : path-like, keyword-only
+        The STAR file the names come from (named in errors).
+    out_path : path-like, keyword-only
+        The STAR file they will be written to.
+
+    Returns
+    -------
+    list of str
+        ``n`` names, in order.
+
+    Raises
+    ------
+    InputError
+        ``field="rlnImageName"`` for a name that is neither a path nor ``index@stack``.
+    """
+    base, out_dir = Path(star_path).parent, Path(out_path).parent
+    out = []
+    for i, name in enumerate(names):
+        idx, fname = parse_image_name(name, path=star_path, row=i)
+        p = Path(fname)
+        rel = os.path.relpath(p if p.is_absolute() else base / p, out_dir).replace(os.sep, "/")
+        out.append(rel if idx is None else format_image_name(idx, rel))
+    return out
 
 
 def _resolve(name: str, base: Path, data_dir: Path | None, star: Path, row: int) -> Path:
