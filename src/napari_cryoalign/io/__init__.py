@@ -9,7 +9,6 @@ expected; every writer is atomic and refuses to replace an existing file unless 
 
 from ._atomic import atomic_path, atomic_write, check_output_path, ensure_not_input, write_json
 from .mrc import (
-    MrcHeaderWarning,
     MrcVolume,
     VoxelSizeWarning,
     check_same_voxel_size,
@@ -18,6 +17,7 @@ from .mrc import (
     voxel_size_isotropic,
     write_mrc,
 )
+from .mrc_header import MrcHeaderWarning
 from .star import (
     ParticleTable,
     centered_angstrom_to_voxels,
