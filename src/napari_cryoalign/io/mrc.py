@@ -30,7 +30,7 @@ import mrcfile.utils
 import numpy as np
 
 from ..errors import InputError
-from ._atomic import atomic_path, check_output_path
+from ._atomic import _existing_input, atomic_path, check_output_path
 from ._kinds import STACK_SUFFIXES, core_suffix
 from .mrc_header import (
     _HEADER_BYTES,
@@ -178,14 +178,6 @@ def _shape_after(header, path: Path, is_stack_override: bool | None):
     return file_shape, shape, perm, stack
 
 
-def _existing_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("an existing file", path=p, field="path",
-                         got="a folder" if p.is_dir() else "no such file")
-    return p
-
-
 # ----------------------------------------------------------------------------- public API
 def mrc_info(path: str | os.PathLike) -> dict[str, Any]:
     """Summarise an MRC file from its header alone (no voxel data is read).
@@ -209,7 +201,7 @@ def mrc_info(path: str | os.PathLike) -> dict[str, Any]:
         Not an MRC file (``field="header"``), unsupported mode (``"mode"``), truncated
         file (``"data"``).
     """
-    p = _existing_file(path)
+    p = _existing_input(path)
     header, compressed = _checked_header(p)
     _, shape, _, stack = _shape_after(header, p, None)
     info = _info(p, header, compressed=compressed, shape=shape, is_stack=stack,
@@ -266,7 +258,7 @@ def read_mrc(path: str | os.PathLike, *, mmap: bool | str = "auto", validate: bo
         The header is slightly broken (e.g. no map ID or an unknown machine stamp, as
         written by some older programs) and was read permissively.
     """
-    p = _existing_file(path)
+    p = _existing_input(path)
     header, compressed = _checked_header(p)
     file_shape, shape, perm, stack = _shape_after(header, p, is_stack)
     mode = int(header.mode)

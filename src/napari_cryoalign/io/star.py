@@ -37,7 +37,7 @@ import pandas as pd
 import starfile
 
 from ..errors import InputError
-from ._atomic import atomic_path, check_output_path
+from ._atomic import _existing_input, atomic_path, check_output_path
 
 __all__ = [
     "ParticleTable",
@@ -76,6 +76,7 @@ OPTICS_GROUP_COLUMN = "rlnOpticsGroup"
 _STRING_COLUMNS = ["rlnTomoName", "rlnImageName", "rlnMicrographName", "rlnOpticsGroupName",
                    "rlnImageOriginalName", "rlnTomoParticleName", "rlnGroupName"]
 _PARTICLE_BLOCKS = ("particles", "images", "")
+_STAR_FILE = "an existing STAR file"  # what a missing input is told it should be
 _PIXEL_SIZE_LABELS = ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize")
 _SIZE_LABELS = ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
 
@@ -140,14 +141,6 @@ class ParticleTable:
 
 
 # ----------------------------------------------------------------------------- reading
-def _existing(path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("an existing STAR file", path=p, field="path",
-                         got="a folder" if p.is_dir() else "no such file")
-    return p
-
-
 def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     """Read every block of a STAR file.
 
@@ -164,7 +157,7 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
         ``field="path"`` for a missing file, ``field="format"`` when it is not a STAR file
         or holds no data block.
     """
-    p = _existing(path)
+    p = _existing_input(path, expected=_STAR_FILE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -176,7 +169,6 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
         raise InputError("a STAR file with at least one data_ block", path=p, field="format",
                          got="no data block")
     return dict(blocks)
-
 
 
 def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame | Mapping[str, Any]], *,
@@ -207,6 +199,7 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame | Mapp
     with atomic_path(path, overwrite=overwrite) as tmp:
         starfile.write(dict(blocks), tmp, float_format="%.6f")
     return path
+
 
 def _version(path: Path) -> int | None:
     try:
@@ -303,17 +296,6 @@ def _shape_from_file(general, optics) -> tuple[float, float, float] | None:
     b = float(binning) if binning is not None else 1.0
     nx, ny, nz = (float(v) / b for v in vals)  # unrounded: keeps the centre exact
     return (nz, ny, nx)
-
-
-def _as_shape(shape, path, name="tomogram_shape") -> tuple[int, int, int]:
-    try:
-        vals = tuple(int(v) for v in shape)
-        if len(vals) != 3 or any(v <= 0 for v in vals):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise InputError("a tomogram shape (z, y, x) of three positive voxel counts", path=path,
-                         field=name, got=repr(shape)) from None
-    return vals  # type: ignore[return-value]
 
 
 def _numeric(df: pd.DataFrame, cols: Sequence[str], path) -> np.ndarray:
@@ -442,7 +424,7 @@ def read_tomograms_star(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     InputError
         No block with the needed columns (``field`` = the missing column list).
     """
-    p = _existing(path)
+    p = _existing_input(path, expected=_STAR_FILE)
     blocks = read_star(p)
     need = (TOMO_COLUMN,) + _SIZE_LABELS + ("rlnTomoTiltSeriesPixelSize",)
     for block in blocks.values():
@@ -509,7 +491,7 @@ def read_particles(path: str | os.PathLike, *,
         without tomogram shape or voxel size (``"tomogram_shape"`` / ``"voxel_size"``);
         coordinates outside the tomogram (``field`` = the column, naming the rows).
     """
-    p = _existing(path)
+    p = _existing_input(path, expected=_STAR_FILE)
     return particle_table(read_star(p), path=p, tomogram_shape=tomogram_shape, voxel_size=voxel_size,
                           tomograms=tomograms, require=require)
 

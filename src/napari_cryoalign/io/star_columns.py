@@ -9,7 +9,6 @@ RELION columns (docs/conventions.md), in the RELION 4 and/or 5 form.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,10 +30,10 @@ from .star import (
     SCORE_COLUMN,
     TOMO_COLUMN,
     ParticleTable,
-    _as_shape,
     _check_bounds,
     _has,
     _numeric,
+    _positive,
     voxels_to_centered_angstrom,
     write_star,
 )
@@ -177,6 +176,17 @@ def image_names(table: ParticleTable | pd.DataFrame) -> np.ndarray | None:
 
 
 # ----------------------------------------------------------------------------- writing
+def _as_shape(shape, path, name="tomogram_shape") -> tuple[int, int, int]:
+    try:
+        vals = tuple(int(v) for v in shape)
+        if len(vals) != 3 or any(v <= 0 for v in vals):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError("a tomogram shape (z, y, x) of three positive voxel counts", path=path,
+                         field=name, got=repr(shape)) from None
+    return vals  # type: ignore[return-value]
+
+
 def _rows(name, value, n, ncols, path) -> np.ndarray | None:
     if value is None:
         return None
@@ -288,12 +298,7 @@ def write_particles(path: str | os.PathLike, *, coordinates_xyz=None, euler_deg=
     ori = _rows("origins_angstrom", origins_angstrom, n, 3, path)
     cls = _rows("classes", classes, n, 1, path)
     sco = _rows("scores", scores, n, 1, path)
-    vs = None
-    if voxel_size is not None:
-        vs = float(voxel_size)
-        if not (vs > 0 and math.isfinite(vs)):
-            raise InputError("a positive voxel size in Angstrom", path=path, field="voxel_size",
-                             got=voxel_size)
+    vs = _positive(voxel_size, path) if voxel_size is not None else None
     shape = _as_shape(tomogram_shape, path) if tomogram_shape is not None else None
     want_centered = form == "relion5" or (form == "both" and shape is not None and vs is not None)
     if form == "relion5" and coords is not None and (shape is None or vs is None):

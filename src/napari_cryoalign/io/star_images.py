@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ._atomic import check_output_path
+from ._atomic import _existing_input, check_output_path
 from .mrc import VoxelSizeWarning, _check_finite, read_mrc, write_mrc
-from .star import IMAGE_COLUMN, ParticleTable, _existing, _pixel_size_from_file, read_particles
+from .star import _STAR_FILE, IMAGE_COLUMN, ParticleTable, _pixel_size_from_file, read_particles
 from .star_columns import image_names, write_particles
 
 __all__ = [
@@ -161,7 +161,7 @@ def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLi
         that differ (``field="rlnImageName"``); voxel sizes that differ between files or
         from the optics block (``field="voxel_size"``).
     """
-    star = _existing(star_path)
+    star = _existing_input(star_path, expected=_STAR_FILE)
     table = read_particles(star, require=("image_names",))
     base = Path(data_dir) if data_dir is not None else star.parent
     ddir = Path(data_dir) if data_dir is not None else None
@@ -264,7 +264,7 @@ def read_particle_images(star_path: str | os.PathLike, *, data_dir: str | os.Pat
         Missing ``rlnImageName``; a stack missing; index out of range (naming the row);
         images of different sizes; different pixel sizes.
     """
-    star = _existing(star_path)
+    star = _existing_input(star_path, expected=_STAR_FILE)
     table = read_particles(star, require=("image_names",))
     base = Path(data_dir) if data_dir is not None else star.parent
     ddir = Path(data_dir) if data_dir is not None else None

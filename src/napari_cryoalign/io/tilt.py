@@ -18,16 +18,13 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ._atomic import atomic_write
+from ._atomic import _existing_input, atomic_write
 
 __all__ = ["read_tlt", "write_tlt", "read_acquisition_order", "write_acquisition_order"]
 
 
 def _lines(path) -> tuple[Path, list[tuple[int, str]]]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("an existing text file", path=p, field="path",
-                         got="a folder" if p.is_dir() else "no such file")
+    p = _existing_input(path, expected="an existing text file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
