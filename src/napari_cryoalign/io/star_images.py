@@ -102,7 +102,7 @@ def relocate_image_names(names, *, star_path: str | os.PathLike, out_path: str |
     for i, name in enumerate(names):
         idx, fname = parse_image_name(name, path=star_path, row=i)
         p = Path(fname)
-        rel = os.path.relpath(p if p.is_absolute() else base / p, out_dir).replace(os.sep, "/")
+        rel = _relative(p if p.is_absolute() else base / p, out_dir)
         out.append(rel if idx is None else format_image_name(idx, rel))
     return out
 
@@ -314,6 +314,21 @@ def read_particle_images(star_path: str | os.PathLike, *, data_dir: str | os.Pat
     return out, replace(table, voxel_size=voxel)
 
 
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` with ``/`` separators, as STAR files name images."""
+    return os.path.relpath(path, folder).replace(os.sep, "/")
+
+
+def _batch(arrays, axes: tuple[str, ...], *, path: Path, field: str) -> np.ndarray:
+    """``arrays`` (numpy or torch) as a non-empty numpy array with the axes ``axes``."""
+    if hasattr(arrays, "detach"):
+        arrays = arrays.detach().cpu().numpy()
+    arr = np.asarray(arrays)
+    if arr.ndim != len(axes) or 0 in arr.shape:
+        raise InputError(f"{field} of shape ({', '.join(axes)})", path=path, field=field, got=f"shape {arr.shape}")
+    return arr
+
+
 def write_subtomograms(star_path: str | os.PathLike, volumes, *, voxel_size: float,
                        folder: str | os.PathLike | None = None, name_pattern: str = "subtomo_{:06d}.mrc",
                        overwrite: bool = False, **particle_columns) -> Path:
@@ -343,19 +358,14 @@ def write_subtomograms(star_path: str | os.PathLike, volumes, *, voxel_size: flo
         The STAR file.
     """
     star = check_output_path(star_path, overwrite=overwrite)
-    if hasattr(volumes, "detach"):
-        volumes = volumes.detach().cpu().numpy()
-    vols = np.asarray(volumes)
-    if vols.ndim != 4 or 0 in vols.shape:
-        raise InputError("volumes of shape (n, z, y, x)", path=star, field="volumes",
-                         got=f"shape {vols.shape}")
+    vols = _batch(volumes, ("n", "z", "y", "x"), path=star, field="volumes")
     folder = Path(folder) if folder is not None else star.parent / f"{star.stem}_subtomograms"
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for i in range(vols.shape[0]):
         p = folder / name_pattern.format(i)
         write_mrc(p, vols[i], voxel_size=voxel_size, overwrite=overwrite, is_stack=False)
-        names.append(os.path.relpath(p, star.parent).replace(os.sep, "/"))
+        names.append(_relative(p, star.parent))
     particle_columns.setdefault("image_size", int(vols.shape[-1]))
     return write_particles(star, image_names=names, voxel_size=voxel_size, overwrite=overwrite,
                            **particle_columns)
@@ -385,15 +395,10 @@ def write_particle_stack(star_path: str | os.PathLike, images, *, voxel_size: fl
         The STAR file.
     """
     star = check_output_path(star_path, overwrite=overwrite)
-    if hasattr(images, "detach"):
-        images = images.detach().cpu().numpy()
-    imgs = np.asarray(images)
-    if imgs.ndim != 3 or 0 in imgs.shape:
-        raise InputError("images of shape (n, y, x)", path=star, field="images",
-                         got=f"shape {imgs.shape}")
+    imgs = _batch(images, ("n", "y", "x"), path=star, field="images")
     stack = Path(stack_path) if stack_path is not None else star.with_suffix(".mrcs")
     write_mrc(stack, imgs, voxel_size=voxel_size, overwrite=overwrite, is_stack=True)
-    rel = os.path.relpath(stack, star.parent).replace(os.sep, "/")
+    rel = _relative(stack, star.parent)
     names = [format_image_name(i, rel) for i in range(imgs.shape[0])]
     particle_columns.setdefault("image_size", int(imgs.shape[-1]))
     particle_columns.setdefault("form", "relion4")
