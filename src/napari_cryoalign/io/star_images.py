@@ -107,9 +107,17 @@ def relocate_image_names(names, *, star_path: str | os.PathLike, out_path: str |
     return out
 
 
-def _resolve(name: str, base: Path, data_dir: Path | None, star: Path, row: int) -> Path:
+def _image_table(star_path, data_dir) -> tuple[Path, ParticleTable, np.ndarray, Path | None]:
+    """The STAR file of an image set, its table (with ``rlnImageName``), the names, and
+    ``data_dir`` as a Path (or None)."""
+    star = _existing_input(star_path, expected=_STAR_FILE)
+    table = read_particles(star, require=("image_names",))
+    return star, table, image_names(table), Path(data_dir) if data_dir is not None else None
+
+
+def _resolve(name: str, star: Path, data_dir: Path | None, row: int) -> Path:
     p = Path(name)
-    candidates = [p] if p.is_absolute() else [base / p]
+    candidates = [p] if p.is_absolute() else [(data_dir if data_dir is not None else star.parent) / p]
     if data_dir is not None and not p.is_absolute():
         candidates.append(data_dir / p.name)
     for c in candidates:
@@ -161,18 +169,13 @@ def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLi
         that differ (``field="rlnImageName"``); voxel sizes that differ between files or
         from the optics block (``field="voxel_size"``).
     """
-    star = _existing_input(star_path, expected=_STAR_FILE)
-    table = read_particles(star, require=("image_names",))
-    base = Path(data_dir) if data_dir is not None else star.parent
-    ddir = Path(data_dir) if data_dir is not None else None
-    names = image_names(table)
+    star, table, names, ddir = _image_table(star_path, data_dir)
     n = len(names)
     out = None
-    voxel = None
-    voxel_from = None
+    first = None  # (voxel size, file) of the first header that sets one
     for i, name in enumerate(names):
         idx, fname = parse_image_name(name, path=star, row=i)
-        p = _resolve(fname, base, ddir, star, i)
+        p = _resolve(fname, star, ddir, i)
         if idx is not None:
             raise InputError("one MRC volume file per particle (no index@ for subtomograms)",
                              path=star, field=IMAGE_COLUMN, got=f"row {i}: {name!r}")
@@ -188,20 +191,11 @@ def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLi
                              field=IMAGE_COLUMN, got=f"row {i}: {p} has shape {data.shape}")
         out[i] = data
         if not unset:
-            v = float(np.mean(vol.voxel_size))
-            if voxel is None:
-                voxel, voxel_from = v, p
-            elif abs(v - voxel) > rtol * voxel:
-                raise InputError(f"the voxel size of {voxel_from} ({voxel:g} Angstrom)", path=star,
-                                 field="voxel_size", got=f"row {i}: {p} has {v:g} Angstrom")
+            first = _agreeing(first, float(np.mean(vol.voxel_size)), p, star=star, rtol=rtol, what="voxel size",
+                              where=f"row {i}: ")
     if out is None:
         raise InputError("at least one particle", path=star, field="data_particles", got="0 rows")
-    voxel = _check_against_optics(table, voxel, star, rtol)
-    if voxel is None:
-        warnings.warn(f"{star}: no voxel size in the STAR file or the subtomogram headers; using "
-                      "1.0 Angstrom", VoxelSizeWarning, stacklevel=2)
-        voxel = 1.0
-    return out, replace(table, voxel_size=voxel)
+    return out, _with_voxel_size(table, first, star, rtol, what="voxel size", headers="subtomogram")
 
 
 def _image_pixel_size(table: ParticleTable) -> float | None:
@@ -215,6 +209,30 @@ def _image_pixel_size(table: ParticleTable) -> float | None:
     return _pixel_size_from_file(None, None, table.data)
 
 
+def _agreeing(first: tuple[float, Path] | None, v: float, p: Path, *, star: Path, rtol: float, what: str,
+              where: str = "") -> tuple[float, Path]:
+    """``first`` (size in Å, file), or ``(v, p)`` when there is none yet; InputError
+    (``field="voxel_size"``) when ``v``, from ``p``, differs from it by more than ``rtol``."""
+    if first is None:
+        return v, p
+    if abs(v - first[0]) > rtol * first[0]:
+        raise InputError(f"the {what} of {first[1]} ({first[0]:g} Angstrom)", path=star, field="voxel_size",
+                         got=f"{where}{p} has {v:g} Angstrom")
+    return first
+
+
+def _with_voxel_size(table: ParticleTable, first: tuple[float, Path] | None, star: Path, rtol: float, *,
+                     what: str, headers: str) -> ParticleTable:
+    """``table`` with the set's voxel size: the headers' reconciled with the STAR file's, else
+    1.0 Å with a :class:`VoxelSizeWarning`."""
+    voxel = _check_against_optics(table, None if first is None else first[0], star, rtol)
+    if voxel is None:
+        warnings.warn(f"{star}: no {what} in the STAR file or the {headers} headers; using 1.0 Angstrom",
+                      VoxelSizeWarning, stacklevel=3)
+        voxel = 1.0
+    return replace(table, voxel_size=voxel)
+
+
 def _check_against_optics(table: ParticleTable, voxel: float | None, star: Path, rtol: float):
     """Reconcile the MRC headers' voxel size with the STAR file's; the STAR value wins when
     the headers hold RELION's placeholder 1.0, a real difference is an error."""
@@ -226,7 +244,7 @@ def _check_against_optics(table: ParticleTable, voxel: float | None, star: Path,
     if abs(voxel - 1.0) < 1e-6:
         warnings.warn(f"{star}: the image headers say 1.0 Angstrom (a common placeholder); "
                       f"using the STAR file's pixel size {file_px:g} Angstrom", VoxelSizeWarning,
-                      stacklevel=3)
+                      stacklevel=4)
         return file_px
     raise InputError(f"image files with the STAR file's pixel size ({file_px:g} Angstrom, "
                      "rlnImagePixelSize)", path=star, field="voxel_size",
@@ -264,11 +282,7 @@ def read_particle_images(star_path: str | os.PathLike, *, data_dir: str | os.Pat
         Missing ``rlnImageName``; a stack missing; index out of range (naming the row);
         images of different sizes; different pixel sizes.
     """
-    star = _existing_input(star_path, expected=_STAR_FILE)
-    table = read_particles(star, require=("image_names",))
-    base = Path(data_dir) if data_dir is not None else star.parent
-    ddir = Path(data_dir) if data_dir is not None else None
-    names = image_names(table)
+    star, table, names, ddir = _image_table(star_path, data_dir)
     n = len(names)
     if n == 0:
         raise InputError("at least one particle", path=star, field="data_particles", got="0 rows")
@@ -277,10 +291,9 @@ def read_particle_images(star_path: str | os.PathLike, *, data_dir: str | os.Pat
     for i, (_, fname) in enumerate(parsed):
         groups.setdefault(fname, []).append(i)
     out = None
-    voxel = None
-    voxel_from = None
+    first = None  # (voxel size, file) of the first header that sets one
     for fname, rows in groups.items():
-        p = _resolve(fname, base, ddir, star, rows[0])
+        p = _resolve(fname, star, ddir, rows[0])
         vol, unset = _read_quiet(p, mmap=True, validate=False, is_stack=True)
         stack = vol.data
         if out is None:
@@ -297,21 +310,11 @@ def read_particle_images(star_path: str | os.PathLike, *, data_dir: str | os.Pat
                              got=f"row {r}: {names[r]!r}" + (f" and {bad.size - 1} more rows" if bad.size > 1 else ""))
         out[np.asarray(rows)] = stack[idx]
         if not unset:
-            v = float(np.mean(vol.voxel_size[:2]))
-            if voxel is None:
-                voxel, voxel_from = v, p
-            elif abs(v - voxel) > rtol * voxel:
-                raise InputError(f"the pixel size of {voxel_from} ({voxel:g} Angstrom)", path=star,
-                                 field="voxel_size", got=f"{p} has {v:g} Angstrom")
+            first = _agreeing(first, float(np.mean(vol.voxel_size[:2])), p, star=star, rtol=rtol, what="pixel size")
         del stack, vol
     if validate:
         _check_finite(out, star, field_name=IMAGE_COLUMN)
-    voxel = _check_against_optics(table, voxel, star, rtol)
-    if voxel is None:
-        warnings.warn(f"{star}: no pixel size in the STAR file or the image headers; using 1.0 "
-                      "Angstrom", VoxelSizeWarning, stacklevel=2)
-        voxel = 1.0
-    return out, replace(table, voxel_size=voxel)
+    return out, _with_voxel_size(table, first, star, rtol, what="pixel size", headers="image")
 
 
 def _relative(path: Path, folder: Path) -> str:
