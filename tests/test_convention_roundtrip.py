@@ -10,8 +10,8 @@ order, inverse, origin sign, box centre) breaks it.
 import numpy as np
 import pytest
 
+from napari_cryoalign import io as star
 from napari_cryoalign.backend import geometry as g
-from napari_cryoalign.io import star
 
 
 def _asymmetric_reference(n):

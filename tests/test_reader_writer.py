@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from napari_cryoalign import _reader, _writer
-from napari_cryoalign.io import mrc, star
+from napari_cryoalign import io as star
+from napari_cryoalign.io import mrc
 
 
 @pytest.fixture
@@ -68,6 +69,60 @@ def test_star_points_use_tomogram_voxel_size_and_keep_columns(tomogram_and_picks
         assert col in feats.columns
     np.testing.assert_allclose(feats["rlnAutopickFigureOfMerit"], [0.9, 0.5, 0.7])
 
+
+
+def test_star_points_voxel_size_only_in_optics_block(tmp_path):
+    xyz = np.array([[3.0, 5.0, 7.0], [9.0, 8.0, 1.0]])
+    p = star.write_particles(tmp_path / "opt.star", coordinates_xyz=xyz, tomo_name="not_here", voxel_size=6.0,
+                             form="relion4")
+    [(data, kwargs, kind)] = _reader.read_files(str(p))
+    assert kind == "points"
+    np.testing.assert_allclose(data, xyz[:, ::-1])
+    assert kwargs["scale"] == (6.0, 6.0, 6.0)
+    meta = kwargs["metadata"]["napari_cryoalign"]
+    assert meta == {"path": str(p.resolve()), "star_form": "relion4", "voxel_size_angstrom": 6.0,
+                    "tomogram_shape": None,
+                    "optics": {"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                               "rlnImagePixelSize": [6.0]}}
+
+
+def test_star_points_take_shape_and_voxel_size_from_the_tomogram_beside_them(tomogram_and_picks):
+    tomo_path, _, _, xyz = tomogram_and_picks
+    p = star.write_particles(tomo_path.parent / "plain.star", coordinates_xyz=xyz, tomo_name="TS_01", form="relion4")
+    [(data, kwargs, _)] = _reader.read_files(str(p))
+    np.testing.assert_allclose(data, xyz[:, ::-1])
+    assert kwargs["scale"] == (13.5, 13.5, 13.5)
+    meta = kwargs["metadata"]["napari_cryoalign"]
+    assert meta["voxel_size_angstrom"] == 13.5 and meta["tomogram_shape"] == (20, 40, 50)
+
+
+@pytest.mark.parametrize("text,voxel", [
+    # tilt-series pixel size times the tomogram binning (RELION 5)
+    ("data_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnTomoTiltSeriesPixelSize #2\n_rlnTomoTomogramBinning #3\n"
+     "1 1.5 4\n\ndata_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n"
+     "_rlnOpticsGroup #4\n1 2 3 1\n", 6.0),
+    # detector pixel size (um) * 1e4 / magnification (RELION 3.0)
+    ("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n_rlnDetectorPixelSize #4\n"
+     "_rlnMagnification #5\n1 2 3 14.0 20000\n", 7.0),
+])
+def test_star_points_scale_is_the_voxel_size_io_reads(tmp_path, text, voxel):
+    p = tmp_path / "p.star"
+    p.write_text(text)
+    assert star.read_particles(p).voxel_size == voxel
+    [(_, kwargs, _)] = _reader.read_files(str(p))
+    assert kwargs["scale"] == (voxel,) * 3
+    assert kwargs["metadata"]["napari_cryoalign"]["voxel_size_angstrom"] == voxel
+
+
+def test_star_file_is_parsed_once(tomogram_and_picks, monkeypatch):
+    import starfile
+
+    _, star_path, _, _ = tomogram_and_picks
+    calls = []
+    read = starfile.read
+    monkeypatch.setattr(starfile, "read", lambda *a, **k: calls.append(a) or read(*a, **k))
+    [(_, kwargs, _)] = _reader.read_files(str(star_path))
+    assert len(calls) == 1 and kwargs["scale"] == (13.5, 13.5, 13.5)
 
 def test_writer_round_trip(tomogram_and_picks, tmp_path):
     _, star_path, _, xyz = tomogram_and_picks

@@ -146,33 +146,24 @@ def _find_tomogram(star_path: Path, tomo_name: str | None) -> Path | None:
 
 
 def star_layer_data(path: str | os.PathLike) -> tuple:
-    from .io import mrc_info, read_particles
+    from .io import mrc_info, particle_block, particle_table, read_star, tomo_names
 
     path = Path(path)
+    blocks = read_star(path)
+    # a tomogram named in the STAR file gives shape (for RELION 5 coordinates) and voxel size
+    names = tomo_names(particle_block(blocks, path=path)[1])
+    names = [] if names is None else list(dict.fromkeys(names))
+    tomo = _find_tomogram(path, names[0] if len(names) == 1 else None)
     tomo_shape = None
     voxel = None
-    # a tomogram named in the STAR file gives shape (for RELION 5 coordinates) and voxel size
-    try:
-        import starfile
-
-        blocks = starfile.read(path, always_dict=True)
-        names = []
-        for b in blocks.values():
-            if hasattr(b, "columns") and "rlnTomoName" in b.columns and len(b):
-                names = list(dict.fromkeys(b["rlnTomoName"].astype(str)))
-                break
-        tomo = _find_tomogram(path, names[0] if len(names) == 1 else None)
-    except Exception:  # noqa: BLE001 - the real reader below reports a broken file properly
-        tomo = None
     if tomo is not None:
         info = mrc_info(tomo)
         tomo_shape = tuple(int(s) for s in info["shape"])
         voxel = float(info["voxel_size"][0])
-    table = read_particles(path, tomogram_shape=tomo_shape, voxel_size=voxel)
+    table = particle_table(blocks, path=path, tomogram_shape=tomo_shape, voxel_size=voxel)
+    voxel = table.voxel_size  # the tomogram's, else the STAR file's (optics/general block)
     df = table.data
     xyz = np.stack([df["rlnCoordinateX"], df["rlnCoordinateY"], df["rlnCoordinateZ"]], axis=1).astype(np.float64)
-    if voxel is None:
-        voxel = _voxel_size_from_table(table)
     features = df.reset_index(drop=True).copy()
     score_col = "rlnAutopickFigureOfMerit" if "rlnAutopickFigureOfMerit" in features else None
     kwargs = {
@@ -197,22 +188,6 @@ def star_layer_data(path: str | os.PathLike) -> tuple:
         kwargs["border_color"] = score_col
         kwargs["border_colormap"] = "viridis"
     return (xyz[:, ::-1].copy(), kwargs, "points")
-
-
-def _voxel_size_from_table(table) -> float | None:
-    for block in (table.optics, table.data):
-        if block is None:
-            continue
-        for col in ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize", "rlnDetectorPixelSize", "rlnPixelSize"):
-            if col in block.columns and len(block):
-                v = float(block[col].iloc[0])
-                if v > 0:
-                    return v
-    general = table.general or {}
-    for key in ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize"):
-        if key in general and float(general[key]) > 0:
-            return float(general[key])
-    return None
 
 
 def _notify_error(message: str) -> None:

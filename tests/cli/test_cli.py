@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_cryoalign import io as star
 from napari_cryoalign.cli import main
-from napari_cryoalign.io import mrc, star, tilt
+from napari_cryoalign.io import mrc, tilt
 
 
 def test_help_lists_commands(capsys):

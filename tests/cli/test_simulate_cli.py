@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from napari_cryoalign import io as star
 from napari_cryoalign.cli import main
-from napari_cryoalign.io import read_mrc, read_tlt, star
+from napari_cryoalign.io import read_mrc, read_tlt
 
 
 def test_simulate_tomogram(tmp_path, capsys):

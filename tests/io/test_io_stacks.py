@@ -21,6 +21,7 @@ from napari_cryoalign.io import (
     read_mrc,
     read_particle_images,
     read_subtomograms,
+    relocate_image_names,
     write_mrc,
     write_particle_stack,
     write_particles,
@@ -41,6 +42,18 @@ def test_parse_and_format_image_name():
             parse_image_name(bad, path="p.star", row=7)
         assert e.value.field == "rlnImageName" and "p.star" in str(e.value)
 
+
+
+def test_relocate_image_names(tmp_path):
+    star, out = tmp_path / "a" / "in.star", tmp_path / "b" / "c" / "out.star"
+    absolute = str(tmp_path / "abs" / "v.mrc")
+    names = ["sub/vol_0.mrc", "3@stacks/s.mrcs", absolute]
+    assert relocate_image_names(names, star_path=star, out_path=out) == [
+        "../../a/sub/vol_0.mrc", "000003@../../a/stacks/s.mrcs", "../../abs/v.mrc"]
+    assert relocate_image_names(names[:2], star_path=star, out_path=star) == ["sub/vol_0.mrc", "000003@stacks/s.mrcs"]
+    with pytest.raises(InputError) as e:
+        relocate_image_names(["ok.mrc", "x@s.mrcs"], star_path=star, out_path=out)
+    assert e.value.field == "rlnImageName" and "row 1" in str(e.value)
 
 def test_subtomogram_set_round_trip(tmp_path):
     n, box = 4, 10

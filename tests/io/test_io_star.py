@@ -16,12 +16,15 @@ from napari_cryoalign.io import (
     coordinates_xyz,
     euler_deg,
     origins_angstrom,
+    particle_block,
+    particle_table,
     read_particles,
     read_star,
     scores,
     tomo_names,
     voxels_to_centered_angstrom,
     write_particles,
+    write_star,
 )
 
 RNG = np.random.default_rng(1)
@@ -320,3 +323,52 @@ def test_tomograms_star_without_needed_columns(tmp_path):
     with pytest.raises(InputError) as e:
         read_tomograms_star(p)
     assert e.value.field == "data_global" and "rlnTomoTiltSeriesPixelSize" in str(e.value)
+
+
+def test_write_star_keeps_block_order_and_six_decimals(tmp_path):
+    blocks = {
+        "general": {"rlnTomoSubTomosAre2DStacks": 0, "rlnTomoSizeX": 80},
+        "optics": pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [13.48]}),
+        "particles": pd.DataFrame({"rlnTomoName": ["01", "01"], "rlnCoordinateX": [1.0, 2.123456789]}),
+    }
+    p = write_star(tmp_path / "blocks.star", blocks)
+    text = p.read_text()
+    assert text.index("data_general") < text.index("data_optics") < text.index("data_particles")
+    assert "2.123457" in text and "2.1234567" not in text
+    back = read_star(p)
+    assert list(back) == ["general", "optics", "particles"]
+    assert back["particles"]["rlnTomoName"].tolist() == ["01", "01"]
+    assert back["general"]["rlnTomoSizeX"] == 80
+    assert list(tmp_path.iterdir()) == [p]  # no temporary file left
+    with pytest.raises(InputError) as e:
+        write_star(p, blocks)
+    assert e.value.field == "output" and p.read_text() == text
+    write_star(p, {"particles": blocks["particles"].iloc[:1]}, overwrite=True)
+    assert len(read_star(p)["particles"]) == 1
+
+
+def test_particle_block_names_the_particle_table(tmp_path):
+    opt = pd.DataFrame({"rlnOpticsGroup": [1]})
+    parts = pd.DataFrame({"rlnCoordinateX": [1.0]})
+    for name in ("particles", "images", ""):
+        assert particle_block({"optics": opt, name: parts}) == (name, parts)
+    assert particle_block({"optics": opt, "picks": parts})[0] == "picks"  # the only other loop block
+    with pytest.raises(InputError) as e:
+        particle_block({"optics": opt, "a": parts, "b": parts}, path=tmp_path / "x.star")
+    assert e.value.field == "data_particles" and "x.star" in str(e.value)
+
+
+def test_particle_table_of_blocks_read_once_equals_read_particles(tmp_path):
+    xyz, eul, ori, cls, sco = _particles()
+    p = write_particles(tmp_path / "p.star", coordinates_xyz=xyz, euler_deg=eul, tomo_name="TS_01",
+                        tomogram_shape=SHAPE, voxel_size=VOXEL, form="relion5")
+    blocks = read_star(p)
+    table = particle_table(blocks, path=p)
+    ref = read_particles(p)
+    pd.testing.assert_frame_equal(table.data, ref.data)
+    assert (table.form, table.voxel_size, table.tomogram_shape, table.path, table.coordinates_from) == \
+        (ref.form, ref.voxel_size, ref.tomogram_shape, ref.path, ref.coordinates_from)
+    assert "rlnCoordinateX" not in blocks["particles"].columns  # the blocks are not changed
+    without_path = particle_table(blocks, voxel_size=VOXEL, tomogram_shape=SHAPE)
+    assert without_path.path is None and without_path.tomogram_shape == SHAPE
+    np.testing.assert_allclose(coordinates_xyz(without_path), xyz, atol=1e-4)

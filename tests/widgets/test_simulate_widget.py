@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_cryoalign.io import star
+from napari_cryoalign import io as star
 from napari_cryoalign.widgets.simulate import SimulateWidget
 
 

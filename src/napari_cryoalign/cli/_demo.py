@@ -64,6 +64,7 @@ def _step_tomogram(out: Path, seed: int, device: str, quiet: bool, ctx: dict) ->
 def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
     import numpy as np
 
+    from .. import io as star
     from ..backend import geometry
     from ..backend.fourier import fsc, resolution_at, sphere_mask
     from ..backend.jobs import run_job
@@ -71,7 +72,6 @@ def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict
         simulate_subtomograms_job,
         write_subtomogram_set,
     )
-    from ..io import star
 
     structures = ["ribosome", "cct", "mtor"]
     sset = run_job(
@@ -131,9 +131,9 @@ def _step_tiltseries(out: Path, seed: int, device: str, quiet: bool, ctx: dict) 
 
 
 def _step_particles(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
+    from .. import io as star
     from ..backend.jobs import run_job
     from ..backend.simulate.particles import simulate_particles_job, write_particle_set
-    from ..io import star
 
     pset = run_job(
         simulate_particles_job("ribosome", n=400, box=64, pixel_size_angstrom=6.0, snr=0.1, seed=seed, device=device),
@@ -157,10 +157,10 @@ def _step_pick(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dic
     """Label 10 % of the ribosomes of the demo tomogram, train the PU picker, pick, score against the truth."""
     import numpy as np
 
+    from .. import io as star
     from ..backend.jobs import run_job
     from ..backend.picking import precision_recall_f1, save_picker, train_picker_job
     from ..backend.picking.infer import pick_job
-    from ..io import star
 
     sim = ctx["tomogram"]
     truth = sim.truth

@@ -9,7 +9,6 @@ expected; every writer is atomic and refuses to replace an existing file unless 
 
 from ._atomic import atomic_path, atomic_write, check_output_path, ensure_not_input, write_json
 from .mrc import (
-    MrcHeaderWarning,
     MrcVolume,
     VoxelSizeWarning,
     check_same_voxel_size,
@@ -18,26 +17,35 @@ from .mrc import (
     voxel_size_isotropic,
     write_mrc,
 )
+from .mrc_header import MrcHeaderWarning
 from .star import (
     ParticleTable,
     centered_angstrom_to_voxels,
+    particle_block,
+    particle_table,
+    read_particles,
+    read_star,
+    read_tomograms_star,
+    voxels_to_centered_angstrom,
+    write_star,
+)
+from .star_columns import (
     classes,
     coordinates_xyz,
     euler_deg,
-    format_image_name,
     image_names,
     origins_angstrom,
-    parse_image_name,
-    read_particle_images,
-    read_particles,
-    read_star,
-    read_subtomograms,
-    read_tomograms_star,
     scores,
     tomo_names,
-    voxels_to_centered_angstrom,
-    write_particle_stack,
     write_particles,
+)
+from .star_images import (
+    format_image_name,
+    parse_image_name,
+    read_particle_images,
+    read_subtomograms,
+    relocate_image_names,
+    write_particle_stack,
     write_subtomograms,
 )
 from .tilt import read_acquisition_order, read_tlt, write_acquisition_order, write_tlt
@@ -61,7 +69,10 @@ __all__ = [
     # STAR
     "ParticleTable",
     "read_star",
+    "write_star",
     "read_particles",
+    "particle_table",
+    "particle_block",
     "write_particles",
     "read_tomograms_star",
     "coordinates_xyz",
@@ -75,6 +86,7 @@ __all__ = [
     "voxels_to_centered_angstrom",
     "parse_image_name",
     "format_image_name",
+    "relocate_image_names",
     "read_subtomograms",
     "read_particle_images",
     "write_subtomograms",

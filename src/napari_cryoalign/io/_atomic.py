@@ -1,4 +1,4 @@
-"""Atomic output files and protection of inputs.
+"""Atomic output files, and checks of input and output paths.
 
 Every writer of :mod:`napari_cryoalign.io` writes to a temporary file in the folder of
 the final file, flushes and fsyncs it, then renames it over the final name with
@@ -149,6 +149,20 @@ def atomic_write(path: str | os.PathLike, *, mode: str = "wb", overwrite: bool =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _existing_input(path: str | os.PathLike, *, expected: str = "an existing file") -> Path:
+    """``path`` as a :class:`~pathlib.Path` when it is an existing file.
+
+    Raises
+    ------
+    InputError
+        ``field="path"``: ``expected``, got "a folder" or "no such file".
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(expected, path=p, field="path", got="a folder" if p.is_dir() else "no such file")
+    return p
 
 
 def ensure_not_input(out_path: str | os.PathLike, *input_paths: str | os.PathLike | None) -> None:

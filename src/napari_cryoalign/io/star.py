@@ -1,7 +1,9 @@
-"""STAR particle files (RELION conventions), subtomogram sets and particle-image stacks.
+"""STAR particle files (RELION conventions): tables, coordinates, RELION 3.0 - 5 forms.
 
-Read with :func:`read_particles` (any RELION 3.0 - 5 particle file), write with
-:func:`write_particles`. Column meanings follow docs/conventions.md and docs/io.md:
+Read with :func:`read_particles` (any RELION 3.0 - 5 particle file); :func:`read_star` and
+:func:`write_star` read and write the blocks of any STAR file. The per-particle quantities as
+arrays and :func:`~.star_columns.write_particles` are in :mod:`.star_columns`. Column meanings
+follow docs/conventions.md and docs/io.md:
 
 * ``rlnCoordinateX/Y/Z``: 0-based voxels of the tomogram the particle was picked in
   (RELION <= 4 form);
@@ -12,7 +14,8 @@ Read with :func:`read_particles` (any RELION 3.0 - 5 particle file), write with
   pixels (RELION <= 3.0);
 * ``rlnClassNumber`` (1-based), ``rlnAutopickFigureOfMerit`` (score),
   ``rlnTomoName``, ``rlnImageName`` (``index@stack.mrcs`` with a 1-based index, or the
-  path of one subtomogram volume).
+  path of one subtomogram volume; the images themselves are read and written by
+  :mod:`.star_images`).
 
 All columns of the file are kept in :attr:`ParticleTable.data`; reading adds the
 ``rlnCoordinateX/Y/Z`` columns when only the centered form is present.
@@ -25,7 +28,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,28 +37,16 @@ import pandas as pd
 import starfile
 
 from ..errors import InputError
-from ._atomic import atomic_path, check_output_path
-from .mrc import VoxelSizeWarning, read_mrc, write_mrc
+from ._atomic import _existing_input, atomic_path, check_output_path
 
 __all__ = [
     "ParticleTable",
     "read_star",
+    "write_star",
     "read_particles",
-    "write_particles",
+    "particle_table",
+    "particle_block",
     "read_tomograms_star",
-    "coordinates_xyz",
-    "euler_deg",
-    "origins_angstrom",
-    "classes",
-    "scores",
-    "tomo_names",
-    "image_names",
-    "parse_image_name",
-    "format_image_name",
-    "read_subtomograms",
-    "read_particle_images",
-    "write_subtomograms",
-    "write_particle_stack",
     "centered_angstrom_to_voxels",
     "voxels_to_centered_angstrom",
     "COORDINATE_COLUMNS",
@@ -85,6 +76,7 @@ OPTICS_GROUP_COLUMN = "rlnOpticsGroup"
 _STRING_COLUMNS = ["rlnTomoName", "rlnImageName", "rlnMicrographName", "rlnOpticsGroupName",
                    "rlnImageOriginalName", "rlnTomoParticleName", "rlnGroupName"]
 _PARTICLE_BLOCKS = ("particles", "images", "")
+_STAR_FILE = "an existing STAR file"  # what a missing input is told it should be
 _PIXEL_SIZE_LABELS = ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize")
 _SIZE_LABELS = ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
 
@@ -149,14 +141,6 @@ class ParticleTable:
 
 
 # ----------------------------------------------------------------------------- reading
-def _existing(path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("an existing STAR file", path=p, field="path",
-                         got="a folder" if p.is_dir() else "no such file")
-    return p
-
-
 def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     """Read every block of a STAR file.
 
@@ -173,7 +157,7 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
         ``field="path"`` for a missing file, ``field="format"`` when it is not a STAR file
         or holds no data block.
     """
-    p = _existing(path)
+    p = _existing_input(path, expected=_STAR_FILE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -185,6 +169,36 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
         raise InputError("a STAR file with at least one data_ block", path=p, field="format",
                          got="no data block")
     return dict(blocks)
+
+
+def write_star(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame | Mapping[str, Any]], *,
+               overwrite: bool = False) -> Path:
+    """Write the blocks of a STAR file, in the order given, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+    blocks : mapping
+        Block name (``"general"``, ``"optics"``, ``"particles"``, ``""`` for ``data_``) to a
+        DataFrame (a loop block, one row per item) or a dict (a key-value block), as
+        :func:`read_star` returns them. Floats are written with six decimals (``%.6f``).
+    overwrite : bool, keyword-only
+        Replace an existing file. Default False.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    InputError
+        ``field="output"`` for an existing file without ``overwrite``, ``"output folder"`` for
+        a folder that does not exist.
+    """
+    path = check_output_path(path, overwrite=overwrite)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        starfile.write(dict(blocks), tmp, float_format="%.6f")
+    return path
 
 
 def _version(path: Path) -> int | None:
@@ -199,7 +213,32 @@ def _version(path: Path) -> int | None:
     return None
 
 
-def _particle_block(blocks: dict, path: Path) -> tuple[str, pd.DataFrame]:
+def particle_block(blocks: Mapping[str, Any], *, path: str | os.PathLike | None = None
+                   ) -> tuple[str, pd.DataFrame]:
+    """The particle table among the blocks :func:`read_star` returned.
+
+    ``data_particles``, else ``data_images``, else ``data_`` (RELION 3.0), else the only loop
+    block other than optics/general/global.
+
+    Parameters
+    ----------
+    blocks : mapping
+        Block name to DataFrame or dict.
+    path : path-like, optional, keyword-only
+        The STAR file, named in the error.
+
+    Returns
+    -------
+    name : str
+        The block's name (``"particles"``, ``"images"``, ``""``, ...).
+    table : pandas.DataFrame
+        One row per particle (the block itself, not a copy).
+
+    Raises
+    ------
+    InputError
+        ``field="data_particles"`` when no block qualifies.
+    """
     for name in _PARTICLE_BLOCKS:
         if isinstance(blocks.get(name), pd.DataFrame):
             return name, blocks[name]
@@ -257,17 +296,6 @@ def _shape_from_file(general, optics) -> tuple[float, float, float] | None:
     b = float(binning) if binning is not None else 1.0
     nx, ny, nz = (float(v) / b for v in vals)  # unrounded: keeps the centre exact
     return (nz, ny, nx)
-
-
-def _as_shape(shape, path, name="tomogram_shape") -> tuple[int, int, int]:
-    try:
-        vals = tuple(int(v) for v in shape)
-        if len(vals) != 3 or any(v <= 0 for v in vals):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise InputError("a tomogram shape (z, y, x) of three positive voxel counts", path=path,
-                         field=name, got=repr(shape)) from None
-    return vals  # type: ignore[return-value]
 
 
 def _numeric(df: pd.DataFrame, cols: Sequence[str], path) -> np.ndarray:
@@ -396,7 +424,7 @@ def read_tomograms_star(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     InputError
         No block with the needed columns (``field`` = the missing column list).
     """
-    p = _existing(path)
+    p = _existing_input(path, expected=_STAR_FILE)
     blocks = read_star(p)
     need = (TOMO_COLUMN,) + _SIZE_LABELS + ("rlnTomoTiltSeriesPixelSize",)
     for block in blocks.values():
@@ -423,6 +451,8 @@ def read_particles(path: str | os.PathLike, *,
                    tomograms: str | os.PathLike | Mapping[str, Mapping[str, Any]] | None = None,
                    require: Sequence[str] = ("coordinates",)) -> ParticleTable:
     """Read a RELION particle STAR file (3.0, 3.1, 4 or 5 form).
+
+    ``read_particles(path, ...)`` is ``particle_table(read_star(path), path=path, ...)``.
 
     Parameters
     ----------
@@ -461,9 +491,43 @@ def read_particles(path: str | os.PathLike, *,
         without tomogram shape or voxel size (``"tomogram_shape"`` / ``"voxel_size"``);
         coordinates outside the tomogram (``field`` = the column, naming the rows).
     """
-    p = _existing(path)
-    blocks = read_star(p)
-    _, df = _particle_block(blocks, p)
+    p = _existing_input(path, expected=_STAR_FILE)
+    return particle_table(read_star(p), path=p, tomogram_shape=tomogram_shape, voxel_size=voxel_size,
+                          tomograms=tomograms, require=require)
+
+
+def particle_table(blocks: Mapping[str, Any], *, path: str | os.PathLike | None = None,
+                   tomogram_shape: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+                   voxel_size: float | Mapping[str, float] | None = None,
+                   tomograms: str | os.PathLike | Mapping[str, Mapping[str, Any]] | None = None,
+                   require: Sequence[str] = ("coordinates",)) -> ParticleTable:
+    """The :class:`ParticleTable` of a STAR file whose blocks are already read.
+
+    For a caller that needs to look at the blocks first (:func:`read_star`, then
+    :func:`particle_block`), so that the file is parsed once. ``blocks`` is not changed.
+
+    Parameters
+    ----------
+    blocks : mapping
+        Block name to DataFrame or dict, as :func:`read_star` returns them.
+    path : path-like, optional, keyword-only
+        The STAR file they were read from: named in errors, stored in the table, and its
+        ``# version`` line tells the RELION 5 form apart.
+    tomogram_shape, voxel_size, tomograms, require
+        As for :func:`read_particles`.
+
+    Returns
+    -------
+    ParticleTable
+        As :func:`read_particles`.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_particles`, except for a missing or unreadable file.
+    """
+    p = Path(path) if path is not None else None
+    _, df = particle_block(blocks, path=p)
     df = df.copy()
     optics = blocks.get("optics")
     optics = optics.copy() if isinstance(optics, pd.DataFrame) else None
@@ -490,7 +554,7 @@ def read_particles(path: str | os.PathLike, *,
 
     has_vox = _has(df, COORDINATE_COLUMNS[:2])
     has_centered = _has(df, CENTERED_COLUMNS[:2])
-    version = _version(p)
+    version = _version(p) if p is not None else None
     if has_centered or (version is not None and version >= 50000 and optics is not None) \
             or (general is not None and "rlnTomoSubTomosAre2DStacks" in general):
         form = "relion5"
@@ -541,647 +605,3 @@ def read_particles(path: str | os.PathLike, *,
              source or "nowhere (no coordinate columns)")
     return ParticleTable(data=df, optics=optics, general=general, form=form, path=p,
                          coordinates_from=source, voxel_size=vs, tomogram_shape=shape)
-
-
-# ----------------------------------------------------------------------------- accessors
-def _df(table) -> pd.DataFrame:
-    return table.data if isinstance(table, ParticleTable) else table
-
-
-def _path(table):
-    return table.path if isinstance(table, ParticleTable) else None
-
-
-def coordinates_xyz(table: ParticleTable | pd.DataFrame) -> np.ndarray:
-    """``(n, 3)`` float64 0-based voxel coordinates ``(x, y, z)``; z is 0 for 2D files.
-
-    Raises
-    ------
-    InputError
-        No ``rlnCoordinateX/Y`` columns.
-    """
-    df = _df(table)
-    if not _has(df, COORDINATE_COLUMNS[:2]):
-        raise InputError("columns rlnCoordinateX, rlnCoordinateY[, rlnCoordinateZ]",
-                         path=_path(table), field="coordinates",
-                         got="columns " + ", ".join(map(str, df.columns)))
-    cols = [c for c in COORDINATE_COLUMNS if c in df.columns]
-    out = np.zeros((len(df), 3))
-    out[:, :len(cols)] = _numeric(df, cols, _path(table))
-    return out
-
-
-def euler_deg(table: ParticleTable | pd.DataFrame) -> np.ndarray:
-    """``(n, 3)`` float64 ``(rot, tilt, psi)`` in degrees (RELION ZYZ); a missing column
-    gives zeros."""
-    df = _df(table)
-    out = np.zeros((len(df), 3))
-    for j, c in enumerate(ANGLE_COLUMNS):
-        if c in df.columns:
-            out[:, j] = _numeric(df, [c], _path(table))[:, 0]
-    return out
-
-
-def _row_pixel_size(table) -> np.ndarray | None:
-    """Per-row pixel size (Å) for pixel-unit origins, or None."""
-    df = _df(table)
-    if isinstance(table, ParticleTable):
-        optics = table.optics
-        if (optics is not None and OPTICS_GROUP_COLUMN in df.columns
-                and OPTICS_GROUP_COLUMN in optics.columns and "rlnImagePixelSize" in optics.columns):
-            m = dict(zip(optics[OPTICS_GROUP_COLUMN], optics["rlnImagePixelSize"].astype(float)))
-            vals = df[OPTICS_GROUP_COLUMN].map(m).to_numpy(dtype=float, na_value=np.nan)
-            if np.isfinite(vals).all():
-                return vals
-        if table.voxel_size is not None:
-            return np.full(len(df), float(table.voxel_size))
-    if _has(df, ("rlnDetectorPixelSize", "rlnMagnification")):
-        return (_numeric(df, ["rlnDetectorPixelSize"], None)[:, 0] * 1e4
-                / _numeric(df, ["rlnMagnification"], None)[:, 0])
-    return None
-
-
-def origins_angstrom(table: ParticleTable | pd.DataFrame) -> np.ndarray:
-    """``(n, 3)`` float64 shifts ``(x, y, z)`` in Å (RELION sign: the true centre is at
-    ``coordinate - origin / voxel_size``).
-
-    From ``rlnOriginX/Y/ZAngst``; for RELION <= 3.0 files from ``rlnOriginX/Y/Z`` (pixels)
-    times the pixel size (optics group, table voxel size, or detector pixel size /
-    magnification). Missing columns give zeros.
-
-    Raises
-    ------
-    InputError
-        Pixel origins without any pixel size.
-    """
-    df = _df(table)
-    out = np.zeros((len(df), 3))
-    if any(c in df.columns for c in ORIGIN_COLUMNS):
-        for j, c in enumerate(ORIGIN_COLUMNS):
-            if c in df.columns:
-                out[:, j] = _numeric(df, [c], _path(table))[:, 0]
-        return out
-    present = [c for c in ORIGIN_PIXEL_COLUMNS if c in df.columns]
-    if present:
-        px = _row_pixel_size(table)
-        if px is None:
-            raise InputError("a pixel size to convert rlnOriginX/Y/Z (pixels) to Angstrom "
-                             "(optics rlnImagePixelSize or rlnDetectorPixelSize and "
-                             "rlnMagnification)", path=_path(table), field="voxel_size")
-        for j, c in enumerate(ORIGIN_PIXEL_COLUMNS):
-            if c in df.columns:
-                out[:, j] = _numeric(df, [c], _path(table))[:, 0] * px
-    return out
-
-
-def classes(table: ParticleTable | pd.DataFrame, *, default: int | None = None) -> np.ndarray | None:
-    """``(n,)`` int64 ``rlnClassNumber`` (1-based); None (or ``default`` for every row)
-    when the column is absent."""
-    df = _df(table)
-    if CLASS_COLUMN not in df.columns:
-        return None if default is None else np.full(len(df), int(default), dtype=np.int64)
-    return _numeric(df, [CLASS_COLUMN], _path(table))[:, 0].astype(np.int64)
-
-
-def scores(table: ParticleTable | pd.DataFrame) -> np.ndarray | None:
-    """``(n,)`` float64 ``rlnAutopickFigureOfMerit`` (higher = more likely a particle), or
-    None when absent."""
-    df = _df(table)
-    if SCORE_COLUMN not in df.columns:
-        return None
-    return _numeric(df, [SCORE_COLUMN], _path(table))[:, 0]
-
-
-def tomo_names(table: ParticleTable | pd.DataFrame) -> np.ndarray | None:
-    """``(n,)`` object array of ``rlnTomoName`` strings, or None when absent."""
-    df = _df(table)
-    if TOMO_COLUMN not in df.columns:
-        return None
-    return df[TOMO_COLUMN].astype(str).to_numpy(dtype=object)
-
-
-def image_names(table: ParticleTable | pd.DataFrame) -> np.ndarray | None:
-    """``(n,)`` object array of ``rlnImageName`` strings, or None when absent."""
-    df = _df(table)
-    if IMAGE_COLUMN not in df.columns:
-        return None
-    return df[IMAGE_COLUMN].astype(str).to_numpy(dtype=object)
-
-
-# ----------------------------------------------------------------------------- writing
-def _rows(name, value, n, ncols, path) -> np.ndarray | None:
-    if value is None:
-        return None
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError("numbers", path=path, field=name, got=type(value).__name__) from None
-    want = (n, ncols) if ncols > 1 else (n,)
-    if ncols > 1 and arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] == 2 and name == "coordinates_xyz":
-        arr = np.column_stack([arr, np.zeros(n)])
-    if arr.shape != want:
-        raise InputError(f"an array of shape {want}", path=path, field=name, got=f"shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise InputError("finite numbers", path=path, field=name, got="NaN or inf")
-    return arr
-
-
-def _n_rows(path, **arrays) -> int:
-    n = None
-    for name, v in arrays.items():
-        if v is None or isinstance(v, str):
-            continue
-        length = len(v)
-        if n is None:
-            n = length
-        elif length != n:
-            raise InputError(f"{n} rows like the other per-particle inputs", path=path,
-                             field=name, got=f"{length} rows")
-    if n is None:
-        raise InputError("at least one per-particle input (coordinates_xyz, euler_deg, "
-                         "image_names, ...)", path=path, field="coordinates_xyz", got="none")
-    return n
-
-
-def write_particles(path: str | os.PathLike, *, coordinates_xyz=None, euler_deg=None,
-                    origins_angstrom=None, classes=None, scores=None,
-                    image_names: Sequence[str] | None = None,
-                    tomo_name: str | Sequence[str] | None = None,
-                    tomogram_shape: Sequence[int] | None = None, voxel_size: float | None = None,
-                    extra_columns: Mapping[str, Any] | pd.DataFrame | None = None,
-                    form: str = "both", sort_by_score: bool = False, overwrite: bool = False,
-                    optics: Mapping[str, Any] | None = None, image_size: int | None = None) -> Path:
-    """Write a particle STAR file, atomically.
-
-    Parameters
-    ----------
-    path : path-like
-    coordinates_xyz : (n, 3) array, optional
-        0-based voxel coordinates (x, y, z) in the tomogram (``rlnCoordinateX/Y/Z``).
-    euler_deg : (n, 3) array, optional
-        (rot, tilt, psi), RELION ZYZ, degrees.
-    origins_angstrom : (n, 3) array, optional
-        ``rlnOriginX/Y/ZAngst``.
-    classes : (n,) ints, optional
-        ``rlnClassNumber`` (1-based).
-    scores : (n,) floats, optional
-        ``rlnAutopickFigureOfMerit``.
-    image_names : (n,) str, optional
-        ``rlnImageName`` (``"3@stack.mrcs"`` or a subtomogram path relative to the STAR file).
-    tomo_name : str or (n,) str, optional
-        ``rlnTomoName``.
-    tomogram_shape : (z, y, x), optional
-        Tomogram size in voxels; with ``voxel_size`` needed for the centered form, and
-        written as ``rlnTomoSizeX/Y/Z`` in the general block (RELION 5 form).
-    voxel_size : float, optional
-        Å; written to the optics block (``rlnImagePixelSize``,
-        ``rlnTomoTiltSeriesPixelSize``).
-    extra_columns : dict or DataFrame, optional
-        More particle columns (n values each); may not repeat a column written above.
-    form : {"both", "relion4", "relion5"}
-        "relion4": ``rlnCoordinateX/Y/Z`` + optics block. "relion5": centered Å
-        coordinates, general + optics blocks (needs ``tomogram_shape`` and
-        ``voxel_size``). "both": all of these, the centered form only when shape and voxel
-        size are given.
-    sort_by_score : bool
-        Order rows by decreasing score (needs ``scores``; stable).
-    overwrite : bool
-        Replace an existing file. Default False.
-    optics : dict, optional
-        More optics values (e.g. ``rlnVoltage``), written in the one optics group.
-    image_size : int, optional
-        Box size for ``rlnImageSize``.
-
-    Returns
-    -------
-    pathlib.Path
-
-    Raises
-    ------
-    InputError
-        Wrong shapes or lengths (``field`` = the argument), non-finite values, centered form
-        requested without shape/voxel size, existing output without ``overwrite``.
-    """
-    path = check_output_path(path, overwrite=overwrite)
-    if form not in ("both", "relion4", "relion5"):
-        raise InputError("form 'both', 'relion4' or 'relion5'", path=path, field="form", got=form)
-    extra_df = None
-    if extra_columns is not None:
-        extra_df = pd.DataFrame(extra_columns).reset_index(drop=True)
-    n = _n_rows(path, coordinates_xyz=coordinates_xyz, euler_deg=euler_deg,
-                origins_angstrom=origins_angstrom, classes=classes, scores=scores,
-                image_names=image_names,
-                tomo_name=None if isinstance(tomo_name, str) else tomo_name,
-                extra_columns=None if extra_df is None or extra_df.shape[1] == 0 else extra_df)
-    coords = _rows("coordinates_xyz", coordinates_xyz, n, 3, path)
-    eul = _rows("euler_deg", euler_deg, n, 3, path)
-    ori = _rows("origins_angstrom", origins_angstrom, n, 3, path)
-    cls = _rows("classes", classes, n, 1, path)
-    sco = _rows("scores", scores, n, 1, path)
-    vs = None
-    if voxel_size is not None:
-        vs = float(voxel_size)
-        if not (vs > 0 and math.isfinite(vs)):
-            raise InputError("a positive voxel size in Angstrom", path=path, field="voxel_size",
-                             got=voxel_size)
-    shape = _as_shape(tomogram_shape, path) if tomogram_shape is not None else None
-    want_centered = form == "relion5" or (form == "both" and shape is not None and vs is not None)
-    if form == "relion5" and coords is not None and (shape is None or vs is None):
-        raise InputError("tomogram_shape and voxel_size for the RELION 5 centered coordinates",
-                         path=path, field="tomogram_shape" if shape is None else "voxel_size",
-                         got="none")
-    if cls is not None and (np.any(cls != np.round(cls)) or np.any(cls < 1)):
-        raise InputError("integer class numbers >= 1 (1-based)", path=path, field="classes",
-                         got=f"min {cls.min():g}")
-    if sort_by_score and sco is None:
-        raise InputError("scores to sort by", path=path, field="scores", got="none")
-    if coords is not None and shape is not None:
-        _check_bounds(coords, np.tile(np.array(shape[::-1], dtype=float), (n, 1)), path)
-
-    cols: dict[str, Any] = {}
-    if tomo_name is not None:
-        cols[TOMO_COLUMN] = [tomo_name] * n if isinstance(tomo_name, str) else [str(t) for t in tomo_name]
-    if coords is not None:
-        if form in ("both", "relion4"):
-            for j, c in enumerate(COORDINATE_COLUMNS):
-                cols[c] = coords[:, j]
-        if want_centered:
-            cen = voxels_to_centered_angstrom(coords, tomogram_shape=shape, voxel_size=vs)
-            for j, c in enumerate(CENTERED_COLUMNS):
-                cols[c] = cen[:, j]
-    if eul is not None:
-        for j, c in enumerate(ANGLE_COLUMNS):
-            cols[c] = eul[:, j]
-    if ori is not None:
-        for j, c in enumerate(ORIGIN_COLUMNS):
-            cols[c] = ori[:, j]
-    if cls is not None:
-        cols[CLASS_COLUMN] = cls.astype(np.int64)
-    if sco is not None:
-        cols[SCORE_COLUMN] = sco
-    if image_names is not None:
-        cols[IMAGE_COLUMN] = [str(s) for s in image_names]
-    cols[OPTICS_GROUP_COLUMN] = np.ones(n, dtype=np.int64)
-    df = pd.DataFrame(cols)
-    if extra_df is not None and extra_df.shape[1]:
-        clash = [c for c in extra_df.columns if c in df.columns]
-        if clash:
-            raise InputError("extra columns that are not written from the other arguments",
-                             path=path, field="extra_columns", got=", ".join(map(str, clash)))
-        df = pd.concat([df, extra_df], axis=1)
-    if sort_by_score:
-        df = df.iloc[np.argsort(-sco, kind="stable")].reset_index(drop=True)
-
-    opt: dict[str, Any] = {OPTICS_GROUP_COLUMN: [1], "rlnOpticsGroupName": ["opticsGroup1"]}
-    if vs is not None:
-        opt["rlnImagePixelSize"] = [vs]
-        if form != "relion4":
-            opt["rlnTomoTiltSeriesPixelSize"] = [vs]
-    if image_size is not None:
-        opt["rlnImageSize"] = [int(image_size)]
-        opt["rlnImageDimensionality"] = [3]  # subtomograms; stacks pass 2 via ``optics``
-    for k, v in (optics or {}).items():
-        opt[k] = [v]
-    blocks: dict[str, Any] = {}
-    if form != "relion4":
-        general: dict[str, Any] = {"rlnTomoSubTomosAre2DStacks": 0}
-        if shape is not None:
-            general.update(rlnTomoSizeX=shape[2], rlnTomoSizeY=shape[1], rlnTomoSizeZ=shape[0])
-        blocks["general"] = general
-    blocks["optics"] = pd.DataFrame(opt)
-    blocks["particles"] = df
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        starfile.write(blocks, tmp, float_format="%.6f")
-    return path
-
-
-# ----------------------------------------------------------------------------- stacks
-_IMAGE_NAME = re.compile(r"^\s*(\d+)\s*@\s*(.+?)\s*$")
-
-
-def parse_image_name(name: str, *, path=None, row: int | None = None) -> tuple[int | None, str]:
-    """Split an ``rlnImageName``: ``"12@stack.mrcs"`` -> ``(11, "stack.mrcs")`` (the STAR
-    index is 1-based, the returned one 0-based); a plain path -> ``(None, path)``.
-
-    Raises
-    ------
-    InputError
-        ``field="rlnImageName"`` for an index below 1 or an empty name.
-    """
-    s = str(name).strip()
-    where = f"row {row}: " if row is not None else ""
-    m = _IMAGE_NAME.match(s)
-    if m:
-        idx = int(m.group(1))
-        if idx < 1:
-            raise InputError("a 1-based image index (index@stack.mrcs, index >= 1)", path=path,
-                             field=IMAGE_COLUMN, got=f"{where}{s!r}")
-        return idx - 1, m.group(2)
-    if not s or "@" in s:
-        raise InputError("an image name 'index@stack.mrcs' or a file path", path=path,
-                         field=IMAGE_COLUMN, got=f"{where}{s!r}")
-    return None, s
-
-
-def format_image_name(index0: int, stack: str) -> str:
-    """``(0, "a.mrcs")`` -> ``"000001@a.mrcs"`` (RELION's 6-digit, 1-based form)."""
-    return f"{int(index0) + 1:06d}@{stack}"
-
-
-def _resolve(name: str, base: Path, data_dir: Path | None, star: Path, row: int) -> Path:
-    p = Path(name)
-    candidates = [p] if p.is_absolute() else [base / p]
-    if data_dir is not None and not p.is_absolute():
-        candidates.append(data_dir / p.name)
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise InputError("an existing file for every rlnImageName (relative paths resolve against "
-                     + ("data_dir" if data_dir is not None else "the STAR file's folder") + ")",
-                     path=star, field=IMAGE_COLUMN, got=f"row {row}: {name!r} not found at {candidates[0]}")
-
-
-def _read_quiet(p: Path, **kw):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", VoxelSizeWarning)
-        vol = read_mrc(p, **kw)
-    unset = any(issubclass(w.category, VoxelSizeWarning) for w in caught)
-    for w in caught:
-        if not issubclass(w.category, VoxelSizeWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return vol, unset
-
-
-def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                      validate: bool = True, rtol: float = 1e-3) -> tuple[np.ndarray, ParticleTable]:
-    """Read a subtomogram set: a STAR file whose ``rlnImageName`` names one MRC volume per
-    particle.
-
-    Parameters
-    ----------
-    star_path : path-like
-    data_dir : path-like, optional
-        Folder that relative names resolve against (then also tried: its file with the
-        same base name). Default: the STAR file's folder.
-    validate : bool
-        Check voxels are finite.
-    rtol : float
-        Allowed relative voxel-size difference between files and against the optics
-        block's ``rlnImagePixelSize``.
-
-    Returns
-    -------
-    volumes : (n, z, y, x) float32
-    table : ParticleTable
-        With ``voxel_size`` set to the volumes' voxel size (Å).
-
-    Raises
-    ------
-    InputError
-        No ``rlnImageName`` column; a file missing (naming the row); not a volume; box sizes
-        that differ (``field="rlnImageName"``); voxel sizes that differ between files or
-        from the optics block (``field="voxel_size"``).
-    """
-    star = _existing(star_path)
-    table = read_particles(star, require=("image_names",))
-    base = Path(data_dir) if data_dir is not None else star.parent
-    ddir = Path(data_dir) if data_dir is not None else None
-    names = image_names(table)
-    n = len(names)
-    out = None
-    voxel = None
-    voxel_from = None
-    for i, name in enumerate(names):
-        idx, fname = parse_image_name(name, path=star, row=i)
-        p = _resolve(fname, base, ddir, star, i)
-        if idx is not None:
-            raise InputError("one MRC volume file per particle (no index@ for subtomograms)",
-                             path=star, field=IMAGE_COLUMN, got=f"row {i}: {name!r}")
-        vol, unset = _read_quiet(p, validate=validate, is_stack=False)
-        data = vol.data
-        if data.ndim != 3:
-            raise InputError("one 3D volume per rlnImageName", path=star, field=IMAGE_COLUMN,
-                             got=f"row {i}: {p} has shape {data.shape}")
-        if out is None:
-            out = np.empty((n,) + data.shape, dtype=np.float32)
-        elif data.shape != out.shape[1:]:
-            raise InputError(f"subtomograms of one box size {out.shape[1:]} (z, y, x)", path=star,
-                             field=IMAGE_COLUMN, got=f"row {i}: {p} has shape {data.shape}")
-        out[i] = data
-        if not unset:
-            v = float(np.mean(vol.voxel_size))
-            if voxel is None:
-                voxel, voxel_from = v, p
-            elif abs(v - voxel) > rtol * voxel:
-                raise InputError(f"the voxel size of {voxel_from} ({voxel:g} Angstrom)", path=star,
-                                 field="voxel_size", got=f"row {i}: {p} has {v:g} Angstrom")
-    if out is None:
-        raise InputError("at least one particle", path=star, field="data_particles", got="0 rows")
-    voxel = _check_against_optics(table, voxel, star, rtol)
-    if voxel is None:
-        warnings.warn(f"{star}: no voxel size in the STAR file or the subtomogram headers; using "
-                      "1.0 Angstrom", VoxelSizeWarning, stacklevel=2)
-        voxel = 1.0
-    return out, replace(table, voxel_size=voxel)
-
-
-def _image_pixel_size(table: ParticleTable) -> float | None:
-    """The particle images' pixel size from the STAR file: optics ``rlnImagePixelSize`` (one
-    value), else ``rlnDetectorPixelSize * 1e4 / rlnMagnification`` (RELION 3.0)."""
-    if table.optics is not None and "rlnImagePixelSize" in table.optics.columns:
-        vals = pd.unique(table.optics["rlnImagePixelSize"].astype(float))
-        if len(vals) == 1 and vals[0] > 0:
-            return float(vals[0])
-        return None
-    return _pixel_size_from_file(None, None, table.data)
-
-
-def _check_against_optics(table: ParticleTable, voxel: float | None, star: Path, rtol: float):
-    """Reconcile the MRC headers' voxel size with the STAR file's; the STAR value wins when
-    the headers hold RELION's placeholder 1.0, a real difference is an error."""
-    file_px = _image_pixel_size(table)
-    if voxel is None or file_px is None:
-        return voxel if voxel is not None else file_px
-    if abs(voxel - file_px) <= rtol * file_px:
-        return file_px
-    if abs(voxel - 1.0) < 1e-6:
-        warnings.warn(f"{star}: the image headers say 1.0 Angstrom (a common placeholder); "
-                      f"using the STAR file's pixel size {file_px:g} Angstrom", VoxelSizeWarning,
-                      stacklevel=3)
-        return file_px
-    raise InputError(f"image files with the STAR file's pixel size ({file_px:g} Angstrom, "
-                     "rlnImagePixelSize)", path=star, field="voxel_size",
-                     got=f"{voxel:g} Angstrom in the MRC headers")
-
-
-def read_particle_images(star_path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                         validate: bool = True, rtol: float = 1e-3) -> tuple[np.ndarray, ParticleTable]:
-    """Read 2D particle images referenced as ``index@stack.mrcs`` (1-based index).
-
-    Each stack is opened once (memory-mapped when it is float32 and uncompressed) and only
-    the referenced images are copied out, in row order.
-
-    Parameters
-    ----------
-    star_path : path-like
-    data_dir : path-like, optional
-        Folder that stack names resolve against; a name not found there is also tried as
-        ``data_dir / basename``. Default: the STAR file's folder.
-    validate : bool
-        Check the returned pixels are finite.
-    rtol : float
-        Allowed relative pixel-size difference between stacks and against the optics
-        block.
-
-    Returns
-    -------
-    images : (n, y, x) float32
-    table : ParticleTable
-        With ``voxel_size`` set to the pixel size (Å) of the headers, else the optics block.
-
-    Raises
-    ------
-    InputError
-        Missing ``rlnImageName``; a stack missing; index out of range (naming the row);
-        images of different sizes; different pixel sizes.
-    """
-    star = _existing(star_path)
-    table = read_particles(star, require=("image_names",))
-    base = Path(data_dir) if data_dir is not None else star.parent
-    ddir = Path(data_dir) if data_dir is not None else None
-    names = image_names(table)
-    n = len(names)
-    if n == 0:
-        raise InputError("at least one particle", path=star, field="data_particles", got="0 rows")
-    parsed = [parse_image_name(s, path=star, row=i) for i, s in enumerate(names)]
-    groups: dict[str, list[int]] = {}
-    for i, (_, fname) in enumerate(parsed):
-        groups.setdefault(fname, []).append(i)
-    out = None
-    voxel = None
-    voxel_from = None
-    for fname, rows in groups.items():
-        p = _resolve(fname, base, ddir, star, rows[0])
-        vol, unset = _read_quiet(p, mmap=True, validate=False, is_stack=True)
-        stack = vol.data
-        if out is None:
-            out = np.empty((n,) + stack.shape[1:], dtype=np.float32)
-        elif stack.shape[1:] != out.shape[1:]:
-            raise InputError(f"particle images of one size {out.shape[1:]} (y, x)", path=star,
-                             field=IMAGE_COLUMN, got=f"row {rows[0]}: {p} holds {stack.shape[1:]}")
-        idx = np.array([0 if parsed[r][0] is None else parsed[r][0] for r in rows])
-        bad = np.flatnonzero(idx >= stack.shape[0])
-        if bad.size:
-            r = rows[bad[0]]
-            raise InputError(f"an image index between 1 and {stack.shape[0]} (the images in {p})",
-                             path=star, field=IMAGE_COLUMN,
-                             got=f"row {r}: {names[r]!r}" + (f" and {bad.size - 1} more rows" if bad.size > 1 else ""))
-        out[np.asarray(rows)] = stack[idx]
-        if not unset:
-            v = float(np.mean(vol.voxel_size[:2]))
-            if voxel is None:
-                voxel, voxel_from = v, p
-            elif abs(v - voxel) > rtol * voxel:
-                raise InputError(f"the pixel size of {voxel_from} ({voxel:g} Angstrom)", path=star,
-                                 field="voxel_size", got=f"{p} has {v:g} Angstrom")
-        del stack, vol
-    if validate:
-        from .mrc import _check_finite
-
-        _check_finite(out, star, field_name=IMAGE_COLUMN)
-    voxel = _check_against_optics(table, voxel, star, rtol)
-    if voxel is None:
-        warnings.warn(f"{star}: no pixel size in the STAR file or the image headers; using 1.0 "
-                      "Angstrom", VoxelSizeWarning, stacklevel=2)
-        voxel = 1.0
-    return out, replace(table, voxel_size=voxel)
-
-
-def write_subtomograms(star_path: str | os.PathLike, volumes, *, voxel_size: float,
-                       folder: str | os.PathLike | None = None, name_pattern: str = "subtomo_{:06d}.mrc",
-                       overwrite: bool = False, **particle_columns) -> Path:
-    """Write a subtomogram set: one MRC volume per particle plus the STAR file naming them.
-
-    Parameters
-    ----------
-    star_path : path-like
-        The STAR file to write.
-    volumes : (n, z, y, x) array
-    voxel_size : float
-        Å, written in every MRC header and the optics block.
-    folder : path-like, optional
-        Where the volumes go. Default: ``<star stem>_subtomograms`` next to the STAR file.
-        ``rlnImageName`` holds paths relative to the STAR file's folder.
-    name_pattern : str
-        File name of volume ``i`` (0-based): ``name_pattern.format(i)``.
-    overwrite : bool
-        Replace existing files. Default False.
-    **particle_columns
-        Passed to :func:`write_particles` (``coordinates_xyz``, ``euler_deg``,
-        ``origins_angstrom``, ``classes``, ``scores``, ``tomo_name``, ...).
-
-    Returns
-    -------
-    pathlib.Path
-        The STAR file.
-    """
-    star = check_output_path(star_path, overwrite=overwrite)
-    if hasattr(volumes, "detach"):
-        volumes = volumes.detach().cpu().numpy()
-    vols = np.asarray(volumes)
-    if vols.ndim != 4 or 0 in vols.shape:
-        raise InputError("volumes of shape (n, z, y, x)", path=star, field="volumes",
-                         got=f"shape {vols.shape}")
-    folder = Path(folder) if folder is not None else star.parent / f"{star.stem}_subtomograms"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(vols.shape[0]):
-        p = folder / name_pattern.format(i)
-        write_mrc(p, vols[i], voxel_size=voxel_size, overwrite=overwrite, is_stack=False)
-        names.append(os.path.relpath(p, star.parent).replace(os.sep, "/"))
-    particle_columns.setdefault("image_size", int(vols.shape[-1]))
-    return write_particles(star, image_names=names, voxel_size=voxel_size, overwrite=overwrite,
-                           **particle_columns)
-
-
-def write_particle_stack(star_path: str | os.PathLike, images, *, voxel_size: float,
-                         stack_path: str | os.PathLike | None = None, overwrite: bool = False,
-                         **particle_columns) -> Path:
-    """Write 2D particle images as one ``.mrcs`` stack plus a STAR file with
-    ``rlnImageName = 000001@stack.mrcs`` ... (1-based).
-
-    Parameters
-    ----------
-    star_path : path-like
-    images : (n, y, x) array
-    voxel_size : float
-        Pixel size in Å.
-    stack_path : path-like, optional
-        Default: the STAR file's name with ``.mrcs``. Named relative to the STAR folder.
-    overwrite : bool
-    **particle_columns
-        Passed to :func:`write_particles`.
-
-    Returns
-    -------
-    pathlib.Path
-        The STAR file.
-    """
-    star = check_output_path(star_path, overwrite=overwrite)
-    if hasattr(images, "detach"):
-        images = images.detach().cpu().numpy()
-    imgs = np.asarray(images)
-    if imgs.ndim != 3 or 0 in imgs.shape:
-        raise InputError("images of shape (n, y, x)", path=star, field="images",
-                         got=f"shape {imgs.shape}")
-    stack = Path(stack_path) if stack_path is not None else star.with_suffix(".mrcs")
-    write_mrc(stack, imgs, voxel_size=voxel_size, overwrite=overwrite, is_stack=True)
-    rel = os.path.relpath(stack, star.parent).replace(os.sep, "/")
-    names = [format_image_name(i, rel) for i in range(imgs.shape[0])]
-    particle_columns.setdefault("image_size", int(imgs.shape[-1]))
-    particle_columns.setdefault("form", "relion4")
-    particle_columns["optics"] = {"rlnImageDimensionality": 2, **(particle_columns.get("optics") or {})}
-    return write_particles(star, image_names=names, voxel_size=voxel_size, overwrite=overwrite,
-                           **particle_columns)

@@ -18,16 +18,13 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ._atomic import atomic_write
+from ._atomic import _existing_input, atomic_write
 
 __all__ = ["read_tlt", "write_tlt", "read_acquisition_order", "write_acquisition_order"]
 
 
 def _lines(path) -> tuple[Path, list[tuple[int, str]]]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("an existing text file", path=p, field="path",
-                         got="a folder" if p.is_dir() else "no such file")
+    p = _existing_input(path, expected="an existing text file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -39,6 +36,20 @@ def _lines(path) -> tuple[Path, list[tuple[int, str]]]:
         if s and not s.startswith("#"):
             out.append((lineno, s))
     return p, out
+
+
+def _one_number(path: Path, lineno: int, s: str, expected: str, *, integer: bool = False) -> float:
+    """The one number on line ``lineno`` (text ``s``); InputError ``field="line N"`` otherwise."""
+    parts = s.split()
+    try:
+        if len(parts) != 1:
+            raise ValueError
+        v = float(parts[0])
+        if integer and not v.is_integer():
+            raise ValueError
+    except ValueError:
+        raise InputError(expected, path=path, field=f"line {lineno}", got=repr(s)) from None
+    return v
 
 
 def read_tlt(path: str | os.PathLike, *, n_tilts: int | None = None) -> np.ndarray:
@@ -64,14 +75,7 @@ def read_tlt(path: str | os.PathLike, *, n_tilts: int | None = None) -> np.ndarr
     p, lines = _lines(path)
     angles = []
     for lineno, s in lines:
-        parts = s.split()
-        try:
-            if len(parts) != 1:
-                raise ValueError
-            a = float(parts[0])
-        except ValueError:
-            raise InputError("one tilt angle in degrees per line", path=p, field=f"line {lineno}",
-                             got=repr(s)) from None
+        a = _one_number(p, lineno, s, "one tilt angle in degrees per line")
         if not math.isfinite(a) or abs(a) > 90.0:
             raise InputError("a finite tilt angle between -90 and 90 degrees", path=p,
                              field=f"line {lineno}", got=repr(s))
@@ -133,17 +137,7 @@ def read_acquisition_order(path: str | os.PathLike, *, n_tilts: int) -> np.ndarr
     n = int(n_tilts)
     order = []
     for lineno, s in lines:
-        parts = s.split()
-        try:
-            if len(parts) != 1:
-                raise ValueError
-            v = float(parts[0])
-            if not v.is_integer():
-                raise ValueError
-            i = int(v)
-        except ValueError:
-            raise InputError("one 0-based stack index (an integer) per line", path=p,
-                             field=f"line {lineno}", got=repr(s)) from None
+        i = int(_one_number(p, lineno, s, "one 0-based stack index (an integer) per line", integer=True))
         if not 0 <= i < n:
             raise InputError(f"a 0-based stack index between 0 and {n - 1}", path=p,
                              field=f"line {lineno}", got=i)

@@ -1,10 +1,19 @@
-"""Cutting boxes: the box centre convention, sub-voxel remainders as RELION origins, skipped particles."""
+"""Cutting boxes: the box centre convention, sub-voxel remainders as RELION origins, skipped particles;
+the aligned STAR file."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from napari_cryoalign.backend.align.extract import check_box_size, extract_subtomograms
+from napari_cryoalign.backend.align.extract import (
+    check_box_size,
+    extract_subtomograms,
+    load_particle_set,
+    write_aligned_star,
+)
 from napari_cryoalign.errors import InputError
+from napari_cryoalign.io import read_star, read_subtomograms, write_subtomograms
 
 
 def test_box_centre_and_residual_origin():
@@ -32,3 +41,32 @@ def test_bad_box_sizes(box):
     with pytest.raises(InputError) as err:
         check_box_size(box, tomogram_shape=(20, 30, 40))
     assert err.value.field == "box"
+
+
+def test_aligned_star_keeps_blocks_and_repoints_image_names(tmp_path):
+    rng = np.random.default_rng(3)
+    vols = rng.normal(size=(3, 8, 8, 8)).astype(np.float32)
+    src = write_subtomograms(tmp_path / "set.star", vols, voxel_size=4.0, tomo_name="TS_1",
+                             tomogram_shape=(20, 30, 40), coordinates_xyz=[[5, 6, 7], [8, 9, 10], [11, 12, 13]],
+                             classes=[1, 2, 1])
+    pset = load_particle_set(src)
+    result = SimpleNamespace(euler_deg=np.array([[10.0, 20, 30], [0, 0, 0], [-5, 90, 5]]),
+                             origins_voxels=np.array([[1.0, 0, 0], [0, 0.5, 0], [0, 0, -2]]), scores=[0.9, 0.1, 0.5])
+    (tmp_path / "out").mkdir()
+    out = write_aligned_star(tmp_path / "out" / "aligned.star", pset, result,
+                             extra_columns={"rlnClassNumber": [2, 2, 1]})
+    blocks, before = read_star(out), read_star(src)
+    assert list(blocks) == ["general", "optics", "particles"]
+    assert blocks["general"] == before["general"]
+    df = blocks["particles"]
+    assert df["rlnImageName"].tolist() == ["../" + n for n in before["particles"]["rlnImageName"]]
+    np.testing.assert_allclose(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]], result.euler_deg)
+    origins = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]]
+    np.testing.assert_allclose(origins, result.origins_voxels * 4.0)
+    np.testing.assert_allclose(df["cryoalignCorrelation"], [0.9, 0.1, 0.5])
+    assert df["rlnClassNumber"].tolist() == [2, 2, 1]
+    volumes, _ = read_subtomograms(out)  # the names resolve from the new folder
+    np.testing.assert_array_equal(volumes, vols)
+    with pytest.raises(InputError) as err:
+        write_aligned_star(out, pset, result)
+    assert err.value.field == "output"

@@ -159,7 +159,8 @@ def test_packaged_structures_sample_tomogram():
 
 def test_writer_round_trip(tmp_path, clean):
     from napari_cryoalign.io.mrc import read_mrc
-    from napari_cryoalign.io.star import coordinates_xyz, euler_deg, read_particles
+    from napari_cryoalign.io.star import read_particles
+    from napari_cryoalign.io.star_columns import coordinates_xyz, euler_deg
     from napari_cryoalign.io.tilt import read_acquisition_order, read_tlt
 
     paths = S.write_tomogram_simulation(clean, tmp_path / "out", tomo_name="t1")

@@ -211,11 +211,9 @@ def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_colu
 
     ``extra_columns``: ``{label: (m,) values}`` set as well (e.g. ``rlnClassNumber``), one per kept particle.
     """
-    import numpy as np
     import pandas as pd
-    import starfile
 
-    from ...io import atomic_path, check_output_path
+    from ...io import check_output_path, relocate_image_names, write_star
     from ...io.star import (
         ANGLE_COLUMNS,
         IMAGE_COLUMN,
@@ -239,13 +237,7 @@ def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_colu
         df[label] = np.asarray(values).reshape(-1)
     src = pset.table.path
     if IMAGE_COLUMN in df.columns and src is not None:
-        base = Path(src).parent
-        new = []
-        for name in df[IMAGE_COLUMN].astype(str):
-            p = Path(name)
-            full = p if p.is_absolute() else base / p
-            new.append(os.path.relpath(full, out.parent).replace(os.sep, "/"))
-        df[IMAGE_COLUMN] = new
+        df[IMAGE_COLUMN] = relocate_image_names(df[IMAGE_COLUMN].astype(str), star_path=src, out_path=out)
     blocks = {}
     if pset.table.general:
         blocks["general"] = dict(pset.table.general)
@@ -256,6 +248,4 @@ def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_colu
         df["rlnOpticsGroup"] = 1
     blocks["optics"] = optics
     blocks["particles"] = df
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        starfile.write(blocks, tmp, float_format="%.6f")
-    return out
+    return write_star(out, blocks, overwrite=overwrite)

@@ -67,7 +67,7 @@ def positions_to_voxels(positions_nm, pixel_size_nm: float, volume_shape) -> np.
 def write_markers_star(path, result: SparseAlignResult, *, volume_shape=None, tomo_name: str = "tomo",
                        overwrite: bool = False) -> Path:
     """Markers as a RELION particle STAR file (coordinates in voxels, ``rlnAutopickFigureOfMerit`` = weight)."""
-    from ...io.star import write_particles
+    from ...io.star_columns import write_particles
 
     shape = volume_shape if volume_shape is not None else volume_shape_for(result)
     g = result.geometry

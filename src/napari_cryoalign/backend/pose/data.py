@@ -176,12 +176,9 @@ def load_particle_data(star_path: str | os.PathLike, *, require_poses: bool = Fa
     InputError
         Missing file, columns or stacks; non-square images; missing angles with ``require_poses``.
     """
-    from ...io.star import (
-        ANGLE_COLUMNS,
-        euler_deg,
-        origins_angstrom,
-        read_particle_images,
-    )
+    from ...io.star import ANGLE_COLUMNS
+    from ...io.star_columns import euler_deg, origins_angstrom
+    from ...io.star_images import read_particle_images
 
     path = Path(star_path)
     images, table = read_particle_images(path, data_dir=data_dir)

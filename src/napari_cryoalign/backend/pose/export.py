@@ -27,10 +27,7 @@ CONFIDENCE_OUT_COLUMN = "rlnParticleFigureOfMerit"
 def write_predicted_star(path: str | os.PathLike, data: ParticleData, prediction: PosePrediction, *,
                          overwrite: bool = False) -> Path:
     """Write ``prediction`` for the particles of ``data`` (read from a STAR file) to ``path``."""
-    import starfile
-
-    from ...io import atomic_path, check_output_path, ensure_not_input
-    from ...io.star import format_image_name, read_star
+    from ...io import check_output_path, ensure_not_input, particle_block, read_star, relocate_image_names, write_star
 
     out = check_output_path(path, overwrite=overwrite)
     if data.path is not None:
@@ -40,21 +37,10 @@ def write_predicted_star(path: str | os.PathLike, data: ParticleData, prediction
         raise InputError(f"{n} predicted poses", path=out, field="rotations", got=prediction.rotations.shape[0])
     blocks = {}
     if data.path is not None and data.table is not None:
-        raw = read_star(data.path)
-        for name, block in raw.items():
-            blocks[name] = block
-        pname = next(k for k in ("particles", "images", "") if k in blocks and isinstance(blocks[k], pd.DataFrame))
+        blocks = read_star(data.path)
+        pname, _ = particle_block(blocks, path=data.path)
         df = data.table.data.copy().reset_index(drop=True)
-        # image names relative to the new file's folder
-        from ...io.star import parse_image_name
-
-        names = []
-        for i, s in enumerate(df["rlnImageName"].astype(str)):
-            idx, fname = parse_image_name(s, path=data.path, row=i)
-            p = Path(fname) if Path(fname).is_absolute() else data.path.parent / fname
-            rel = os.path.relpath(p, out.parent).replace(os.sep, "/")
-            names.append(rel if idx is None else format_image_name(idx, rel))
-        df["rlnImageName"] = names
+        df["rlnImageName"] = relocate_image_names(df["rlnImageName"].astype(str), star_path=data.path, out_path=out)
         drop = [c for c in ("rlnOriginX", "rlnOriginY") if c in df.columns]
         df = df.drop(columns=drop)
     else:
@@ -68,6 +54,4 @@ def write_predicted_star(path: str | os.PathLike, data: ParticleData, prediction
     if prediction.log_likelihood is not None:
         df["rlnLogLikeliContribution"] = np.asarray(prediction.log_likelihood, dtype=np.float64)
     blocks[pname] = df
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        starfile.write(blocks, tmp, float_format="%.6f")
-    return out
+    return write_star(out, blocks, overwrite=overwrite)

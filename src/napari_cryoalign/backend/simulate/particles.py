@@ -319,7 +319,7 @@ def write_particle_set(pset: ParticleImageSet, out_dir: str | os.PathLike, *, ov
     """
     from ...io.mrc import write_mrc
     from ...io._atomic import write_json
-    from ...io.star import write_particle_stack
+    from ...io.star_images import write_particle_stack
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -350,7 +350,7 @@ def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, o
     """
     from ...io._atomic import write_json
     from ...io.mrc import write_mrc
-    from ...io.star import write_subtomograms
+    from ...io.star_images import write_subtomograms
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

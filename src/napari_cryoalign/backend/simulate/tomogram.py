@@ -629,7 +629,7 @@ def write_tomogram_simulation(result: TomogramSimulation, out_dir: str | os.Path
     """
     from ...io._atomic import atomic_write, check_output_path
     from ...io.mrc import write_mrc
-    from ...io.star import write_particles
+    from ...io.star_columns import write_particles
     from ...io.tilt import write_acquisition_order, write_tlt
 
     out = Path(out_dir)
