@@ -127,9 +127,11 @@ def test_tilt_series_file_opened_with_the_reader(make_napari_viewer, qtbot, tmp_
     # positions in nm: right only with the header's pixel size (each true bead has a marker within 2 nm in x, y)
     est, truth = np.asarray(w.result.positions_nm)[:, :2], np.asarray(ts.bead_positions_nm)[:, :2]
     assert np.linalg.norm(truth[:, None] - est[None], axis=-1).min(1).max() < 2.0
-    # the export never writes over the stack's folder files it read (the .tlt is an input)
+    # with "overwrite" ticked, the export refuses a folder that holds its inputs (the stack, the .tlt)
     w.out_dir.value = str(tmp_path / "ts")
     w.overwrite.value = True
     before = files["tlt"].read_bytes()
+    assert w.export() is None and "holds the input" in w.status.text() and files["tlt"].read_bytes() == before
+    w.out_dir.value = str(tmp_path / "markers")
     paths = w.export()
-    assert paths is not None and files["tlt"].read_bytes() == before and paths["star"].is_file()
+    assert paths is not None and paths["star"].is_file()

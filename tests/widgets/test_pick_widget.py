@@ -13,7 +13,6 @@ import pytest
 import torch
 from qtpy.QtCore import QPoint, Qt
 
-from napari_cryoalign._reader import mrc_layer_data
 from napari_cryoalign.backend.picking import Picker, save_picker
 from napari_cryoalign.io import coordinates_xyz, read_particles, scores, write_mrc
 from napari_cryoalign.widgets._pick_state import (
@@ -53,8 +52,11 @@ def tomo_file(sim, tmp_path):
 
 
 def _open(viewer, path):
-    data, kwargs, _ = mrc_layer_data(path)
-    return viewer.add_image(data, **kwargs)
+    """File > Open with the plugin's reader, as a user does."""
+    from conftest import open_files
+
+    layer, = open_files(viewer, path)
+    return layer
 
 
 @pytest.fixture

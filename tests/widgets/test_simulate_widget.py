@@ -82,3 +82,33 @@ def test_marker_tiltseries_and_particles(widget, qtbot):
     qtbot.waitUntil(lambda: "simulated particle images" in viewer.layers, timeout=30_000)
     assert viewer.layers["simulated particle images"].data.shape == (8, 32, 32)
     assert np.isfinite(viewer.layers["simulated particle images"].data).all()
+
+
+def test_saved_tomogram_reopens_with_the_reader_where_it_was_shown(widget, qtbot, tmp_path):
+    """Simulate, save, open the files with the plugin's reader: same voxel size, the truth on the same
+    places in the world, the tilt series with its angles; a second save needs the overwrite box."""
+    from conftest import open_files
+
+    viewer, w = widget
+    w.kind.value = "Tomogram with particles (picking)"
+    w.tomo_z.value, w.tomo_xy.value, w.tomo_particles.value = 48, 96, 4
+    w.tomo_structures.value = ["mtor"]
+    w.tomo_gold.value = 0
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running and w.last_result is not None, timeout=60_000)
+    w.out_dir.value = str(tmp_path / "sim")
+    files = w.save_last()
+    assert files is not None
+    shown_tomo, shown_truth = viewer.layers["simulated tomogram"], viewer.layers["simulated tomogram truth"]
+    tomo, truth, series = open_files(viewer, files["tomogram"], files["truth"], files["tilt_series"])
+    np.testing.assert_allclose(tomo.scale, shown_tomo.scale)
+    np.testing.assert_allclose(np.asarray(tomo.data), shown_tomo.data, atol=1e-6)
+    world = lambda layer: np.asarray(layer.data) * layer.scale + layer.translate  # noqa: E731
+    np.testing.assert_allclose(np.sort(world(truth), 0), np.sort(world(shown_truth), 0), atol=1e-3)
+    assert len(series.metadata["napari_cryoalign"]["tilt_angles_deg"]) == series.data.shape[0]
+    assert w.save_last() is None and "overwrite existing files" in w.status.text()
+    w.overwrite.value = True  # still refused: the folder holds files open in the viewer
+    assert w.save_last() is None and "holds the input" in w.status.text()
+    for layer in (tomo, truth, series):
+        viewer.layers.remove(layer)
+    assert w.save_last() is not None

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 
 from .._layer_geometry import layer_path
 from ..backend.jobs import Job, Partial
-from ..errors import CryoAlignError
+from ..errors import CryoAlignError, InputError
 from ._errors import OVERWRITE_TEXT, report_error
 from ._runner import JobRunner, RunState
 
@@ -201,7 +201,8 @@ class JobWidget(QWidget):
 
         Parameters
         ----------
-        outputs : every file ``write`` will create (folders: the folder); checked before anything is written
+        outputs : every file ``write`` will create, or the folder it writes into; checked before anything is
+            written (a folder that holds an input is refused when overwriting is allowed)
         write : ``write(overwrite)`` does the writing with the writers of :mod:`napari_cryoalign.io`
             (atomic, refusing an existing file unless ``overwrite``) and returns what to give back
         done : the message shown on success
@@ -221,6 +222,12 @@ class JobWidget(QWidget):
                 ensure_not_input(out, *protected)
                 if not Path(out).is_dir():
                     check_output_path(out, overwrite=overwrite)
+                elif overwrite:  # files in the folder may be replaced: none of them may be an input
+                    inside = [p for p in protected if p.resolve().parent == Path(out).resolve()]
+                    if inside:
+                        raise InputError("an output folder that holds no input (with the overwrite box ticked, "
+                                         "its files may be replaced)", path=out, field="output",
+                                         got=f"it holds the input {inside[0].name}")
             result = write(overwrite)
         except Exception as exc:  # noqa: BLE001 - reported; nothing is half-written (writers are atomic)
             self.report(exc)
