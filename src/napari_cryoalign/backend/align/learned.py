@@ -34,10 +34,10 @@ from ...errors import InputError
 from ...io.modelfile import read_model_file, write_model_file
 from ..geometry import shift_phase_ramp
 from ..jobs import Partial, Progress
+from ..peaks import find_peak
 from .gumnet import (
     GumNet,
     GumNetConfig,
-    best_shift,
     crop_fourier_mask,
     fourier_crop,
     imputed_correlation_map,
@@ -198,7 +198,8 @@ def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: i
     rk = rot.reshape(-1, 3, 3)
     zero = torch.zeros((rk.shape[0], 3), dtype=rk.dtype, device=rk.device)
     _, warped, mh = warp_and_impute(mv.repeat_interleave(k, 0), fx_k, rk, zero, moving_mask=mm)
-    values, d = best_shift(imputed_correlation_map(warped, fx_k, mh), max_shift * scale)
+    d, values = find_peak(imputed_correlation_map(warped, fx_k, mh), max_shift=max_shift * scale, window="cube",
+                          subpixel=False)
     return (1.0 - values).view(b, k), d / scale
 
 
@@ -260,7 +261,7 @@ def _shift_and_score(moving, fixed, rot, mmask, rmask, max_shift: float):
     the warped particle as a Fourier phase. Returns origins ``(B, 3)`` and scores ``(B,)``."""
     zero = torch.zeros((rot.shape[0], 3), dtype=rot.dtype, device=rot.device)
     _, warped, mh = warp_and_impute(moving, fixed, rot, zero, moving_mask=mmask)
-    _, d = best_shift(imputed_correlation_map(warped, fixed, mh), max_shift, subvoxel=True)
+    d, _ = find_peak(imputed_correlation_map(warped, fixed, mh), max_shift=max_shift, window="cube")
     if rmask is not None:
         mh = mh * mask_to_rfft(rmask)
     dims = (1, 2, 3)
