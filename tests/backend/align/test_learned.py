@@ -12,7 +12,6 @@ from napari_cryoalign.backend.align.learned import (
     align_learned,
     align_learned_job,
     default_weights_path,
-    load_default_model,
     load_model,
     save_model,
 )
@@ -28,11 +27,6 @@ from napari_cryoalign.errors import InputError
 def easy_set():
     """Easy particles: SNR 100, the (asymmetric) ribosome, with missing wedge and CTF (the training domain)."""
     return simulate_subtomograms(["ribosome"], n_per_class=24, box=32, snr=100.0, seed=2024)
-
-
-@pytest.fixture(scope="module")
-def default_model():
-    return load_default_model()
 
 
 def test_default_weights_are_shipped_small_and_documented(default_model):

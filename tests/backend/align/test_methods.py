@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_cryoalign.backend.align.exhaustive import align_exhaustive, refine_alignment
-from napari_cryoalign.backend.align.learned import align_learned, load_default_model
+from napari_cryoalign.backend.align.learned import align_learned
 from napari_cryoalign.backend.align.methods import METHODS, align_job, learned_aligner
 from napari_cryoalign.backend.jobs import Progress, run_job
 from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms
@@ -20,12 +20,7 @@ def sset():
     return simulate_subtomograms(["ribosome"], n_per_class=4, box=32, snr=100.0, seed=4)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_default_model()
-
-
-def test_each_method_is_the_documented_composition(sset, model):
+def test_each_method_is_the_documented_composition(sset, default_model):
     s = sset
     kw = {"particle_masks": s.mask, "max_frequency": 0.4, "max_shift_voxels": 4.0}
     ex = run_job(align_job(s.volumes, s.references[0], method="exhaustive", refine_levels=1, **kw), progress=False)
@@ -34,9 +29,9 @@ def test_each_method_is_the_documented_composition(sset, model):
     np.testing.assert_allclose(ex.rotations, direct.rotations, atol=1e-9)
     np.testing.assert_allclose(ex.origins_voxels, direct.origins_voxels, atol=1e-6)
     job = align_job(s.volumes, s.references[0], method="learned+refine", angular_step_deg=30.0, refine_levels=0,
-                    model=model, candidates=2, **kw)
+                    model=default_model, candidates=2, **kw)
     both = run_job(job, progress=False)
-    first = align_learned(s.volumes, s.references[0], particle_masks=s.mask, model=model, candidates=2)
+    first = align_learned(s.volumes, s.references[0], particle_masks=s.mask, model=default_model, candidates=2)
     refined = refine_alignment(s.volumes, s.references[0], first, max_angle_deg=30.0 * 0.67, levels=1, **kw)
     assert both.method == "learned+refine" == refined.method
     np.testing.assert_allclose(both.rotations, refined.rotations, atol=1e-6)
@@ -44,11 +39,11 @@ def test_each_method_is_the_documented_composition(sset, model):
     np.testing.assert_allclose(both.scores, refined.scores, atol=1e-5)
 
 
-def test_closing_the_job_stops_the_learned_aligner_between_batches(sset, model):
+def test_closing_the_job_stops_the_learned_aligner_between_batches(sset, default_model):
     calls = []
-    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    hook = default_model.register_forward_hook(lambda *_: calls.append(1))
     try:
-        job = align_job(sset.volumes, sset.references[0], method="learned+refine", model=model)
+        job = align_job(sset.volumes, sset.references[0], method="learned+refine", model=default_model)
         event = next(job)
         assert isinstance(event, Progress) and event.message.startswith("learned: ")
         job.close()
