@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from napari_cryoalign.backend.fourier import ctf_2d, electron_wavelength_angstrom, power_spectrum  # noqa: E402
+from napari_cryoalign.backend.ctf import ctf_2d, electron_wavelength_angstrom  # noqa: E402
+from napari_cryoalign.backend.fourier import power_spectrum  # noqa: E402
 from napari_cryoalign.backend.simulate.particles import simulate_particles  # noqa: E402
 from napari_cryoalign.backend.simulate.structures import list_structures, load_structure_map, structure_info  # noqa: E402
 from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms  # noqa: E402

@@ -35,8 +35,8 @@ from napari_cryoalign.backend.align.learned import (
     align_learned,
     load_model,
     save_model,
-    train_job,
 )
+from napari_cryoalign.backend.align.learned_train import train_job
 from napari_cryoalign.backend.geometry import (
     geodesic_angle_deg,
     matrix_distance,

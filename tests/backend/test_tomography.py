@@ -6,7 +6,7 @@ import torch
 
 from napari_cryoalign.backend import tomography as T
 from napari_cryoalign.backend.deformation import PolynomialDeformation
-from napari_cryoalign.backend.fourier import missing_wedge_mask
+from napari_cryoalign.backend.wedge import missing_wedge_mask
 from napari_cryoalign.errors import InputError
 
 

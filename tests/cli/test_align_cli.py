@@ -155,3 +155,28 @@ def test_learned_method_with_candidates_writes_poses(tmp_path):
     with pytest.raises(InputError, match="candidates"):
         _run(["align", "--particles", str(files["star"]), "--reference", str(files["references"][0]),
               "--out", str(tmp_path / "x.star"), "--method", "learned", "--candidates", "0"])
+
+
+def test_gui_entry_point_and_cli_give_the_same_poses(tmp_path):
+    """`align --method learned+refine` and the widget's job (align_average_job) run one computation."""
+    from napari_cryoalign.backend.align.average import align_average_job
+    from napari_cryoalign.backend.align.extract import load_particle_set
+    from napari_cryoalign.backend.jobs import run_job
+    from napari_cryoalign.backend.wedge import particle_fourier_mask
+
+    s = simulate_subtomograms(["ribosome"], n_per_class=4, box=32, snr=10.0, seed=8)
+    files = write_subtomogram_set(s, tmp_path / "set")
+    out = tmp_path / "cli.star"
+    assert _run(["align", "--particles", str(files["star"]), "--reference", str(files["references"][0]),
+                 "--out", str(out), "--method", "learned+refine"]) == 0
+    table = read_particles(out, require=("angles", "origins"))
+    vols = load_particle_set(files["star"]).volumes  # the particles as both front ends read them
+    ref = read_mrc(files["references"][0]).data
+    mask = particle_fourier_mask(32, tilt_range_deg=(-60.0, 60.0))  # the defaults of both
+    gui = run_job(align_average_job(vols, reference=ref, particle_masks=mask, method="learned+refine",
+                                    voxel_size_angstrom=s.voxel_size_angstrom, gallery_items=0), progress=False)
+    assert gui.alignment.method == "learned+refine"
+    ang = geodesic_angle_deg(euler_to_matrix(euler_deg(table)), gui.alignment.rotations)
+    assert ang.max() < 1e-3, ang
+    np.testing.assert_allclose(origins_angstrom(table) / s.voxel_size_angstrom, gui.alignment.origins_voxels, atol=1e-3)
+    np.testing.assert_allclose(table.data[_align.SCORE_COLUMN], gui.alignment.scores, atol=1e-4)

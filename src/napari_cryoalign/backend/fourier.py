@@ -1,4 +1,6 @@
-"""Fourier-space tools: CTF, missing-wedge masks, filters, masks, FSC and resampling.
+"""Fourier-space tools: frequency grids, FSC, filters, masks and resampling.
+
+The CTF is in :mod:`.ctf`, the missing-wedge masks in :mod:`.wedge`.
 
 Conventions
 -----------
@@ -9,25 +11,6 @@ Conventions
   ``rfft=True`` the last axis is the half axis of ``torch.fft.rfftn`` (``x // 2 + 1`` entries).
 * Every function accepting an array takes a numpy array or a torch tensor and returns the
   same kind (numpy in -> numpy out, on CPU).
-
-CTF sign convention
--------------------
-The CTF returned by :func:`ctf_2d` is the factor multiplied onto the Fourier transform of
-the *projected Coulomb potential* (positive where there is protein) to get the Fourier
-transform of the image contrast::
-
-    gamma(k) = pi * lambda * dz * k^2 - (pi / 2) * Cs * lambda^3 * k^4 + phase_shift + arcsin(A)
-    CTF(k)   = -sin(gamma(k)) * exp(-B k^2 / 4)
-
-with ``dz`` the defocus (positive = underfocus), ``lambda`` the relativistic electron
-wavelength, ``Cs`` the spherical aberration, ``A`` the amplitude contrast and ``B`` the
-B-factor (Å²). At DC ``CTF = -A`` (e.g. -0.07): in underfocus the first lobe is negative,
-so protein appears *dark* in images, as in raw micrographs. The first zero (Cs ignored,
-no phase shift) is at ``k0 = sqrt((pi - arcsin A) / (pi lambda dz))``. Equivalently
-``CTF = -(sqrt(1 - A^2) sin(chi) + A cos(chi))`` with ``chi = gamma - arcsin(A)``.
-Particles prepared for RELION are usually contrast-inverted (protein bright); their transfer
-function is ``-CTF`` (positive first lobe, ``+A`` at DC): the simulators in
-:mod:`.simulate` multiply by ``-1`` when asked for bright protein (``invert_contrast``).
 """
 
 from __future__ import annotations
@@ -43,13 +26,8 @@ from ._tensor import as_tensor as _as_tensor
 from ._tensor import to_caller as _back
 
 __all__ = [
-    "electron_wavelength_angstrom",
     "frequency_grid",
     "frequency_radius",
-    "ctf_2d",
-    "ctf_2d_batched",
-    "ctf_3d",
-    "missing_wedge_mask",
     "FSCResult",
     "fsc",
     "resolution_at",
@@ -65,18 +43,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------
-# small helpers
+# Frequency grids
 # ----------------------------------------------------------------------------------------
-
-
-
-
-def electron_wavelength_angstrom(voltage_kv: float) -> float:
-    """Relativistic electron wavelength in Å for an acceleration voltage in kV (300 kV -> 0.0197 Å)."""
-    v = float(voltage_kv) * 1e3
-    return 12.2643247 / math.sqrt(v * (1.0 + 0.978466e-6 * v))
-
-
 def frequency_grid(
     shape: Sequence[int], *, rfft: bool = False, device="cpu", dtype=torch.float32
 ) -> tuple[torch.Tensor, ...]:
@@ -113,260 +81,6 @@ def frequency_radius(shape: Sequence[int], *, rfft: bool = False, device="cpu", 
 
 
 _radius = frequency_radius
-
-
-# ----------------------------------------------------------------------------------------
-# CTF
-# ----------------------------------------------------------------------------------------
-def _ctf_from_k2(
-    k2: torch.Tensor,
-    defocus_a: torch.Tensor,
-    *,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
-    bfactor: float,
-    phase_shift_deg: float,
-) -> torch.Tensor:
-    """CTF from squared spatial frequency ``k2`` (1/Å²) and defocus in Å (broadcasting)."""
-    if not 0.0 <= amplitude_contrast < 1.0:
-        raise ValueError(f"amplitude_contrast must be in [0, 1), got {amplitude_contrast}")
-    lam = electron_wavelength_angstrom(voltage_kv)
-    cs_a = float(cs_mm) * 1e7
-    gamma = (
-        math.pi * lam * defocus_a * k2
-        - 0.5 * math.pi * cs_a * lam**3 * k2 * k2
-        + math.radians(phase_shift_deg)
-        + math.asin(amplitude_contrast)
-    )
-    ctf = -torch.sin(gamma)
-    if bfactor:
-        ctf = ctf * torch.exp(-float(bfactor) * k2 / 4.0)
-    return ctf
-
-
-def ctf_2d_batched(
-    shape: tuple[int, int],
-    *,
-    pixel_size_angstrom: float,
-    defocus_um,
-    defocus_v_um=None,
-    astigmatism_angle_deg=0.0,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    bfactor: float = 0.0,
-    phase_shift_deg: float = 0.0,
-    rfft: bool = True,
-    device="cpu",
-    dtype=torch.float32,
-) -> torch.Tensor:
-    """A batch of 2D CTFs, one per defocus value.
-
-    Parameters
-    ----------
-    shape : ``(y, x)`` image size in pixels
-    pixel_size_angstrom : pixel size in Å
-    defocus_um : tensor/array ``(B,)`` (or scalar) of defoci in µm, positive = underfocus.
-        With astigmatism this is RELION's ``rlnDefocusU``.
-    defocus_v_um : optional ``(B,)``, RELION's ``rlnDefocusV`` (µm); default = ``defocus_um``
-    astigmatism_angle_deg : scalar or ``(B,)``, RELION's ``rlnDefocusAngle`` (degrees from
-        the x axis to the U direction, counter-clockwise in (x, y))
-    voltage_kv, cs_mm, amplitude_contrast : microscope parameters (kV, mm, fraction)
-    bfactor : envelope ``exp(-B k²/4)``, B in Å²
-    phase_shift_deg : additional phase shift (phase plate), degrees
-    rfft : ``(B, y, x//2+1)`` unshifted rfft layout if true, else ``(B, y, x)`` unshifted
-
-    Returns
-    -------
-    torch.Tensor ``(B, y, x//2+1)`` or ``(B, y, x)``, dtype ``dtype`` on ``device``.
-    See the module docstring for the sign convention (``-sin(gamma)``, value ``-A`` at DC).
-    """
-    if len(shape) != 2:
-        raise ValueError(f"shape must be (y, x), got {shape}")
-    if pixel_size_angstrom <= 0:
-        raise ValueError(f"pixel_size_angstrom must be > 0, got {pixel_size_angstrom}")
-    fy, fx = frequency_grid(shape, rfft=rfft, device=device, dtype=torch.float64)
-    fy = fy / pixel_size_angstrom
-    fx = fx / pixel_size_angstrom
-    k2 = (fx * fx + fy * fy)[None]  # (1, y, x')
-    du = torch.as_tensor(defocus_um, dtype=torch.float64, device=device).reshape(-1)
-    if defocus_v_um is None:
-        dz = du.view(-1, 1, 1) * 1e4
-    else:
-        dv = torch.as_tensor(defocus_v_um, dtype=torch.float64, device=device).reshape(-1)
-        ang = torch.as_tensor(astigmatism_angle_deg, dtype=torch.float64, device=device).reshape(-1)
-        ang = torch.deg2rad(ang).view(-1, 1, 1)
-        theta = torch.atan2(fy, fx)[None]
-        dz = 0.5 * (du.view(-1, 1, 1) + dv.view(-1, 1, 1)) + 0.5 * (du - dv).view(-1, 1, 1) * torch.cos(
-            2.0 * (theta - ang)
-        )
-        dz = dz * 1e4
-    ctf = _ctf_from_k2(
-        k2,
-        dz,
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        bfactor=bfactor,
-        phase_shift_deg=phase_shift_deg,
-    )
-    return ctf.to(dtype)
-
-
-def ctf_2d(
-    shape: tuple[int, int],
-    *,
-    pixel_size_angstrom: float,
-    defocus_um: float,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    bfactor: float = 0.0,
-    phase_shift_deg: float = 0.0,
-    rfft: bool = True,
-    device="cpu",
-    dtype=torch.float32,
-) -> torch.Tensor:
-    """The 2D CTF of one image (no astigmatism).
-
-    Parameters
-    ----------
-    shape : ``(y, x)`` image size in pixels
-    pixel_size_angstrom : pixel size in Å
-    defocus_um : defocus in µm, positive = underfocus
-    voltage_kv : acceleration voltage (kV)
-    cs_mm : spherical aberration (mm)
-    amplitude_contrast : amplitude contrast fraction (0.07 for cryo)
-    bfactor : envelope ``exp(-B k²/4)``, B in Å²
-    phase_shift_deg : extra phase shift (degrees)
-    rfft : return the unshifted rfft layout ``(y, x//2+1)``; else the full unshifted ``(y, x)``
-
-    Returns
-    -------
-    torch.Tensor ``(y, x//2+1)`` or ``(y, x)``: multiply onto ``rfftn`` / ``fftn`` of the
-    projected potential. ``-sin(gamma)`` convention, ``-amplitude_contrast`` at DC (module docstring).
-    """
-    return ctf_2d_batched(
-        shape,
-        pixel_size_angstrom=pixel_size_angstrom,
-        defocus_um=[float(defocus_um)],
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        bfactor=bfactor,
-        phase_shift_deg=phase_shift_deg,
-        rfft=rfft,
-        device=device,
-        dtype=dtype,
-    )[0]
-
-
-def ctf_3d(
-    shape: tuple[int, int, int],
-    *,
-    voxel_size_angstrom: float,
-    defocus_um,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    bfactor: float = 0.0,
-    phase_shift_deg: float = 0.0,
-    rfft: bool = True,
-    device="cpu",
-    dtype=torch.float32,
-) -> torch.Tensor:
-    """The CTF as it appears in a tomographic reconstruction: the 2D CTF evaluated at ``|k|``.
-
-    By the central-slice theorem every Fourier sample ``k`` of the reconstruction comes from
-    a tilt image in which it has the same spatial frequency ``|k|``; with one defocus for
-    all tilts (no defocus gradient across the tilted field of view) the 3D transfer function
-    is therefore ``CTF_2D(|k|)`` (same convention as :func:`ctf_2d`).
-
-    Parameters
-    ----------
-    shape : ``(z, y, x)``
-    voxel_size_angstrom : voxel size in Å
-    defocus_um : a float, or a ``(B,)`` array/tensor of defoci (µm, positive = underfocus)
-    other parameters : as :func:`ctf_2d`
-
-    Returns
-    -------
-    torch.Tensor ``(z, y, x//2+1)`` (``rfft``) or ``(z, y, x)``, unshifted; with a ``(B,)``
-    defocus a leading batch axis ``(B, ...)``.
-    """
-    if len(shape) != 3:
-        raise ValueError(f"shape must be (z, y, x), got {shape}")
-    if voxel_size_angstrom <= 0:
-        raise ValueError(f"voxel_size_angstrom must be > 0, got {voxel_size_angstrom}")
-    r = _radius(shape, rfft=rfft, device=device, dtype=torch.float64) / voxel_size_angstrom
-    dz = torch.as_tensor(defocus_um, dtype=torch.float64, device=device)
-    batched = dz.ndim > 0
-    if batched:
-        dz = dz.reshape(-1, 1, 1, 1)
-        r = r[None]
-    ctf = _ctf_from_k2(
-        r * r,
-        dz * 1e4,
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        bfactor=bfactor,
-        phase_shift_deg=phase_shift_deg,
-    )
-    return ctf.to(dtype)
-
-
-# ----------------------------------------------------------------------------------------
-# Missing wedge
-# ----------------------------------------------------------------------------------------
-def missing_wedge_mask(
-    shape: tuple[int, int, int],
-    *,
-    tilt_min_deg: float = -60.0,
-    tilt_max_deg: float = 60.0,
-    rfft: bool = False,
-    device="cpu",
-    dtype=torch.float32,
-) -> torch.Tensor:
-    """Binary mask of the Fourier samples a single-axis tilt series measures.
-
-    Geometry: tilt axis = y, beam along z. A tilt by ``theta`` (the specimen rotated by the
-    right-handed rotation about +y, acting on (x, y, z)) measures the central plane that
-    contains the ky axis and the direction ``(kx, kz) = (cos theta, sin theta)``. A sample
-    ``(kx, ky, kz)`` is kept iff ``atan(kz / kx)`` (degrees, in [-90, 90]) lies within
-    ``[tilt_min_deg, tilt_max_deg]`` (continuous tilt range); samples with ``kx = kz = 0``
-    (the ky axis, including DC) lie in every plane and are always kept.
-
-    Parameters
-    ----------
-    shape : ``(z, y, x)`` real-space shape
-    tilt_min_deg, tilt_max_deg : tilt range in degrees (default -60..60: the missing wedge is
-        the 60° double cone of directions within 30° of the beam axis kz)
-    rfft : unshifted rfft layout ``(z, y, x//2+1)`` if true, else unshifted ``(z, y, x)``
-
-    Returns
-    -------
-    torch.Tensor of 0/1 values, dtype ``dtype``. ``torch.fft.fftshift`` it for display.
-    """
-    if len(shape) != 3:
-        raise ValueError(f"shape must be (z, y, x), got {shape}")
-    tilt_min_deg, tilt_max_deg = float(tilt_min_deg), float(tilt_max_deg)  # numpy scalars would broadcast as tensors
-    if not -90.0 <= tilt_min_deg <= tilt_max_deg <= 90.0:
-        raise ValueError(f"need -90 <= tilt_min_deg <= tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}")
-    fz, fy, fx = frequency_grid(shape, rfft=rfft, device=device, dtype=torch.float64)
-    fz, fy, fx = torch.broadcast_tensors(fz, fy, fx)
-    # angle of (kx, kz) from the kx axis, folded into [-90, 90] (a plane contains k and -k)
-    ang = torch.rad2deg(torch.atan2(fz, fx))
-    ang = torch.where(ang > 90.0, ang - 180.0, ang)
-    ang = torch.where(ang < -90.0, ang + 180.0, ang)
-    eps = 1e-9
-    inside = (ang >= tilt_min_deg - eps) & (ang <= tilt_max_deg + eps)
-    # kx == 0 with kz != 0 is at +-90: both ends identify
-    vertical = (fx.abs() < eps) & (fz.abs() > eps)
-    inside = inside | (vertical & ((tilt_max_deg >= 90.0 - eps) | (tilt_min_deg <= -90.0 + eps)))
-    on_axis = (fx.abs() < eps) & (fz.abs() < eps)
-    return (inside | on_axis).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------

@@ -196,6 +196,21 @@ def _batched(x: torch.Tensor, ndim: int) -> tuple[torch.Tensor, bool]:
     raise ValueError(f"expected a {ndim}-D array or a batch of them, got shape {tuple(x.shape)}")
 
 
+def _float_batch(x, ndim: int) -> tuple[torch.Tensor, bool, bool]:
+    """``x`` (an ``ndim``-D array or a batch of them) as a float tensor batch ``(B, *spatial)``, whether it was a
+    single array (squeeze the result) and whether it was numpy (return numpy)."""
+    t, was_np = _as_tensor(x)
+    if not t.is_floating_point():
+        t = t.float()
+    t, squeeze = _batched(t, ndim)
+    return t, squeeze, was_np
+
+
+def _to_caller(out: torch.Tensor, squeeze: bool, was_np: bool):
+    """The result of a batch made by :func:`_float_batch` in the caller's form."""
+    return _back(out[0] if squeeze else out, was_np)
+
+
 def _per_batch(m, batch: int, want: tuple[int, ...], like: torch.Tensor, name: str) -> torch.Tensor:
     """``m`` as a (batch, *want) tensor on ``like``'s device and dtype; a single ``want``-shaped value is broadcast."""
     t, _ = _as_tensor(m, dtype=like.dtype)
@@ -234,6 +249,23 @@ def _index_grid(shape: Sequence[int], device, dtype) -> torch.Tensor:
     return torch.stack(grids[::-1], dim=-1)
 
 
+def _rotate_batch(x: torch.Tensor, rot: torch.Tensor, shift, *, interpolation: str, padding: str) -> torch.Tensor:
+    """``out(R @ (r - c) + c + shift) = in(r)`` for a batch ``x`` ``(B, *spatial)`` (2 or 3 spatial axes),
+    ``rot`` ``(B, d, d)`` on ``(x, y[, z])``, ``shift`` None or ``(d,)`` / ``(B, d)`` in ``(x, y[, z])``."""
+    b, spatial = x.shape[0], x.shape[1:]
+    nd = len(spatial)
+    p = _index_grid(spatial, x.device, x.dtype)  # (*spatial, d) relative to the centre
+    if shift is not None:
+        s = _per_batch(shift, b, (nd,), x, "shift")
+        p = p.unsqueeze(0) - s.view(b, *([1] * nd), nd)
+    else:
+        p = p.unsqueeze(0).expand(b, *p.shape)
+    # source = R^T p  ->  row-vector form: p @ R
+    src = torch.einsum("b...i,bij->b...j", p, rot)
+    c = torch.tensor(box_center(spatial)[::-1], dtype=x.dtype, device=x.device)
+    return _sample(x, src + c, mode=interpolation, padding=padding)
+
+
 # ----------------------------------------------------------------------------------------
 # Volumes
 # ----------------------------------------------------------------------------------------
@@ -259,25 +291,9 @@ def rotate_volume(
     -------
     Same type, shape and device as ``volume``.
     """
-    vol, was_np = _as_tensor(volume)
-    if not vol.is_floating_point():
-        vol = vol.float()
-    vol, squeeze = _batched(vol, 3)
-    b = vol.shape[0]
-    rot = _per_batch(rotation, b, (3, 3), vol, "rotation")
-    p = _index_grid(vol.shape[1:], vol.device, vol.dtype)  # (z, y, x, 3) relative to centre
-    if shift is not None:
-        s = _per_batch(shift, b, (3,), vol, "shift")
-        p = p.unsqueeze(0) - s[:, None, None, None, :]
-    else:
-        p = p.unsqueeze(0).expand(b, *p.shape)
-    # source = R^T p  ->  row-vector form: p @ R
-    src = torch.einsum("bzyxi,bij->bzyxj", p, rot)
-    c = torch.tensor(box_center(vol.shape[1:])[::-1], dtype=vol.dtype, device=vol.device)
-    out = _sample(vol, src + c, mode=interpolation, padding=padding)
-    if squeeze:
-        out = out[0]
-    return _back(out, was_np)
+    vol, squeeze, was_np = _float_batch(volume, 3)
+    rot = _per_batch(rotation, vol.shape[0], (3, 3), vol, "rotation")
+    return _to_caller(_rotate_batch(vol, rot, shift, interpolation=interpolation, padding=padding), squeeze, was_np)
 
 
 def shift_phase_ramp(spatial, shift: torch.Tensor) -> torch.Tensor:
@@ -317,15 +333,9 @@ def shift_volume(volume, shift):
 
     ``out(r + shift) = in(r)``. Shapes: volume ``(z, y, x)`` or ``(B, z, y, x)``; shift ``(3,)`` or ``(B, 3)``.
     """
-    vol, was_np = _as_tensor(volume)
-    if not vol.is_floating_point():
-        vol = vol.float()
-    vol, squeeze = _batched(vol, 3)
+    vol, squeeze, was_np = _float_batch(volume, 3)
     s = _per_batch(shift, vol.shape[0], (3,), vol, "shift")
-    out = _fourier_shift(vol, s, 3)
-    if squeeze:
-        out = out[0]
-    return _back(out, was_np)
+    return _to_caller(_fourier_shift(vol, s, 3), squeeze, was_np)
 
 
 def align_particle_to_reference(volume, rotation, origin_voxels=None, *, interpolation: str = "linear"):
@@ -338,10 +348,7 @@ def align_particle_to_reference(volume, rotation, origin_voxels=None, *, interpo
     Shapes: volume ``(z, y, x)`` or ``(B, z, y, x)``; rotation ``(3, 3)``/``(B, 3, 3)``;
     origin ``(3,)``/``(B, 3)`` or None.
     """
-    vol, was_np = _as_tensor(volume)
-    if not vol.is_floating_point():
-        vol = vol.float()
-    vol, squeeze = _batched(vol, 3)
+    vol, squeeze, was_np = _float_batch(volume, 3)
     b = vol.shape[0]
     a = _per_batch(rotation, b, (3, 3), vol, "rotation")
     a_t = a.transpose(-1, -2)
@@ -349,10 +356,7 @@ def align_particle_to_reference(volume, rotation, origin_voxels=None, *, interpo
     if origin_voxels is not None:
         o = _per_batch(origin_voxels, b, (3,), vol, "origin")
         shift = torch.einsum("bij,bj->bi", a_t, o)
-    out = rotate_volume(vol, a_t, shift=shift, interpolation=interpolation)
-    if squeeze:
-        out = out[0]
-    return _back(out, was_np)
+    return _to_caller(_rotate_batch(vol, a_t, shift, interpolation=interpolation, padding="zeros"), squeeze, was_np)
 
 
 def transform_reference_to_particle(reference, rotation, origin_voxels=None, *, interpolation: str = "linear"):
@@ -361,18 +365,13 @@ def transform_reference_to_particle(reference, rotation, origin_voxels=None, *, 
     The inverse of :func:`align_particle_to_reference` (up to interpolation):
     ``out(A @ (r - c) + c - origin) = reference(r)``.
     """
-    ref, was_np = _as_tensor(reference)
-    if not ref.is_floating_point():
-        ref = ref.float()
-    ref, squeeze = _batched(ref, 3)
+    ref, squeeze, was_np = _float_batch(reference, 3)
     b = ref.shape[0]
+    rot = _per_batch(rotation, b, (3, 3), ref, "rotation")
     shift = None
     if origin_voxels is not None:
         shift = -_per_batch(origin_voxels, b, (3,), ref, "origin")
-    out = rotate_volume(ref, rotation, shift=shift, interpolation=interpolation)
-    if squeeze:
-        out = out[0]
-    return _back(out, was_np)
+    return _to_caller(_rotate_batch(ref, rot, shift, interpolation=interpolation, padding="zeros"), squeeze, was_np)
 
 
 # ----------------------------------------------------------------------------------------
@@ -391,37 +390,16 @@ def rotate_image(image, rotation, *, shift=None, interpolation: str = "linear", 
     ``image``: ``(y, x)`` or ``(B, y, x)``; ``rotation``: a 2x2 matrix on ``(x, y)`` (or ``(B, 2, 2)``),
     or an angle in degrees (scalar or ``(B,)``); ``shift``: ``(2,)``/``(B, 2)`` pixels in ``(x, y)``.
     """
-    img, was_np = _as_tensor(image)
-    if not img.is_floating_point():
-        img = img.float()
-    img, squeeze = _batched(img, 2)
-    b = img.shape[0]
+    img, squeeze, was_np = _float_batch(image, 2)
     rot_np = np.asarray(rotation.detach().cpu() if isinstance(rotation, torch.Tensor) else rotation)
     if rot_np.shape[-2:] != (2, 2):
         rot_np = angle_to_matrix_2d(rot_np)
-    rot = _per_batch(rot_np, b, (2, 2), img, "rotation")
-    p = _index_grid(img.shape[1:], img.device, img.dtype)
-    if shift is not None:
-        s = _per_batch(shift, b, (2,), img, "shift")
-        p = p.unsqueeze(0) - s[:, None, None, :]
-    else:
-        p = p.unsqueeze(0).expand(b, *p.shape)
-    src = torch.einsum("byxi,bij->byxj", p, rot)
-    c = torch.tensor(box_center(img.shape[1:])[::-1], dtype=img.dtype, device=img.device)
-    out = _sample(img, src + c, mode=interpolation, padding=padding)
-    if squeeze:
-        out = out[0]
-    return _back(out, was_np)
+    rot = _per_batch(rot_np, img.shape[0], (2, 2), img, "rotation")
+    return _to_caller(_rotate_batch(img, rot, shift, interpolation=interpolation, padding=padding), squeeze, was_np)
 
 
 def shift_image(image, shift):
     """Shift image(s) by ``shift`` pixels ``(x, y)``, sub-pixel, by Fourier phase ramp: ``out(r + shift) = in(r)``."""
-    img, was_np = _as_tensor(image)
-    if not img.is_floating_point():
-        img = img.float()
-    img, squeeze = _batched(img, 2)
+    img, squeeze, was_np = _float_batch(image, 2)
     s = _per_batch(shift, img.shape[0], (2,), img, "shift")
-    out = _fourier_shift(img, s, 2)
-    if squeeze:
-        out = out[0]
-    return _back(out, was_np)
+    return _to_caller(_fourier_shift(img, s, 2), squeeze, was_np)

@@ -1,8 +1,13 @@
 """Which Fourier samples a subtomogram holds: the missing wedge times the Nyquist sphere.
 
-The one place the front ends (``cryoalign align / average / cluster``, the "Align & average"
-and "Cluster" widgets) and the simulators get a particle's observed Fourier mask from.
-Geometry (tilt axis y, beam along z) as in :func:`..fourier.missing_wedge_mask`.
+* :func:`missing_wedge_mask` -- the Fourier samples a single-axis tilt series measures
+  (tilt axis y, beam along z);
+* :func:`observed_fourier_mask` -- that times the Nyquist sphere;
+* :func:`particle_fourier_mask` -- the one place the front ends (``cryoalign align / average /
+  cluster``, the "Align & average" and "Cluster" widgets) and the simulators get a particle's
+  observed Fourier mask from.
+
+Fourier layouts as in :mod:`.fourier` (unshifted; ``rfft=True``: the half last axis of ``rfftn``).
 """
 
 from __future__ import annotations
@@ -10,9 +15,58 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .fourier import frequency_radius, missing_wedge_mask
+from .fourier import frequency_grid, frequency_radius
 
-__all__ = ["observed_fourier_mask", "particle_fourier_mask"]
+__all__ = ["missing_wedge_mask", "observed_fourier_mask", "particle_fourier_mask"]
+
+
+def missing_wedge_mask(
+    shape: tuple[int, int, int],
+    *,
+    tilt_min_deg: float = -60.0,
+    tilt_max_deg: float = 60.0,
+    rfft: bool = False,
+    device="cpu",
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """Binary mask of the Fourier samples a single-axis tilt series measures.
+
+    Geometry: tilt axis = y, beam along z. A tilt by ``theta`` (the specimen rotated by the
+    right-handed rotation about +y, acting on (x, y, z)) measures the central plane that
+    contains the ky axis and the direction ``(kx, kz) = (cos theta, sin theta)``. A sample
+    ``(kx, ky, kz)`` is kept iff ``atan(kz / kx)`` (degrees, in [-90, 90]) lies within
+    ``[tilt_min_deg, tilt_max_deg]`` (continuous tilt range); samples with ``kx = kz = 0``
+    (the ky axis, including DC) lie in every plane and are always kept.
+
+    Parameters
+    ----------
+    shape : ``(z, y, x)`` real-space shape
+    tilt_min_deg, tilt_max_deg : tilt range in degrees (default -60..60: the missing wedge is
+        the 60° double cone of directions within 30° of the beam axis kz)
+    rfft : unshifted rfft layout ``(z, y, x//2+1)`` if true, else unshifted ``(z, y, x)``
+
+    Returns
+    -------
+    torch.Tensor of 0/1 values, dtype ``dtype``. ``torch.fft.fftshift`` it for display.
+    """
+    if len(shape) != 3:
+        raise ValueError(f"shape must be (z, y, x), got {shape}")
+    tilt_min_deg, tilt_max_deg = float(tilt_min_deg), float(tilt_max_deg)  # numpy scalars would broadcast as tensors
+    if not -90.0 <= tilt_min_deg <= tilt_max_deg <= 90.0:
+        raise ValueError(f"need -90 <= tilt_min_deg <= tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}")
+    fz, fy, fx = frequency_grid(shape, rfft=rfft, device=device, dtype=torch.float64)
+    fz, fy, fx = torch.broadcast_tensors(fz, fy, fx)
+    # angle of (kx, kz) from the kx axis, folded into [-90, 90] (a plane contains k and -k)
+    ang = torch.rad2deg(torch.atan2(fz, fx))
+    ang = torch.where(ang > 90.0, ang - 180.0, ang)
+    ang = torch.where(ang < -90.0, ang + 180.0, ang)
+    eps = 1e-9
+    inside = (ang >= tilt_min_deg - eps) & (ang <= tilt_max_deg + eps)
+    # kx == 0 with kz != 0 is at +-90: both ends identify
+    vertical = (fx.abs() < eps) & (fz.abs() > eps)
+    inside = inside | (vertical & ((tilt_max_deg >= 90.0 - eps) | (tilt_min_deg <= -90.0 + eps)))
+    on_axis = (fx.abs() < eps) & (fz.abs() < eps)
+    return (inside | on_axis).to(dtype)
 
 
 def observed_fourier_mask(

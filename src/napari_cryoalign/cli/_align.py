@@ -136,21 +136,12 @@ def _star_origin_voxels(pset):
     return pset.origins_angstrom / pset.voxel_size + pset.extraction_origins_voxels
 
 
-def _learned():
-    from ..errors import InputError
-
-    try:
-        from ..backend.align import learned
-    except ImportError as exc:  # the optional learned aligner is absent
-        raise InputError("the learned aligner is not installed", field="method", got=str(exc)) from None
-    return learned
-
-
 # ----------------------------------------------------------------------------- align
 def run_align(args) -> int:
     import time
 
     from ..backend.align.extract import load_particle_set, write_aligned_star
+    from ..backend.align.methods import align_job, learned_aligner
     from ..backend.jobs import run_job
     from ..errors import InputError
     from ..io import ensure_not_input
@@ -172,26 +163,13 @@ def run_align(args) -> int:
     fmax = 0.5 if args.lowpass is None else min(0.5, pset.voxel_size / args.lowpass)
     quiet = getattr(args, "quiet", False)
     t0 = time.perf_counter()
-    if args.method == "exhaustive":
-        from ..backend.align.exhaustive import align_exhaustive_job
-
-        result = run_job(align_exhaustive_job(pset.volumes, ref, particle_masks=masks, angular_step_deg=args.angular_step,
-                                              refine_levels=args.refine_levels, max_shift_voxels=args.max_shift,
-                                              max_frequency=fmax, device=device),
-                         progress=not quiet, description="align")
-    else:
-        learned = _learned()
-        model = learned.load_model(args.model, device=device) if args.model else learned.load_default_model(device=device)
-        result = learned.align_learned(pset.volumes, ref, particle_masks=masks, model=model,
-                                       candidates=args.candidates, device=device)
-        if args.method == "learned+refine":
-            from ..backend.align.exhaustive import refine_alignment_job
-
-            result = run_job(refine_alignment_job(pset.volumes, ref, result, particle_masks=masks,
-                                                  max_angle_deg=max(args.angular_step, 15.0) * 0.67,
-                                                  levels=args.refine_levels or 1, max_shift_voxels=args.max_shift,
-                                                  max_frequency=fmax, device=device),
-                             progress=not quiet, description="refine")
+    model = None
+    if args.method != "exhaustive" and args.model:
+        model = learned_aligner().load_model(args.model, device=device)
+    job = align_job(pset.volumes, ref, method=args.method, particle_masks=masks, angular_step_deg=args.angular_step,
+                    refine_levels=args.refine_levels, max_shift_voxels=args.max_shift, max_frequency=fmax, model=model,
+                    candidates=args.candidates, device=device)
+    result = run_job(job, progress=not quiet, description="align")
     seconds = time.perf_counter() - t0
     out = write_aligned_star(args.out, pset, result, overwrite=args.overwrite)
     import numpy as np
@@ -205,12 +183,15 @@ def run_align(args) -> int:
 
 def _run_train(args, device: str) -> int:
     from ..backend.align.extract import load_particle_set
+    from ..backend.align.methods import learned_aligner
     from ..backend.jobs import run_job
     from ..errors import InputError
     from ..io import check_output_path
 
     check_output_path(args.out, overwrite=args.overwrite)
-    learned = _learned()
+    learned = learned_aligner()
+    from ..backend.align.learned_train import train_job
+
     pset = load_particle_set(args.particles, tomogram=args.tomogram, box=args.box)
     _print_skipped(pset, "align train")
     box = pset.volumes.shape[-1]
@@ -221,8 +202,8 @@ def _run_train(args, device: str) -> int:
             model = learned.load_default_model(device=device)
         except (InputError, OSError):  # no shipped weights: train from scratch
             model = None
-    job = learned.train_job(pset.volumes, particle_masks=masks, model=model, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed)
+    job = train_job(pset.volumes, particle_masks=masks, model=model, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, device=device, seed=args.seed)
     res = run_job(job, progress=not getattr(args, "quiet", False), description="train")
     path = learned.save_model(res.model, args.out, metadata={"particles": str(args.particles)},
                               overwrite=args.overwrite)

@@ -17,7 +17,6 @@ from napari_cryoalign.backend.align._dct import (
 from napari_cryoalign.backend.align.gumnet import (
     GumNet,
     GumNetConfig,
-    best_shift,
     fourier_crop,
     imputed_correlation_map,
     origin_from_peak,
@@ -33,6 +32,7 @@ from napari_cryoalign.backend.geometry import (
     rotate_volume,
     transform_reference_to_particle,
 )
+from napari_cryoalign.backend.peaks import find_peak
 from napari_cryoalign.backend.wedge import observed_fourier_mask
 
 
@@ -91,7 +91,8 @@ def test_model_shapes_and_gradients():
     torch.testing.assert_close(det, torch.ones_like(det), atol=1e-5, rtol=0)
     _, warped, mh = warp_and_impute(moving.repeat_interleave(3, 0), fixed.repeat_interleave(3, 0),
                                     rot.reshape(-1, 3, 3), torch.zeros(6, 3), moving_mask=_shifted_mask())
-    values, _ = best_shift(imputed_correlation_map(warped, fixed.repeat_interleave(3, 0), mh), 4.0)
+    _, values = find_peak(imputed_correlation_map(warped, fixed.repeat_interleave(3, 0), mh), max_shift=4.0,
+                          window="cube", subpixel=False)
     loss = (1 - values).mean()
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -234,12 +235,12 @@ def test_correlation_map_equals_direct_imputed_correlation_and_finds_the_origin(
         direct = pair_correlation(imputed, ref[None])[0]
         idx = tuple(v % 32 for v in (d[2], d[1], d[0]))
         assert abs(cmap[0][idx].item() - direct.item()) < 0.02, (d, cmap[0][idx].item(), direct.item())
-    value, shift = best_shift(cmap, 4.0, subvoxel=True)
+    shift, value = find_peak(cmap, max_shift=4.0, window="cube")
     found = origin_from_peak(a[None], shift)[0]
     assert torch.linalg.norm(found - origin) < 0.5, (found, origin)
     assert value.item() > 0.9
     # a search radius that excludes the true shift finds a worse peak
-    value_small, _ = best_shift(cmap, 0.0)
+    _, value_small = find_peak(cmap, max_shift=0.0, window="cube", subpixel=False)
     assert value_small.item() < value.item() - 0.05
 
 

@@ -9,15 +9,13 @@ import torch
 from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig
 from napari_cryoalign.backend.align.learned import (
     FORMAT_NAME,
-    TrainResult,
     align_learned,
+    align_learned_job,
     default_weights_path,
-    load_default_model,
     load_model,
     save_model,
-    train,
-    train_job,
 )
+from napari_cryoalign.backend.align.learned_train import TrainResult, train, train_job
 from napari_cryoalign.backend.align.types import AlignmentResult
 from napari_cryoalign.backend.geometry import geodesic_angle_deg, random_rotations
 from napari_cryoalign.backend.jobs import Partial, Progress
@@ -29,11 +27,6 @@ from napari_cryoalign.errors import InputError
 def easy_set():
     """Easy particles: SNR 100, the (asymmetric) ribosome, with missing wedge and CTF (the training domain)."""
     return simulate_subtomograms(["ribosome"], n_per_class=24, box=32, snr=100.0, seed=2024)
-
-
-@pytest.fixture(scope="module")
-def default_model():
-    return load_default_model()
 
 
 def test_default_weights_are_shipped_small_and_documented(default_model):
@@ -95,6 +88,44 @@ def test_align_learned_rejects_bad_input(default_model):
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(InputError, match="finite"):
         align_learned(bad, vols[0], model=default_model)
+
+
+def _count_forward_passes(model):
+    calls = []
+    return calls, model.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_align_learned_job_yields_per_batch_and_stops_when_closed(easy_set, default_model):
+    s = easy_set
+    vols = s.volumes[:6]
+    calls, hook = _count_forward_passes(default_model)
+    try:
+        job = align_learned_job(vols, s.references[0], particle_masks=s.mask, model=default_model, batch_size=2)
+        first = next(job)
+        assert isinstance(first, Progress) and (first.step, first.total) == (0, 3)
+        job.close()  # cancelled before the first batch: no forward pass
+        assert calls == [] and not default_model.training
+        job = align_learned_job(vols, s.references[0], particle_masks=s.mask, model=default_model, batch_size=2)
+        assert [next(job).step, next(job).step] == [0, 1]
+        assert torch.is_grad_enabled()  # between batches the caller's grad mode is its own
+        job.close()  # cancelled after the first batch: it stops between batches
+        assert len(calls) == 1 and not default_model.training
+        # run to the end: one Progress per batch, the result of the plain function
+        job = align_learned_job(vols, s.references[0], particle_masks=s.mask, model=default_model, batch_size=2)
+        events = []
+        while True:
+            try:
+                events.append(next(job))
+            except StopIteration as stop:
+                result = stop.value
+                break
+    finally:
+        hook.remove()
+    assert [e.step for e in events] == [0, 1, 2, 3] and all(isinstance(e, Progress) for e in events)
+    plain = align_learned(vols, s.references[0], particle_masks=s.mask, model=default_model, batch_size=2)
+    np.testing.assert_allclose(result.rotations, plain.rotations, atol=1e-6)
+    np.testing.assert_allclose(result.origins_voxels, plain.origins_voxels, atol=1e-6)
+    np.testing.assert_allclose(result.scores, plain.scores, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- fine-tuning job
@@ -224,7 +255,8 @@ def test_foreign_and_corrupted_files_are_input_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- grid head
 def test_grid_targets_and_the_sub_grid_mean():
-    from napari_cryoalign.backend.align.learned import _grid_mean, grid_targets
+    from napari_cryoalign.backend.align.learned import _grid_mean
+    from napari_cryoalign.backend.align.learned_train import grid_targets
     from napari_cryoalign.backend.geometry import rotation_grid
 
     grid = torch.from_numpy(rotation_grid(30.0)).float()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoalign.backend.fourier import missing_wedge_mask
 from napari_cryoalign.backend.geometry import (
     euler_to_matrix,
     geodesic_angle_deg,
@@ -13,6 +12,7 @@ from napari_cryoalign.backend.geometry import (
 )
 from napari_cryoalign.backend.picking.template import template_match
 from napari_cryoalign.backend.simulate.structures import load_structure_map
+from napari_cryoalign.backend.wedge import missing_wedge_mask
 from napari_cryoalign.errors import InputError
 
 

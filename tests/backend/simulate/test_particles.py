@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoalign.backend.fourier import ctf_2d_batched
+from napari_cryoalign.backend.ctf import ctf_2d_batched
 from napari_cryoalign.backend.geometry import euler_to_matrix
 from napari_cryoalign.backend.simulate.particles import (
     project,

@@ -72,7 +72,7 @@ def test_euler_angles_reproduce_the_orientation(clean):
 
 
 def test_noiseless_reconstruction_matches_the_potential_in_the_measured_region(clean):
-    from napari_cryoalign.backend.fourier import missing_wedge_mask
+    from napari_cryoalign.backend.wedge import missing_wedge_mask
 
     m = missing_wedge_mask(clean.potential.shape, tilt_min_deg=-60.0, tilt_max_deg=60.0).numpy()
     measured = np.fft.ifftn(np.fft.fftn(clean.potential) * m).real

@@ -5,7 +5,9 @@
 * :mod:`.exhaustive` -- rotation grid + FFT translation search with local refinement;
 * :mod:`.average` -- wedge-compensated averaging, reference-free iterative refinement, FSC;
 * :mod:`.extract` -- boxes out of tomograms, with validation;
-* ``learned`` -- the Gum-Net aligner (separate module, optional).
+* :mod:`.methods` -- :func:`~.methods.align_job`, one job for the exhaustive, learned and
+  learned+refine methods (what ``cryoalign align`` and the "Align & average" widget run);
+* ``learned`` -- the Gum-Net aligner (separate module, optional), ``learned_train`` its training.
 """
 
 from .types import AlignmentResult

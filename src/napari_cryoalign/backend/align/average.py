@@ -29,6 +29,7 @@ from ..fourier import FSCResult, fsc, lowpass, resolution_at, sphere_mask
 from ..geometry import align_particle_to_reference
 from ..jobs import Partial, Progress, run_job, subjob
 from .exhaustive import _rotate_cubes, align_exhaustive_job
+from .methods import align_job
 from .scoring import _tensor, mask_to_rfft
 from .types import AlignmentResult
 
@@ -418,11 +419,11 @@ def align_average_job(
     """Align and average in one job (what the "Align & average" widget runs).
 
     ``method="exhaustive"``: :func:`iterative_average_job` (reference-free when ``reference``
-    is None). ``"learned"`` / ``"learned+refine"``: one pass of the learned aligner against
-    ``reference`` (required), optionally refined by local exhaustive search, then the
-    half-set average (``candidates``: as in :func:`.learned.align_learned`). Yields
-    ``Partial("average")``, ``Partial("fsc")``, ``Partial("alignment")`` and finally
-    ``Partial("gallery", (m, N, 2N))`` (worst first).
+    is None). ``"learned"`` / ``"learned+refine"``: :func:`.methods.align_job` against
+    ``reference`` (required) with ``angular_step_deg`` and ``candidates`` and the other
+    settings at their defaults (what ``cryoalign align --method ...`` runs), then the half-set
+    average. Yields ``Partial("average")``, ``Partial("fsc")``, ``Partial("alignment")`` and
+    finally ``Partial("gallery", (m, N, 2N))`` (worst first).
     """
     if method == "exhaustive":
         result = yield from iterative_average_job(particles, reference=reference, particle_masks=particle_masks,
@@ -432,19 +433,10 @@ def align_average_job(
     elif method in ("learned", "learned+refine"):
         if reference is None:
             raise InputError("a reference for the learned aligner", field="reference", got="reference-free")
-        try:
-            from . import learned
-        except ImportError as exc:
-            raise InputError("the learned aligner is not installed", field="method", got=str(exc)) from None
-        yield Progress(0, 3, "learned alignment")
-        ali = learned.align_learned(particles, reference, particle_masks=particle_masks, candidates=candidates,
-                                    device=device)
-        if method == "learned+refine":
-            from .exhaustive import refine_alignment_job
-
-            ali = yield from subjob(refine_alignment_job(particles, reference, ali, particle_masks=particle_masks,
-                                                         max_angle_deg=20.0, device=device),
-                                    at=(1, 3), prefix="refine", partials=False)
+        yield Progress(0, 3, f"{method} alignment")
+        ali = yield from subjob(align_job(particles, reference, method=method, particle_masks=particle_masks,
+                                          angular_step_deg=angular_step_deg, candidates=candidates, device=device),
+                                at=(1, 3), prefix=method, partials=False)
         yield Progress(2, 3, "averaging")
         result = average_particles(particles, ali, particle_masks=particle_masks, half_maps=True,
                                    voxel_size_angstrom=voxel_size_angstrom, device=device)

@@ -6,7 +6,7 @@ the reference is rotated by ``A`` (so that it looks like the particle), its Four
 rotated with it, and the constrained correlation (:mod:`.scoring`) of particle and rotated
 reference is computed for *every* translation at once by one inverse FFT. The best
 (rotation, translation) within ``max_shift_voxels`` wins; the peak is refined to sub-voxel
-precision by a parabola through its neighbours on each axis. A coarse global grid (on
+precision by :func:`..peaks.find_peak` (a parabola through its neighbours on each axis). A coarse global grid (on
 Fourier-binned volumes) is followed by ``refine_levels`` local grids, each three times finer.
 
 Conventions (``docs/conventions.md``): the returned ``A`` maps reference to particle
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..geometry import local_rotation_grid, rotation_grid
 from ..jobs import Partial, Progress, run_job
+from ..peaks import find_peak, peak_window
 from .scoring import _tensor, band_mask, mask_to_rfft, rfft_weights
 from .types import AlignmentResult
 
@@ -141,11 +142,8 @@ class _Problem:
         self.mpw = (mp * w).flatten(1)  # (1 or n, K)
         self.ref = r
         self.ref_mask = rm  # full fftshift-ed, rotated per rotation; None = all observed
-        c = torch.arange(self.box, device=device)
-        signed = torch.where(c >= self.box // 2, c - self.box, c).to(torch.float32)
-        d2 = signed.view(-1, 1, 1) ** 2 + signed.view(1, -1, 1) ** 2 + signed.view(1, 1, -1) ** 2
-        self.allowed = torch.nonzero((d2 <= float(max_shift) ** 2 + 1e-6).flatten()).flatten()  # flat shift indices
-        self.signed = signed
+        self.max_shift = float(max_shift)
+        self.allowed = torch.nonzero(peak_window(shape, self.max_shift, device=device).flatten()).flatten()  # flat
 
     def rotated_reference(self, rot: torch.Tensor):
         """``rot`` (R, 3, 3) -> conj rfft of the rotated reference x its mask (R, K), its power (R, K), mask (R, K) or None."""
@@ -161,13 +159,12 @@ class _Problem:
             power = power * mr
         return frm, power, mr
 
-    def scores(self, idx: torch.Tensor, frm, power, mr, *, full_map: bool = False):
-        """Constrained-correlation of particles ``idx`` (P,) against rotated references.
+    def _maps(self, idx: torch.Tensor, frm, power, mr):
+        """Correlation maps (P, R, z, y, x) of particles ``idx`` (P,) and rotated references, and their
+        normalisation (P, R) (the constrained correlation is their product).
 
         ``frm``, ``power``, ``mr``: from :meth:`rotated_reference`, shaped (R, K) (the same
-        rotations for every particle) or (P, R, K) (per particle). Returns the best score
-        (P, R) within the shift window and its flat voxel index (P, R); with ``full_map``
-        also the normalised maps (P, R, z, y, x).
+        rotations for every particle) or (P, R, K) (per particle).
         """
         fpm = self.fpm[idx]
         pw = self.pw[idx]
@@ -188,37 +185,18 @@ class _Problem:
         cross = cross.view(P, R, self.shape[0], self.shape[1], -1)
         ccmap = torch.fft.irfftn(cross, s=self.shape, dim=_DIMS)
         norm = float(np.prod(self.shape)) / torch.sqrt(pp * pr).clamp(min=1e-30)  # (P, R)
-        best, where = ccmap.flatten(-2 - 1).index_select(-1, self.allowed).max(-1)
-        where = self.allowed[where]
-        best = best * norm
-        if full_map:
-            ccmap = ccmap * norm[..., None, None, None]
-            window = torch.zeros(ccmap.shape[-3:], dtype=torch.bool, device=ccmap.device).flatten()
-            window[self.allowed] = True
-            ccmap = ccmap.masked_fill(~window.view(ccmap.shape[-3:]), -float("inf"))
-            return best, where, ccmap
-        return best, where
+        return ccmap, norm
 
-    def subvoxel_shift(self, ccmap: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        """Peak position of maps (P, z, y, x) at flat index ``where`` (P,), parabolic on each axis -> (P, 3) (x, y, z)."""
-        nb = self.box
-        iz, rem = where // (nb * nb), where % (nb * nb)
-        iy, ix = rem // nb, rem % nb
-        peak = torch.stack([ix, iy, iz], 1)  # (P, 3) x, y, z indices
-        out = torch.empty(peak.shape, dtype=torch.float32, device=ccmap.device)
-        ar = torch.arange(ccmap.shape[0], device=ccmap.device)
-        for axis in range(3):  # axis in (x, y, z)
-            def val(d, axis=axis):
-                q = [iz, iy, ix]
-                q[2 - axis] = (q[2 - axis] + d) % nb
-                return ccmap[ar, q[0], q[1], q[2]]
-            c0, cm, cp = val(0), val(-1), val(1)
-            cm = torch.where(torch.isfinite(cm), cm, c0)
-            cp = torch.where(torch.isfinite(cp), cp, c0)
-            den = cm - 2 * c0 + cp
-            off = torch.where(den < -1e-12, 0.5 * (cm - cp) / den.clamp(max=-1e-12), torch.zeros_like(c0))
-            out[:, axis] = self.signed[peak[:, axis]] + off.clamp(-0.5, 0.5)
-        return out
+    def scores(self, idx: torch.Tensor, frm, power, mr) -> torch.Tensor:
+        """Constrained correlation (P, R) at the best shift within the window (arguments as :meth:`_maps`)."""
+        ccmap, norm = self._maps(idx, frm, power, mr)
+        return ccmap.flatten(-3).index_select(-1, self.allowed).max(-1).values * norm
+
+    def peak(self, idx: torch.Tensor, frm, power, mr) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sub-voxel shift (P, 3) (x, y, z) and score (P,) of one rotated reference per particle
+        (``frm``, ``power``, ``mr`` shaped (P, 1, K)), by :func:`..peaks.find_peak` within the window."""
+        ccmap, norm = self._maps(idx, frm, power, mr)
+        return find_peak(ccmap[:, 0] * norm[:, 0, None, None, None], max_shift=self.max_shift, window="ball")
 
 
 def _pairs_per_batch(box: int, batch_size: int) -> int:
@@ -242,7 +220,7 @@ def _global_search(prob: _Problem, rotations: np.ndarray, pairs: int, keep: int 
         frm, power, mr = prob.rotated_reference(rot)
         for p0 in range(0, n, p_chunk):
             idx = torch.arange(p0, min(n, p0 + p_chunk), device=prob.device)
-            s, _ = prob.scores(idx, frm, power, mr)
+            s = prob.scores(idx, frm, power, mr)
             cand = torch.arange(r0, r0 + s.shape[1], device=prob.device).expand_as(s)
             allv = torch.cat([best[idx], s], 1)
             alli = torch.cat([best_idx[idx], cand], 1)
@@ -293,17 +271,16 @@ def _local_search(prob: _Problem, centers: np.ndarray, *, max_angle: float, step
         frm = frm.view(len(idx), L, -1)
         power = power.view(len(idx), L, -1)
         mr = None if mr is None else mr.view(len(idx), L, -1)
-        s, _ = prob.scores(idx, frm, power, mr)
+        s = prob.scores(idx, frm, power, mr)
         sb, sj = s.max(1)
         ar = torch.arange(len(idx), device=prob.device)
         out_rot[p0:p0 + len(idx)] = grids[p0:p0 + len(idx)][np.arange(len(idx)), sj.cpu().numpy()]
         out_score[p0:p0 + len(idx)] = sb.cpu().numpy()
         if final:
             mr_b = None if mr is None else mr[ar, sj][:, None]
-            best, where, ccmap = prob.scores(idx, frm[ar, sj][:, None], power[ar, sj][:, None], mr_b, full_map=True)
-            shift = prob.subvoxel_shift(ccmap[:, 0], where[:, 0])
+            shift, best = prob.peak(idx, frm[ar, sj][:, None], power[ar, sj][:, None], mr_b)
             out_shift[p0:p0 + len(idx)] = shift.cpu().numpy()
-            out_score[p0:p0 + len(idx)] = best[:, 0].cpu().numpy()
+            out_score[p0:p0 + len(idx)] = best.cpu().numpy()
         progress_cb(ci + 1, n_chunks)
     return out_rot, out_score, out_shift
 
@@ -328,7 +305,11 @@ def _climb(prob: _Problem, rot: np.ndarray, *, step: float, pairs: int, final: b
     return rot, score, shift
 
 
-def _check_options(angular_step_deg, refine_levels, max_shift_voxels, max_frequency, box):
+def _checked_inputs(particles, reference, particle_masks, reference_mask, *, angular_step_deg, refine_levels,
+                    max_shift_voxels, max_frequency, device):
+    """The validated volumes of :func:`_check_volumes` and the shift radius in voxels (default box / 4)."""
+    p, r, pm, rm = _check_volumes(particles, reference, particle_masks, reference_mask, device)
+    box = p.shape[-1]
     if not (angular_step_deg > 0 and angular_step_deg <= 180):
         raise InputError("an angular step in (0, 180] degrees", field="angular_step_deg", got=angular_step_deg)
     if int(refine_levels) != refine_levels or refine_levels < 0:
@@ -338,6 +319,7 @@ def _check_options(angular_step_deg, refine_levels, max_shift_voxels, max_freque
                          got=max_shift_voxels)
     if not (0 < max_frequency <= 0.5 * math.sqrt(3)):
         raise InputError("a maximum frequency in (0, 0.5] cycles/voxel", field="max_frequency", got=max_frequency)
+    return p, r, pm, rm, box / 4 if max_shift_voxels is None else float(max_shift_voxels)
 
 
 def align_exhaustive_job(
@@ -358,10 +340,11 @@ def align_exhaustive_job(
     """Job version of :func:`align_exhaustive`: yields :class:`Progress` per batch of rotations."""
     t0 = time.perf_counter()
     with torch.no_grad():
-        p, r, pm, rm = _check_volumes(particles, reference, particle_masks, reference_mask, device)
+        p, r, pm, rm, max_shift = _checked_inputs(particles, reference, particle_masks, reference_mask,
+                                                  angular_step_deg=angular_step_deg, refine_levels=refine_levels,
+                                                  max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
+                                                  device=device)
         box = p.shape[-1]
-        _check_options(angular_step_deg, refine_levels, max_shift_voxels, max_frequency, box)
-        max_shift = box / 4 if max_shift_voxels is None else float(max_shift_voxels)
         pairs = _pairs_per_batch(box, batch_size)
         grid = rotation_grid(angular_step_deg)
         levels = max(1, int(refine_levels))
@@ -478,16 +461,16 @@ def refine_alignment_job(
     """Job version of :func:`refine_alignment`."""
     t0 = time.perf_counter()
     with torch.no_grad():
-        p, r, pm, rm = _check_volumes(particles, reference, particle_masks, reference_mask, device)
-        box = p.shape[-1]
-        _check_options(max_angle_deg, levels, max_shift_voxels, max_frequency, box)
+        p, r, pm, rm, max_shift = _checked_inputs(particles, reference, particle_masks, reference_mask,
+                                                  angular_step_deg=max_angle_deg, refine_levels=levels,
+                                                  max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
+                                                  device=device)
         rot = np.asarray(initial.rotations, dtype=np.float64).reshape(-1, 3, 3)
         if len(rot) != p.shape[0]:
             raise InputError(f"{p.shape[0]} initial rotations (one per particle)", field="initial",
                              got=len(rot))
-        max_shift = box / 4 if max_shift_voxels is None else float(max_shift_voxels)
         prob = _Problem(p, r, pm, rm, max_frequency=max_frequency, max_shift=max_shift, device=device)
-        pairs = _pairs_per_batch(box, batch_size)
+        pairs = _pairs_per_batch(p.shape[-1], batch_size)
         levels = max(1, int(levels))
         step = float(max_angle_deg)
         for level in range(levels):

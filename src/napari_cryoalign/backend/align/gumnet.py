@@ -55,7 +55,6 @@ __all__ = [
     "FeatureExtractor",
     "GumNet",
     "GumNetConfig",
-    "best_shift",
     "crop_fourier_mask",
     "feature_correlation",
     "fourier_crop",
@@ -231,7 +230,7 @@ class GumNet(nn.Module):
       (the same matrices ``A``).
 
     The origin is the peak of :func:`imputed_correlation_map` within ``config.max_shift``
-    voxels (:func:`best_shift`, :func:`origin_from_peak`).
+    voxels per axis (:func:`..peaks.find_peak` with ``window="cube"``, then :func:`origin_from_peak`).
     """
 
     def __init__(self, config: GumNetConfig | None = None):
@@ -455,49 +454,6 @@ def imputed_correlation_map(warped: torch.Tensor, fixed: torch.Tensor, mask_half
     e_wm = (wgt * (wm.real ** 2 + wm.imag ** 2)).sum(dims) / nvox
     denom = torch.sqrt(((e_wm + e_miss) * e_f).clamp(min=1e-20))
     return (cc + e_miss.view(-1, 1, 1, 1)) / denom.view(-1, 1, 1, 1)
-
-
-def _shift_offsets(n: int, device, dtype) -> torch.Tensor:
-    return torch.fft.fftfreq(n, device=device, dtype=dtype) * n
-
-
-def best_shift(cmap: torch.Tensor, max_shift: float, *, subvoxel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Peak of a correlation map within ``|d| <= max_shift`` voxels per axis.
-
-    Parameters
-    ----------
-    cmap : ``(B, n, n, n)`` from :func:`imputed_correlation_map`
-    max_shift : search radius per axis, voxels
-    subvoxel : refine the peak by a parabola through its neighbours along each axis
-
-    Returns
-    -------
-    values : ``(B,)`` peak correlation (differentiable through the map)
-    shifts : ``(B, 3)`` ``d`` in voxels ``(x, y, z)``: ``warped(r + d) ~ fixed(r)`` (no gradient)
-    """
-    b, n = cmap.shape[0], cmap.shape[-1]
-    off = _shift_offsets(n, cmap.device, cmap.dtype)
-    ok1 = off.abs() <= max_shift + 1e-6
-    ok = ok1[:, None, None] & ok1[None, :, None] & ok1[None, None, :]
-    flat = cmap.masked_fill(~ok, float("-inf")).reshape(b, -1)
-    values, idx = flat.max(1)
-    iz, iy, ix = idx // (n * n), (idx // n) % n, idx % n
-    d = torch.stack([off[ix], off[iy], off[iz]], 1).detach()
-    if subvoxel:
-        c = cmap.detach()
-        ar = torch.arange(b, device=c.device)
-        c0 = c[ar, iz, iy, ix]
-        corr = []
-        for axis in range(3):  # x, y, z
-            lo, hi = [iz, iy, ix], [iz, iy, ix]
-            lo[2 - axis] = (lo[2 - axis] - 1) % n
-            hi[2 - axis] = (hi[2 - axis] + 1) % n
-            cm, cp = c[ar, lo[0], lo[1], lo[2]], c[ar, hi[0], hi[1], hi[2]]
-            den = cm - 2 * c0 + cp
-            delta = torch.where(den < -1e-12, 0.5 * (cm - cp) / den, torch.zeros_like(den))
-            corr.append(delta.clamp(-0.5, 0.5))
-        d = d + torch.stack(corr, 1)
-    return values, d
 
 
 def origin_from_peak(rotations: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

@@ -38,9 +38,11 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from .._tensor import resolve_device
-from ..fourier import ctf_3d, frequency_radius, missing_wedge_mask, resample_voxel_size, sphere_mask
+from ..ctf import ctf_3d
+from ..fourier import frequency_radius, resample_voxel_size, sphere_mask
 from ..geometry import matrix_to_euler, rotate_volume, rotation_grid
 from ..jobs import Event, Partial, Progress, run_job
+from ..wedge import missing_wedge_mask
 from .infer import Picks, find_peaks
 from .picker import check_tomogram
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ..fourier import ctf_2d_batched
+from ..ctf import ctf_2d_batched
 from ..geometry import euler_to_matrix
 
 __all__ = [

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from ..peaks import find_peak
 from .grid import grid_spacing_deg, healpix_npix, local_offsets, so3_healpix_grid
 from .reconstruct import FourierProjector, slice_values
 
@@ -189,15 +190,13 @@ def _centre(search: MapSearch, x_ft: torch.Tensor, amplitude: torch.Tensor | Non
     """Displacement ``(B, 2)`` of each particle from the box centre, by cross-correlation with the
     rotational average of the projections (the mean of the fine table: the same for every pose,
     centred on the map's centre), times ``|T|``."""
-    from .predict import _peak
-
     f = search.fine
     s = search.size
     y, _ = _image_side(f, x_ft, amplitude)
     z = torch.zeros((y.shape[0], s * s), dtype=y.dtype, device=y.device)
     z[:, f.index] = y * f.template.conj()
     cc = torch.fft.ifft2(z.reshape(-1, s, s)).real  # half-plane weights 2: the real part is the full sum / N²
-    return _peak(cc, max_shift)[0]
+    return find_peak(cc, max_shift=max_shift)[0]
 
 
 def map_search(search: MapSearch, images: torch.Tensor, amplitude: torch.Tensor | None, *, max_shift: float,

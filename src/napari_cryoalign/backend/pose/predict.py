@@ -16,7 +16,7 @@ For each particle (:func:`predict_poses_job`):
    by the likelihood;
 4. **shift search** (CESPED leaves shifts out): the reconstruction of the network's training
    half is projected at the pose (Fourier slice), multiplied by ``|T|`` (the image is phase
-   flipped) and cross-correlated with the image by FFT; the peak (parabolic sub-pixel) within
+   flipped) and cross-correlated with the image by FFT; the peak (:func:`..peaks.find_peak`) within
    ``max_shift`` gives the particle's centre, written as RELION's ``origin = -displacement``;
 5. optionally (``projection_refine``) a local projection-matching search: poses ``A Δ`` within
    ``refine_range_deg`` are scored by the best normalised cross-correlation over shifts,
@@ -35,6 +35,7 @@ import torch
 from ...errors import InputError
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..jobs import Partial, Progress, run_job
+from ..peaks import find_peak
 from . import matching
 from .data import ParticleData, preprocess_images, transfer_function
 from .grid import grid_spacing_deg, local_offsets
@@ -95,26 +96,6 @@ def _cc_maps(images_ft: torch.Tensor, proj_ft: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(images_ft * proj_ft.conj()).real
 
 
-def _peak(cc: torch.Tensor, max_shift: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best displacement ``(B, 2)`` (x, y) within ``max_shift`` pixels, parabolic sub-pixel, and its value ``(B,)``."""
-    b, s, _ = cc.shape
-    f = torch.fft.fftfreq(s, d=1.0 / s, device=cc.device)
-    allowed = (f[:, None] ** 2 + f[None, :] ** 2) <= max_shift**2
-    masked = torch.where(allowed, cc, torch.full_like(cc, -torch.inf))
-    flat = masked.reshape(b, -1).argmax(dim=1)
-    iy, ix = flat // s, flat % s
-    val = cc.reshape(b, -1).gather(1, flat[:, None])[:, 0]
-    ar = torch.arange(b, device=cc.device)
-
-    def sub(c0, cm, cp):
-        den = cm - 2 * c0 + cp
-        return torch.where(den.abs() > 1e-12, 0.5 * (cm - cp) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
-
-    dx = sub(val, cc[ar, iy, (ix - 1) % s], cc[ar, iy, (ix + 1) % s])
-    dy = sub(val, cc[ar, (iy - 1) % s, ix], cc[ar, (iy + 1) % s, ix])
-    return torch.stack([f[ix] + dx, f[iy] + dy], dim=1), val
-
-
 def shift_search(images: torch.Tensor, projections_ft: torch.Tensor, *, max_shift: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Displacement of each image's particle from the box centre by FFT cross-correlation.
 
@@ -125,7 +106,7 @@ def shift_search(images: torch.Tensor, projections_ft: torch.Tensor, *, max_shif
     """
     img_ft = torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1)))
     cc = _cc_maps(img_ft, projections_ft)
-    d, val = _peak(cc, max_shift)
+    d, val = find_peak(cc, max_shift=max_shift)
     norm = projections_ft.abs().pow(2).sum(dim=(1, 2)).sqrt().clamp(min=1e-12)
     return d, val / norm
 
@@ -280,7 +261,7 @@ def _match(projector, images, rot, offsets, weight, max_shift):
         pft = project_fourier(projector, cand)
         if weight is not None:
             pft = pft * weight
-        d, val = _peak(_cc_maps(img_ft, pft), max_shift)
+        d, val = find_peak(_cc_maps(img_ft, pft), max_shift=max_shift)
         score = val / pft.abs().pow(2).sum(dim=(1, 2)).sqrt().clamp(min=1e-12)
         better = score > best_score
         best_score = torch.where(better, score, best_score)

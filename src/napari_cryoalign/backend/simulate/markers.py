@@ -519,7 +519,7 @@ def simulate_marker_tiltseries(
     c_int = interaction_constant(voltage_kv)
     log_i = -c_int * absorption_potential_v * diameter * ideal
     if ctf:
-        from ..fourier import ctf_2d
+        from ..ctf import ctf_2d
 
         phase = c_int * phase_potential_v * diameter * ideal
         h = ctf_2d(det, pixel_size_angstrom=10.0 * pixel, defocus_um=defocus_um, voltage_kv=voltage_kv, cs_mm=cs_mm,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ..fourier import ctf_2d_batched
+from ..ctf import ctf_2d_batched
 from ..geometry import shift_image
 from ..geometry import euler_to_matrix, matrix_to_euler, random_rotations, rotate_volume
 from ..jobs import Partial, Progress, run_job

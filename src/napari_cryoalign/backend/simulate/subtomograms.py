@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ..fourier import ctf_3d
+from ..ctf import ctf_3d
 from ..geometry import (
     euler_to_matrix,
     matrix_to_euler,

@@ -46,7 +46,7 @@ import torch
 
 from ...errors import InputError
 from ..deformation import acquisition_order as _acq_order
-from ..fourier import ctf_2d
+from ..ctf import ctf_2d
 from ..geometry import euler_to_matrix, matrix_to_euler, random_rotations, transform_reference_to_particle
 from ..jobs import Event, Partial, Progress, run_job
 from ..tomography import project_points, project_tilt_series, tilt_angles as _tilt_angles, weighted_back_projection

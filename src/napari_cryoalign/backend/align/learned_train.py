@@ -1,0 +1,259 @@
+"""Training and fine-tuning of the learned subtomogram aligner (Gum-Net, :mod:`.learned`).
+
+* :func:`train_job` -- unsupervised training / fine-tuning on the user's own subtomograms
+  (pairs of subtomograms, or subtomograms against references; loss ``1 - r`` between the
+  warped, missing-wedge-imputed moving volume and the fixed one; no poses needed), or, with
+  the simulator's poses, the supervised pre-training of the shipped default weights;
+* :func:`grid_targets` -- the soft targets of a grid-head model over its rotation grid.
+
+The losses are those :func:`.learned.align_learned` ranks rotations by; the trained model is
+saved with :func:`.learned.save_model`. See ``docs/align_learned.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ..jobs import Partial, Progress, run_job
+from .gumnet import GumNet, GumNetConfig, standardize
+from .learned import _grid_candidate_losses, _hypothesis_losses, _masks, _pick, _volumes
+
+__all__ = ["GRID_TARGET_SIGMA", "TrainResult", "grid_targets", "train", "train_job"]
+
+#: width of the soft grid targets, in grid steps (a Gaussian in the geodesic angle)
+GRID_TARGET_SIGMA = 0.6
+
+
+def grid_targets(grid: torch.Tensor, rotations: torch.Tensor, sigma_deg: float) -> torch.Tensor:
+    """Soft classification targets over a rotation grid: ``softmax(-theta^2 / (2 sigma^2))``.
+
+    ``grid`` ``(M, 3, 3)``, ``rotations`` ``(B, 3, 3)`` (the true ``A``), ``theta`` the geodesic
+    angle between each grid rotation and the truth. Returns ``(B, M)``, rows summing to 1.
+    """
+    tr = torch.einsum("mij,bij->bm", grid, rotations.to(grid))
+    ang = torch.arccos(((tr - 1.0) / 2.0).clamp(-1.0, 1.0))
+    return torch.softmax(-(ang ** 2) / (2.0 * math.radians(sigma_deg) ** 2), dim=1)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """Result of :func:`train_job`.
+
+    Attributes
+    ----------
+    model : the trained :class:`GumNet` (the object passed in, or a new one), in eval mode
+    losses : ``(n_steps,)`` training loss per step (``1 - r`` of the best hypothesis, plus the
+        small all-hypotheses term)
+    epoch_losses : ``(n_epochs_done,)`` mean loss per epoch
+    steps : optimiser steps done
+    seconds : wall time
+    settings : the training parameters (JSON-like), also stored in saved model files
+    """
+
+    model: GumNet
+    losses: np.ndarray
+    epoch_losses: np.ndarray
+    steps: int
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+def _grid_loss(model, moving, fixed, mmask, truth, *, loss_box, candidates: int, correlation_weight: float,
+               supervised_weight: float) -> torch.Tensor:
+    """Training loss of a grid-head model (see :func:`train_job`)."""
+    logits = model(moving, fixed)
+    logp = torch.log_softmax(logits, 1)
+    loss = logits.new_zeros(())
+    if correlation_weight > 0:
+        idx, lk = _grid_candidate_losses(model, moving, fixed, mmask, logits.detach(), candidates, loss_box=loss_box)
+        p = torch.softmax(logp.gather(1, idx), 1)  # the candidates' probabilities, renormalised
+        loss = loss + correlation_weight * (p * lk).sum(1).mean()
+    if truth is not None:
+        tgt = grid_targets(model.grid, truth, GRID_TARGET_SIGMA * model.config.grid_step_deg)
+        loss = loss + supervised_weight * -(tgt * logp).sum(1).mean()
+    return loss
+
+
+def train_job(
+    particles,
+    *,
+    references=None,
+    particle_masks=None,
+    model: GumNet | None = None,
+    epochs: int = 5,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    loss_box: int | None = 16,
+    all_hypotheses_weight: float = 0.05,
+    true_rotations=None,
+    supervised_weight: float = 1.0,
+    correlation_weight: float = 1.0,
+    grid_candidates: int = 4,
+    max_steps: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    device="cpu",
+    seed: int = 0,
+) -> Generator[Progress | Partial, None, TrainResult]:
+    """Train or fine-tune Gum-Net without labels (a job: yields progress, returns the result).
+
+    Each step takes a batch of pairs ``(moving, fixed)``, predicts ``K`` transforms per pair,
+    warps the moving subtomogram with each, fills its missing Fourier region from the fixed
+    volume (missing-wedge imputation), and minimises ``1 - r`` (Pearson correlation with the
+    fixed volume) of the best hypothesis plus ``all_hypotheses_weight`` times the mean over all
+    hypotheses. No poses are used.
+
+    A ``"grid"``-head model instead minimises ``correlation_weight`` times the expected ``1 - r``
+    over its ``grid_candidates`` most probable grid rotations (their probabilities renormalised;
+    the gradient moves probability towards the better-correlating ones), plus, with
+    ``true_rotations``, ``supervised_weight`` times the cross-entropy with soft targets
+    (:func:`grid_targets`, width ``GRID_TARGET_SIGMA`` grid steps).
+
+    Parameters
+    ----------
+    particles : array ``(n, z, y, x)``, cubic boxes (the moving volumes)
+    references : None (pairs of particles: each particle is paired with a random other one per
+        epoch, as in the paper), a single reference ``(z, y, x)``, or one reference per particle
+        ``(n, z, y, x)`` (e.g. the class average each particle belongs to)
+    particle_masks : observed Fourier masks of the particles, fftshift-ed, ``(z, y, x)`` or
+        ``(n, z, y, x)``; None = no imputation
+    model : network to fine-tune (trained in place); None = a new :class:`GumNet` for this box
+    epochs : passes over the particles
+    batch_size : pairs per step
+    lr : Adam learning rate
+    loss_box : the warp and loss are computed on Fourier-cropped ``loss_box^3`` copies (faster,
+        and the low-pass widens the basin of the correlation); None = full box
+    all_hypotheses_weight : weight of the mean loss over all hypotheses (keeps all of them learning)
+    true_rotations : optional ``(n, 3, 3)`` RELION matrices ``A`` of each particle relative to its
+        reference (simulated data, ``references`` given): adds ``supervised_weight`` times the
+        squared Frobenius distance ``|A_k - A|^2 / 8`` (0..1) of the closest hypothesis - a
+        supervised pre-training of the default weights on simulated data; without it the
+        training is unsupervised, as in the paper
+    supervised_weight : weight of that term
+    correlation_weight : head ``"grid"``: weight of the unsupervised expected-correlation term
+    grid_candidates : head ``"grid"``: candidates of that term per pair
+    max_steps : stop after this many steps (None = run all epochs)
+    optimizer : an optimiser over ``model``'s parameters to continue with (keeps Adam's
+        moments across calls); None = a new Adam with ``lr``
+    device : torch device
+    seed : seeds the pairing, batch order and a new model's initialisation
+
+    Yields
+    ------
+    Progress per step; ``Partial("loss", {"epoch", "step", "loss"})`` per step;
+    ``Partial("model", model)`` once at the start (cancelling leaves it usable).
+
+    Returns
+    -------
+    TrainResult
+    """
+    parts = _volumes(particles, "particles", ndim=4, box=None if model is None else model.config.box)
+    n, box = parts.shape[0], parts.shape[-1]
+    if n < 2:
+        raise InputError("at least 2 particles", field="particles", got=n)
+    refs = None
+    if references is not None:
+        r_arr = references.detach().cpu().numpy() if isinstance(references, torch.Tensor) else np.asarray(references)
+        refs = _volumes(r_arr[None] if r_arr.ndim == 3 else r_arr, "references", ndim=4, box=box)
+        if refs.shape[0] not in (1, n):
+            raise InputError(f"one reference (z, y, x) or one per particle ({n}, z, y, x)", field="references",
+                             got=f"shape {tuple(refs.shape)}")
+    pm = _masks(particle_masks, "particle_masks", n, box)
+    truth = None
+    if true_rotations is not None:
+        truth = torch.as_tensor(np.asarray(true_rotations, dtype=np.float32))
+        if refs is None or tuple(truth.shape) != (n, 3, 3):
+            raise InputError(f"({n}, 3, 3) rotations of the particles relative to given references",
+                             field="true_rotations", got=f"shape {tuple(truth.shape)}, references "
+                             f"{'given' if refs is not None else 'missing'}")
+    for name, val, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
+                          ("lr", lr, lr > 0 and math.isfinite(lr))):
+        if not ok:
+            raise InputError("a positive value", field=name, got=val)
+    if loss_box is not None and not (8 <= int(loss_box) <= box):
+        raise InputError(f"a loss box between 8 and {box} voxels, or None", field="loss_box", got=loss_box)
+    loss_box = None if loss_box is None or int(loss_box) == box else int(loss_box)
+    rng = np.random.default_rng(seed)
+    if model is None:
+        torch.manual_seed(seed)
+        model = GumNet(GumNetConfig(box=box))
+    model.to(device)
+    opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
+    batch_size = int(min(batch_size, n))
+    steps_per_epoch = n // batch_size
+    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss_box": loss_box or box,
+                "all_hypotheses_weight": all_hypotheses_weight, "seed": seed, "n_particles": n,
+                "pairs": "references" if refs is not None else "random particle pairs",
+                "imputation": pm is not None,
+                "supervised_weight": supervised_weight if truth is not None else 0.0,
+                "head": model.config.head if model is not None else "hypotheses"}
+    if model is not None and model.config.head == "grid":
+        settings.update(correlation_weight=correlation_weight, grid_candidates=int(grid_candidates))
+        if not 1 <= int(grid_candidates) <= len(model.grid):
+            raise InputError(f"between 1 and {len(model.grid)} (the grid size)", field="grid_candidates",
+                             got=grid_candidates)
+    losses, epoch_losses = [], []
+    t0 = time.perf_counter()
+    step = 0
+    yield Partial("model", model)
+    yield Progress(0, total, "training Gum-Net")
+    try:
+        model.train()
+        for epoch in range(epochs):
+            order = rng.permutation(n)
+            partner = rng.permutation(n)
+            ep = []
+            for s in range(steps_per_epoch):
+                if step >= total:
+                    break
+                idx = order[s * batch_size:(s + 1) * batch_size]
+                moving = standardize(parts[idx].to(device))
+                if refs is None:
+                    pidx = partner[s * batch_size:(s + 1) * batch_size]
+                    pidx = np.where(pidx == idx, (pidx + 1) % n, pidx)
+                    fixed = parts[pidx]
+                else:
+                    fixed = refs[0].expand(len(idx), -1, -1, -1) if refs.shape[0] == 1 else refs[idx]
+                fixed = standardize(fixed.to(device))
+                mm = _pick(pm, idx)
+                mm = None if mm is None else mm.to(device)
+                if model.config.head == "grid":
+                    loss = _grid_loss(model, moving, fixed, mm, None if truth is None else truth[idx].to(device),
+                                      loss_box=loss_box, candidates=grid_candidates,
+                                      correlation_weight=correlation_weight, supervised_weight=supervised_weight)
+                else:
+                    rot, _, lk = _hypothesis_losses(model, moving, fixed, mm, loss_box=loss_box)
+                    loss = lk.min(1).values.mean() + all_hypotheses_weight * lk.mean()
+                    if truth is not None:
+                        chord = ((rot - truth[idx].to(rot)[:, None]) ** 2).sum(dim=(-2, -1)) / 8.0  # (B, K)
+                        loss = loss + supervised_weight * (chord.min(1).values.mean()
+                                                           + all_hypotheses_weight * chord.mean())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lv = float(loss.detach())
+                losses.append(lv)
+                ep.append(lv)
+                step += 1
+                yield Partial("loss", {"epoch": epoch, "step": step, "loss": lv})
+                yield Progress(step, total, f"epoch {epoch + 1}/{epochs} loss {lv:.4f}")
+            if ep:
+                epoch_losses.append(float(np.mean(ep)))
+            if step >= total:
+                break
+    finally:
+        model.eval()
+    return TrainResult(model=model, losses=np.asarray(losses), epoch_losses=np.asarray(epoch_losses), steps=step,
+                       seconds=time.perf_counter() - t0, settings=settings)
+
+
+def train(particles, **kwargs) -> TrainResult:
+    """Plain-function version of :func:`train_job` (drains it without a progress bar)."""
+    return run_job(train_job(particles, **kwargs), progress=False)

@@ -1,0 +1,119 @@
+"""One job for the three alignment methods, with one set of settings for every front end.
+
+:func:`align_job` is what ``cryoalign align`` and the "Align & average" widget
+(:func:`.average.align_average_job`) run, so that a method's name means the same computation
+everywhere:
+
+* ``"exhaustive"`` -- :func:`.exhaustive.align_exhaustive_job`: a global rotation grid of
+  ``angular_step_deg``, then ``refine_levels`` local levels;
+* ``"learned"`` -- :func:`.learned.align_learned_job` (Gum-Net, one forward pass per particle);
+* ``"learned+refine"`` -- the learned alignment, then :func:`.exhaustive.refine_alignment_job`
+  around it: local search within ``max(angular_step_deg, 15) * 0.67`` degrees (about the
+  learned aligner's typical error at a 30 degree grid step), ``refine_levels`` levels (0: one).
+
+The learned aligner is optional: :func:`learned_aligner` gives its module, or an
+:class:`~napari_cryoalign.errors.InputError` naming the method when it is not installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from types import ModuleType
+
+from ...errors import InputError
+from ..jobs import Partial, Progress, subjob
+from .exhaustive import align_exhaustive_job, refine_alignment_job
+from .types import AlignmentResult
+
+__all__ = ["METHODS", "align_job", "learned_aligner"]
+
+#: the alignment methods, in the order the front ends offer them
+METHODS = ("exhaustive", "learned", "learned+refine")
+
+
+def learned_aligner() -> ModuleType:
+    """The learned aligner's module (:mod:`.learned`).
+
+    Raises
+    ------
+    InputError
+        ``field="method"``: the optional learned aligner is not installed.
+    """
+    try:
+        from . import learned
+    except ImportError as exc:  # the optional learned aligner is absent
+        raise InputError("the learned aligner is not installed", field="method", got=str(exc)) from None
+    return learned
+
+
+def align_job(
+    particles,
+    reference,
+    *,
+    method: str = "exhaustive",
+    particle_masks=None,
+    angular_step_deg: float = 30.0,
+    refine_levels: int = 2,
+    max_shift_voxels: float | None = None,
+    max_frequency: float = 0.5,
+    model=None,
+    candidates: int = 1,
+    device="cpu",
+) -> Generator[Progress | Partial, None, AlignmentResult]:
+    """Align subtomograms to a reference by ``method`` (a job: yields Progress, returns the result).
+
+    Parameters
+    ----------
+    particles : ``(n, N, N, N)`` (z, y, x), N even (the learned methods: the model's box, 32 for
+        the default)
+    reference : ``(N, N, N)``, same box and voxel size
+    method : ``"exhaustive"``, ``"learned"`` or ``"learned+refine"`` (module docstring)
+    particle_masks : observed Fourier masks, fftshift-ed (DC at ``N // 2``), ``(N, N, N)`` shared
+        or ``(n, N, N, N)``; None = fully observed
+    angular_step_deg : exhaustive: global grid step (degrees); learned+refine: sets the local
+        search range ``max(angular_step_deg, 15) * 0.67`` degrees
+    refine_levels : exhaustive: local levels after the grid; learned+refine: local levels
+        (0 counts as 1)
+    max_shift_voxels : largest shift searched by the exhaustive search and the refinement
+        (voxels; default N / 4); the learned aligner searches ``model.config.max_shift``
+    max_frequency : highest frequency compared by the exhaustive search and the refinement,
+        cycles/voxel (0.5: Nyquist)
+    model : the learned methods: a :class:`~.gumnet.GumNet` (``learned_aligner().load_model``);
+        None = the shipped default
+    candidates : the learned methods: grid rotations compared per particle
+        (:func:`.learned.align_learned`)
+    device : torch device
+
+    Yields
+    ------
+    Progress of the running stage (``"learned: ..."``, ``"refine: ..."`` for the learned
+    methods); closing the job stops it between batches.
+
+    Returns
+    -------
+    AlignmentResult with ``method`` = the method run.
+
+    Raises
+    ------
+    InputError
+        An unknown ``method``; the learned methods when the learned aligner is not installed;
+        the stages' own input errors.
+    """
+    if method not in METHODS:
+        raise InputError(f"method {', '.join(repr(m) for m in METHODS)}", field="method", got=method)
+    if method == "exhaustive":
+        return (yield from align_exhaustive_job(particles, reference, particle_masks=particle_masks,
+                                                angular_step_deg=angular_step_deg, refine_levels=refine_levels,
+                                                max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
+                                                device=device))
+    learned = learned_aligner()
+    result = yield from subjob(learned.align_learned_job(particles, reference, particle_masks=particle_masks,
+                                                         model=model, candidates=candidates, device=device),
+                               prefix="learned")
+    if method == "learned+refine":
+        job = refine_alignment_job(particles, reference, result, particle_masks=particle_masks,
+                                   max_angle_deg=max(float(angular_step_deg), 15.0) * 0.67,
+                                   levels=refine_levels or 1, max_shift_voxels=max_shift_voxels,
+                                   max_frequency=max_frequency, device=device)
+        result = yield from subjob(job, prefix="refine")
+    return result
