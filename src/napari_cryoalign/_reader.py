@@ -5,6 +5,8 @@
   particle stacks) get scale 1 on the stack axis. Large files are memory-mapped. An IMOD
   angle file beside a 3D file (``<stem>.tlt`` or ``<stem>.rawtlt``, one angle per image)
   goes into the metadata as ``tilt_angles_deg``, so "Markers & deformation" finds it.
+* STAR of 2D particle images (``rlnImageName`` = ``index@stack.mrcs``, no coordinates): the
+  images as an image layer ``(n, y, x)`` (``role: "particle images"``, for "Pose inference").
 * STAR: a points layer at ``(z, y, x)`` = ``(rlnCoordinateZ, Y, X)`` (0-based voxels), with
   every column of the particle table kept in ``features``. The layer scale is the voxel
   size found in the STAR file (optics/general blocks) or in the header of the tomogram it
@@ -150,8 +152,11 @@ def star_layer_data(path: str | os.PathLike) -> tuple:
 
     path = Path(path)
     blocks = read_star(path)
+    particles = particle_block(blocks, path=path)[1]
+    if _is_particle_image_set(particles):
+        return particle_images_layer_data(path)
     # a tomogram named in the STAR file gives shape (for RELION 5 coordinates) and voxel size
-    names = tomo_names(particle_block(blocks, path=path)[1])
+    names = tomo_names(particles)
     names = [] if names is None else list(dict.fromkeys(names))
     tomo = _find_tomogram(path, names[0] if len(names) == 1 else None)
     tomo_shape = None
@@ -188,6 +193,33 @@ def star_layer_data(path: str | os.PathLike) -> tuple:
         kwargs["border_color"] = score_col
         kwargs["border_colormap"] = "viridis"
     return (xyz[:, ::-1].copy(), kwargs, "points")
+
+
+def _is_particle_image_set(particles) -> bool:
+    """A STAR file of 2D particle images (``index@stack.mrcs``, no coordinates), as RELION's Extract writes."""
+    cols = set(getattr(particles, "columns", ()))
+    if "rlnImageName" not in cols or {"rlnCoordinateX", "rlnCenteredCoordinateXAngst"} & cols or not len(particles):
+        return False
+    return "@" in str(particles["rlnImageName"].iloc[0])
+
+
+def particle_images_layer_data(path: str | os.PathLike) -> tuple:
+    """A particle-image STAR file as an image layer: the images ``(n, y, x)`` in row order, pixel size in Å.
+
+    The layer's metadata names the STAR file (``path``) and ``role: "particle images"``, so
+    "Pose inference" takes the particles from it.
+    """
+    from .io import read_particle_images
+
+    path = Path(path)
+    images, table = read_particle_images(path)
+    px = float(table.voxel_size)
+    lo, hi = _contrast_limits(images)
+    meta = {"napari_cryoalign": {"path": str(path.resolve()), "role": "particle images", "voxel_size_angstrom": px,
+                                 "is_stack": True, "shape": tuple(int(s) for s in images.shape)}}
+    kwargs = {"name": path.stem, "scale": (1.0, px, px), "contrast_limits": (lo, hi), "colormap": "gray",
+              "metadata": meta, "axis_labels": ("image", "y", "x")}
+    return (images, kwargs, "image")
 
 
 def _notify_error(message: str) -> None:

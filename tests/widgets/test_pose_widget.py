@@ -51,3 +51,36 @@ def test_train_predict_reconstruct_export(make_napari_viewer, qtbot, star, tmp_p
     assert "rlnLogLikeliContribution" in df.columns
     w.save_model_file.value = str(tmp_path / "m.pt")
     assert w.save_model().is_file()
+
+
+def test_particles_opened_with_the_reader(make_napari_viewer, qtbot, star, tmp_path):
+    """The user's path: particles.star dropped into napari opens as the image stack (plugin reader), and the
+    widget takes its particles from it; predict with a saved model, export refuses to overwrite."""
+    from conftest import open_files
+
+    from napari_cryoalign.backend.pose.modelio import save_pose_model
+    from napari_cryoalign.backend.pose.train import train_pose_model
+    from napari_cryoalign.backend.pose.data import load_particle_data
+    from napari_cryoalign.widgets.pose import MODES, PoseWidget
+
+    viewer = make_napari_viewer()
+    layer, = open_files(viewer, star)
+    assert layer.data.shape == (96, 32, 32) and layer.scale[-1] == pytest.approx(12.0)
+    w = PoseWidget(viewer)
+    assert str(w.star.value) == str(star.resolve())
+    data = w.load_particles()
+    assert data.n == 96 and "particle images" not in viewer.layers  # shown once, as opened
+    model = train_pose_model(load_particle_data(star), epochs=1, grid_level=1, symmetry="C1")
+    model_path = save_pose_model(tmp_path / "model.pt", model)
+    w.mode.value = MODES[1]
+    w.model_file.value = str(model_path)
+    assert w.run() is not None, w.status.text()
+    qtbot.waitUntil(lambda: w.last_run is not None, timeout=120_000)
+    assert len(viewer.layers["particle confidence"].data) == 96
+    w.export_file.value = str(star)  # the input: refused
+    assert w.export_star() is None and "input" in w.status.text()
+    w.export_file.value = str(tmp_path / "poses.star")
+    assert w.export_star() is not None
+    assert w.export_star() is None and "overwrite existing files" in w.status.text()
+    w.save_model_file.value = str(model_path)  # the model being used: an input
+    assert w.save_model() is None and "input" in w.status.text()

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 
 from ..backend.jobs import Job, Partial
+from .._layer_geometry import layer_path, plugin_metadata
 from ._base import JobWidget, add_or_update_layer, handler
 from ._plots import LossPlot, ScoreHistogram
 from .align import FSCPlot
@@ -101,9 +102,11 @@ class PoseWidget(JobWidget):
         self.threshold.changed.connect(self._apply_threshold)
         self.export_button.changed.connect(self.export_star)
         self.save_model_button.changed.connect(self.save_model)
+        self.viewer.layers.events.inserted.connect(self._take_opened_particles)
         self._show_inputs()
         self.data = None
         self.last_run = None
+        self._take_opened_particles()
 
     def _show_inputs(self, *_):
         training = self.mode.value == MODES[0]
@@ -111,6 +114,17 @@ class PoseWidget(JobWidget):
         self.epochs.visible = self.grid_level.visible = training
 
     # -- loading ---------------------------------------------------------------------------
+    def _opened_particle_sets(self) -> dict:
+        """STAR files of particle images opened in the viewer (File > Open): path -> layer."""
+        return {str(layer_path(layer)): layer for layer in self.viewer.layers
+                if plugin_metadata(layer.metadata).get("role") == "particle images" and layer_path(layer)}
+
+    def _take_opened_particles(self, *_):
+        """A particle STAR file the user opened becomes the input, unless one is chosen already."""
+        opened = self._opened_particle_sets()
+        if opened and str(self.star.value) in ("", "."):
+            self.star.value = next(reversed(list(opened)))
+
     @handler
     def load_particles(self, *_):
         """Read the STAR file and its stack (synchronously: reading is fast); show the stack."""
@@ -119,7 +133,9 @@ class PoseWidget(JobWidget):
         self.data = None
         self.data = load_particle_data(Path(self.star.value))
         px = self.data.pixel_size_angstrom
-        add_or_update_layer(self.viewer, (self.data.images, {"name": "particle images", "scale": (1.0, px, px)}, "image"))
+        if str(Path(self.star.value).resolve()) not in self._opened_particle_sets():  # else they are shown already
+            add_or_update_layer(self.viewer, (self.data.images, {"name": "particle images", "scale": (1.0, px, px)},
+                                              "image"))
         self.status.setText(f"loaded {self.data.n} particles, {self.data.box}² px at {px:g} Å"
                             + ("" if self.data.rotations is None else " (with poses)"))
         return self.data
