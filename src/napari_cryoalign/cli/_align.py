@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._args import device_arg, float_pair, resolve_device
+from ._args import device_arg, float_pair, resolve_device, show_progress
 
 SCORE_COLUMN = "cryoalignCorrelation"  # = backend.align.extract.SCORE_COLUMN (not imported: keeps --help fast)
 
@@ -161,7 +161,6 @@ def run_align(args) -> int:
     ref = _read_reference(args.reference, box=box, voxel=pset.voxel_size, particles_path=args.particles)
     masks = _fourier_masks(args, box, pset.voxel_size)
     fmax = 0.5 if args.lowpass is None else min(0.5, pset.voxel_size / args.lowpass)
-    quiet = getattr(args, "quiet", False)
     t0 = time.perf_counter()
     model = None
     if args.method != "exhaustive" and args.model:
@@ -169,7 +168,7 @@ def run_align(args) -> int:
     job = align_job(pset.volumes, ref, method=args.method, particle_masks=masks, angular_step_deg=args.angular_step,
                     refine_levels=args.refine_levels, max_shift_voxels=args.max_shift, max_frequency=fmax, model=model,
                     candidates=args.candidates, device=device)
-    result = run_job(job, progress=not quiet, description="align")
+    result = run_job(job, progress=show_progress(args), description="align")
     seconds = time.perf_counter() - t0
     out = write_aligned_star(args.out, pset, result, overwrite=args.overwrite)
     import numpy as np
@@ -204,7 +203,7 @@ def _run_train(args, device: str) -> int:
             model = None
     job = train_job(pset.volumes, particle_masks=masks, model=model, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, device=device, seed=args.seed)
-    res = run_job(job, progress=not getattr(args, "quiet", False), description="train")
+    res = run_job(job, progress=show_progress(args), description="train")
     path = learned.save_model(res.model, args.out, metadata={"particles": str(args.particles)},
                               overwrite=args.overwrite)
     print(f"trained {res.steps} steps in {res.seconds:.1f} s on {len(pset.rows)} particles; "
@@ -227,10 +226,7 @@ def run_average(args) -> int:
     device = resolve_device(args.device)
     out = Path(args.out)
     ensure_not_input(out, args.particles, args.tomogram)
-    outs = [out]
-    if args.half_maps:
-        outs += [out.with_name(f"{out.stem}_half1.mrc"), out.with_name(f"{out.stem}_half2.mrc"),
-                 out.with_name(f"{out.stem}_fsc.csv"), out.with_name(f"{out.stem}_fsc.png")]
+    outs = [out] + (half_map_paths(out) if args.half_maps else [])
     if args.out_star:
         outs.append(Path(args.out_star))
     for o in outs:
@@ -250,16 +246,14 @@ def run_average(args) -> int:
         job = iterative_average_job(pset.volumes, particle_masks=masks, initial=poses, iterations=args.iterations,
                                     angular_step_deg=args.angular_step, voxel_size_angstrom=pset.voxel_size,
                                     half=half, device=device)
-        res = run_job(job, progress=not getattr(args, "quiet", False), description="average")
+        res = run_job(job, progress=show_progress(args), description="average")
     else:
         res = average_particles(pset.volumes, poses, particle_masks=masks, half_maps=args.half_maps,
                                 voxel_size_angstrom=pset.voxel_size, half=half, device=device)
     write_mrc(out, res.average, voxel_size=pset.voxel_size, overwrite=args.overwrite)
     print(f"averaged {len(pset.rows)} particles ({box}^3 at {pset.voxel_size:g} Å) -> {out}")
     if args.half_maps and res.fsc is not None:
-        write_mrc(outs[1], res.half1, voxel_size=pset.voxel_size, overwrite=args.overwrite)
-        write_mrc(outs[2], res.half2, voxel_size=pset.voxel_size, overwrite=args.overwrite)
-        _write_fsc_outputs(res.fsc, csv=outs[3], png=outs[4], title=out.name, overwrite=args.overwrite)
+        write_half_maps(out, res, voxel_size=pset.voxel_size, overwrite=args.overwrite)
         print(f"  half maps: {outs[1]}, {outs[2]}")
         print(f"  FSC 0.143: {res.fsc.resolution_0143:.1f} Å   FSC 0.5: {res.fsc.resolution_05:.1f} Å  "
               f"({outs[3].name}, {outs[4].name})")
@@ -272,7 +266,25 @@ def run_average(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- fsc
+# ----------------------------------------------------------------------------- half maps, fsc
+def half_map_paths(out: Path) -> list[Path]:
+    """The files next to a map ``out`` that ``--half-maps`` writes: half 1, half 2, the FSC table and plot."""
+    out = Path(out)
+    return [out.with_name(f"{out.stem}_half1.mrc"), out.with_name(f"{out.stem}_half2.mrc"),
+            out.with_name(f"{out.stem}_fsc.csv"), out.with_name(f"{out.stem}_fsc.png")]
+
+
+def write_half_maps(out: Path, result, *, voxel_size: float, overwrite: bool) -> list[Path]:
+    """Write ``result.half1``, ``result.half2`` and ``result.fsc`` (table and plot) to :func:`half_map_paths`."""
+    from ..io import write_mrc
+
+    half1, half2, csv, png = half_map_paths(out)
+    write_mrc(half1, result.half1, voxel_size=voxel_size, overwrite=overwrite)
+    write_mrc(half2, result.half2, voxel_size=voxel_size, overwrite=overwrite)
+    _write_fsc_outputs(result.fsc, csv=csv, png=png, title=Path(out).name, overwrite=overwrite)
+    return [half1, half2, csv, png]
+
+
 def _fsc_table(report) -> str:
     import numpy as np
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["device_arg", "float_pair", "float_range", "floats", "ints", "resolve_device"]
+__all__ = ["device_arg", "float_pair", "float_range", "floats", "ints", "resolve_device", "show_progress"]
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -55,3 +55,8 @@ def float_range(text: str) -> tuple[float, float]:
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"expected MIN,MAX or one number, got {text!r}")
     return parts[0], parts[1]
+
+
+def show_progress(args) -> bool:
+    """Whether a command shows progress bars (not with ``cryoalign -q``)."""
+    return not getattr(args, "quiet", False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ._align import _add_particle_args, _fourier_masks, _print_skipped
-from ._args import resolve_device
+from ._args import resolve_device, show_progress
 
 CONFIDENCE_COLUMN = "rlnMaxValueProbDistribution"
 CLASS_COLUMN = "rlnClassNumber"
@@ -106,7 +106,7 @@ def run_cluster(args) -> int:
                                    voxel_size_angstrom=pset.voxel_size, max_classes=args.max_classes,
                                    min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
                                    reseed=args.reseed, seed=args.seed, device=device)
-    res = run_job(job, progress=not getattr(args, "quiet", False), description="cluster")
+    res = run_job(job, progress=show_progress(args), description="cluster")
     paths = []
     if args.averages_dir:
         paths = _average_paths(args.averages_dir, res.n_classes)
@@ -118,7 +118,7 @@ def run_cluster(args) -> int:
                              extra_columns={CLASS_COLUMN: res.classes + 1, CONFIDENCE_COLUMN: res.confidence})
     for p, avg in zip(paths, res.averages):
         write_mrc(p, avg, voxel_size=pset.voxel_size, overwrite=args.overwrite)
-    if not getattr(args, "quiet", False):
+    if show_progress(args):
         sizes = ", ".join(f"{c + 1}: {s}" for c, s in enumerate(res.class_sizes))
         est = f" (estimated by BIC over K = {min(res.bic)}..{max(res.bic)})" if res.bic else ""
         print(f"cryoalign cluster: {n} particles in {res.n_classes} classes{est} ({args.method}, "

@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from ._args import device_arg, float_pair
+from ._args import device_arg, float_pair, show_progress
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,6 @@ def _check_outputs(out, *inputs, overwrite):
         check_output_path(o, overwrite=overwrite)
 
 
-def _quiet(args) -> bool:
-    return bool(getattr(args, "quiet", False))
-
-
 def _read_labels(path, vol, vs):
     import numpy as np
 
@@ -143,7 +139,7 @@ def run_train(args) -> int:
                            class_prior=args.class_prior, seed=args.seed, device=args.device,
                            negatives_xyz=negatives, path=args.tomogram, labels_path=args.labels,
                            negatives_path=args.negatives)
-    res = run_job(job, progress=not _quiet(args), description="train picker")
+    res = run_job(job, progress=show_progress(args), description="train picker")
     save_picker(args.out, res.picker, overwrite=args.overwrite)
     last = float(res.losses[-10:].mean()) if res.losses.size else float("nan")
     print(f"trained on {len(labels)} labels" + (f" and {len(negatives)} negatives" if negatives is not None else "")
@@ -172,7 +168,7 @@ def run_predict(args) -> int:
     threshold = picker.default_threshold if args.threshold is None else args.threshold
     job = pick_job(picker, vol.data, threshold=threshold, min_distance_angstrom=args.min_distance,
                    voxel_size=vs, path=args.tomogram)
-    picks, heat = run_job(job, progress=not _quiet(args), description="predict")
+    picks, heat = run_job(job, progress=show_progress(args), description="predict")
     _write_picks(args.out, picks, vol=vol, vs=vs, overwrite=args.overwrite)
     if args.heatmap:
         write_mrc(args.heatmap, heatmap_to_input_grid(heat, vol.shape), voxel_size=vs, overwrite=args.overwrite)
@@ -199,7 +195,7 @@ def run_template(args) -> int:
                              false_positives=args.false_positives, max_picks=args.max_picks, device=args.device,
                              path=args.tomogram,
                              template_path=args.template)
-    res = run_job(job, progress=not _quiet(args), description="template matching")
+    res = run_job(job, progress=show_progress(args), description="template matching")
     _write_picks(args.out, res.picks, vol=vol, vs=vs, overwrite=args.overwrite)
     if args.heatmap:
         write_mrc(args.heatmap, res.scores, voxel_size=vs, overwrite=args.overwrite)

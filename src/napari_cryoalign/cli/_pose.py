@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._args import device_arg, resolve_device
+from ._args import device_arg, resolve_device, show_progress
 
 
 def register(sub) -> None:
@@ -85,10 +85,6 @@ def register(sub) -> None:
     r.set_defaults(func=run_reconstruct)
 
 
-def _quiet(args) -> bool:
-    return bool(getattr(args, "quiet", False))
-
-
 def run_train(args) -> int:
     from ..backend.jobs import run_job
     from ..backend.pose.data import load_particle_data
@@ -105,7 +101,7 @@ def run_train(args) -> int:
                                batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
                                grid_level=args.grid_level, seed=args.seed, threads=args.threads,
                                device=resolve_device(args.device))
-    model = run_job(job, progress=not _quiet(args), description="pose train")
+    model = run_job(job, progress=show_progress(args), description="pose train")
     save_pose_model(out, model, overwrite=args.overwrite)
     losses = "; ".join(f"half {h}: {v[0]:.3f} -> {v[-1]:.3f}" for h, v in model.training["loss"].items())
     print(f"trained {len(model.nets)} network(s) on {data.n} particles ({data.box}^2 px -> "
@@ -134,7 +130,7 @@ def run_predict(args) -> int:
                             max_shift_angstrom=args.max_shift, projection_refine=args.refine, use_half=args.half,
                             map_search=False if args.no_map_search else None, map_candidates=args.map_candidates,
                             threads=args.threads, device=device)
-    pred = run_job(job, progress=not _quiet(args), description="pose predict")
+    pred = run_job(job, progress=show_progress(args), description="pose predict")
     write_predicted_star(out, data, pred, overwrite=args.overwrite)
     print(f"predicted {data.n} poses in {pred.seconds:.1f} s ({pred.particles_per_second:.0f} particles/s); "
           f"mean confidence {pred.confidence.mean():.3f}"
@@ -158,14 +154,11 @@ def run_reconstruct(args) -> int:
     )
     from ..errors import InputError
     from ..io import check_output_path, ensure_not_input, read_mrc, write_mrc
-    from ._align import _write_fsc_outputs
+    from ._align import half_map_paths, write_half_maps
 
     out = Path(args.out)
     ensure_not_input(out, args.particles, args.reference)
-    outs = [out]
-    if args.half_maps:
-        outs += [out.with_name(f"{out.stem}_half1.mrc"), out.with_name(f"{out.stem}_half2.mrc"),
-                 out.with_name(f"{out.stem}_fsc.csv"), out.with_name(f"{out.stem}_fsc.png")]
+    outs = [out] + (half_map_paths(out) if args.half_maps else [])
     for o in outs:
         check_output_path(o, overwrite=args.overwrite)
     data = load_particle_data(args.particles, require_poses=True, pixel_size_angstrom=args.pixel_size,
@@ -178,14 +171,12 @@ def run_reconstruct(args) -> int:
                              field="shape", got=ref.shape)
     job = reconstruct_half_maps_job(data, symmetry=args.symmetry, half_maps=args.half_maps,
                                     regularization=args.regularization, device=resolve_device(args.device))
-    res = run_job(job, progress=not _quiet(args), description="reconstruct")
+    res = run_job(job, progress=show_progress(args), description="reconstruct")
     px = data.pixel_size_angstrom
     write_mrc(out, res.volume, voxel_size=px, overwrite=args.overwrite)
     print(f"reconstructed {data.n} particles ({data.box}^3 at {px:g} Å, symmetry {res.symmetry}) -> {out}")
     if args.half_maps:
-        write_mrc(outs[1], res.half1, voxel_size=px, overwrite=args.overwrite)
-        write_mrc(outs[2], res.half2, voxel_size=px, overwrite=args.overwrite)
-        _write_fsc_outputs(res.fsc, csv=outs[3], png=outs[4], title=out.name, overwrite=args.overwrite)
+        write_half_maps(out, res, voxel_size=px, overwrite=args.overwrite)
         print(f"  half maps: {outs[1]}, {outs[2]}")
         print(f"  half-map FSC 0.143: {res.fsc.resolution_0143:.1f} Å   0.5: {res.fsc.resolution_05:.1f} Å")
     if ref is not None:
