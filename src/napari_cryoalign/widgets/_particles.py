@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, SpinBox
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, SpinBox
 
 from .._layer_geometry import TomogramGeometry, points_in_voxels_zyx, tomogram_geometry
 
@@ -110,7 +110,21 @@ class ParticleInputs:
         self.tomogram = ComboBox(label="tomogram", choices=self._layer_choices("image"))
         self.box = SpinBox(label="box (voxels)", value=32, min=8, max=256, step=2)
         self.star = FileEdit(label="STAR file", mode="r", filter="*.star")
+        self.viewer.layers.events.inserted.connect(self._refresh_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_choices)
         return [self.source, self.points, self.tomogram, self.box, self.star]
+
+    def _make_tilt_range(self) -> list:
+        """Create ``tilt_min``, ``tilt_max``: the tilt range of the data, for the particles' missing wedge."""
+        self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0)
+        self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0)
+        return [self.tilt_min, self.tilt_max]
+
+    def _particle_mask(self, box: int):
+        """The particles' observed Fourier mask (fftshift-ed ``(box,)*3``) for the chosen tilt range."""
+        from ..backend.wedge import particle_fourier_mask
+
+        return particle_fourier_mask(box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
 
     def _layer_choices(self, kind: str):
         def choices(_=None):

@@ -78,8 +78,6 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.iterations = SpinBox(label="iterations", value=3, min=1, max=50)
         self.candidates = SpinBox(label="candidates", value=1, min=1, max=64,
                                   tooltip="learned: compare the network's K most probable rotations by correlation")
-        self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0)
-        self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0)
         self.threshold = FloatSpinBox(label="remove below", value=0.0, min=-1.0, max=1.0, step=0.01)
         self.remove_button = PushButton(text="Remove particles below")
         self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "aligned.star"))
@@ -88,7 +86,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.make_overwrite_box()
         self.form = Container(widgets=[*particle_inputs, self.ref_kind,
                                        self.ref_layer, self.ref_file, self.method, self.angular_step, self.iterations,
-                                       self.candidates, self.tilt_min, self.tilt_max])
+                                       self.candidates, *self._make_tilt_range()])
         self.form_layout.addWidget(self.form.native)
         self.fsc_plot = FSCPlot()
         self.form_layout.addWidget(self.fsc_plot)
@@ -108,8 +106,6 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.method.changed.connect(self._show_inputs)
         self.remove_button.changed.connect(self.remove_below)
         self.export_button.changed.connect(self.export_star)
-        self.viewer.layers.events.inserted.connect(self._refresh_choices)
-        self.viewer.layers.events.removed.connect(self._refresh_choices)
         self._show_inputs()
         self.pset = None  # the ParticleSource the running / last job aligned
         self.last_alignment = None
@@ -157,11 +153,10 @@ class AlignWidget(ParticleInputs, JobWidget):
 
     def make_job(self) -> Job:
         from ..backend.align.average import align_average_job
-        from ..backend.wedge import particle_fourier_mask
 
         pset = self._load_particles()
         ref = self._reference(pset.box, pset.voxel)
-        mask = particle_fourier_mask(pset.box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
+        mask = self._particle_mask(pset.box)
         self.pset = pset
         self.fsc_plot.ax.clear()
         self.fsc_plot.draw_idle()

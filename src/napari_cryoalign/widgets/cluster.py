@@ -139,11 +139,9 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self.iterations = SpinBox(label="iterations", value=4, min=1, max=50)
         self.angular_step = FloatSpinBox(label="angular step (°)", value=30.0, min=3.0, max=90.0, step=5.0)
         self.refine_levels = SpinBox(label="refine levels", value=2, min=0, max=4)
-        self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0)
-        self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0)
         self.form = Container(widgets=[*particle_inputs, self.n_classes,
                                        self.estimate, self.method, self.iterations, self.angular_step,
-                                       self.refine_levels, self.tilt_min, self.tilt_max])
+                                       self.refine_levels, *self._make_tilt_range()])
         self.form_layout.addWidget(self.form.native)
         self.plot = EmbeddingPlot(on_select=self._plot_selected)
         self.form_layout.addWidget(self.plot)
@@ -164,8 +162,6 @@ class ClusterWidget(ParticleInputs, JobWidget):
                                                                       self._class_of(self.into_class.value)))
         self.discard_button.changed.connect(lambda *_: self.discard_class(self._class_of(self.edit_class.value)))
         self.export_button.changed.connect(self.export)
-        self.viewer.layers.events.inserted.connect(self._refresh_choices)
-        self.viewer.layers.events.removed.connect(self._refresh_choices)
         self._show_inputs()
         self.pset = None
         self.result = None
@@ -184,11 +180,10 @@ class ClusterWidget(ParticleInputs, JobWidget):
 
     def make_job(self) -> Job:
         from ..backend.cluster.classify import cluster_subtomograms_job
-        from ..backend.wedge import particle_fourier_mask
 
         pset = self._load_particles()
         box = pset.box
-        mask = particle_fourier_mask(box, tilt_range_deg=(self.tilt_min.value, self.tilt_max.value))
+        mask = self._particle_mask(box)
         k = "estimate" if self.estimate.value else int(self.n_classes.value)
         job = cluster_subtomograms_job(pset.volumes, n_classes=k, method=self.method.value,
                                        particle_masks=mask,
