@@ -90,3 +90,26 @@ def test_npe2_validate_command():
         pytest.skip("npe2 console script not installed next to this Python")
     res = subprocess.run([str(exe), "validate", "napari-cryoalign", "--imports"], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _sources(*parts):
+    for part in parts:
+        path = PKG / part
+        yield from ([path] if path.suffix == ".py" else sorted(path.rglob("*.py")))
+
+
+def test_one_place_reads_layer_metadata_and_one_writes_star():
+    """The drifted copies stay gone: what a layer says (voxel size, file, tomogram) is read by
+    ``_layer_geometry`` only; STAR files are written by ``io`` only; every widget writes files through
+    ``JobWidget.export_files`` (no direct ``overwrite=True``)."""
+    import re
+
+    reading = re.compile(r'(\.get\(\s*"napari_cryoalign"|\["napari_cryoalign"\]|\.scale\[-1\])')
+    meta_readers = [p.relative_to(PKG).as_posix() for p in _sources("widgets", "_writer.py", "cli")
+                    if reading.search(p.read_text())]
+    assert meta_readers == []
+    star_writers = [p.relative_to(PKG).as_posix() for p in _sources("backend", "widgets", "cli", "_reader.py",
+                                                                   "_writer.py") if "starfile" in p.read_text()]
+    assert star_writers == []
+    overwriting = [p.relative_to(PKG).as_posix() for p in _sources("widgets") if "overwrite=True" in p.read_text()]
+    assert overwriting == ["widgets/_pick_labels.py"]  # the labels autosave (next to the tomogram, its own file)
