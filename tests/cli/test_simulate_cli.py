@@ -66,3 +66,9 @@ def test_unknown_structure_is_a_clear_error(tmp_path, capsys):
     assert main(["simulate", "subtomograms", "--out", str(tmp_path / "x"), "--structures", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "nosuch" in err and err.count("\n") == 1
+
+
+def test_simulate_tiltseries_shows_a_progress_bar(tmp_path, capsys):
+    assert main(["simulate", "tiltseries", "--out", str(tmp_path / "ts"), "--preset", "paper2d"]) == 0
+    err = capsys.readouterr().err
+    assert "tiltseries" in err and "21/21" in err  # 20 tilt images rendered, then the imaging

@@ -44,32 +44,19 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
-    from ..backend.deformation import PolynomialDeformation
+    from ..backend.jobs import run_job
     from ..backend.simulate.markers import (
         check_outputs,
-        sample_marker_tiltseries,
-        simulate_marker_tiltseries,
+        sample_marker_tiltseries_job,
+        simulate_marker_tiltseries_job,
         write_marker_tiltseries,
     )
-    from ..errors import InputError
 
     check_outputs(args.out, overwrite=args.overwrite)
     if args.preset == "sample":
-        sim = sample_marker_tiltseries(seed=args.seed)
+        job = sample_marker_tiltseries_job(seed=args.seed)
     else:
-        deformation = None
-        if args.deformation is not None:
-            try:
-                terms = json.loads(args.deformation)
-            except json.JSONDecodeError as e:
-                raise InputError("a JSON object of deformation terms", field="--deformation", got=str(e)) from None
-            two_d = args.preset == "paper2d"
-            fov = args.fov[0] if args.fov else 819.2
-            deformation = PolynomialDeformation.from_terms(terms, degree=2, variables="xz" if two_d else "xy",
-                                                           length_scale_nm=fov)
-        sim = simulate_marker_tiltseries(
+        job = simulate_marker_tiltseries_job(
             preset=args.preset,
             n_markers=args.markers,
             bead_diameter_nm=args.bead_diameter,
@@ -79,7 +66,7 @@ def run(args) -> int:
             tilt_range_deg=args.tilt_range,
             n_tilts=args.tilts,
             acquisition=args.acquisition,
-            deformation=deformation,
+            deformation=_deformation(args),
             profile=args.profile,
             profile_sigma_nm=args.sigma,
             noise=args.noise,
@@ -90,6 +77,7 @@ def run(args) -> int:
             defocus_um=args.defocus,
             seed=args.seed,
         )
+    sim = run_job(job, progress=not getattr(args, "quiet", False), description="tiltseries")
     paths = write_marker_tiltseries(sim, args.out, overwrite=args.overwrite)
     n_t, ny, nx = sim.tilt_series.shape
     terms = ", ".join(f"D{t['component']}[{t['term']}]={t['value_nm']:g} nm" for t in
@@ -99,3 +87,21 @@ def run(args) -> int:
     for key, path in paths.items():
         print(f"  {key + ':':12s} {path}")
     return 0
+
+
+def _deformation(args):
+    """The ``--deformation`` JSON terms as a model in the preset's basis, or None (the preset's deformation)."""
+    import json
+
+    from ..backend.deformation import PolynomialDeformation
+    from ..errors import InputError
+
+    if args.deformation is None:
+        return None
+    try:
+        terms = json.loads(args.deformation)
+    except json.JSONDecodeError as e:
+        raise InputError("a JSON object of deformation terms", field="--deformation", got=str(e)) from None
+    two_d = args.preset == "paper2d"
+    fov = args.fov[0] if args.fov else 819.2
+    return PolynomialDeformation.from_terms(terms, degree=2, variables="xz" if two_d else "xy", length_scale_nm=fov)

@@ -52,7 +52,7 @@ from ..deformation import acquisition_order as _acq_order
 from ..fourier import ctf_2d
 from ..jobs import Event, Partial, Progress, run_job
 from ..tomography import project_points, project_tilt_series, tilt_angles as _tilt_angles, weighted_back_projection
-from .markers import interaction_constant, render_projected_spheres
+from .imaging import apply_dose_noise, interaction_constant, render_projected_spheres
 from .slab import (
     ParticleTruth,
     Slab,
@@ -69,7 +69,6 @@ __all__ = [
     "simulate_tomogram",
     "sample_tomogram",
     "write_tomogram_simulation",
-    "apply_dose_noise",
     "OUTPUT_FILES",
     "check_outputs",
 ]
@@ -123,22 +122,6 @@ class TomogramSimulation:
 # ----------------------------------------------------------------------------------------
 # Image formation and reconstruction (the sample itself: :mod:`.slab`)
 # ----------------------------------------------------------------------------------------
-def apply_dose_noise(expected_counts, *, noise: str = "poisson", generator: torch.Generator | None = None):
-    """Shot noise: ``Poisson(expected)`` (or ``"gaussian"``: ``N(expected, expected)``; ``"none"``).
-
-    ``expected_counts``: tensor of mean electron counts per pixel (any shape, >= 0).
-    """
-    e = expected_counts
-    if noise == "none":
-        return e.clone()
-    if noise == "poisson":
-        return torch.poisson(e.cpu(), generator=generator).to(e.device)
-    if noise == "gaussian":
-        n = torch.randn(e.shape, generator=generator, dtype=e.dtype).to(e.device)
-        return e + torch.sqrt(e.clamp(min=0)) * n
-    raise InputError("noise 'poisson', 'gaussian' or 'none'", field="noise", got=noise)
-
-
 @dataclass(frozen=True)
 class _Imaging:
     """Microscope, dose and potentials of the tilt series (the imaging keywords of :func:`simulate_tomogram_job`).
