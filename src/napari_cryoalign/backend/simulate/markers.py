@@ -42,6 +42,7 @@ from ...errors import InputError
 from ..deformation import PolynomialDeformation, acquisition_order as _acq_order, times_from_order
 from ..jobs import Event, Progress, run_job
 from ..tomography import project_points, tilt_angles as _tilt_angles
+from .common import _check_outputs, _output_folder
 from .imaging import _check_profile, apply_dose_noise, interaction_constant, render_markers
 
 __all__ = [
@@ -63,14 +64,7 @@ OUTPUT_FILES = ("tiltseries.mrc", "tiltseries_ideal.mrc", "tiltseries.tlt", "ord
 
 def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Raise :class:`InputError` now if writing into ``out_dir`` would fail (before a run)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
-    if out.is_dir() and not overwrite:
-        for n in OUTPUT_FILES:
-            if (out / n).exists():
-                raise InputError("a file that does not exist yet (pass overwrite=True to replace it)",
-                                 path=out / n, field="output", got="an existing file")
+    _check_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite)
 
 #: the paper's normalised length L = 1 is mapped onto this many nm in the presets
 PAPER_L_NM = 819.2
@@ -579,9 +573,7 @@ def write_marker_tiltseries(result: MarkerTiltSeries, out_dir: str | os.PathLike
     from ...io.mrc import write_mrc
     from ...io.tilt import write_acquisition_order, write_tlt
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
+    out = _output_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = {"tilt_series": out / "tiltseries.mrc", "tlt": out / "tiltseries.tlt", "order": out / "order.txt",
              "truth": out / "truth.json"}

@@ -52,6 +52,7 @@ from ..deformation import acquisition_order as _acq_order
 from ..fourier import ctf_2d
 from ..jobs import Event, Partial, Progress, run_job
 from ..tomography import project_points, project_tilt_series, tilt_angles as _tilt_angles, weighted_back_projection
+from .common import _check_outputs, _output_folder
 from .imaging import apply_dose_noise, interaction_constant, render_projected_spheres
 from .slab import (
     ParticleTruth,
@@ -79,15 +80,7 @@ OUTPUT_FILES = ("tomogram.mrc", "tiltseries.mrc", "tiltseries.tlt", "order.txt",
 
 def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False, write_potential: bool = False) -> None:
     """Raise :class:`InputError` now if writing into ``out_dir`` would fail (before a long run)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
-    if out.is_dir() and not overwrite:
-        names = OUTPUT_FILES + (("potential.mrc",) if write_potential else ())
-        for n in names:
-            if (out / n).exists():
-                raise InputError("a file that does not exist yet (pass overwrite=True to replace it)",
-                                 path=out / n, field="output", got="an existing file")
+    _check_outputs(out_dir, OUTPUT_FILES + (("potential.mrc",) if write_potential else ()), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------
@@ -523,9 +516,7 @@ def write_tomogram_simulation(result: TomogramSimulation, out_dir: str | os.Path
     from ...io.star import write_particles
     from ...io.tilt import write_acquisition_order, write_tlt
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
+    out = _output_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = {"tomogram": out / "tomogram.mrc", "tilt_series": out / "tiltseries.mrc", "tlt": out / "tiltseries.tlt",
              "order": out / "order.txt", "truth": out / "truth.star", "params": out / "params.json"}
