@@ -11,6 +11,7 @@ from napari_cryoalign.backend.simulate.common import (
     _check_outputs,
     _draw_defocus,
     _noise_generator,
+    _optics,
     _output_folder,
     _simulate_batches,
 )
@@ -84,3 +85,8 @@ def test_output_folder_checks(tmp_path):
     with pytest.raises(InputError, match="a folder for the outputs"):
         _output_folder(tmp_path / "a.mrc")
     assert _output_folder(str(tmp_path)) == tmp_path
+
+
+def test_optics_columns_from_params():
+    assert _optics({"voltage_kv": 200.0, "cs_mm": 0.01}) == {"rlnVoltage": 200.0, "rlnSphericalAberration": 0.01,
+                                                            "rlnAmplitudeContrast": 0.07}

@@ -3,7 +3,7 @@
 * :func:`_check_noise_shift_defocus` - SNR, shift and defocus settings of the particle simulators;
 * :func:`_draw_defocus`, :func:`_noise_generator` - random draws in the order the simulators make them;
 * :func:`_simulate_batches` - a job loop over batches of particles, each with noise at an SNR (:func:`_at_snr`);
-* :func:`_output_folder`, :func:`_check_outputs` - the output folder of a simulation's writer.
+* :func:`_output_folder`, :func:`_check_outputs`, :func:`_optics` - the outputs of a simulation's writer.
 """
 
 from __future__ import annotations
@@ -92,6 +92,13 @@ def _simulate_batches(n: int, batch_size: int, item_shape: Sequence[int],
         noise_var[sl] = nv.cpu().numpy()
         yield Progress(b + 1, n_batches, f"{sl.stop}/{n} {unit}")
     return items, sig_var, noise_var
+
+
+def _optics(params: dict) -> dict:
+    """The STAR optics columns (``rlnVoltage`` kV, ``rlnSphericalAberration`` mm, ``rlnAmplitudeContrast``)
+    from a simulation's ``params`` (defaults 300 kV, 2.7 mm, 0.07)."""
+    return {"rlnVoltage": params.get("voltage_kv", 300.0), "rlnSphericalAberration": params.get("cs_mm", 2.7),
+            "rlnAmplitudeContrast": params.get("amplitude_contrast", 0.07)}
 
 
 def _output_folder(out_dir: str | os.PathLike) -> Path:

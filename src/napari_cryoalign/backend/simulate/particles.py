@@ -39,7 +39,14 @@ from ..geometry import shift_image
 from ..geometry import euler_to_matrix, matrix_to_euler, random_rotations, rotate_volume
 from ..jobs import Partial, Progress, run_job
 from ..symmetry import normalize_symmetry, symmetrize_volume
-from .common import _at_snr, _check_noise_shift_defocus, _draw_defocus, _noise_generator, _simulate_batches
+from .common import (
+    _at_snr,
+    _check_noise_shift_defocus,
+    _draw_defocus,
+    _noise_generator,
+    _optics,
+    _simulate_batches,
+)
 from .structures import list_structures, load_structure_map
 
 __all__ = [
@@ -310,8 +317,7 @@ def write_particle_set(pset: ParticleImageSet, out_dir: str | os.PathLike, *, ov
                      rlnDefocusAngle=pset.defocus_angle_deg)
     extra["rlnRandomSubset"] = pset.random_subset
     p = pset.params
-    optics = {"rlnVoltage": p.get("voltage_kv", 300.0), "rlnSphericalAberration": p.get("cs_mm", 2.7),
-              "rlnAmplitudeContrast": p.get("amplitude_contrast", 0.07)}
+    optics = _optics(p)
     star = write_particle_stack(out / "particles.star", pset.images, voxel_size=pset.pixel_size_angstrom,
                                 stack_path=out / "particles.mrcs", overwrite=overwrite, euler_deg=pset.euler_deg,
                                 extra_columns=extra, optics=optics)

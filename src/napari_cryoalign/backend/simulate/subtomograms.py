@@ -50,7 +50,14 @@ from ..geometry import (
 )
 from ..jobs import Partial, Progress, run_job
 from ..wedge import observed_fourier_mask
-from .common import _at_snr, _check_noise_shift_defocus, _draw_defocus, _noise_generator, _simulate_batches
+from .common import (
+    _at_snr,
+    _check_noise_shift_defocus,
+    _draw_defocus,
+    _noise_generator,
+    _optics,
+    _simulate_batches,
+)
 from .structures import list_structures, load_structure_map
 
 __all__ = [
@@ -338,8 +345,7 @@ def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, o
     if np.all(np.isfinite(sset.defocus_um)):
         extra = {"rlnDefocusU": sset.defocus_um * 1e4, "rlnDefocusV": sset.defocus_um * 1e4,
                  "rlnDefocusAngle": np.zeros(sset.n)}
-    optics = {"rlnVoltage": sset.params.get("voltage_kv", 300.0), "rlnSphericalAberration": sset.params.get("cs_mm", 2.7),
-              "rlnAmplitudeContrast": sset.params.get("amplitude_contrast", 0.07)}
+    optics = _optics(sset.params)
     star = write_subtomograms(out / "particles.star", sset.volumes, voxel_size=vox, folder=out / "subtomograms",
                               overwrite=overwrite, euler_deg=sset.euler_deg, origins_angstrom=sset.origins_angstrom,
                               classes=sset.classes, extra_columns=extra or None, optics=optics, form="relion4")
