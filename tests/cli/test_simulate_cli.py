@@ -67,3 +67,20 @@ def test_unknown_structure_is_a_clear_error(tmp_path, capsys):
     assert main(["simulate", "subtomograms", "--out", str(tmp_path / "x"), "--structures", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "nosuch" in err and err.count("\n") == 1
+
+
+def test_simulate_tiltseries_shows_a_progress_bar(tmp_path, capsys):
+    assert main(["simulate", "tiltseries", "--out", str(tmp_path / "ts"), "--preset", "paper2d"]) == 0
+    err = capsys.readouterr().err
+    assert "tiltseries" in err and "21/21" in err  # 20 tilt images rendered, then the imaging
+
+
+def test_shared_simulate_options():
+    from argparse import Namespace
+
+    from napari_cryoalign.cli._simulate import defocus_option, snr_option
+
+    assert defocus_option(Namespace(defocus=(2.0, 2.0), no_ctf=False)) == 2.0
+    assert defocus_option(Namespace(defocus=(1.0, 3.0), no_ctf=False)) == (1.0, 3.0)
+    assert defocus_option(Namespace(defocus=(1.0, 3.0), no_ctf=True)) is None
+    assert snr_option(Namespace(snr=0.0)) is None and snr_option(Namespace(snr=0.5)) == 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._args import float_range
+from ._simulate import add_output_argument, add_run_arguments, defocus_option, run_simulation, snr_option
 
 
 def register(sub) -> None:
@@ -12,7 +13,7 @@ def register(sub) -> None:
         description=__doc__ + " Writes particles.mrcs, particles.star (optics block, poses, origins, "
         "defocus, rlnRandomSubset half-sets), reference.mrc and params.json.",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; existing files are not replaced)")
+    add_output_argument(p)
     p.add_argument("--structure", default="ribosome", help="packaged structure (default ribosome)")
     p.add_argument("--n", type=int, default=500, help="number of images (default 500)")
     p.add_argument("--box", type=int, default=64, help="image size in pixels (default 64)")
@@ -26,31 +27,27 @@ def register(sub) -> None:
     p.add_argument("--symmetry", default="C1", metavar="GROUP",
                    help="symmetrise the structure under a point group before projecting (C1, Cn, Dn, T, O, I; "
                    "RELION axes; default C1 = as it is)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_run_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..backend.jobs import run_job
     from ..backend.simulate.particles import simulate_particles_job, write_particle_set
 
-    d0, d1 = args.defocus
     job = simulate_particles_job(
         args.structure,
         n=args.n,
         box=args.box,
         pixel_size_angstrom=args.pixel_size,
-        snr=None if args.snr == 0 else args.snr,
-        defocus_um=None if args.no_ctf else (d0 if d0 == d1 else (d0, d1)),
+        snr=snr_option(args),
+        defocus_um=defocus_option(args),
         astigmatism_um=args.astigmatism,
         max_shift_pixels=args.max_shift,
         symmetry=args.symmetry,
         seed=args.seed,
         device=args.device,
     )
-    pset = run_job(job, progress=not getattr(args, "quiet", False), description="particles")
+    pset = run_simulation(job, args, "particles")
     paths = write_particle_set(pset, args.out, overwrite=args.overwrite)
     print(f"wrote {pset.n} images of {pset.structure} ({args.box}^2 px at {pset.pixel_size_angstrom:g} Å, "
           f"SNR {args.snr:g}, symmetry {pset.params['symmetry']}, half-sets {int((pset.random_subset == 1).sum())}/{int((pset.random_subset == 2).sum())})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._args import float_range
+from ._simulate import add_output_argument, add_run_arguments, defocus_option, run_simulation, snr_option
 
 
 def register(sub) -> None:
@@ -12,7 +13,7 @@ def register(sub) -> None:
         description=__doc__ + " Writes one MRC per particle, particles.star (rlnImageName, Euler angles, "
         "origins, rlnClassNumber), the reference maps, the observed Fourier mask and params.json.",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; existing files are not replaced)")
+    add_output_argument(p)
     p.add_argument("--structures", default="ribosome,cct,mtor,ruvab,dengue_e_fab",
                    help="comma-separated packaged structures (see `--list`); default: %(default)s")
     p.add_argument("--list", action="store_true", help="list the packaged structures and exit")
@@ -27,14 +28,11 @@ def register(sub) -> None:
     p.add_argument("--defocus", type=float_range, default=(5.0, 5.0), metavar="UM[,UM]",
                    help="defocus in µm (underfocus positive) or a range MIN,MAX (default 5)")
     p.add_argument("--no-ctf", action="store_true", help="no CTF")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_run_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..backend.jobs import run_job
     from ..backend.simulate.structures import list_structures, structure_info
     from ..backend.simulate.subtomograms import (
         simulate_subtomograms_job,
@@ -46,20 +44,19 @@ def run(args) -> int:
             info = structure_info(name)
             print(f"{name:14s} {info['pdb_id']}  {info['mass_da'] / 1e3:8.1f} kDa  {info['description']}")
         return 0
-    d0, d1 = args.defocus
     job = simulate_subtomograms_job(
         [s.strip() for s in args.structures.split(",") if s.strip()],
         n_per_class=args.n_per_class,
         box=args.box,
         voxel_size_angstrom=args.voxel_size,
-        snr=None if args.snr == 0 else args.snr,
+        snr=snr_option(args),
         tilt_range_deg=None if args.no_wedge else args.tilt_range,
         max_shift_voxels=args.max_shift,
-        defocus_um=None if args.no_ctf else (d0 if d0 == d1 else (d0, d1)),
+        defocus_um=defocus_option(args),
         seed=args.seed,
         device=args.device,
     )
-    sset = run_job(job, progress=not getattr(args, "quiet", False), description="subtomograms")
+    sset = run_simulation(job, args, "subtomograms")
     paths = write_subtomogram_set(sset, args.out, overwrite=args.overwrite)
     print(f"wrote {sset.n} subtomograms ({args.box}^3 at {sset.voxel_size_angstrom:g} Å, SNR {args.snr:g}, "
           f"classes {', '.join(f'{i + 1}={n}' for i, n in enumerate(sset.class_names))})")

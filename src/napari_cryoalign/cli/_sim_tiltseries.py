@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._args import floats
+from ._simulate import add_output_argument, add_run_arguments, print_paths, run_simulation
 
 
 def register(sub) -> None:
@@ -13,8 +14,7 @@ def register(sub) -> None:
         "image), tiltseries.tlt, order.txt and truth.json (bead positions, projected positions, the "
         "deformation model and its coefficients). Options left out take the preset's values.",
     )
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="output folder (created; existing files are not replaced)")
+    add_output_argument(p)
     p.add_argument("--preset", default="paper3d", choices=("paper3d", "paper2d", "sample"),
                    help="paper3d: SparseAlign 3D experiment; paper2d: the 2D example; sample: realistic "
                    "256² sample data (default paper3d)")
@@ -38,38 +38,23 @@ def register(sub) -> None:
     p.add_argument("--noise-variance", type=float, default=None, help="Gaussian noise variance (counts²)")
     p.add_argument("--ctf", action="store_true", help="image through the CTF (weak-phase, exp form)")
     p.add_argument("--defocus", type=float, default=4.0, metavar="UM")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_run_arguments(p, device=False)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import json
-
-    from ..backend.deformation import PolynomialDeformation
     from ..backend.simulate.markers import (
         check_outputs,
-        sample_marker_tiltseries,
-        simulate_marker_tiltseries,
+        sample_marker_tiltseries_job,
+        simulate_marker_tiltseries_job,
         write_marker_tiltseries,
     )
-    from ..errors import InputError
 
     check_outputs(args.out, overwrite=args.overwrite)
     if args.preset == "sample":
-        sim = sample_marker_tiltseries(seed=args.seed)
+        job = sample_marker_tiltseries_job(seed=args.seed)
     else:
-        deformation = None
-        if args.deformation is not None:
-            try:
-                terms = json.loads(args.deformation)
-            except json.JSONDecodeError as e:
-                raise InputError("a JSON object of deformation terms", field="--deformation", got=str(e)) from None
-            two_d = args.preset == "paper2d"
-            fov = args.fov[0] if args.fov else 819.2
-            deformation = PolynomialDeformation.from_terms(terms, degree=2, variables="xz" if two_d else "xy",
-                                                           length_scale_nm=fov)
-        sim = simulate_marker_tiltseries(
+        job = simulate_marker_tiltseries_job(
             preset=args.preset,
             n_markers=args.markers,
             bead_diameter_nm=args.bead_diameter,
@@ -79,7 +64,7 @@ def run(args) -> int:
             tilt_range_deg=args.tilt_range,
             n_tilts=args.tilts,
             acquisition=args.acquisition,
-            deformation=deformation,
+            deformation=_deformation(args),
             profile=args.profile,
             profile_sigma_nm=args.sigma,
             noise=args.noise,
@@ -90,12 +75,30 @@ def run(args) -> int:
             defocus_um=args.defocus,
             seed=args.seed,
         )
+    sim = run_simulation(job, args, "tiltseries")
     paths = write_marker_tiltseries(sim, args.out, overwrite=args.overwrite)
     n_t, ny, nx = sim.tilt_series.shape
     terms = ", ".join(f"D{t['component']}[{t['term']}]={t['value_nm']:g} nm" for t in
                       sim.deformation.to_dict()["nonzero_terms"]) or "none"
     print(f"wrote {n_t} tilts of {ny}x{nx} px ({sim.pixel_size_nm:g} nm), {len(sim.bead_positions_nm)} beads of "
           f"{sim.bead_diameter_nm:g} nm, noise {sim.params['noise']}, deformation: {terms}")
-    for key, path in paths.items():
-        print(f"  {key + ':':12s} {path}")
+    print_paths(paths)
     return 0
+
+
+def _deformation(args):
+    """The ``--deformation`` JSON terms as a model in the preset's basis, or None (the preset's deformation)."""
+    import json
+
+    from ..backend.deformation import PolynomialDeformation
+    from ..errors import InputError
+
+    if args.deformation is None:
+        return None
+    try:
+        terms = json.loads(args.deformation)
+    except json.JSONDecodeError as e:
+        raise InputError("a JSON object of deformation terms", field="--deformation", got=str(e)) from None
+    two_d = args.preset == "paper2d"
+    fov = args.fov[0] if args.fov else 819.2
+    return PolynomialDeformation.from_terms(terms, degree=2, variables="xz" if two_d else "xy", length_scale_nm=fov)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._args import float_pair, ints
+from ._simulate import add_output_argument, add_run_arguments, print_paths, run_simulation
 
 
 def register(sub) -> None:
@@ -12,8 +13,7 @@ def register(sub) -> None:
         description=__doc__ + " Writes tomogram.mrc, tiltseries.mrc, tiltseries.tlt, order.txt, truth.star "
         "(rlnCoordinateX/Y/Z, rlnAngleRot/Tilt/Psi, rlnClassNumber, rlnTomoName) and params.json.",
     )
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="output folder (created; existing files are not replaced)")
+    add_output_argument(p)
     p.add_argument("--size", type=ints, default=(512, 512, 128), metavar="X,Y,Z",
                    help="tomogram size in voxels as x,y,z (default 512,512,128)")
     p.add_argument("--voxel-size", type=float, default=10.0, metavar="A", help="voxel size in Å (default 10)")
@@ -44,14 +44,11 @@ def register(sub) -> None:
                    help="WBP low-pass in cycles/pixel, like IMOD's RADIAL (default 0.35,0.035)")
     p.add_argument("--tomo-name", default="sim_tomo", help="rlnTomoName in the STAR file")
     p.add_argument("--write-potential", action="store_true", help="also write the noiseless potential.mrc")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_run_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..backend.jobs import run_job
     from ..backend.simulate.tomogram import (
         check_outputs,
         simulate_tomogram_job,
@@ -92,7 +89,7 @@ def run(args) -> int:
         seed=args.seed,
         device=args.device,
     )
-    sim = run_job(job, progress=not getattr(args, "quiet", False), description="tomogram")
+    sim = run_simulation(job, args, "tomogram")
     paths = write_tomogram_simulation(sim, args.out, tomo_name=args.tomo_name, overwrite=args.overwrite,
                                       write_potential=args.write_potential)
     counts = {n: int((sim.truth.classes == i + 1).sum()) for i, n in enumerate(sim.truth.class_names)}
@@ -101,6 +98,5 @@ def run(args) -> int:
           f"({', '.join(f'{n} {c}' for n, c in counts.items())}), {len(sim.tilt_angles_deg)} tilts "
           f"{sim.tilt_angles_deg[0]:g}..{sim.tilt_angles_deg[-1]:g}°, dose {args.dose:g} e/Å², "
           f"{p['runtime_s']:.1f} s")
-    for key in ("tomogram", "tilt_series", "tlt", "truth", "params"):
-        print(f"  {key + ':':12s} {paths[key]}")
+    print_paths(paths, ("tomogram", "tilt_series", "tlt", "truth", "params"))
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton, Select, SpinBox
 
 from .. import _layers
-from ..backend.jobs import Job, as_job
+from ..backend.jobs import Job
 from ._base import JobWidget, add_or_update_layer, handler
 
 KINDS = {
@@ -119,12 +119,11 @@ class SimulateWidget(JobWidget):
                 seed=seed,
             )
         if kind == "tiltseries":
-            from ..backend.simulate import markers
+            from ..backend.simulate.markers import sample_marker_tiltseries_job, simulate_marker_tiltseries_job
 
-            if self.ts_preset.value == "paper3d" or self.ts_preset.value == "paper2d":
-                return as_job(markers.simulate_marker_tiltseries, preset=self.ts_preset.value, seed=seed,
-                              message="projecting beads")
-            return as_job(markers.sample_marker_tiltseries, seed=seed, message="projecting beads")
+            if self.ts_preset.value in ("paper3d", "paper2d"):
+                return simulate_marker_tiltseries_job(preset=self.ts_preset.value, seed=seed)
+            return sample_marker_tiltseries_job(seed=seed)
         from ..backend.simulate.particles import simulate_particles_job
 
         return simulate_particles_job(

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from napari_cryoalign.backend import deformation as D
+from napari_cryoalign.backend.jobs import JobCancelled, Progress, run_job
 from napari_cryoalign.backend.simulate import markers as M
+from napari_cryoalign.backend.simulate.imaging import interaction_constant
 from napari_cryoalign.backend.tomography import project_points
 from napari_cryoalign.errors import InputError
 
@@ -142,7 +144,7 @@ def test_paper3d_preset():
     np.testing.assert_allclose(d[:, 2], [200.0, 150.0])  # P0 = 200 nm; -100 nm at (x/L)^2 = 1/4 each
     np.testing.assert_allclose(d[:, :2], 0.0)
     # the counts follow I0 exp(-C V_abs D Psi)
-    c = M.interaction_constant(300.0)
+    c = interaction_constant(300.0)
     np.testing.assert_allclose(sim.tilt_series, 1024.0 * np.exp(-c * 5.39 * 15.0 * sim.ideal), rtol=1e-4)
 
 
@@ -196,3 +198,32 @@ def test_bad_preset_and_detector():
         M.simulate_marker_tiltseries(preset="paper4d")
     with pytest.raises(InputError, match="detector"):
         M.simulate_marker_tiltseries(geometry="2d", detector_shape=(4, 64))
+
+
+def test_the_job_reports_each_tilt_and_returns_what_the_plain_function_returns():
+    kw = dict(geometry="3d", n_markers=3, detector_shape=(32, 32), n_tilts=5, tilt_range_deg=(-40, 40), seed=1)
+    steps = []
+    res = run_job(M.simulate_marker_tiltseries_job(**kw), progress=False, on_progress=steps.append)
+    assert [(p.step, p.total) for p in steps] == [(i, 6) for i in range(7)]
+    plain = M.simulate_marker_tiltseries(**kw)
+    np.testing.assert_array_equal(res.tilt_series, plain.tilt_series)
+    np.testing.assert_array_equal(res.ideal, plain.ideal)
+    assert res.params == plain.params
+    sample = run_job(M.sample_marker_tiltseries_job(seed=2), progress=False)
+    np.testing.assert_array_equal(sample.tilt_series, M.sample_marker_tiltseries(seed=2).tilt_series)
+
+
+def test_closing_the_job_after_its_first_progress_stops_it(monkeypatch):
+    rendered = []
+    real = M.render_markers
+    monkeypatch.setattr(M, "render_markers", lambda *a, **k: rendered.append(1) or real(*a, **k))
+    for job in (M.simulate_marker_tiltseries_job(preset="paper3d", seed=0), M.sample_marker_tiltseries_job(seed=0)):
+        first = next(job)
+        assert isinstance(first, Progress) and first.step == 0
+        job.close()
+        with pytest.raises(StopIteration):
+            next(job)
+    assert rendered == []  # no tilt image rendered after the first progress
+    with pytest.raises(JobCancelled):
+        run_job(M.simulate_marker_tiltseries_job(preset="paper3d", seed=0), progress=False, should_stop=lambda: True)
+    assert rendered == []

@@ -49,77 +49,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ...errors import InputError
-from ..align.average import (
-    _prepare,
-    average_particles,
-    iterative_average_job,
-    wedge_compensated_average,
-)
+from ..align.average import _prepare, iterative_average_job
 from ..align.exhaustive import align_exhaustive_job, refine_alignment_job
 from ..align.types import AlignmentResult
-from ..fourier import lowpass
 from ..jobs import Partial, Progress, run_job, subjob
-from .features import (
-    invariant_features,
-    principal_components,
-    reduce_features,
-    wedge_masked_pca,
-)
+from .classical import _classical, _classical_job
+from .common import ClusterResult, _class_averages, _embedding, _filtered, _masks_for, _subset
+from .features import invariant_features, reduce_features
 from .gmm import fit_gmm, kmeans, match_labels, select_n_classes
 
-__all__ = ["METHODS", "ClusterResult", "cluster_subtomograms", "cluster_subtomograms_job"]
+__all__ = ["METHODS", "cluster_subtomograms", "cluster_subtomograms_job"]
 
 METHODS = ("joint", "classical")
-
-
-@dataclass(frozen=True, eq=False)
-class ClusterResult:
-    """Classes, confidences, within-class poses and class averages of a particle set.
-
-    Attributes
-    ----------
-    classes : ``(n,)`` int64, 0-based class of each particle (``rlnClassNumber - 1``)
-    confidence : ``(n,)`` posterior probability of the assigned class, in [0, 1]
-    embedding : ``(n, 2)`` a 2-D map of the particles for plotting (first two principal
-        components of the features the last clustering used)
-    alignment : AlignmentResult, each particle's pose against *its class's* average
-        (``rotations`` reference -> particle, ``origins_voxels`` (x, y, z), ``scores``)
-    averages : ``(K, N, N, N)`` float32 wedge-compensated class averages (``(z, y, x)``)
-    method : "joint" or "classical"
-    features : ``(n, d)`` the features of the last clustering
-    scores : ``(n, K)`` or None, constrained correlation of each particle with each class
-        average (joint method)
-    bic : ``{K: BIC}`` when the number of classes was estimated, else empty
-    history : per iteration: changed fraction, class sizes, seconds
-    seconds : wall-clock time
-    """
-
-    classes: np.ndarray
-    confidence: np.ndarray
-    embedding: np.ndarray
-    alignment: AlignmentResult
-    averages: np.ndarray
-    method: str
-    features: np.ndarray
-    scores: np.ndarray | None = None
-    bic: dict = field(default_factory=dict)
-    history: tuple = ()
-    seconds: float = float("nan")
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.averages)
-
-    @property
-    def class_sizes(self) -> np.ndarray:
-        """Particles per class, ``(K,)``."""
-        return np.bincount(self.classes, minlength=self.n_classes)
 
 
 #: default of ``min_class_fraction``: a joint-method class with fewer than
@@ -128,16 +75,6 @@ class ClusterResult:
 #: that mixed two structures left a class of 5-6 particles holding nothing; 0.2 did not catch it
 #: (76 %), 0.5 re-seeded it and reached 99 %.
 MIN_CLASS_FRACTION = 0.5
-
-
-def _embedding(features: np.ndarray) -> np.ndarray:
-    x = torch.as_tensor(np.asarray(features, dtype=np.float64))
-    if x.shape[0] < 2:
-        return np.zeros((x.shape[0], 2))
-    s = principal_components(x, 2).scores
-    if s.shape[1] < 2:
-        s = np.concatenate([s, np.zeros((len(s), 2 - s.shape[1]))], 1)
-    return s
 
 
 def _check(particles, n_classes, method, iterations, voxel_size_angstrom, device):
@@ -159,21 +96,6 @@ def _check(particles, n_classes, method, iterations, voxel_size_angstrom, device
     return n, p.shape[-1]
 
 
-def _masks_for(m, idx):
-    if m is None:
-        return None
-    m = np.asarray(m, dtype=np.float32)
-    return m if m.ndim == 3 or m.shape[0] == 1 else m[idx]
-
-
-def _gmm_labels(features, k, *, init_labels=None, seed):
-    if k == 1:
-        n = len(features)
-        return np.zeros(n, np.int64), np.ones(n)
-    g = fit_gmm(features, k, init_labels=init_labels, seed=seed)
-    return g.labels, g.posteriors
-
-
 def _kmeans_labels(features, k, *, seed):
     """k-means labels and soft assignments ``softmax(-d^2 / 2 sigma^2)`` (sigma^2: mean within-cluster
     variance per dimension), i.e. the E-step of a mixture of equal spherical Gaussians."""
@@ -185,42 +107,6 @@ def _kmeans_labels(features, k, *, seed):
     return labels, post / post.sum(1, keepdims=True)
 
 
-def _class_averages(p, m, classes, alignment, k, *, vox, device):
-    """Wedge-compensated average per class under ``alignment`` (K, N, N, N) and its FSC-0.143 resolution (Å)."""
-    box = p.shape[-1]
-    avgs = np.zeros((k, box, box, box), np.float32)
-    res = np.full(k, np.nan)
-    for c in range(k):
-        idx = np.flatnonzero(classes == c)
-        if len(idx) == 0:
-            continue
-        sub = AlignmentResult(alignment.rotations[idx], alignment.origins_voxels[idx], alignment.scores[idx],
-                              alignment.method)
-        if len(idx) >= 4:
-            r = average_particles(p[idx], sub, particle_masks=_masks_for(m, idx), half_maps=True,
-                                  voxel_size_angstrom=vox, device=device)
-            avgs[c], res[c] = r.average, r.fsc.resolution_0143
-        else:
-            avgs[c] = wedge_compensated_average(p[idx], sub, particle_masks=_masks_for(m, idx), device=device)
-    return avgs, res
-
-
-def _filtered(avgs, res, *, vox, box):
-    """Class averages low-passed to their resolution (at most 2 voxels), and the search's max frequency."""
-    out = np.empty_like(avgs)
-    fmax = []
-    for c in range(len(avgs)):
-        r = res[c] if np.isfinite(res[c]) else 4.0 * vox
-        r = max(float(r), 2.0 * vox)
-        out[c] = lowpass(avgs[c], r, voxel_size_angstrom=vox) if r > 2.0 * vox else avgs[c]
-        fmax.append(min(0.5, vox / r + 2.0 / box))
-    return out, float(max(fmax))
-
-
-def _subset(ali: AlignmentResult, idx) -> AlignmentResult:
-    return AlignmentResult(ali.rotations[idx], ali.origins_voxels[idx], ali.scores[idx], ali.method, ali.seconds)
-
-
 def _gather(per_class: list[AlignmentResult], classes: np.ndarray, method: str) -> AlignmentResult:
     rot = np.stack([per_class[c].rotations[i] for i, c in enumerate(classes)])
     ori = np.stack([per_class[c].origins_voxels[i] for i, c in enumerate(classes)])
@@ -228,73 +114,74 @@ def _gather(per_class: list[AlignmentResult], classes: np.ndarray, method: str) 
     return AlignmentResult(rot, ori, sc, method)
 
 
-# ----------------------------------------------------------------------------- classical
-def _classical(p, m, *, n_classes, init_iterations, angular_step_deg, refine_levels, max_shift_voxels, vox,
-               n_components, max_frequency, max_classes, seed, device, total, offset):
-    """Steps 1-3 of the classical method: (labels, posteriors, features, global AverageResult, bic, K, embedding)."""
-    job = iterative_average_job(p, particle_masks=m, iterations=init_iterations, angular_step_deg=angular_step_deg,
-                                refine_levels=refine_levels, max_shift_voxels=max_shift_voxels,
-                                voxel_size_angstrom=vox, device=device)
-    glob = yield from subjob(job, at=(offset, total), prefix="global average", partials=False)
-    yield Partial("alignment", glob.alignment)
-    q_max = 8 if n_components is None else int(n_components)
-    pca = wedge_masked_pca(p, glob.alignment, glob.average, particle_masks=m, n_components=q_max,
-                           max_frequency=max_frequency, device=device)
-    bic = {}
-    if n_classes == "estimate":
-        q = min(q_max, 4) if n_components is None else q_max
-        k, bic = select_n_classes(pca.scores[:, :q], max_classes=max_classes, seed=seed)
-    else:
-        k = int(n_classes)
-    q = min(q_max, max(1, k - 1)) if n_components is None else q_max
-    feats = pca.scores[:, :q]
-    labels, post = _gmm_labels(feats, k, seed=seed)
-    emb = pca.scores[:, :2] if pca.scores.shape[1] >= 2 else _embedding(pca.scores)
-    return labels, post, feats, glob, bic, k, emb
-
-
-def _classical_job(p, m, *, n_classes, iterations, init_iterations, angular_step_deg, refine_levels,
-                   max_shift_voxels, vox, n_components, max_frequency, max_classes, seed, device, t0):
-    total = init_iterations * 3 + 3
-    yield Progress(0, total, "classical: global average")
-    labels, post, feats, glob, bic, k, emb = yield from _classical(
-        p, m, n_classes=n_classes, init_iterations=init_iterations, angular_step_deg=angular_step_deg,
-        refine_levels=refine_levels, max_shift_voxels=max_shift_voxels, vox=vox, n_components=n_components,
-        max_frequency=max_frequency, max_classes=max_classes, seed=seed, device=device, total=total, offset=0)
-    conf = post[np.arange(len(labels)), labels]
-    yield Progress(total - 2, total, f"classical: {k} classes, sizes {np.bincount(labels, minlength=k).tolist()}")
-    yield Partial("classes", labels)
-    yield Partial("confidence", conf)
-    yield Partial("embedding", emb)
-    avgs, res = _class_averages(p, m, labels, glob.alignment, k, vox=vox, device=device)
-    yield Partial("averages", avgs)
-    # each class re-aligned locally to its own average (the global poses start it)
-    refs, fmax = _filtered(avgs, res, vox=vox, box=p.shape[-1])
-    rot = np.asarray(glob.alignment.rotations).copy()
-    ori = np.asarray(glob.alignment.origins_voxels).copy()
-    sc = np.asarray(glob.alignment.scores).copy()
-    for c in range(k):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) == 0:
-            continue
-        job = refine_alignment_job(p[idx], refs[c], _subset(glob.alignment, idx), particle_masks=_masks_for(m, idx),
-                                   max_angle_deg=angular_step_deg / 3.0, levels=1, max_shift_voxels=max_shift_voxels,
-                                   max_frequency=fmax, device=device)
-        ali = yield from subjob(job, at=(total - 1, total), prefix=f"class {c + 1}: local refinement", partials=False)
-        rot[idx], ori[idx], sc[idx] = ali.rotations, ali.origins_voxels, ali.scores
-    alignment = AlignmentResult(rot, ori, sc, "exhaustive", seconds=time.perf_counter() - t0)
-    avgs, _ = _class_averages(p, m, labels, alignment, k, vox=vox, device=device)
-    yield Partial("alignment", alignment)
-    yield Partial("averages", avgs)
-    yield Progress(total, total, "done")
-    sizes = np.bincount(labels, minlength=k).tolist()
-    return ClusterResult(classes=labels, confidence=conf, embedding=emb, alignment=alignment, averages=avgs,
-                         method="classical", features=feats, bic=bic,
-                         history=({"iteration": 0, "class_sizes": sizes, "seconds": time.perf_counter() - t0},),
-                         seconds=time.perf_counter() - t0)
-
-
 # ----------------------------------------------------------------------------- joint
+@dataclass(frozen=True)
+class _JointSettings:
+    """The joint method's settings: the keywords of :func:`cluster_subtomograms_job`, resolved
+    (``vox``: voxel size in Å; ``t0``: start time of the run, ``time.perf_counter()``)."""
+
+    n_classes: int | str
+    iterations: int
+    init: str
+    init_iterations: int
+    angular_step_deg: float
+    refine_levels: int
+    min_class_fraction: float
+    global_rounds: int
+    reseed: str
+    max_shift_voxels: float | None
+    vox: float
+    n_components: int | None
+    max_frequency: float
+    max_classes: int
+    model: object
+    seed: int
+    device: object
+    t0: float
+
+    @property
+    def total(self) -> int:
+        """Progress steps: the first averages, then two per round."""
+        return 3 * self.init_iterations + 2 + 2 * self.iterations
+
+    def bisection(self) -> _JointSettings:
+        """Settings of the 2-class joint clustering that splits a class (``reseed="split"``): invariant start,
+        4 rounds, re-seeding by the worst-fitting rule (with two classes those are the minority of a merged
+        one; 2 rounds without it collapsed to 78 + 2 on mtor + dengue_e_fab at SNR 0.03, 4 rounds with it
+        split them 85 % right)."""
+        return replace(self, n_classes=2, iterations=4, init="invariant", reseed="worst", global_rounds=1, model=None)
+
+    def search(self) -> dict:
+        """The keywords of the reference-free averages (:func:`..align.average.iterative_average_job`)."""
+        return {"angular_step_deg": self.angular_step_deg, "refine_levels": self.refine_levels,
+                "max_shift_voxels": self.max_shift_voxels, "voxel_size_angstrom": self.vox, "device": self.device}
+
+
+@dataclass(eq=False)
+class _JointState:
+    """Where the joint method stands; its rounds change it in place.
+
+    labels : ``(n,)`` int64 0-based class of each particle; conf : ``(n,)`` its confidence
+    avgs : ``(K, N, N, N)`` float32 class averages; res : ``(K,)`` their FSC-0.143 resolution (Å, NaN unknown)
+    poses : per class, every particle's pose against its average (:class:`AlignmentResult` of ``n``), or None
+    scores : ``(n, K)`` constrained correlation of each particle with each class average
+    fresh : classes re-seeded in the last round (searched globally in the next)
+    step : the job's progress step
+    features, alignment : the last clustering's features ``(n, K)`` and within-class poses
+    """
+
+    labels: np.ndarray
+    conf: np.ndarray
+    avgs: np.ndarray
+    res: np.ndarray
+    poses: list
+    scores: np.ndarray
+    fresh: set
+    step: int
+    features: np.ndarray | None = None
+    alignment: AlignmentResult | None = None
+
+
 def _score_features(scores: np.ndarray) -> np.ndarray:
     """Rows of the score matrix centred on their mean, in units of the overall spread (GMM input)."""
     s = scores - scores.mean(1, keepdims=True)
@@ -308,15 +195,114 @@ def _set_poses(poses: list, c: int, idx, ali: AlignmentResult) -> None:
     poses[c] = AlignmentResult(rot, ori, sc, "exhaustive")
 
 
-def _split_class(p, m, labels, poses, big, c, *, step, total, label, sub):
+def _first_clustering(p, m, cfg: _JointSettings, *, total: int):
+    """Step 1 of the joint method: the first labels (k-means on invariant or Jim-Net features, or the classical
+    method's Gaussian mixture). Yields the ``classes``, ``confidence`` and ``embedding`` partials.
+
+    Returns labels ``(n,)`` 0-based, confidences ``(n,)``, the classical global average (or None), the BIC
+    per K tried (``{}`` unless K is estimated) and K.
+    """
+    bic, glob = {}, None
+    if cfg.model is not None or cfg.init == "invariant":
+        if cfg.model is not None:
+            from .jimnet import jimnet_features
+
+            raw = jimnet_features(cfg.model, p, device=cfg.device)
+        else:
+            raw = invariant_features(p, particle_masks=m, device=cfg.device)
+        feats = reduce_features(raw, 8 if cfg.n_components is None else int(cfg.n_components))
+        if cfg.n_classes == "estimate":
+            k, bic = select_n_classes(feats[:, :2], max_classes=cfg.max_classes, seed=cfg.seed)
+        else:
+            k = int(cfg.n_classes)
+        labels, post = _kmeans_labels(feats, k, seed=cfg.seed)
+    elif cfg.init == "classical":
+        labels, post, feats, glob, bic, k, _ = yield from _classical(
+            p, m, n_classes=cfg.n_classes, init_iterations=cfg.init_iterations, angular_step_deg=cfg.angular_step_deg,
+            refine_levels=cfg.refine_levels, max_shift_voxels=cfg.max_shift_voxels, vox=cfg.vox,
+            n_components=cfg.n_components, max_frequency=cfg.max_frequency, max_classes=cfg.max_classes,
+            seed=cfg.seed, device=cfg.device, total=total, offset=0)
+    else:
+        raise InputError("init 'classical' or 'invariant'", field="init", got=cfg.init)
+    conf = post[np.arange(len(labels)), labels]
+    yield Partial("classes", labels)
+    yield Partial("confidence", conf)
+    yield Partial("embedding", _embedding(feats))
+    return labels, conf, glob, bic, k
+
+
+def _first_averages(p, m, labels, conf, glob, k: int, cfg: _JointSettings, *, step: int, total: int):
+    """Step 2: one average per class, ``(K, N, N, N)`` and its resolution ``(K,)`` (Å): the classical class
+    averages under the global poses (``glob``), else each class's reference-free average (a class of fewer
+    than 2 particles starts from the 2 least confident). Yields the ``averages`` partial."""
+    if glob is not None:
+        avgs, res = _class_averages(p, m, labels, glob.alignment, k, vox=cfg.vox, device=cfg.device)
+    else:
+        box = p.shape[-1]
+        avgs = np.zeros((k, box, box, box), np.float32)
+        res = np.full(k, np.nan)
+        for c in range(k):
+            idx = np.flatnonzero(labels == c)
+            if len(idx) < 2:  # a (nearly) empty class starts from the least confident particles
+                idx = np.argsort(conf)[:2]
+            job = iterative_average_job(p[idx], particle_masks=_masks_for(m, idx), iterations=cfg.init_iterations,
+                                        **cfg.search())
+            r = yield from subjob(job, at=(step, total), prefix=f"class {c + 1}: reference-free average",
+                                  partials=False)
+            avgs[c], res[c] = r.average, r.fsc.resolution_0143
+    yield Partial("averages", avgs)
+    return avgs, res
+
+
+def _align_to_classes(p, m, state: _JointState, cfg: _JointSettings, *, it: int, total: int):
+    """Step 3a: every particle aligned to every class average (low-passed to its resolution); a full grid
+    search in the first ``global_rounds`` rounds and for a class without poses or just re-seeded, else a
+    local refinement around the previous pose. Sets ``state.poses`` and ``state.scores`` ``(n, K)``."""
+    refs, fmax = _filtered(state.avgs, state.res, vox=cfg.vox, box=p.shape[-1])
+    for c in range(len(refs)):
+        if state.poses[c] is None or c in state.fresh or it < cfg.global_rounds:
+            job = align_exhaustive_job(p, refs[c], particle_masks=m, angular_step_deg=cfg.angular_step_deg,
+                                       refine_levels=cfg.refine_levels, max_shift_voxels=cfg.max_shift_voxels,
+                                       max_frequency=fmax, candidates=1, device=cfg.device)
+        else:
+            job = refine_alignment_job(p, refs[c], state.poses[c], particle_masks=m,
+                                       max_angle_deg=cfg.angular_step_deg / 3, levels=1,
+                                       max_shift_voxels=cfg.max_shift_voxels, max_frequency=fmax, device=cfg.device)
+        state.poses[c] = yield from subjob(job, at=(state.step, total), partials=False,
+                                           prefix=f"iteration {it + 1}: particles vs class {c + 1}")
+        state.scores[:, c] = state.poses[c].scores
+    state.fresh = set()
+    state.step += 1
+
+
+def _relabel(scores: np.ndarray, labels: np.ndarray, *, seed: int):
+    """Step 3b: a Gaussian mixture (spherical) on the centred rows of ``scores`` ``(n, K)``, started from
+    ``argmax_k``, its labels Hungarian re-indexed onto the class averages' indices.
+
+    Returns the new labels ``(n,)``, their posteriors ``(n, K)``, the fraction of particles that changed
+    class (against ``labels``) and the mixture's features ``(n, K)``.
+    """
+    n, k = scores.shape
+    argmax = scores.argmax(1)
+    feats = _score_features(scores)
+    if k > 1:
+        g = fit_gmm(feats, k, covariance="spherical", init_labels=argmax, seed=seed)
+        new, mapping = match_labels(g.labels, argmax, n_classes=k)
+        post = np.empty_like(g.posteriors)
+        post[:, mapping] = g.posteriors
+    else:
+        new, post = np.zeros(n, np.int64), np.ones((n, 1))
+    return new, post, float(np.mean(new != labels)), feats
+
+
+def _split_class(p, m, labels, poses, big, c, *, step, total, label, sub: _JointSettings):
     """Bisect class ``big`` (with the few particles left in class ``c``) by a 2-class joint
     clustering (``sub``: its settings); the half whose members fit the old average of ``big``
     worse becomes class ``c``. ``labels`` and ``poses`` are updated in place (each half's poses
     against its own half's average). Returns the indices of the particles moved to ``c``, or None
     when the sub-clustering left a half empty."""
     idx = np.flatnonzero((labels == big) | (labels == c))
-    r = yield from subjob(_joint_job(p[idx], _masks_for(m, idx), n_classes=2, **sub), at=(step, total), prefix=label,
-                          partials=False)
+    r = yield from subjob(_joint_job(p[idx], _masks_for(m, idx), sub), at=(step, total), prefix=label, partials=False)
     halves = [np.flatnonzero(r.classes == h) for h in (0, 1)]
     if min(len(h) for h in halves) == 0:
         return None
@@ -328,170 +314,129 @@ def _split_class(p, m, labels, poses, big, c, *, step, total, label, sub):
     return idx[halves[move]]
 
 
-def _joint_job(p, m, *, n_classes, iterations, init, init_iterations, angular_step_deg, refine_levels, min_class_fraction,
-               global_rounds, max_shift_voxels, vox, n_components, max_frequency, max_classes, model, seed, device, t0,
-               reseed="split"):
-    n, box = p.shape[0], p.shape[-1]
-    total = 3 * init_iterations + 2 + 2 * int(iterations)
-    yield Progress(0, total, f"joint: first clustering ({'Jim-Net features' if model is not None else init})")
-    bic = {}
-    glob = None
-    if model is not None or init == "invariant":
-        if model is not None:
-            from .jimnet import jimnet_features
+def _reseed_by_split(p, m, state: _JointState, c: int, sizes, cfg: _JointSettings, *, it: int, total: int):
+    """Re-seed emptied class ``c`` with the worse-fitting half of the largest class not re-seeded this round
+    (:func:`_split_class`; a split-and-merge move). Returns ``[largest + 1, c + 1]``, or None if it did not."""
+    big = [j for j in np.argsort(-sizes, kind="stable") if j != c and j not in state.fresh]
+    if not big or sizes[big[0]] < 4:
+        return None
+    big = int(big[0])
+    moved = yield from _split_class(p, m, state.labels, state.poses, big, c, step=state.step, total=total,
+                                    label=f"iteration {it + 1}: splitting class {big + 1}", sub=cfg.bisection())
+    if moved is None:
+        return None
+    state.conf[moved] = 0.0
+    state.fresh.update((c, big))
+    return [big + 1, c + 1]
 
-            raw = jimnet_features(model, p, device=device)
-        else:
-            raw = invariant_features(p, particle_masks=m, device=device)
-        feats = reduce_features(raw, 8 if n_components is None else int(n_components))
-        if n_classes == "estimate":
-            k, bic = select_n_classes(feats[:, :2], max_classes=max_classes, seed=seed)
-        else:
-            k = int(n_classes)
-        labels, post = _kmeans_labels(feats, k, seed=seed)
-    elif init == "classical":
-        labels, post, feats, glob, bic, k, _ = yield from _classical(
-            p, m, n_classes=n_classes, init_iterations=init_iterations, angular_step_deg=angular_step_deg,
-            refine_levels=refine_levels, max_shift_voxels=max_shift_voxels, vox=vox, n_components=n_components,
-            max_frequency=max_frequency, max_classes=max_classes, seed=seed, device=device, total=total, offset=0)
-    else:
-        raise InputError("init 'classical' or 'invariant'", field="init", got=init)
-    conf = post[np.arange(n), labels]
-    yield Partial("classes", labels)
-    yield Partial("confidence", conf)
-    yield Partial("embedding", _embedding(feats))
-    step = 3 * init_iterations
 
-    # one average per class
-    if glob is not None:
-        avgs, res = _class_averages(p, m, labels, glob.alignment, k, vox=vox, device=device)
-    else:
-        avgs = np.zeros((k, box, box, box), np.float32)
-        res = np.full(k, np.nan)
-        for c in range(k):
-            idx = np.flatnonzero(labels == c)
-            if len(idx) < 2:  # a (nearly) empty class starts from the least confident particles
-                idx = np.argsort(conf)[:2]
-            job = iterative_average_job(p[idx], particle_masks=_masks_for(m, idx), iterations=init_iterations,
-                                        angular_step_deg=angular_step_deg, refine_levels=refine_levels,
-                                        max_shift_voxels=max_shift_voxels, voxel_size_angstrom=vox, device=device)
-            r = yield from subjob(job, at=(step, total), prefix=f"class {c + 1}: reference-free average",
-                                  partials=False)
-            avgs[c], res[c] = r.average, r.fsc.resolution_0143
-    yield Partial("averages", avgs)
-    step += 1
+def _reseed_by_worst(p, m, state: _JointState, c: int, sizes, min_size: int, cfg: _JointSettings, *, it: int,
+                     total: int):
+    """Re-seed emptied class ``c`` with the ``n / K`` particles that fit their own class worst (k-means'
+    empty-cluster rule, for class averages) and a fresh average of them. Returns whether it did."""
+    n, k = state.scores.shape
+    best = state.scores[np.arange(n), state.labels]
+    donors = [i for i in np.argsort(best) if sizes[state.labels[i]] > min_size and state.labels[i] != c]
+    take = np.asarray(donors[:max(min_size, n // k)], dtype=np.int64)
+    if len(take) < 2:
+        return False
+    state.labels[take] = c
+    state.conf[take] = 0.0
+    job = iterative_average_job(p[take], particle_masks=_masks_for(m, take), iterations=1, **cfg.search())
+    r = yield from subjob(job, at=(state.step, total), prefix=f"iteration {it + 1}: re-seeding class {c + 1}",
+                          partials=False)
+    state.avgs[c], state.res[c] = r.average, r.fsc.resolution_0143
+    _set_poses(state.poses, c, take, r.alignment)
+    state.fresh.add(c)
+    return True
 
+
+def _reseed_emptied(p, m, state: _JointState, cfg: _JointSettings, *, it: int, total: int):
+    """Step 3b': a class left with fewer than ``max(2, min_class_fraction n / K)`` particles holds no structure
+    of its own (its average came from a mixed first cluster, and another class holds two): re-seed it
+    (``cfg.reseed``: ``"split"`` or ``"worst"``) and search it globally next round.
+
+    Returns the classes re-seeded by the worst-fitting rule and the ``[split, emptied]`` pairs (1-based).
+    """
+    n, k = state.scores.shape
+    min_size = max(2, int(cfg.min_class_fraction * n / k))
+    reseeded, splits = [], []
+    for c in range(k):
+        sizes = np.bincount(state.labels, minlength=k)
+        if sizes[c] >= min_size:
+            continue
+        if cfg.reseed == "split":
+            pair = yield from _reseed_by_split(p, m, state, c, sizes, cfg, it=it, total=total)
+            splits += [pair] if pair else []
+        elif (yield from _reseed_by_worst(p, m, state, c, sizes, min_size, cfg, it=it, total=total)):
+            reseeded.append(c)
+    return reseeded, splits
+
+
+def _update_averages(p, m, state: _JointState, cfg: _JointSettings, *, keep) -> None:
+    """Step 3c: each class's average re-computed (wedge-compensated) from its particles under their poses against
+    it; an emptied class keeps its last average, a class in ``keep`` (re-seeded) its fresh one. Sets
+    ``state.alignment`` (each particle's pose against its own class)."""
+    k = len(state.avgs)
+    state.alignment = _gather(state.poses, state.labels, "exhaustive")
+    new_avgs, res_new = _class_averages(p, m, state.labels, state.alignment, k, vox=cfg.vox, device=cfg.device)
+    for c in range(k):
+        if np.any(state.labels == c) and c not in keep:
+            state.avgs[c], state.res[c] = new_avgs[c], res_new[c]
+
+
+def _joint_round(p, m, state: _JointState, cfg: _JointSettings, *, it: int, total: int):
+    """Step 3, round ``it``: alignment to every class, re-labelling, re-seeding (but in the last round), new
+    averages. Yields its progress and partials; returns its history record."""
+    t_it = time.perf_counter()
+    n = len(state.labels)
+    yield from _align_to_classes(p, m, state, cfg, it=it, total=total)
+    state.labels, post, changed, state.features = _relabel(state.scores, state.labels, seed=cfg.seed)
+    state.conf = post[np.arange(n), state.labels]
+    reseeded, splits = [], []
+    if it < cfg.iterations - 1:
+        reseeded, splits = yield from _reseed_emptied(p, m, state, cfg, it=it, total=total)
+    _update_averages(p, m, state, cfg, keep=reseeded)
+    sizes = np.bincount(state.labels, minlength=len(state.avgs)).tolist()
+    yield Progress(state.step, total, f"iteration {it + 1}: {100 * changed:.1f} % changed class, sizes {sizes}")
+    state.step += 1
+    yield Partial("classes", state.labels)
+    yield Partial("confidence", state.conf)
+    yield Partial("embedding", _embedding(state.features))
+    yield Partial("averages", state.avgs.copy())
+    yield Partial("alignment", state.alignment)
+    return {"iteration": it + 1, "changed_fraction": changed, "class_sizes": sizes,
+            "reseeded": [c + 1 for c in reseeded], "split": splits, "seconds": time.perf_counter() - t_it}
+
+
+def _converged(record: dict) -> bool:
+    """After a round (its history ``record``): no particle changed class, nothing was re-seeded, not the first."""
+    return (record["changed_fraction"] == 0.0 and record["iteration"] > 1 and not record["reseeded"]
+            and not record["split"])
+
+
+def _joint_job(p, m, cfg: _JointSettings):
+    """The joint method (module docstring): particles ``(n, N, N, N)``, masks or None -> :class:`ClusterResult`."""
+    n, total = p.shape[0], cfg.total
+    yield Progress(0, total, f"joint: first clustering ({'Jim-Net features' if cfg.model is not None else cfg.init})")
+    labels, conf, glob, bic, k = yield from _first_clustering(p, m, cfg, total=total)
+    step = 3 * cfg.init_iterations
+    avgs, res = yield from _first_averages(p, m, labels, conf, glob, k, cfg, step=step, total=total)
+    state = _JointState(labels=labels, conf=conf, avgs=avgs, res=res, poses=[None] * k, scores=np.zeros((n, k)),
+                        fresh=set(), step=step + 1)
     history = []
-    # the bisection: this method on the two classes' particles alone, re-seeding by the worst-fitting
-    # rule (with two classes those are the minority of a merged one; 2 rounds without it collapsed to
-    # 78 + 2 on mtor + dengue_e_fab at SNR 0.03, 4 rounds with it split them 85 % right)
-    sub_kwargs = {"iterations": 4, "init": "invariant", "init_iterations": init_iterations,
-                  "angular_step_deg": angular_step_deg, "refine_levels": refine_levels,
-                  "min_class_fraction": min_class_fraction, "reseed": "worst", "global_rounds": 1,
-                  "max_shift_voxels": max_shift_voxels, "vox": vox, "n_components": n_components,
-                  "max_frequency": max_frequency, "max_classes": max_classes, "model": None, "seed": seed,
-                  "device": device, "t0": t0}
-    poses: list[AlignmentResult | None] = [None] * k
-    fresh: set = set()  # classes re-seeded in the last round: searched globally again
-    scores = np.zeros((n, k))
-    feats_s = None
-    for it in range(int(iterations)):
-        t_it = time.perf_counter()
-        refs, fmax = _filtered(avgs, res, vox=vox, box=box)
-        for c in range(k):
-            if poses[c] is None or c in fresh or it < global_rounds:
-                job = align_exhaustive_job(p, refs[c], particle_masks=m, angular_step_deg=angular_step_deg,
-                                           refine_levels=refine_levels, max_shift_voxels=max_shift_voxels,
-                                           max_frequency=fmax, candidates=1, device=device)
-            else:
-                job = refine_alignment_job(p, refs[c], poses[c], particle_masks=m, max_angle_deg=angular_step_deg / 3,
-                                           levels=1, max_shift_voxels=max_shift_voxels, max_frequency=fmax,
-                                           device=device)
-            poses[c] = yield from subjob(job, at=(step, total), prefix=f"iteration {it + 1}: particles vs class {c + 1}",
-                                         partials=False)
-            scores[:, c] = poses[c].scores
-        fresh = set()
-        step += 1
-        argmax = scores.argmax(1)
-        feats_s = _score_features(scores)
-        if k > 1:
-            g = fit_gmm(feats_s, k, covariance="spherical", init_labels=argmax, seed=seed)
-            new, mapping = match_labels(g.labels, argmax, n_classes=k)
-            post = np.empty_like(g.posteriors)
-            post[:, mapping] = g.posteriors
-        else:
-            new, post = np.zeros(n, np.int64), np.ones((n, 1))
-        changed = float(np.mean(new != labels))
-        labels = new
-        conf = post[np.arange(n), labels]
-        # a class that (nearly) emptied holds no structure of its own (its average came from a mixed
-        # first cluster, and another class holds two structures): re-seed it and search it globally in
-        # the next round. "split" (default): bisect the largest class by a 2-class joint clustering of
-        # its members and give the half that fits the old average worse to the emptied class (a
-        # split-and-merge move); "worst": the n / K particles that fit their own class worst (k-means'
-        # empty-cluster rule, for class averages)
-        reseeded, splits = [], []
-        if it < int(iterations) - 1:
-            min_size = max(2, int(min_class_fraction * n / k))
-            for c in range(k):
-                sizes = np.bincount(labels, minlength=k)
-                if sizes[c] >= min_size:
-                    continue
-                if reseed == "split":
-                    big = [j for j in np.argsort(-sizes, kind="stable") if j != c and j not in fresh]
-                    if not big or sizes[big[0]] < 4:
-                        continue
-                    big = int(big[0])
-                    moved = yield from _split_class(p, m, labels, poses, big, c, step=step, total=total,
-                                                    label=f"iteration {it + 1}: splitting class {big + 1}",
-                                                    sub=sub_kwargs)
-                    if moved is None:
-                        continue
-                    conf[moved] = 0.0
-                    fresh.update((c, big))
-                    splits.append([big + 1, c + 1])
-                    continue
-                best = scores[np.arange(n), labels]
-                donors = [i for i in np.argsort(best) if sizes[labels[i]] > min_size and labels[i] != c]
-                take = np.asarray(donors[:max(min_size, n // k)], dtype=np.int64)
-                if len(take) < 2:
-                    continue
-                labels[take] = c
-                conf[take] = 0.0
-                job = iterative_average_job(p[take], particle_masks=_masks_for(m, take), iterations=1,
-                                            angular_step_deg=angular_step_deg, refine_levels=refine_levels,
-                                            max_shift_voxels=max_shift_voxels, voxel_size_angstrom=vox,
-                                            device=device)
-                r = yield from subjob(job, at=(step, total), prefix=f"iteration {it + 1}: re-seeding class {c + 1}",
-                                      partials=False)
-                avgs[c], res[c] = r.average, r.fsc.resolution_0143
-                _set_poses(poses, c, take, r.alignment)
-                fresh.add(c)
-                reseeded.append(c)
-        alignment = _gather(poses, labels, "exhaustive")
-        new_avgs, res_new = _class_averages(p, m, labels, alignment, k, vox=vox, device=device)
-        for c in range(k):  # an emptied class keeps its last average; a re-seeded one its fresh one
-            if np.any(labels == c) and c not in reseeded:
-                avgs[c], res[c] = new_avgs[c], res_new[c]
-        sizes = np.bincount(labels, minlength=k).tolist()
-        history.append({"iteration": it + 1, "changed_fraction": changed, "class_sizes": sizes,
-                        "reseeded": [c + 1 for c in reseeded], "split": splits,
-                        "seconds": time.perf_counter() - t_it})
-        yield Progress(step, total, f"iteration {it + 1}: {100 * changed:.1f} % changed class, sizes {sizes}")
-        step += 1
-        yield Partial("classes", labels)
-        yield Partial("confidence", conf)
-        yield Partial("embedding", _embedding(feats_s))
-        yield Partial("averages", avgs.copy())
-        yield Partial("alignment", alignment)
-        if changed == 0.0 and it > 0 and not reseeded and not splits:
+    for it in range(cfg.iterations):
+        history.append((yield from _joint_round(p, m, state, cfg, it=it, total=total)))
+        if _converged(history[-1]):
             break
     yield Progress(total, total, "done")
-    alignment = AlignmentResult(alignment.rotations, alignment.origins_voxels, alignment.scores, "exhaustive",
-                                seconds=time.perf_counter() - t0)
-    return ClusterResult(classes=labels, confidence=conf, embedding=_embedding(feats_s), alignment=alignment,
-                         averages=avgs, method="joint", features=feats_s, scores=scores.copy(), bic=bic,
-                         history=tuple(history), seconds=time.perf_counter() - t0)
+    ali = state.alignment
+    alignment = AlignmentResult(ali.rotations, ali.origins_voxels, ali.scores, "exhaustive",
+                                seconds=time.perf_counter() - cfg.t0)
+    return ClusterResult(classes=state.labels, confidence=state.conf, embedding=_embedding(state.features),
+                         alignment=alignment, averages=state.avgs, method="joint", features=state.features,
+                         scores=state.scores.copy(), bic=bic, history=tuple(history),
+                         seconds=time.perf_counter() - cfg.t0)
 
 
 def cluster_subtomograms_job(
@@ -539,8 +484,9 @@ def cluster_subtomograms_job(
               "max_frequency": max_frequency, "max_classes": max_classes, "seed": seed, "device": device, "t0": t0}
     if method == "classical":
         return (yield from _classical_job(p_np, m_np, **common))
-    return (yield from _joint_job(p_np, m_np, init=init, model=model, min_class_fraction=float(min_class_fraction),
-                                  global_rounds=int(global_rounds), reseed=reseed, **common))
+    cfg = _JointSettings(init=init, model=model, min_class_fraction=float(min_class_fraction),
+                         global_rounds=int(global_rounds), reseed=reseed, **common)
+    return (yield from _joint_job(p_np, m_np, cfg))
 
 
 def cluster_subtomograms(particles, **kwargs) -> ClusterResult:

@@ -27,27 +27,30 @@ the bead profile depends on ``u`` only.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Generator, Sequence
 
 import numpy as np
 import torch
 
 from ...errors import InputError
 from ..deformation import PolynomialDeformation, acquisition_order as _acq_order, times_from_order
+from ..jobs import Event, Progress, run_job
 from ..tomography import project_points, tilt_angles as _tilt_angles
+from .common import _check_outputs, _output_folder
+from .imaging import _check_profile, apply_dose_noise, interaction_constant, render_markers
 
 __all__ = [
     "PRESETS",
     "MarkerTiltSeries",
-    "interaction_constant",
-    "render_markers",
-    "render_projected_spheres",
+    "simulate_marker_tiltseries_job",
     "simulate_marker_tiltseries",
+    "sample_marker_tiltseries_job",
     "sample_marker_tiltseries",
     "write_marker_tiltseries",
     "read_marker_truth",
@@ -61,14 +64,7 @@ OUTPUT_FILES = ("tiltseries.mrc", "tiltseries_ideal.mrc", "tiltseries.tlt", "ord
 
 def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Raise :class:`InputError` now if writing into ``out_dir`` would fail (before a run)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
-    if out.is_dir() and not overwrite:
-        for n in OUTPUT_FILES:
-            if (out / n).exists():
-                raise InputError("a file that does not exist yet (pass overwrite=True to replace it)",
-                                 path=out / n, field="output", got="an existing file")
+    _check_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite)
 
 #: the paper's normalised length L = 1 is mapped onto this many nm in the presets
 PAPER_L_NM = 819.2
@@ -125,138 +121,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         electrons_per_pixel=1024.0,
     ),
 }
-
-
-def interaction_constant(voltage_kv: float = 300.0) -> float:
-    """Electron interaction constant ``sigma`` in rad / (V nm) (0.00653 at 300 kV).
-
-    ``sigma = 2 pi / (lambda V) * (m c^2 + e V) / (2 m c^2 + e V)``, relativistic.
-    """
-    v = float(voltage_kv) * 1e3
-    mc2 = 510998.95  # eV
-    lam_nm = 1.0 / math.sqrt(v * (1.0 + v / (2 * mc2))) * 1.2264262862  # nm
-    return 2.0 * math.pi / (lam_nm * v) * (mc2 + v) / (2.0 * mc2 + v)
-
-
-# ----------------------------------------------------------------------------------------
-# Rendering
-# ----------------------------------------------------------------------------------------
-def _scatter_patches(values: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor, shape: tuple[int, int],
-                     n_images: int, image_index: torch.Tensor) -> torch.Tensor:
-    """Add patch values (N, P, P) at integer pixel positions (N, P, P) into (n_images, y, x)."""
-    ny, nx = shape
-    ok = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
-    flat = image_index[:, None, None].expand_as(iy) * (ny * nx) + iy.clamp(0, ny - 1) * nx + ix.clamp(0, nx - 1)
-    out = torch.zeros(n_images * ny * nx, dtype=values.dtype, device=values.device)
-    out.index_add_(0, flat[ok], values[ok])
-    return out.reshape(n_images, ny, nx)
-
-
-def render_projected_spheres(centres_px, radius_px: float, shape: tuple[int, int], *, supersample: int = 4,
-                             line_detector: bool = False, device="cpu") -> torch.Tensor:
-    """Projected thickness of spheres (path length in pixels), anti-aliased.
-
-    Parameters
-    ----------
-    centres_px : ``(n_images, n_spheres, 2)`` projected centres ``(u, v)`` as pixel indices
-        (0-based, may be fractional or outside the image)
-    radius_px : sphere radius in pixels
-    shape : ``(y, x)`` image size
-    supersample : sub-samples per pixel and axis (box-filter anti-aliasing)
-    line_detector : a 1D detector (``shape[0] == 1``): the profile depends on ``u`` only
-        (the projected *disc* thickness ``2 sqrt(R^2 - du^2)``, 2D geometry)
-
-    Returns
-    -------
-    torch.Tensor ``(n_images, y, x)`` float32: ``2 sqrt(R^2 - d^2)`` averaged over each pixel.
-    """
-    c = torch.as_tensor(np.asarray(centres_px, dtype=np.float64), device=device)
-    n_img, n_sph = c.shape[:2]
-    ny, nx = shape
-    if n_sph == 0:
-        return torch.zeros((n_img, ny, nx), dtype=torch.float32, device=device)
-    r = float(radius_px)
-    half = int(math.ceil(r)) + 1
-    offs = torch.arange(-half, half + 1, device=device)
-    s = int(supersample)
-    sub = (torch.arange(s, device=device, dtype=torch.float64) + 0.5) / s - 0.5  # sub-pixel offsets
-    cc = c.reshape(-1, 2)
-    base_u = torch.round(cc[:, 0]).to(torch.int64)
-    base_v = torch.round(cc[:, 1]).to(torch.int64)
-    img_idx = torch.arange(n_img, device=device).repeat_interleave(n_sph)
-    if line_detector:
-        iu = base_u[:, None] + offs[None, :]  # (N, P)
-        du = iu[:, :, None].to(torch.float64) + sub[None, None, :] - cc[:, 0, None, None]  # (N, P, s)
-        val = (2.0 * torch.sqrt(torch.clamp(r * r - du * du, min=0.0))).mean(-1)  # (N, P)
-        iy = torch.zeros_like(iu)
-        return _scatter_patches(val[:, None, :].float(), iy[:, None, :], iu[:, None, :], (ny, nx), n_img,
-                                img_idx)
-    iu = base_u[:, None, None] + offs[None, None, :]  # (N, 1, P)
-    iv = base_v[:, None, None] + offs[None, :, None]  # (N, P, 1)
-    iu, iv = torch.broadcast_tensors(iu, iv)
-    du = iu[..., None, None].to(torch.float64) + sub[None, None, None, None, :] - cc[:, 0, None, None, None, None]
-    dv = iv[..., None, None].to(torch.float64) + sub[None, None, None, :, None] - cc[:, 1, None, None, None, None]
-    val = (2.0 * torch.sqrt(torch.clamp(r * r - du * du - dv * dv, min=0.0))).mean(dim=(-1, -2))
-    return _scatter_patches(val.float(), iv, iu, (ny, nx), n_img, img_idx)
-
-
-def render_markers(projected_px, shape: tuple[int, int], *, profile: str = "gaussian", sigma_px: float = 1.0,
-                   diameter_px: float = 1.0, line_detector: bool = False, weights=None, supersample: int = 4,
-                   device="cpu") -> torch.Tensor:
-    """The marker image ``Psi``: bead profiles at projected positions (peak about 1 per bead).
-
-    Parameters
-    ----------
-    projected_px : ``(n_images, n_beads, 2)`` centres ``(u, v)`` as 0-based pixel indices
-    shape : ``(y, x)``
-    profile : ``"gaussian"`` (``exp(-d^2 / (2 sigma^2))`` at pixel centres) or ``"ball"``
-        (sphere thickness / diameter, pixel-averaged)
-    sigma_px : Gaussian standard deviation (pixels)
-    diameter_px : bead diameter (pixels), for ``"ball"``
-    line_detector : 1D detector (2D geometry): the profile depends on ``u`` only
-    weights : optional ``(n_beads,)`` amplitude per bead
-
-    Returns
-    -------
-    torch.Tensor ``(n_images, y, x)`` float32
-    """
-    c = torch.as_tensor(np.asarray(projected_px, dtype=np.float64), device=device)
-    n_img, n_b = c.shape[:2]
-    ny, nx = shape
-    w = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64), device=device)
-    if profile == "ball":
-        if w is not None:  # render each bead separately would be slow; weights only with gaussian
-            raise InputError("weights only with the gaussian profile", field="weights", got="ball profile")
-        img = render_projected_spheres(c, diameter_px / 2.0, shape, supersample=supersample,
-                                       line_detector=line_detector, device=device)
-        return img / float(diameter_px)
-    if profile != "gaussian":
-        raise InputError("profile 'gaussian' or 'ball'", field="profile", got=profile)
-    if sigma_px <= 0:
-        raise InputError("a Gaussian width > 0", field="profile_sigma_nm", got=sigma_px)
-    if n_b == 0:
-        return torch.zeros((n_img, ny, nx), dtype=torch.float32, device=device)
-    half = int(math.ceil(5.0 * sigma_px)) + 1
-    offs = torch.arange(-half, half + 1, device=device)
-    cc = c.reshape(-1, 2)
-    amp = torch.ones(cc.shape[0], dtype=torch.float64, device=device) if w is None else w.repeat(n_img)
-    base_u = torch.round(cc[:, 0]).to(torch.int64)
-    base_v = torch.round(cc[:, 1]).to(torch.int64)
-    img_idx = torch.arange(n_img, device=device).repeat_interleave(n_b)
-    inv = 1.0 / (2.0 * sigma_px * sigma_px)
-    if line_detector:
-        iu = base_u[:, None] + offs[None, :]
-        du = iu.to(torch.float64) - cc[:, 0, None]
-        val = amp[:, None] * torch.exp(-du * du * inv)
-        return _scatter_patches(val[:, None, :].float(), torch.zeros_like(iu)[:, None, :], iu[:, None, :],
-                                (ny, nx), n_img, img_idx)
-    iu = base_u[:, None, None] + offs[None, None, :]
-    iv = base_v[:, None, None] + offs[None, :, None]
-    iu, iv = torch.broadcast_tensors(iu, iv)
-    du = iu.to(torch.float64) - cc[:, 0, None, None]
-    dv = iv.to(torch.float64) - cc[:, 1, None, None]
-    val = amp[:, None, None] * torch.exp(-(du * du + dv * dv) * inv)
-    return _scatter_patches(val.float(), iv, iu, (ny, nx), n_img, img_idx)
 
 
 # ----------------------------------------------------------------------------------------
@@ -358,18 +222,112 @@ def read_marker_truth(path: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
-# Simulation
+# Simulation: settings, then the stages
 # ----------------------------------------------------------------------------------------
-def _place_beads(rng: np.random.Generator, n: int, half_extent_nm: np.ndarray, min_dist_nm: float,
-                 two_d: bool) -> np.ndarray:
+@dataclass(frozen=True)
+class _Geometry:
+    """Sample and detector of a marker simulation (nm unless stated)."""
+
+    two_d: bool
+    n_markers: int
+    diameter_nm: float
+    fov_nm: np.ndarray  # (x, y) field of view
+    thickness_nm: float
+    detector: tuple[int, int]  # (y, x) pixels
+
+    @property
+    def pixel_nm(self) -> float:
+        return float(self.fov_nm[0] / self.detector[1])
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        """``(z, y, x)`` pixels of the sample slab."""
+        ny, nx = self.detector
+        return int(math.ceil(self.thickness_nm / self.pixel_nm)), ny, nx
+
+
+def _preset_values(preset: str | None) -> dict[str, Any]:
+    """The settings of ``preset`` over those of ``"paper3d"`` (every setting has a value)."""
+    if preset is not None and preset not in PRESETS:
+        raise InputError(f"a preset among {sorted(PRESETS)}", field="preset", got=preset)
+    base = dict(PRESETS["paper3d"])
+    if preset is not None:
+        base.update(PRESETS[preset])
+    return base
+
+
+def _geometry(base: dict, *, geometry, n_markers, bead_diameter_nm, field_of_view_nm, thickness_nm,
+              detector_shape) -> _Geometry:
+    """The sample and detector, each value given or else the preset's (``base``); validated."""
+    geometry = base["geometry"] if geometry is None else geometry
+    if geometry not in ("2d", "3d"):
+        raise InputError("geometry '2d' or '3d'", field="geometry", got=geometry)
+    two_d = geometry == "2d"
+    n = int(base["n_markers"] if n_markers is None else n_markers)
+    diameter = float(base["bead_diameter_nm"] if bead_diameter_nm is None else bead_diameter_nm)
+    fov = np.asarray(base["field_of_view_nm"] if field_of_view_nm is None else field_of_view_nm,
+                     dtype=np.float64).reshape(-1)
+    thickness = float(base["thickness_nm"] if thickness_nm is None else thickness_nm)
+    det = tuple(int(v) for v in (base["detector_shape"] if detector_shape is None else detector_shape))
+    if two_d and detector_shape is None:
+        det = (1, det[-1])
+    if len(det) != 2 or min(det) < 1:
+        raise InputError("detector shape (y, x) of positive integers", field="detector_shape", got=det)
+    if two_d and det[0] != 1:
+        raise InputError("one detector row for the 2D geometry", field="detector_shape", got=det)
+    if n < 0 or diameter <= 0 or thickness <= 0 or fov.size != 2 or np.any(fov <= 0):
+        raise InputError("n_markers >= 0, bead diameter, thickness and field of view > 0",
+                         field="marker parameters", got=(n, diameter, thickness, fov.tolist()))
+    return _Geometry(two_d=two_d, n_markers=n, diameter_nm=diameter, fov_nm=fov, thickness_nm=thickness, detector=det)
+
+
+def _tilt_scheme(base: dict, *, tilt_angles_deg, tilt_range_deg, n_tilts, endpoint, acquisition):
+    """Angles ``(n_tilts,)`` (degrees, stack order), acquisition order ``(n_tilts,)``, times ``(n_tilts,)``
+    in [0, 1] and the acquisition as given (a scheme name or the explicit order)."""
+    if tilt_angles_deg is not None:
+        angles = np.asarray(tilt_angles_deg, dtype=np.float64).reshape(-1)
+    else:
+        lo, hi = base["tilt_range_deg"] if tilt_range_deg is None else tilt_range_deg
+        nt = int(base["n_tilts"] if n_tilts is None else n_tilts)
+        angles = np.linspace(lo, hi, nt, endpoint=bool(base["endpoint"] if endpoint is None else endpoint))
+    acq = base["acquisition"] if acquisition is None else acquisition
+    order = _acq_order(angles, scheme=acq) if isinstance(acq, str) else np.asarray(acq, dtype=np.int64)
+    return angles, order, times_from_order(order, angles.size), acq
+
+
+def _incident_electrons(base: dict, *, noise, electrons_per_pixel, dose_per_tilt, pixel_nm) -> tuple[str, float]:
+    """The noise model and ``I0``, incident electrons per pixel and image (``electrons_per_pixel``, else
+    ``dose_per_tilt`` e/Å² times the pixel area, else the preset's)."""
+    noise = base["noise"] if noise is None else noise
+    if noise not in ("poisson", "gaussian", "none"):
+        raise InputError("noise 'poisson', 'gaussian' or 'none'", field="noise", got=noise)
+    if electrons_per_pixel is not None:
+        i0 = float(electrons_per_pixel)
+    elif dose_per_tilt is not None:
+        i0 = float(dose_per_tilt) * (10.0 * pixel_nm) ** 2
+    else:
+        i0 = float(base["electrons_per_pixel"])
+    if i0 <= 0:
+        raise InputError("a dose > 0", field="electrons_per_pixel", got=i0)
+    return noise, i0
+
+
+def _place_beads(rng: np.random.Generator, geo: _Geometry, region_fraction: np.ndarray) -> np.ndarray:
+    """``(n_markers, 3)`` non-overlapping bead centres ``(x, y, z)`` in nm from the volume centre, within
+    ``region_fraction`` of the half-extents less one bead radius (``y = 0`` in the 2D geometry)."""
+    half = np.array([geo.fov_nm[0] / 2, (0.0 if geo.two_d else geo.fov_nm[1] / 2), geo.thickness_nm / 2])
+    half = half * region_fraction
+    r = geo.diameter_nm / 2
+    half = np.maximum(half - np.array([r, 0.0 if geo.two_d else r, r]), 0.0)
+    n = geo.n_markers
     pts: list[np.ndarray] = []
     tries = 0
     while len(pts) < n:
-        cand = rng.uniform(-1.0, 1.0, size=(256, 3)) * half_extent_nm
-        if two_d:
+        cand = rng.uniform(-1.0, 1.0, size=(256, 3)) * half
+        if geo.two_d:
             cand[:, 1] = 0.0
         for c in cand:
-            if all(np.linalg.norm(c - p) >= min_dist_nm for p in pts):
+            if all(np.linalg.norm(c - p) >= geo.diameter_nm for p in pts):
                 pts.append(c)
                 if len(pts) == n:
                     break
@@ -380,7 +338,41 @@ def _place_beads(rng: np.random.Generator, n: int, half_extent_nm: np.ndarray, m
     return np.asarray(pts, dtype=np.float64).reshape(n, 3)
 
 
-def simulate_marker_tiltseries(
+def _project_beads(beads_nm: np.ndarray, angles: np.ndarray, geo: _Geometry, *, deformation: PolynomialDeformation,
+                   times: np.ndarray) -> np.ndarray:
+    """``(n_tilts, n_beads, 2)`` deformed projected centres ``(u, v)`` as 0-based detector pixel indices."""
+    ny, nx = geo.detector
+    proj_px = project_points(beads_nm, angles, deformation=deformation, times=times) / geo.pixel_nm + np.array(
+        [nx // 2, ny // 2], dtype=np.float64)
+    if geo.two_d:
+        proj_px[..., 1] = 0.0
+    return proj_px
+
+
+def _record_counts(ideal: torch.Tensor, geo: _Geometry, *, i0: float, noise: str, noise_variance: float | None,
+                   ctf: bool, defocus_um: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float,
+                   phase_potential_v: float, absorption_potential_v: float, generator: torch.Generator,
+                   device="cpu") -> torch.Tensor:
+    """Recorded electron counts ``(n_tilts, y, x)`` float64 of the marker image ``ideal`` (float64, same shape):
+    ``I0 exp(-C V_abs D Psi [+ 2 CTF (x) C V_phase D Psi])`` with Poisson, Gaussian or no noise."""
+    c_int = interaction_constant(voltage_kv)
+    log_i = -c_int * absorption_potential_v * geo.diameter_nm * ideal
+    if ctf:
+        from ..ctf import ctf_2d
+
+        det = geo.detector
+        phase = c_int * phase_potential_v * geo.diameter_nm * ideal
+        h = ctf_2d(det, pixel_size_angstrom=10.0 * geo.pixel_nm, defocus_um=defocus_um, voltage_kv=voltage_kv,
+                   cs_mm=cs_mm, amplitude_contrast=amplitude_contrast, device=device, dtype=torch.float64)
+        log_i = log_i + 2.0 * torch.fft.irfftn(torch.fft.rfftn(phase, dim=(-2, -1)) * h, s=det, dim=(-2, -1))
+    expected = i0 * torch.exp(log_i)
+    if noise == "none":
+        return expected
+    return apply_dose_noise(expected, noise=noise, generator=generator,
+                            variance=(i0 if noise_variance is None else float(noise_variance)))
+
+
+def simulate_marker_tiltseries_job(
     *,
     preset: str | None = None,
     geometry: str | None = None,
@@ -411,8 +403,12 @@ def simulate_marker_tiltseries(
     absorption_potential_v: float = 5.39,
     seed: int | None = 0,
     device="cpu",
-) -> MarkerTiltSeries:
-    """Simulate a gold-marker tilt series with a polynomial beam-induced deformation.
+) -> Generator[Event, None, MarkerTiltSeries]:
+    """Simulate a gold-marker tilt series with a polynomial beam-induced deformation (a job).
+
+    Yields :class:`Progress` after the beads are placed (step 0), after each tilt image's
+    marker image is rendered (step ``i + 1`` of ``n_tilts + 1``) and after the imaging
+    (``n_tilts + 1``); closing the job stops it at the next of these.
 
     Parameters (every one defaults to the preset's value, else to the ``"paper3d"`` value)
     ----------
@@ -439,115 +435,58 @@ def simulate_marker_tiltseries(
     ctf, defocus_um, voltage_kv, cs_mm, amplitude_contrast : optional CTF (weak-phase, exp form)
     phase_potential_v, absorption_potential_v : gold potential ``V = V_phase + i V_abs`` (V)
     seed : random seed (same seed -> same data)
+    device : torch device
 
     Returns
     -------
     :class:`MarkerTiltSeries`
     """
-    if preset is not None and preset not in PRESETS:
-        raise InputError(f"a preset among {sorted(PRESETS)}", field="preset", got=preset)
-    base = dict(PRESETS["paper3d"])
-    if preset is not None:
-        base.update(PRESETS[preset])
-
-    def pick(name, value):
-        return base[name] if value is None else value
-
-    geometry = pick("geometry", geometry)
-    if geometry not in ("2d", "3d"):
-        raise InputError("geometry '2d' or '3d'", field="geometry", got=geometry)
-    two_d = geometry == "2d"
-    n_markers = int(pick("n_markers", n_markers))
-    diameter = float(pick("bead_diameter_nm", bead_diameter_nm))
-    fov = np.asarray(pick("field_of_view_nm", field_of_view_nm), dtype=np.float64).reshape(-1)
-    thickness = float(pick("thickness_nm", thickness_nm))
-    det = tuple(int(v) for v in pick("detector_shape", detector_shape))
-    if two_d and detector_shape is None:
-        det = (1, det[-1])
-    if len(det) != 2 or min(det) < 1:
-        raise InputError("detector shape (y, x) of positive integers", field="detector_shape", got=det)
-    if two_d and det[0] != 1:
-        raise InputError("one detector row for the 2D geometry", field="detector_shape", got=det)
-    if n_markers < 0 or diameter <= 0 or thickness <= 0 or fov.size != 2 or np.any(fov <= 0):
-        raise InputError("n_markers >= 0, bead diameter, thickness and field of view > 0",
-                         field="marker parameters", got=(n_markers, diameter, thickness, fov.tolist()))
-    ny, nx = det
-    pixel = fov[0] / nx
-    if tilt_angles_deg is not None:
-        angles = np.asarray(tilt_angles_deg, dtype=np.float64).reshape(-1)
-    else:
-        lo, hi = pick("tilt_range_deg", tilt_range_deg)
-        nt = int(pick("n_tilts", n_tilts))
-        angles = np.linspace(lo, hi, nt, endpoint=bool(pick("endpoint", endpoint)))
-    n_t = angles.size
-    acq = pick("acquisition", acquisition)
-    order = _acq_order(angles, scheme=acq) if isinstance(acq, str) else np.asarray(acq, dtype=np.int64)
-    times = times_from_order(order, n_t)
-
+    base = _preset_values(preset)
+    geo = _geometry(base, geometry=geometry, n_markers=n_markers, bead_diameter_nm=bead_diameter_nm,
+                    field_of_view_nm=field_of_view_nm, thickness_nm=thickness_nm, detector_shape=detector_shape)
+    angles, order, times, acq = _tilt_scheme(base, tilt_angles_deg=tilt_angles_deg, tilt_range_deg=tilt_range_deg,
+                                             n_tilts=n_tilts, endpoint=endpoint, acquisition=acquisition)
     if deformation is None:
         deformation = PolynomialDeformation.from_terms(
             base["deformation_terms"], degree=base["deformation_degree"], variables=base["deformation_variables"],
-            length_scale_nm=float(fov[0]),
-        )
-    prof = pick("profile", profile)
-    sigma_nm = float(pick("profile_sigma_nm", profile_sigma_nm))
-    frac = np.asarray(pick("region_fraction", region_fraction), dtype=np.float64)
-    noise = pick("noise", noise)
-    if noise not in ("poisson", "gaussian", "none"):
-        raise InputError("noise 'poisson', 'gaussian' or 'none'", field="noise", got=noise)
-    if electrons_per_pixel is not None:
-        i0 = float(electrons_per_pixel)
-    elif dose_per_tilt is not None:
-        i0 = float(dose_per_tilt) * (10.0 * pixel) ** 2
-    else:
-        i0 = float(base["electrons_per_pixel"])
-    if i0 <= 0:
-        raise InputError("a dose > 0", field="electrons_per_pixel", got=i0)
+            length_scale_nm=float(geo.fov_nm[0]))
+    prof = base["profile"] if profile is None else profile
+    sigma_nm = float(base["profile_sigma_nm"] if profile_sigma_nm is None else profile_sigma_nm)
+    _check_profile(prof, sigma_nm / geo.pixel_nm)
+    frac = np.asarray(base["region_fraction"] if region_fraction is None else region_fraction, dtype=np.float64)
+    noise, i0 = _incident_electrons(base, noise=noise, electrons_per_pixel=electrons_per_pixel,
+                                    dose_per_tilt=dose_per_tilt, pixel_nm=geo.pixel_nm)
 
     rng = np.random.default_rng(seed)
-    half = np.array([fov[0] / 2, (0.0 if two_d else fov[1] / 2), thickness / 2]) * frac
-    half = np.maximum(half - np.array([diameter / 2, 0.0 if two_d else diameter / 2, diameter / 2]), 0.0)
-    beads = _place_beads(rng, n_markers, half, diameter, two_d)
+    beads = _place_beads(rng, geo, frac)
+    proj_px = _project_beads(beads, angles, geo, deformation=deformation, times=times)
+    n_t = angles.size
+    yield Progress(0, n_t + 1, f"{geo.n_markers} beads placed")
 
-    proj_nm = project_points(beads, angles, deformation=deformation, times=times)  # (T, n, 2)
-    proj_px = proj_nm / pixel + np.array([nx // 2, ny // 2], dtype=np.float64)
-    if two_d:
-        proj_px[..., 1] = 0.0
-    ideal = render_markers(proj_px, det, profile=prof, sigma_px=sigma_nm / pixel, diameter_px=diameter / pixel,
-                           line_detector=two_d, device=device).to(torch.float64)
-
-    c_int = interaction_constant(voltage_kv)
-    log_i = -c_int * absorption_potential_v * diameter * ideal
-    if ctf:
-        from ..ctf import ctf_2d
-
-        phase = c_int * phase_potential_v * diameter * ideal
-        h = ctf_2d(det, pixel_size_angstrom=10.0 * pixel, defocus_um=defocus_um, voltage_kv=voltage_kv, cs_mm=cs_mm,
-                   amplitude_contrast=amplitude_contrast, device=device, dtype=torch.float64)
-        log_i = log_i + 2.0 * torch.fft.irfftn(torch.fft.rfftn(phase, dim=(-2, -1)) * h, s=det, dim=(-2, -1))
-    expected = i0 * torch.exp(log_i)
+    ideal = torch.zeros((n_t, *geo.detector), dtype=torch.float32, device=device)
+    for i in range(n_t):  # one image at a time: the same pixels as all at once
+        ideal[i] = render_markers(proj_px[i:i + 1], geo.detector, profile=prof, sigma_px=sigma_nm / geo.pixel_nm,
+                                  diameter_px=geo.diameter_nm / geo.pixel_nm, line_detector=geo.two_d,
+                                  device=device)[0]
+        yield Progress(i + 1, n_t + 1, f"tilt {i + 1}/{n_t} rendered")
+    ideal = ideal.to(torch.float64)
     gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(0, 2**62)))
-    if noise == "poisson":
-        counts = torch.poisson(expected.cpu(), generator=gen).to(expected.device)
-    elif noise == "gaussian":
-        var = i0 if noise_variance is None else float(noise_variance)
-        counts = expected + math.sqrt(var) * torch.randn(expected.shape, generator=gen, dtype=expected.dtype).to(
-            expected.device)
-    else:
-        counts = expected
+    counts = _record_counts(ideal, geo, i0=i0, noise=noise, noise_variance=noise_variance, ctf=ctf,
+                            defocus_um=defocus_um, voltage_kv=voltage_kv, cs_mm=cs_mm,
+                            amplitude_contrast=amplitude_contrast, phase_potential_v=phase_potential_v,
+                            absorption_potential_v=absorption_potential_v, generator=gen, device=device)
+    yield Progress(n_t + 1, n_t + 1, "imaged")
 
-    nz = int(math.ceil(thickness / pixel))
-    vol_shape = (nz, ny, nx)
-    bead_px = beads / pixel + np.array([nx // 2, ny // 2, nz // 2], dtype=np.float64)
+    nz, ny, nx = geo.volume_shape
     params = {
         "preset": preset,
-        "geometry": geometry,
-        "n_markers": n_markers,
-        "bead_diameter_nm": diameter,
-        "field_of_view_nm": fov.tolist(),
-        "thickness_nm": thickness,
-        "detector_shape_yx": list(det),
-        "pixel_size_nm": float(pixel),
+        "geometry": "2d" if geo.two_d else "3d",
+        "n_markers": geo.n_markers,
+        "bead_diameter_nm": geo.diameter_nm,
+        "field_of_view_nm": geo.fov_nm.tolist(),
+        "thickness_nm": geo.thickness_nm,
+        "detector_shape_yx": list(geo.detector),
+        "pixel_size_nm": geo.pixel_nm,
         "acquisition": acq if isinstance(acq, str) else "explicit",
         "profile": prof,
         "profile_sigma_nm": sigma_nm,
@@ -557,7 +496,7 @@ def simulate_marker_tiltseries(
         "noise_variance": (None if noise != "gaussian" else (i0 if noise_variance is None else float(noise_variance))),
         "intensity_model": "I = I0 * exp(-C * V_abs * D * Psi" + (" + 2 * CTF (x) (C * V_phase * D * Psi))"
                                                                   if ctf else ")"),
-        "interaction_constant_per_V_nm": c_int,
+        "interaction_constant_per_V_nm": interaction_constant(voltage_kv),
         "ctf": bool(ctf),
         "defocus_um": float(defocus_um) if ctf else None,
         "voltage_kv": float(voltage_kv),
@@ -574,18 +513,28 @@ def simulate_marker_tiltseries(
         acquisition_order=np.asarray(order, dtype=np.int64),
         times=times,
         bead_positions_nm=beads,
-        bead_positions_px=bead_px,
+        bead_positions_px=beads / geo.pixel_nm + np.array([nx // 2, ny // 2, nz // 2], dtype=np.float64),
         projected_px=np.asarray(proj_px, dtype=np.float64),
         deformation=deformation,
-        pixel_size_nm=float(pixel),
-        bead_diameter_nm=diameter,
-        volume_shape=vol_shape,
+        pixel_size_nm=geo.pixel_nm,
+        bead_diameter_nm=geo.diameter_nm,
+        volume_shape=geo.volume_shape,
         params=params,
     )
 
 
-def sample_marker_tiltseries(seed: int = 0) -> MarkerTiltSeries:
-    """A small realistic marker tilt series for the napari sample menu (< 3 s).
+def simulate_marker_tiltseries(**kwargs) -> MarkerTiltSeries:
+    """Plain-function form of :func:`simulate_marker_tiltseries_job` (same keyword arguments, no progress)."""
+    return run_job(simulate_marker_tiltseries_job(**kwargs), progress=False)
+
+
+# the plain function has the job's keyword-only parameters (for help(), magicgui and IDEs)
+simulate_marker_tiltseries.__signature__ = inspect.signature(simulate_marker_tiltseries_job).replace(
+    return_annotation=MarkerTiltSeries)
+
+
+def sample_marker_tiltseries_job(seed: int = 0) -> Generator[Event, None, MarkerTiltSeries]:
+    """A small realistic marker tilt series for the napari sample menu (< 3 s; a job).
 
     256 x 256 pixels of 4 nm (1.02 µm field of view), 12 beads of 10 nm in a 120 nm slab, 41
     tilts -60..60 every 3° acquired dose-symmetrically, doming ``D_z = (40 - 30 X^2 - 30 Y^2) t``
@@ -596,12 +545,17 @@ def sample_marker_tiltseries(seed: int = 0) -> MarkerTiltSeries:
     model = PolynomialDeformation.from_terms(
         {"z": {"1": 40.0, "x^2": -30.0, "y^2": -30.0}, "x": {"x": -8.0}, "y": {"y": -8.0}},
         degree=2, variables="xy", length_scale_nm=1024.0)
-    return simulate_marker_tiltseries(
+    return (yield from simulate_marker_tiltseries_job(
         geometry="3d", n_markers=12, bead_diameter_nm=10.0, field_of_view_nm=(1024.0, 1024.0), thickness_nm=120.0,
         detector_shape=(256, 256), tilt_angles_deg=angles, acquisition="dose-symmetric", deformation=model,
         profile="ball", region_fraction=(0.85, 0.85, 1.0), noise="poisson", dose_per_tilt=2.0, ctf=True,
         defocus_um=4.0, seed=seed,
-    )
+    ))
+
+
+def sample_marker_tiltseries(seed: int = 0) -> MarkerTiltSeries:
+    """Plain-function form of :func:`sample_marker_tiltseries_job`."""
+    return run_job(sample_marker_tiltseries_job(seed), progress=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -619,9 +573,7 @@ def write_marker_tiltseries(result: MarkerTiltSeries, out_dir: str | os.PathLike
     from ...io.mrc import write_mrc
     from ...io.tilt import write_acquisition_order, write_tlt
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
+    out = _output_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = {"tilt_series": out / "tiltseries.mrc", "tlt": out / "tiltseries.tlt", "order": out / "order.txt",
              "truth": out / "truth.json"}

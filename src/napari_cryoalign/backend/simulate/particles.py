@@ -25,7 +25,6 @@ after projection, shift and CTF.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,14 @@ from ..geometry import shift_image
 from ..geometry import euler_to_matrix, matrix_to_euler, random_rotations, rotate_volume
 from ..jobs import Partial, Progress, run_job
 from ..symmetry import normalize_symmetry, symmetrize_volume
+from .common import (
+    _at_snr,
+    _check_noise_shift_defocus,
+    _draw_defocus,
+    _noise_generator,
+    _optics,
+    _simulate_batches,
+)
 from .structures import list_structures, load_structure_map
 
 __all__ = [
@@ -146,14 +153,9 @@ def _check(structure, n, box, pixel, snr, max_shift, defocus, astig):
         raise InputError("an integer box >= 8 pixels", field="box", got=box)
     if not pixel > 0:
         raise InputError("a pixel size > 0 Å", field="pixel_size_angstrom", got=pixel)
-    if snr is not None and not (snr > 0 and math.isfinite(snr)):
-        raise InputError("SNR > 0 (or None for no noise)", field="snr", got=snr)
-    if max_shift < 0 or max_shift > box / 2:
-        raise InputError(f"a shift between 0 and box/2 = {box / 2} pixels", field="max_shift_pixels", got=max_shift)
+    _check_noise_shift_defocus(snr, max_shift, box, defocus, unit="pixels", shift_field="max_shift_pixels")
     if defocus is not None:
         d = np.atleast_1d(np.asarray(defocus, dtype=float))
-        if d.size not in (1, 2) or np.any(d <= 0) or d[0] > d[-1]:
-            raise InputError("a defocus > 0 µm or a range (min, max)", field="defocus_um", got=defocus)
         if astig < 0 or astig >= 2 * d[0]:
             raise InputError("an astigmatism >= 0 and < twice the smallest defocus", field="astigmatism_um", got=astig)
 
@@ -198,31 +200,28 @@ def simulate_particles_job(
     rot = euler_to_matrix(euler)
     displacement = rng.uniform(-max_shift_pixels, max_shift_pixels, size=(n, 2))  # centre - N//2 (x, y)
     origins_px = -displacement
+    dmean = _draw_defocus(rng, defocus_um, n)
     if defocus_um is None:
-        du = dv = dang = np.full(n, np.nan)
+        du = dv = dang = dmean
     else:
-        d = np.atleast_1d(np.asarray(defocus_um, dtype=float))
-        dmean = rng.uniform(d[0], d[-1], size=n) if d.size == 2 and d[0] < d[-1] else np.full(n, d[0])
         du = dmean + astigmatism_um / 2
         dv = dmean - astigmatism_um / 2
         dang = rng.uniform(0.0, 180.0, size=n)
     subset = np.where(rng.permutation(n) < (n + 1) // 2, 1, 2).astype(np.int64)
-    if noise_seed is None:
-        noise_seed = int(rng.integers(0, 2**62))
-    gen = torch.Generator(device="cpu").manual_seed(int(noise_seed))
+    noise_seed, gen = _noise_generator(rng, noise_seed)
 
     ref_t = torch.from_numpy(ref).to(device)
     sign = -1.0 if (invert_contrast and defocus_um is not None) else 1.0
-    images = np.empty((n, box, box), dtype=np.float32)
-    sig_var = np.empty(n)
-    noise_var = np.empty(n)
-    n_batches = max(1, math.ceil(n / batch_size))
-    yield Progress(0, n_batches, "projecting particles")
-    for b in range(n_batches):
-        sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-        m = sl.stop - sl.start
+
+    def unit_noise(m: int) -> torch.Tensor:  # white, zero mean and unit variance per image
+        e = torch.randn((m, box, box), generator=gen).to(device)
+        e = e - e.mean(dim=(1, 2), keepdim=True)
+        return e / e.var(dim=(1, 2), unbiased=False, keepdim=True).sqrt()
+
+    def simulate(sl: slice):
         rot_t = torch.from_numpy(rot[sl]).to(device=device, dtype=torch.float32)
-        img = project(ref_t, rot_t, shifts_pixels=torch.from_numpy(displacement[sl]).to(device=device, dtype=torch.float32))
+        img = project(ref_t, rot_t, shifts_pixels=torch.from_numpy(displacement[sl]).to(device=device,
+                                                                                          dtype=torch.float32))
         if img.ndim == 2:
             img = img[None]
         if defocus_um is not None:
@@ -230,21 +229,10 @@ def simulate_particles_job(
                                  astigmatism_angle_deg=dang[sl], voltage_kv=voltage_kv, cs_mm=cs_mm,
                                  amplitude_contrast=amplitude_contrast, bfactor=bfactor, device=device)
             img = torch.fft.irfftn(torch.fft.rfftn(img, dim=(1, 2)) * ctf, s=(box, box), dim=(1, 2))
-        signal = sign * img
-        vs = signal.double().var(dim=(1, 2), unbiased=False)
-        if snr is None:
-            out, nv = signal, torch.zeros_like(vs)
-        else:
-            e = torch.randn((m, box, box), generator=gen).to(device)
-            e = e - e.mean(dim=(1, 2), keepdim=True)
-            e = e / e.var(dim=(1, 2), unbiased=False, keepdim=True).sqrt()
-            noise = e * (vs / snr).sqrt().view(-1, 1, 1).to(e.dtype)
-            out = signal + noise
-            nv = noise.double().var(dim=(1, 2), unbiased=False)
-        images[sl] = out.detach().cpu().numpy()
-        sig_var[sl] = vs.cpu().numpy()
-        noise_var[sl] = nv.cpu().numpy()
-        yield Progress(b + 1, n_batches, f"{sl.stop}/{n} images")
+        return _at_snr(sign * img, snr, lambda: unit_noise(len(img)))
+
+    images, sig_var, noise_var = yield from _simulate_batches(n, batch_size, (box, box), simulate,
+                                                              message="projecting particles", unit="images")
 
     params = dict(
         kind="particles", structure=structure, n=n, box=box, pixel_size_angstrom=pixel, snr=snr,
@@ -329,8 +317,7 @@ def write_particle_set(pset: ParticleImageSet, out_dir: str | os.PathLike, *, ov
                      rlnDefocusAngle=pset.defocus_angle_deg)
     extra["rlnRandomSubset"] = pset.random_subset
     p = pset.params
-    optics = {"rlnVoltage": p.get("voltage_kv", 300.0), "rlnSphericalAberration": p.get("cs_mm", 2.7),
-              "rlnAmplitudeContrast": p.get("amplitude_contrast", 0.07)}
+    optics = _optics(p)
     star = write_particle_stack(out / "particles.star", pset.images, voxel_size=pset.pixel_size_angstrom,
                                 stack_path=out / "particles.mrcs", overwrite=overwrite, euler_deg=pset.euler_deg,
                                 extra_columns=extra, optics=optics)

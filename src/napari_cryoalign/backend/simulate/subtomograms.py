@@ -50,6 +50,14 @@ from ..geometry import (
 )
 from ..jobs import Partial, Progress, run_job
 from ..wedge import observed_fourier_mask
+from .common import (
+    _at_snr,
+    _check_noise_shift_defocus,
+    _draw_defocus,
+    _noise_generator,
+    _optics,
+    _simulate_batches,
+)
 from .structures import list_structures, load_structure_map
 
 __all__ = [
@@ -135,14 +143,7 @@ def _check(structures, n_per_class, box, voxel, snr, max_shift, defocus, frac):
         raise InputError("an integer box size >= 8 voxels", field="box", got=box)
     if not voxel > 0:
         raise InputError("a voxel size > 0 Å", field="voxel_size_angstrom", got=voxel)
-    if snr is not None and not (snr > 0 and math.isfinite(snr)):
-        raise InputError("SNR > 0 (or None for no noise)", field="snr", got=snr)
-    if max_shift < 0 or max_shift > box / 2:
-        raise InputError(f"a shift between 0 and box/2 = {box / 2} voxels", field="max_shift_voxels", got=max_shift)
-    if defocus is not None:
-        d = np.atleast_1d(np.asarray(defocus, dtype=float))
-        if d.size not in (1, 2) or np.any(d <= 0) or d[0] > d[-1]:
-            raise InputError("a defocus > 0 µm or a range (min, max)", field="defocus_um", got=defocus)
+    _check_noise_shift_defocus(snr, max_shift, box, defocus, unit="voxels", shift_field="max_shift_voxels")
     if not 0.0 <= frac <= 1.0:
         raise InputError("a fraction in [0, 1]", field="noise_ctf_fraction", got=frac)
     return structures
@@ -197,26 +198,24 @@ def simulate_subtomograms_job(
     rotations = euler_to_matrix(euler)  # exactly the matrices of the written angles
     displacement = rng.uniform(-max_shift_voxels, max_shift_voxels, size=(n, 3))  # centre - N//2, (x,y,z)
     origins_vox = -displacement
-    if defocus_um is None:
-        defocus = np.full(n, np.nan)
-    else:
-        d = np.atleast_1d(np.asarray(defocus_um, dtype=float))
-        defocus = rng.uniform(d[0], d[-1], size=n) if d.size == 2 and d[0] < d[-1] else np.full(n, d[0])
-    if noise_seed is None:
-        noise_seed = int(rng.integers(0, 2**62))
-    gen = torch.Generator(device="cpu").manual_seed(int(noise_seed))
+    defocus = _draw_defocus(rng, defocus_um, n)
+    noise_seed, gen = _noise_generator(rng, noise_seed)
 
     shape = (box, box, box)
     mask_r = observed_fourier_mask(shape, tilt_range_deg=tilt_range_deg, rfft=True, device=device)
     ref_t = torch.from_numpy(references).to(device)
     sign = -1.0 if (invert_contrast and defocus_um is not None) else 1.0
-    volumes = np.empty((n, box, box, box), dtype=np.float32)
-    sig_var = np.empty(n)
-    noise_var = np.empty(n)
-    n_batches = max(1, math.ceil(n / batch_size))
-    yield Progress(0, n_batches, "simulating subtomograms")
-    for b in range(n_batches):
-        sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+
+    def filtered(x: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
+        return torch.fft.irfftn(torch.fft.rfftn(x, dim=(1, 2, 3)) * filt, s=shape, dim=(1, 2, 3))
+
+    def unit_noise(m: int, filt: torch.Tensor) -> torch.Tensor:  # step 3 of the module docstring
+        e1 = torch.randn((m, *shape), generator=gen).to(device)
+        e2 = torch.randn((m, *shape), generator=gen).to(device)
+        n1, n2 = _unit_var(filtered(e1, filt.abs())), _unit_var(filtered(e2, mask_r))
+        return _unit_var(math.sqrt(noise_ctf_fraction) * n1 + math.sqrt(1.0 - noise_ctf_fraction) * n2)
+
+    def simulate(sl: slice):
         m = sl.stop - sl.start
         cls = torch.from_numpy(classes[sl] - 1).to(device)
         rot = torch.from_numpy(rotations[sl]).to(device=device, dtype=torch.float32)
@@ -229,24 +228,10 @@ def simulate_subtomograms_job(
                          voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
                          bfactor=bfactor, device=device)
         filt = ctf * mask_r
-        signal = sign * torch.fft.irfftn(torch.fft.rfftn(part, dim=(1, 2, 3)) * filt, s=shape, dim=(1, 2, 3))
-        vs = signal.double().var(dim=(1, 2, 3), unbiased=False)
-        if snr is None:
-            out = signal
-            nv = torch.zeros_like(vs)
-        else:
-            e1 = torch.randn((m, *shape), generator=gen).to(device)
-            e2 = torch.randn((m, *shape), generator=gen).to(device)
-            n1 = _unit_var(torch.fft.irfftn(torch.fft.rfftn(e1, dim=(1, 2, 3)) * filt.abs(), s=shape, dim=(1, 2, 3)))
-            n2 = _unit_var(torch.fft.irfftn(torch.fft.rfftn(e2, dim=(1, 2, 3)) * mask_r, s=shape, dim=(1, 2, 3)))
-            noise = _unit_var(math.sqrt(noise_ctf_fraction) * n1 + math.sqrt(1.0 - noise_ctf_fraction) * n2)
-            noise = noise * (vs / snr).sqrt().view(-1, 1, 1, 1).to(noise.dtype)
-            out = signal + noise
-            nv = noise.double().var(dim=(1, 2, 3), unbiased=False)
-        volumes[sl] = out.detach().cpu().numpy()
-        sig_var[sl] = vs.cpu().numpy()
-        noise_var[sl] = nv.cpu().numpy()
-        yield Progress(b + 1, n_batches, f"{sl.stop}/{n} subtomograms")
+        return _at_snr(sign * filtered(part, filt), snr, lambda: unit_noise(m, filt))
+
+    volumes, sig_var, noise_var = yield from _simulate_batches(n, batch_size, shape, simulate,
+                                                               message="simulating subtomograms", unit="subtomograms")
 
     mask_full = observed_fourier_mask(shape, tilt_range_deg=tilt_range_deg, rfft=False)
     params = dict(
@@ -360,8 +345,7 @@ def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, o
     if np.all(np.isfinite(sset.defocus_um)):
         extra = {"rlnDefocusU": sset.defocus_um * 1e4, "rlnDefocusV": sset.defocus_um * 1e4,
                  "rlnDefocusAngle": np.zeros(sset.n)}
-    optics = {"rlnVoltage": sset.params.get("voltage_kv", 300.0), "rlnSphericalAberration": sset.params.get("cs_mm", 2.7),
-              "rlnAmplitudeContrast": sset.params.get("amplitude_contrast", 0.07)}
+    optics = _optics(sset.params)
     star = write_subtomograms(out / "particles.star", sset.volumes, voxel_size=vox, folder=out / "subtomograms",
                               overwrite=overwrite, euler_deg=sset.euler_deg, origins_angstrom=sset.origins_angstrom,
                               classes=sset.classes, extra_columns=extra or None, optics=optics, form="relion4")

@@ -6,6 +6,10 @@ flat membranes and gold beads. The sample is projected into a tilt series (defau
 every 3°), imaged through the CTF with dose-limited Poisson noise, and reconstructed by
 weighted back-projection, so the tomogram has a real missing wedge and realistic noise.
 
+:func:`simulate_tomogram_job` runs one stage after the other: the species maps, the slab, the
+particles (the truth table) and the sample potential (:mod:`.slab`), then the imaging of the
+tilt series, the reconstruction and the record of the parameters (here).
+
 Physics (documented in ``docs/simulate_tomograms_tiltseries.md``):
 
 * **Potential**: the sample is the Coulomb potential *relative to ice* ``dV(r)`` in volts.
@@ -33,7 +37,6 @@ Physics (documented in ``docs/simulate_tomograms_tiltseries.md``):
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -47,20 +50,26 @@ import torch
 from ...errors import InputError
 from ..deformation import acquisition_order as _acq_order
 from ..ctf import ctf_2d
-from ..geometry import euler_to_matrix, matrix_to_euler, random_rotations, transform_reference_to_particle
 from ..jobs import Event, Partial, Progress, run_job
 from ..tomography import project_points, project_tilt_series, tilt_angles as _tilt_angles, weighted_back_projection
-from .markers import interaction_constant, render_projected_spheres
+from .common import _check_outputs, _output_folder
+from .imaging import apply_dose_noise, interaction_constant, render_projected_spheres
+from .slab import (
+    ParticleTruth,
+    Slab,
+    place_particles,
+    place_slab,
+    sample_potential,
+    species_maps,
+    species_probabilities,
+)
 
 __all__ = [
-    "ParticleTruth",
     "TomogramSimulation",
     "simulate_tomogram_job",
     "simulate_tomogram",
     "sample_tomogram",
     "write_tomogram_simulation",
-    "apply_dose_noise",
-    "bilayer_profile",
     "OUTPUT_FILES",
     "check_outputs",
 ]
@@ -71,51 +80,12 @@ OUTPUT_FILES = ("tomogram.mrc", "tiltseries.mrc", "tiltseries.tlt", "order.txt",
 
 def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False, write_potential: bool = False) -> None:
     """Raise :class:`InputError` now if writing into ``out_dir`` would fail (before a long run)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
-    if out.is_dir() and not overwrite:
-        names = OUTPUT_FILES + (("potential.mrc",) if write_potential else ())
-        for n in names:
-            if (out / n).exists():
-                raise InputError("a file that does not exist yet (pass overwrite=True to replace it)",
-                                 path=out / n, field="output", got="an existing file")
-
-PROTEIN_DENSITY_DA_PER_A3 = 0.813  # 1.35 g/cm^3
+    _check_outputs(out_dir, OUTPUT_FILES + (("potential.mrc",) if write_potential else ()), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ParticleTruth:
-    """Ground truth of the particles.
-
-    Attributes
-    ----------
-    coordinates_xyz : ``(n, 3)`` float, particle centres in voxels of the tomogram, 0-based
-        (``rlnCoordinateX/Y/Z``: voxel ``[z, y, x]`` has coordinates ``(x, y, z)``)
-    euler_deg : ``(n, 3)`` RELION ``(rot, tilt, psi)`` degrees
-    classes : ``(n,)`` int, 1-based species index into ``class_names``
-    class_names : species names (``class_names[k - 1]`` for class ``k``)
-    radii_voxels : ``(n,)`` bounding-sphere radius of each particle (voxels)
-    """
-
-    coordinates_xyz: np.ndarray
-    euler_deg: np.ndarray
-    classes: np.ndarray
-    class_names: tuple[str, ...]
-    radii_voxels: np.ndarray
-
-    @property
-    def matrices(self) -> np.ndarray:
-        """``(n, 3, 3)`` matrices ``A`` of the Euler angles."""
-        return euler_to_matrix(self.euler_deg)
-
-    def __len__(self) -> int:
-        return int(self.coordinates_xyz.shape[0])
-
-
 @dataclass(frozen=True)
 class TomogramSimulation:
     """A simulated tomogram, its tilt series and the ground truth.
@@ -143,139 +113,239 @@ class TomogramSimulation:
 
 
 # ----------------------------------------------------------------------------------------
-# Building blocks
+# Image formation and reconstruction (the sample itself: :mod:`.slab`)
 # ----------------------------------------------------------------------------------------
-def bilayer_profile(d_nm: torch.Tensor, *, head_v: float = 1.5, tail_v: float = -0.4,
-                    head_distance_nm: float = 4.0) -> torch.Tensor:
-    """Potential of a lipid bilayer relative to ice (V) vs signed distance from its mid-plane (nm).
+@dataclass(frozen=True)
+class _Imaging:
+    """Microscope, dose and potentials of the tilt series (the imaging keywords of :func:`simulate_tomogram_job`).
 
-    Two head-group Gaussians (std 0.6 nm, amplitude ``head_v``) ``head_distance_nm`` apart
-    and a tail trough (std 1.2 nm, amplitude ``tail_v``).
+    Units: Å (voxel), µm (defocus), kV, mm (Cs), Å² (B-factor), e/Å² (total ``dose``; None:
+    noiseless at 100 e/Å²), nm (mean free path; None: no attenuation), V (potentials).
     """
-    h = 0.5 * head_distance_nm
-    return (head_v * (torch.exp(-0.5 * ((d_nm - h) / 0.6) ** 2) + torch.exp(-0.5 * ((d_nm + h) / 0.6) ** 2))
-            + tail_v * torch.exp(-0.5 * (d_nm / 1.2) ** 2))
+
+    voxel_size_angstrom: float
+    ctf: bool
+    defocus_um: float
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
+    bfactor: float
+    dose: float | None
+    noise: str
+    mean_free_path_nm: float | None
+    ice_potential_v: float
+    protein_potential_v: float
+    gold_potential_v: float
+    gold_absorption_v: float
+
+    @property
+    def voxel_nm(self) -> float:
+        return self.voxel_size_angstrom / 10.0
+
+    @property
+    def interaction_constant(self) -> float:
+        """``C`` in rad / (V nm)."""
+        return interaction_constant(self.voltage_kv)
+
+    @property
+    def noise_model(self) -> str:
+        """The noise applied: ``"none"`` at infinite dose (``dose=None``), else ``noise``."""
+        return "none" if self.dose is None else self.noise
+
+    def dose_per_tilt(self, n_tilts: int) -> float:
+        """e/Å² per tilt image: the total dose (100 e/Å² when noiseless) split equally."""
+        return (100.0 if self.dose is None else float(self.dose)) / n_tilts
 
 
-def apply_dose_noise(expected_counts, *, noise: str = "poisson", generator: torch.Generator | None = None):
-    """Shot noise: ``Poisson(expected)`` (or ``"gaussian"``: ``N(expected, expected)``; ``"none"``).
+def _projected_phase(potential: torch.Tensor, angles: np.ndarray, slab: Slab, imaging: _Imaging, *,
+                     device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Phase of each tilt image and the gold beads' absorption.
 
-    ``expected_counts``: tensor of mean electron counts per pixel (any shape, >= 0).
+    Parameters
+    ----------
+    potential : ``(z, y, x)`` float32 sample potential relative to ice (V)
+    angles : ``(n_tilts,)`` tilt angles (degrees)
+    slab : its gold beads are projected analytically (path length through each sphere)
+
+    Returns
+    -------
+    phase : ``(n_tilts, y, x)`` float32 radians, ``C * voxel_nm * P[dV]`` plus the gold's
+    absorption : ``(n_tilts, y, x)`` float32 ``C * voxel_nm * V_abs * t_gold`` (``t_gold`` the path length
+        through the beads in voxels), subtracted from ``log(I / N)``; None without gold
     """
-    e = expected_counts
-    if noise == "none":
-        return e.clone()
-    if noise == "poisson":
-        return torch.poisson(e.cpu(), generator=generator).to(e.device)
-    if noise == "gaussian":
-        n = torch.randn(e.shape, generator=generator, dtype=e.dtype).to(e.device)
-        return e + torch.sqrt(e.clamp(min=0)) * n
-    raise InputError("noise 'poisson', 'gaussian' or 'none'", field="noise", got=noise)
+    nz, ny, nx = potential.shape
+    c_vox = imaging.interaction_constant * imaging.voxel_nm
+    phase = project_tilt_series(potential, angles, device=device).mul_(c_vox)  # in place: (T, y, x), radians
+    if not slab.gold:
+        return phase, None
+    gxyz = np.asarray(slab.gold) - np.array([nx // 2, ny // 2, nz // 2])
+    uv = project_points(gxyz, angles) + np.array([nx // 2, ny // 2])
+    thick = render_projected_spheres(uv, slab.gold_radius, (ny, nx), supersample=3, device=device)
+    phase += (c_vox * (imaging.gold_potential_v - imaging.ice_potential_v)) * thick
+    return phase, (c_vox * imaging.gold_absorption_v) * thick
 
 
-def _mass_radius(vol: np.ndarray, fraction: float = 0.995) -> float:
-    """Radius (voxels, from index N//2) containing ``fraction`` of the positive mass."""
-    v = np.clip(vol, 0, None)
-    tot = v.sum()
-    if tot <= 0:
-        return 1.0
-    c = np.array([n // 2 for n in vol.shape], dtype=np.float64)
-    grids = np.meshgrid(*[np.arange(n) - ci for n, ci in zip(vol.shape, c)], indexing="ij")
-    r = np.sqrt(sum(g * g for g in grids)).ravel()
-    order = np.argsort(r)
-    cum = np.cumsum(v.ravel()[order])
-    k = int(np.searchsorted(cum, fraction * tot))
-    return float(r[order][min(k, r.size - 1)]) + 0.5
+def _log_intensity(phase: torch.Tensor, absorption: torch.Tensor | None, imaging: _Imaging, *,
+                   device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log(I / N)`` of each tilt image: ``2 CTF (x) phi - absorption`` (``-2 phi - absorption`` without CTF).
+
+    Parameters
+    ----------
+    phase, absorption : ``(n_tilts, y, x)`` (:func:`_projected_phase`)
+
+    Returns
+    -------
+    log_i : ``(n_tilts, y, x)`` float32
+    ctf : ``(y, x // 2 + 1)`` the CTF on the rfft grid, or None without CTF
+    """
+    ny, nx = phase.shape[-2:]
+    if imaging.ctf:
+        h = ctf_2d((ny, nx), pixel_size_angstrom=imaging.voxel_size_angstrom, defocus_um=imaging.defocus_um,
+                   voltage_kv=imaging.voltage_kv, cs_mm=imaging.cs_mm, amplitude_contrast=imaging.amplitude_contrast,
+                   bfactor=imaging.bfactor, device=device, dtype=torch.float32)
+        log_i = 2.0 * torch.fft.irfftn(torch.fft.rfftn(phase, dim=(-2, -1)) * h, s=(ny, nx), dim=(-2, -1))
+    else:
+        h = None
+        log_i = -2.0 * phase
+    if absorption is not None:
+        log_i -= absorption
+    return log_i, h
 
 
-def _prepare_species(structures, maps, voxel_size, protein_v, ice_v) -> list[dict]:
-    """Load and scale species maps; returns dicts with name, map (cubic, potential contrast V), radius."""
-    species = []
-    if maps is not None:
-        for name, item in maps.items():
-            if isinstance(item, tuple):
-                arr, vox = item
-            else:
-                arr, vox = item, voxel_size
-            arr = np.asarray(arr, dtype=np.float32)
-            if arr.ndim != 3 or len(set(arr.shape)) != 1:
-                raise InputError("a cubic (z, y, x) map", field=f"maps[{name!r}]", got=f"shape {arr.shape}")
-            if abs(float(vox) - voxel_size) > 1e-3 * voxel_size:
-                from ..fourier import resample_voxel_size
-
-                arr, _ = resample_voxel_size(arr, from_voxel_angstrom=float(vox), to_voxel_angstrom=voxel_size)
-                arr = np.asarray(arr, dtype=np.float32)
-            species.append({"name": str(name), "map": arr, "source": "user map (V relative to ice)"})
-    if structures:
-        from . import structures as S
-
-        for name in structures:
-            info = S.structure_info(name)
-            arr, vox = S.load_structure_map(name, voxel_size_angstrom=voxel_size)
-            mass = float(info.get("mass_da", 0.0))
-            integral = float(arr.sum()) * vox**3
-            if mass <= 0 or integral <= 0:
-                raise InputError("a structure with a mass and a positive map", field="structures", got=name)
-            scale = (protein_v - ice_v) * (mass / PROTEIN_DENSITY_DA_PER_A3) / integral
-            species.append({"name": name, "map": (arr * scale).astype(np.float32),
-                            "source": f"{info.get('pdb_id', '')} ({info.get('package', '')})", "mass_da": mass})
-    if not species:
-        raise InputError("at least one structure name or map", field="structures", got="none")
-    for sp in species:
-        r = _mass_radius(sp["map"])
-        box = 2 * int(math.ceil(r)) + 3
-        m = sp["map"]
-        n = m.shape[0]
-        if box != n:  # centre-pad or crop to a box holding the rotated bounding sphere
-            out = np.zeros((box,) * 3, np.float32)
-            src0 = max(0, n // 2 - box // 2)
-            dst0 = max(0, box // 2 - n // 2)
-            k = min(n - src0, box - dst0)
-            out[dst0:dst0 + k, dst0:dst0 + k, dst0:dst0 + k] = m[src0:src0 + k, src0:src0 + k, src0:src0 + k]
-            m = out
-        # spherical support, so corners never matter after rotation
-        g = np.arange(box) - box // 2
-        rr = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
-        m = m * np.clip(r + 1.0 - rr, 0.0, 1.0).astype(np.float32)
-        sp["map"] = m
-        sp["radius"] = r
-    return species
+def _incident_flux(angles: np.ndarray, slab: Slab, imaging: _Imaging, *, device) -> torch.Tensor:
+    """``(n_tilts,)`` float32 electrons per pixel reaching the detector unscattered: the dose per tilt times
+    the pixel area, attenuated by ``exp(-t / (cos(theta) * mean_free_path))`` through the ice."""
+    n_t = len(angles)
+    cos_t = torch.as_tensor(np.cos(np.radians(angles)), dtype=torch.float64, device=device)
+    flux = torch.full((n_t,), imaging.dose_per_tilt(n_t) * imaging.voxel_size_angstrom**2, dtype=torch.float64,
+                      device=device)
+    if imaging.mean_free_path_nm:
+        flux = flux * torch.exp(-slab.ice_thickness_nm / (cos_t * float(imaging.mean_free_path_nm)))
+    return flux.to(torch.float32)
 
 
-def _placement(rng, *, n, radii_by_class, class_probs, shape_zyx, z_range, obstacles, min_gap, max_tries=4000):
-    """Random sequential addition of non-overlapping spheres; returns centres (k, 3) xyz and classes (k,)."""
-    nz, ny, nx = shape_zyx
-    classes = rng.choice(len(radii_by_class), size=n, p=class_probs)
-    # larger species first: easier packing
-    classes = classes[np.argsort([-radii_by_class[c] for c in classes], kind="stable")]
-    centres = np.zeros((0, 3))
-    radii = np.zeros(0)
-    placed_cls = []
-    for c in classes:
-        r = radii_by_class[c]
-        lo = np.array([r, r, max(z_range[0] + r, r)])
-        hi = np.array([nx - 1 - r, ny - 1 - r, min(z_range[1] - r, nz - 1 - r)])
-        if np.any(hi < lo):
-            continue
-        ok_pt = None
-        for _ in range(max(1, max_tries // 256)):
-            cand = rng.uniform(lo, hi, size=(256, 3))
-            good = np.ones(len(cand), bool)
-            if len(centres):
-                d = np.linalg.norm(cand[:, None, :] - centres[None], axis=-1)
-                good &= np.all(d >= radii[None] + r + min_gap, axis=1)
-            for ob in obstacles:
-                good &= ob(cand, r + min_gap)
-            if good.any():
-                ok_pt = cand[np.argmax(good)]
-                break
-        if ok_pt is None:
-            continue
-        centres = np.vstack([centres, ok_pt])
-        radii = np.append(radii, r)
-        placed_cls.append(c)
-    return centres, np.asarray(placed_cls, dtype=np.int64), radii
+def _image_tilt_series(potential: torch.Tensor, angles: np.ndarray, slab: Slab, imaging: _Imaging, *,
+                       generator: torch.Generator, device="cpu"
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The recorded tilt series: projection, CTF, ice attenuation and shot noise (stage 5).
 
+    Parameters
+    ----------
+    potential : ``(z, y, x)`` float32 sample potential relative to ice (V)
+    angles : ``(n_tilts,)`` degrees, stack order
+    slab : the ice thickness and the gold beads
+    generator : draws the noise
+
+    Returns
+    -------
+    counts : ``(n_tilts, y, x)`` float32 electron counts per pixel, ``noise(N * exp(log_i))``
+    flux : ``(n_tilts,)`` float32 ``N``, electrons per pixel of each image (:func:`_incident_flux`)
+    ctf : ``(y, x // 2 + 1)`` the CTF on the rfft grid, or None without CTF
+    """
+    phase, absorption = _projected_phase(potential, angles, slab, imaging, device=device)
+    log_i, h = _log_intensity(phase, absorption, imaging, device=device)
+    del phase, absorption
+    flux = _incident_flux(angles, slab, imaging, device=log_i.device)
+    expected = torch.exp_(log_i).mul_(flux[:, None, None])  # in place
+    del log_i
+    counts = apply_dose_noise(expected, noise=imaging.noise_model, generator=generator)
+    return counts.to(torch.float32), flux, h
+
+
+def _reconstruct(counts: torch.Tensor, flux: torch.Tensor, angles: np.ndarray, imaging: _Imaging, *,
+                 thickness: int, ctf: torch.Tensor | None = None, filter: str = "ramp", radial_cutoff: float = 0.35,
+                 radial_falloff: float = 0.035, device="cpu") -> torch.Tensor:
+    """The tomogram (stage 6): ``-log(counts / N) / (2 C voxel_nm)``, phase-flipped by ``-sign(ctf)``
+    when ``ctf`` is given, then weighted back-projection.
+
+    Parameters
+    ----------
+    counts : ``(n_tilts, y, x)`` electron counts; flux : ``(n_tilts,)`` ``N`` per pixel
+    angles : ``(n_tilts,)`` degrees
+    thickness : ``z`` size of the tomogram (voxels)
+    ctf : ``(y, x // 2 + 1)`` CTF to phase-flip with, or None
+    filter, radial_cutoff, radial_falloff : WBP filter
+
+    Returns
+    -------
+    torch.Tensor ``(z, y, x)`` float32, volts relative to ice (protein bright)
+    """
+    ny, nx = counts.shape[-2:]
+    p = torch.clamp(counts, min=0.5).div_(flux[:, None, None]).log_().mul_(
+        -1.0 / (2.0 * imaging.interaction_constant * imaging.voxel_nm))
+    if ctf is not None:
+        p = torch.fft.irfftn(torch.fft.rfftn(p, dim=(-2, -1)) * (-torch.sign(ctf)), s=(ny, nx), dim=(-2, -1))
+    return weighted_back_projection(p, angles, thickness=thickness, width=nx, filter=filter,
+                                    radial_cutoff=radial_cutoff, radial_falloff=radial_falloff, device=device)
+
+
+def _params(imaging: _Imaging, *, shape, species, probabilities, truth: ParticleTruth, n_requested: int,
+            min_gap_nm: float, slab: Slab, gold_diameter_nm: float, angles: np.ndarray, acquisition: str,
+            ctf_correction: str, filter: str, radial_cutoff: float, radial_falloff: float, seed, runtime_s: float
+            ) -> dict:
+    """Every parameter and derived quantity of a run (``params.json``, JSON-ready; stage 7)."""
+    n_t = len(angles)
+    dose, ctf = imaging.dose, imaging.ctf
+    return {
+        "shape_zyx": list(shape),
+        "voxel_size_angstrom": float(imaging.voxel_size_angstrom),
+        "structures": [sp.name for sp in species],
+        "species_sources": {sp.name: sp.source for sp in species},
+        "species_radius_voxels": {sp.name: float(sp.radius) for sp in species},
+        "abundances": probabilities.tolist(),
+        "n_particles_requested": int(n_requested),
+        "n_placed": len(truth),
+        "min_gap_nm": float(min_gap_nm),
+        "ice_thickness_nm": float(slab.ice_thickness_nm),
+        "ice_z_range_voxels": [float(z) for z in slab.z_range],
+        "vesicles": [{"center_xyz_voxels": c.tolist(), "radius_voxels": float(r)} for c, r in slab.vesicles],
+        "membranes": [{"point_xyz_voxels": p0.tolist(), "normal_xyz": n.tolist()} for p0, n in slab.membranes],
+        "gold_diameter_nm": float(gold_diameter_nm),
+        "gold_xyz_voxels": [g.tolist() for g in slab.gold],
+        "tilt_angles_deg": angles.tolist(),
+        "acquisition": acquisition,
+        "ctf": bool(ctf),
+        "defocus_um": float(imaging.defocus_um),
+        "voltage_kv": float(imaging.voltage_kv),
+        "cs_mm": float(imaging.cs_mm),
+        "amplitude_contrast": float(imaging.amplitude_contrast),
+        "bfactor": float(imaging.bfactor),
+        "dose_total_e_per_A2": None if dose is None else float(dose),
+        "dose_per_tilt_e_per_A2": None if dose is None else float(imaging.dose_per_tilt(n_t)),
+        "electrons_per_pixel_per_tilt": float(imaging.dose_per_tilt(n_t) * imaging.voxel_size_angstrom**2),
+        "noise": imaging.noise_model,
+        "mean_free_path_nm": imaging.mean_free_path_nm,
+        "ice_potential_v": float(imaging.ice_potential_v),
+        "protein_potential_v": float(imaging.protein_potential_v),
+        "gold_potential_v": float(imaging.gold_potential_v),
+        "gold_absorption_v": float(imaging.gold_absorption_v),
+        "interaction_constant_per_V_nm": imaging.interaction_constant,
+        "image_model": "weak-phase, exponential form: N * exp(2 CTF (x) phi - absorption)" if ctf
+                       else "ideal: N * exp(-2 phi - absorption)",
+        "ctf_correction": ctf_correction if ctf else "none",
+        "filter": filter,
+        "radial_cutoff": float(radial_cutoff),
+        "radial_falloff": float(radial_falloff),
+        "tomogram_units": "volts relative to ice (protein bright)",
+        "seed": seed,
+        "runtime_s": runtime_s,
+    }
+
+
+def _check_settings(shape, *, voxel_size_angstrom, counts, dose, ctf_correction) -> tuple[int, int, int]:
+    """Validate the job's settings (:class:`InputError`); returns ``shape`` as three ints."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 8:
+        raise InputError("a (z, y, x) shape with every size >= 8", field="shape", got=shape)
+    if voxel_size_angstrom <= 0:
+        raise InputError("a voxel size > 0 Å", field="voxel_size_angstrom", got=voxel_size_angstrom)
+    if min(counts) < 0:
+        raise InputError("counts >= 0", field="n_particles / n_vesicles / n_gold / n_membranes", got=counts)
+    if dose is not None and dose <= 0:
+        raise InputError("a total dose > 0 e/Å² (or None for noiseless)", field="dose", got=dose)
+    if ctf_correction not in ("phaseflip", "none"):
+        raise InputError("ctf_correction 'phaseflip' or 'none'", field="ctf_correction", got=ctf_correction)
+    return shape
 
 # ----------------------------------------------------------------------------------------
 # The job
@@ -357,237 +427,51 @@ def simulate_tomogram_job(
     :class:`TomogramSimulation`
     """
     t_start = time.perf_counter()
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 8:
-        raise InputError("a (z, y, x) shape with every size >= 8", field="shape", got=shape)
-    if voxel_size_angstrom <= 0:
-        raise InputError("a voxel size > 0 Å", field="voxel_size_angstrom", got=voxel_size_angstrom)
-    if n_particles < 0 or n_vesicles < 0 or n_gold < 0 or n_membranes < 0:
-        raise InputError("counts >= 0", field="n_particles / n_vesicles / n_gold / n_membranes",
-                         got=(n_particles, n_vesicles, n_gold, n_membranes))
-    if dose is not None and dose <= 0:
-        raise InputError("a total dose > 0 e/Å² (or None for noiseless)", field="dose", got=dose)
-    if ctf_correction not in ("phaseflip", "none"):
-        raise InputError("ctf_correction 'phaseflip' or 'none'", field="ctf_correction", got=ctf_correction)
-    nz, ny, nx = shape
-    vox_nm = voxel_size_angstrom / 10.0
+    shape = _check_settings(shape, voxel_size_angstrom=voxel_size_angstrom, dose=dose, ctf_correction=ctf_correction,
+                            counts=(n_particles, n_vesicles, n_gold, n_membranes))
+    imaging = _Imaging(voxel_size_angstrom=voxel_size_angstrom, ctf=ctf, defocus_um=defocus_um, voltage_kv=voltage_kv,
+                       cs_mm=cs_mm, amplitude_contrast=amplitude_contrast, bfactor=bfactor, dose=dose, noise=noise,
+                       mean_free_path_nm=mean_free_path_nm, ice_potential_v=ice_potential_v,
+                       protein_potential_v=protein_potential_v, gold_potential_v=gold_potential_v,
+                       gold_absorption_v=gold_absorption_v)
     angles = (np.asarray(tilt_angles_deg, dtype=np.float64).reshape(-1) if tilt_angles_deg is not None
               else _tilt_angles(tilt_range_deg[0], tilt_range_deg[1], tilt_step_deg))
-    n_t = angles.size
     order = _acq_order(angles, scheme=acquisition)
     rng = np.random.default_rng(seed)
-    total_steps = 7
-    step = 0
 
-    def progress(msg):
-        nonlocal step
-        step += 1
-        return Progress(step, total_steps, msg)
+    species = species_maps(structures, maps=maps, voxel_size_angstrom=voxel_size_angstrom,
+                           protein_potential_v=protein_potential_v, ice_potential_v=ice_potential_v)
+    probs = species_probabilities(len(species), abundances)
+    yield Progress(1, 6, "species maps ready")
 
-    # ---- species -------------------------------------------------------------------------
-    species = _prepare_species(list(structures or []), maps, voxel_size_angstrom, protein_potential_v,
-                               ice_potential_v)
-    names = tuple(sp["name"] for sp in species)
-    if abundances is None:
-        probs = np.full(len(species), 1.0 / len(species))
-    else:
-        probs = np.asarray(abundances, dtype=np.float64)
-        if probs.shape != (len(species),) or np.any(probs < 0) or probs.sum() <= 0:
-            raise InputError(f"{len(species)} non-negative abundances", field="abundances", got=list(probs))
-        probs = probs / probs.sum()
-    yield progress("species maps ready")
+    slab = place_slab(shape, voxel_size_angstrom=voxel_size_angstrom, rng=rng, ice_thickness_nm=ice_thickness_nm,
+                      n_vesicles=n_vesicles, vesicle_radius_nm=vesicle_radius_nm, n_membranes=n_membranes,
+                      n_gold=n_gold, gold_diameter_nm=gold_diameter_nm)
+    truth = place_particles(species, slab, n=n_particles, shape=shape, rng=rng, probabilities=probs,
+                            min_gap_nm=min_gap_nm, voxel_size_angstrom=voxel_size_angstrom)
+    if len(truth) < n_particles:
+        warnings.warn(f"placed {len(truth)} of {n_particles} particles: the slab is full", stacklevel=2)
+    yield Progress(2, 6, f"placed {len(truth)} particles")
 
-    # ---- geometry of the slab: ice, vesicles, membranes, gold, particles -----------------
-    ice_nm = nz * vox_nm if ice_thickness_nm is None else float(ice_thickness_nm)
-    ice_vox = ice_nm / vox_nm
-    z_lo, z_hi = nz // 2 - ice_vox / 2.0, nz // 2 + ice_vox / 2.0
-    gap = min_gap_nm / vox_nm
-    obstacles = []
-    vesicles = []
-    for _ in range(n_vesicles):
-        rv = rng.uniform(*vesicle_radius_nm) / vox_nm
-        rv = min(rv, max(2.0, (min(z_hi, nz - 1) - max(z_lo, 0)) / 2 - 3.0))
-        for _try in range(100):
-            c = np.array([rng.uniform(rv, nx - 1 - rv), rng.uniform(rv, ny - 1 - rv),
-                          rng.uniform(max(z_lo, 0) + rv, min(z_hi, nz - 1) - rv) if z_hi - z_lo > 2 * rv + 1
-                          else (z_lo + z_hi) / 2])
-            if all(np.linalg.norm(c - v[0]) > rv + v[1] + 3.0 for v in vesicles):
-                vesicles.append((c, rv))
-                break
-    membranes = []
-    for _ in range(n_membranes):
-        phi = rng.uniform(0, math.pi)
-        nrm = np.array([math.cos(phi), math.sin(phi), 0.0])
-        p0 = np.array([rng.uniform(0.2, 0.8) * nx, rng.uniform(0.2, 0.8) * ny, nz / 2])
-        membranes.append((p0, nrm))
-    shell = 4.0 / vox_nm  # half thickness of a bilayer incl. margin (voxels)
-    for c, rv in vesicles:
-        obstacles.append(lambda p, r, c=c, rv=rv: np.abs(np.linalg.norm(p - c, axis=1) - rv) >= r + shell)
-    for p0, nrm in membranes:
-        obstacles.append(lambda p, r, p0=p0, nrm=nrm: np.abs((p - p0) @ nrm) >= r + shell)
-    gold = []
-    rg = gold_diameter_nm / 2.0 / vox_nm
-    for _ in range(n_gold):
-        for _try in range(200):
-            top = rng.random() < 0.5
-            zc = (z_hi - rg - 0.5) if top else (z_lo + rg + 0.5)
-            c = np.array([rng.uniform(rg, nx - 1 - rg), rng.uniform(rg, ny - 1 - rg), zc])
-            if all(np.linalg.norm(c - g) > 2 * rg + 1 for g in gold) and all(ob(c[None], rg)[0] for ob in obstacles):
-                gold.append(c)
-                break
-    for g in gold:
-        obstacles.append(lambda p, r, g=g: np.linalg.norm(p - g, axis=1) >= r + rg + gap)
-    radii_by_class = [sp["radius"] for sp in species]
-    centres, cls, radii = _placement(rng, n=n_particles, radii_by_class=radii_by_class, class_probs=probs,
-                                     shape_zyx=shape, z_range=(z_lo, z_hi), obstacles=obstacles, min_gap=gap)
-    n_placed = len(cls)
-    if n_placed < n_particles:
-        warnings.warn(f"placed {n_placed} of {n_particles} particles: the slab is full", stacklevel=2)
-    mats = random_rotations(n_placed, seed=rng) if n_placed else np.zeros((0, 3, 3))
-    euler = matrix_to_euler(mats) if n_placed else np.zeros((0, 3))
-    mats = euler_to_matrix(euler) if n_placed else mats
-    yield progress(f"placed {n_placed} particles")
+    vol = sample_potential(species, truth, slab, shape=shape, voxel_size_angstrom=voxel_size_angstrom, device=device)
+    yield Progress(3, 6, "sample potential built")
 
-    # ---- the potential volume ------------------------------------------------------------
-    vol = torch.zeros(shape, dtype=torch.float32, device=device)
-    for k, sp in enumerate(species):
-        idx = np.nonzero(cls == k)[0]
-        ref = torch.as_tensor(sp["map"], device=device)
-        b = ref.shape[0]
-        for s0 in range(0, len(idx), 32):
-            sel = idx[s0:s0 + 32]
-            cen = centres[sel]
-            ii = np.floor(cen + 0.5).astype(np.int64)
-            frac = cen - ii
-            refs = ref.expand(len(sel), b, b, b)
-            parts = transform_reference_to_particle(refs, torch.as_tensor(mats[sel], dtype=torch.float32),
-                                                    torch.as_tensor(-frac, dtype=torch.float32))
-            for j in range(len(sel)):
-                lo = ii[j][::-1] - b // 2  # (z, y, x) corner
-                src = [slice(max(0, -lo[a]), b - max(0, lo[a] + b - shape[a])) for a in range(3)]
-                dst = [slice(max(0, lo[a]), min(shape[a], lo[a] + b)) for a in range(3)]
-                vol[dst[0], dst[1], dst[2]] += parts[j][src[0], src[1], src[2]]
-    # membranes: evaluate the bilayer profile in bounding boxes
-    for c, rv in vesicles:
-        r_out = rv + shell + 2
-        lo = np.maximum(np.floor(c - r_out).astype(int), 0)
-        hi = np.minimum(np.ceil(c + r_out).astype(int) + 1, [nx, ny, nz])
-        zz = torch.arange(lo[2], hi[2], device=device, dtype=torch.float32)[:, None, None] - c[2]
-        yy = torch.arange(lo[1], hi[1], device=device, dtype=torch.float32)[None, :, None] - c[1]
-        xx = torch.arange(lo[0], hi[0], device=device, dtype=torch.float32)[None, None, :] - c[0]
-        d = (torch.sqrt(zz * zz + yy * yy + xx * xx) - rv) * vox_nm
-        vol[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] += bilayer_profile(d)
-    if membranes:
-        zz = torch.arange(nz, device=device, dtype=torch.float32)
-        inside_ice = ((zz >= z_lo) & (zz <= z_hi)).float()[:, None, None]
-        yy = torch.arange(ny, device=device, dtype=torch.float32)[:, None]
-        xx = torch.arange(nx, device=device, dtype=torch.float32)[None, :]
-        for p0, nrm in membranes:
-            d = ((xx - p0[0]) * nrm[0] + (yy - p0[1]) * nrm[1]) * vox_nm  # (y, x)
-            vol += inside_ice * bilayer_profile(d)[None]
-    yield progress("sample potential built")
-
-    # ---- projection and image formation -------------------------------------------------
-    proj = project_tilt_series(vol, angles, device=device)  # (T, y, x), V * voxels
-    c_int = interaction_constant(voltage_kv)
-    phase = proj.mul_(c_int * vox_nm)  # in place: float32 (T, y, x), radians
-    del proj
-    absorb = None
-    if gold:
-        gxyz = np.asarray(gold) - np.array([nx // 2, ny // 2, nz // 2])
-        uv = project_points(gxyz, angles) + np.array([nx // 2, ny // 2])
-        thick = render_projected_spheres(uv, rg, (ny, nx), supersample=3, device=device)
-        phase += (c_int * vox_nm * (gold_potential_v - ice_potential_v)) * thick
-        absorb = (c_int * vox_nm * gold_absorption_v) * thick
-        del thick
-    if ctf:
-        h = ctf_2d((ny, nx), pixel_size_angstrom=voxel_size_angstrom, defocus_um=defocus_um, voltage_kv=voltage_kv,
-                   cs_mm=cs_mm, amplitude_contrast=amplitude_contrast, bfactor=bfactor, device=device,
-                   dtype=torch.float32)
-        log_i = 2.0 * torch.fft.irfftn(torch.fft.rfftn(phase, dim=(-2, -1)) * h, s=(ny, nx), dim=(-2, -1))
-    else:
-        h = None
-        log_i = -2.0 * phase
-    del phase
-    if absorb is not None:
-        log_i -= absorb
-        del absorb
-    cos_t = torch.as_tensor(np.cos(np.radians(angles)), dtype=torch.float64, device=log_i.device)
-    dose_per_tilt = (100.0 if dose is None else float(dose)) / n_t  # e/Å²
-    flux = torch.full((n_t,), dose_per_tilt * voxel_size_angstrom**2, dtype=torch.float64, device=log_i.device)
-    if mean_free_path_nm:
-        flux = flux * torch.exp(-ice_nm / (cos_t * float(mean_free_path_nm)))
-    flux = flux.to(torch.float32)
-    expected = torch.exp_(log_i).mul_(flux[:, None, None])  # in place
-    del log_i
     gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(0, 2**62)))
-    counts = apply_dose_noise(expected, noise=("none" if dose is None else noise), generator=gen)
-    del expected
-    tilt_series = counts.to(torch.float32)
-    yield progress("tilt series imaged")
+    tilt_series, flux, h = _image_tilt_series(vol, angles, slab, imaging, generator=gen, device=device)
+    yield Progress(4, 6, "tilt series imaged")
     yield Partial("tilt_series", tilt_series.cpu().numpy())
 
-    # ---- reconstruction -----------------------------------------------------------------
-    p = torch.clamp(counts, min=0.5).div_(flux[:, None, None]).log_().mul_(-1.0 / (2.0 * c_int * vox_nm))
-    del counts
-    if ctf and ctf_correction == "phaseflip":
-        p = torch.fft.irfftn(torch.fft.rfftn(p, dim=(-2, -1)) * (-torch.sign(h)), s=(ny, nx), dim=(-2, -1))
-    tomo = weighted_back_projection(p, angles, thickness=nz, width=nx, filter=filter,
-                                    radial_cutoff=radial_cutoff, radial_falloff=radial_falloff, device=device)
-    yield progress("reconstructed")
+    tomo = _reconstruct(tilt_series, flux, angles, imaging, thickness=shape[0],
+                        ctf=h if ctf_correction == "phaseflip" else None, filter=filter, radial_cutoff=radial_cutoff,
+                        radial_falloff=radial_falloff, device=device)
+    yield Progress(5, 6, "reconstructed")
 
-    truth = ParticleTruth(
-        coordinates_xyz=centres.astype(np.float64).reshape(-1, 3),
-        euler_deg=np.asarray(euler, dtype=np.float64).reshape(-1, 3),
-        classes=(cls + 1).astype(np.int64),
-        class_names=names,
-        radii_voxels=radii.astype(np.float64),
-    )
-    params = {
-        "shape_zyx": list(shape),
-        "voxel_size_angstrom": float(voxel_size_angstrom),
-        "structures": list(names),
-        "species_sources": {sp["name"]: sp.get("source", "") for sp in species},
-        "species_radius_voxels": {sp["name"]: float(sp["radius"]) for sp in species},
-        "abundances": probs.tolist(),
-        "n_particles_requested": int(n_particles),
-        "n_placed": int(n_placed),
-        "min_gap_nm": float(min_gap_nm),
-        "ice_thickness_nm": float(ice_nm),
-        "ice_z_range_voxels": [float(z_lo), float(z_hi)],
-        "vesicles": [{"center_xyz_voxels": c.tolist(), "radius_voxels": float(r)} for c, r in vesicles],
-        "membranes": [{"point_xyz_voxels": p0.tolist(), "normal_xyz": n.tolist()} for p0, n in membranes],
-        "gold_diameter_nm": float(gold_diameter_nm),
-        "gold_xyz_voxels": [g.tolist() for g in gold],
-        "tilt_angles_deg": angles.tolist(),
-        "acquisition": acquisition,
-        "ctf": bool(ctf),
-        "defocus_um": float(defocus_um),
-        "voltage_kv": float(voltage_kv),
-        "cs_mm": float(cs_mm),
-        "amplitude_contrast": float(amplitude_contrast),
-        "bfactor": float(bfactor),
-        "dose_total_e_per_A2": None if dose is None else float(dose),
-        "dose_per_tilt_e_per_A2": None if dose is None else float(dose_per_tilt),
-        "electrons_per_pixel_per_tilt": float(dose_per_tilt * voxel_size_angstrom**2),
-        "noise": "none" if dose is None else noise,
-        "mean_free_path_nm": mean_free_path_nm,
-        "ice_potential_v": float(ice_potential_v),
-        "protein_potential_v": float(protein_potential_v),
-        "gold_potential_v": float(gold_potential_v),
-        "gold_absorption_v": float(gold_absorption_v),
-        "interaction_constant_per_V_nm": c_int,
-        "image_model": "weak-phase, exponential form: N * exp(2 CTF (x) phi - absorption)" if ctf
-                       else "ideal: N * exp(-2 phi - absorption)",
-        "ctf_correction": ctf_correction if ctf else "none",
-        "filter": filter,
-        "radial_cutoff": float(radial_cutoff),
-        "radial_falloff": float(radial_falloff),
-        "tomogram_units": "volts relative to ice (protein bright)",
-        "seed": seed,
-        "runtime_s": time.perf_counter() - t_start,
-    }
-    yield progress("done")
+    params = _params(imaging, shape=shape, species=species, probabilities=probs, truth=truth, n_requested=n_particles,
+                     min_gap_nm=min_gap_nm, slab=slab, gold_diameter_nm=gold_diameter_nm, angles=angles,
+                     acquisition=acquisition, ctf_correction=ctf_correction, filter=filter,
+                     radial_cutoff=radial_cutoff, radial_falloff=radial_falloff, seed=seed,
+                     runtime_s=time.perf_counter() - t_start)
+    yield Progress(6, 6, "done")
     return TomogramSimulation(
         tomogram=tomo.detach().cpu().numpy().astype(np.float32),
         tilt_series=tilt_series.cpu().numpy(),
@@ -632,9 +516,7 @@ def write_tomogram_simulation(result: TomogramSimulation, out_dir: str | os.Path
     from ...io.star_columns import write_particles
     from ...io.tilt import write_acquisition_order, write_tlt
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("a folder for the outputs", path=out, field="out_dir", got="a file")
+    out = _output_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = {"tomogram": out / "tomogram.mrc", "tilt_series": out / "tiltseries.mrc", "tlt": out / "tiltseries.tlt",
              "order": out / "order.txt", "truth": out / "truth.star", "params": out / "params.json"}
