@@ -1,8 +1,8 @@
-"""Small matplotlib plots for dock widgets: a live loss curve and a score histogram with a threshold.
+"""Small matplotlib plots for dock widgets, all on one base (:class:`PlotCanvas`).
 
-Both are Qt widgets (matplotlib's Qt canvas) that only draw what they are given; they are
-reused by every widget that trains something or thresholds scores. Nothing here computes
-more than a histogram of numbers it is handed.
+A live loss curve, a score histogram with a threshold, the FSC curve of half maps, and the
+viewing directions on a Mollweide map. They are Qt widgets (matplotlib's Qt canvas) that only
+draw what they are given; nothing here computes more than a histogram of numbers it is handed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 
-__all__ = ["LossPlot", "ScoreHistogram"]
+__all__ = ["FSCPlot", "LossPlot", "OrientationPlot", "PlotCanvas", "ScoreHistogram"]
 
 
 def _figure(height: float) -> Figure:
@@ -22,11 +22,36 @@ def _figure(height: float) -> Figure:
 
 def _style(ax) -> None:
     for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+        if side in ax.spines:
+            ax.spines[side].set_visible(False)
     ax.tick_params(labelsize=7)
 
 
-class LossPlot(FigureCanvasQTAgg):
+class PlotCanvas(FigureCanvasQTAgg):
+    """A matplotlib canvas for a dock widget: one axes (``self.ax``), small fonts, a minimum height.
+
+    Parameters
+    ----------
+    height : figure height in inches (the width is 3.2)
+    min_height : minimum height of the widget in pixels
+    title : axes title, or None
+    projection : matplotlib projection of the axes (e.g. "mollweide"), or None
+    """
+
+    def __init__(self, *, height: float, min_height: int, title: str | None = None, projection: str | None = None,
+                 parent=None):
+        self.figure = _figure(height)
+        super().__init__(self.figure)
+        if parent is not None:
+            self.setParent(parent)
+        self.ax = self.figure.add_subplot(111, projection=projection)
+        _style(self.ax)
+        if title:
+            self.ax.set_title(title, fontsize=8)
+        self.setMinimumHeight(min_height)
+
+
+class LossPlot(PlotCanvas):
     """A loss curve that grows while a job trains.
 
     ``add(step, loss)`` appends a point; the canvas redraws at most every ``redraw_every``
@@ -35,20 +60,13 @@ class LossPlot(FigureCanvasQTAgg):
     """
 
     def __init__(self, *, title: str = "training loss", redraw_every: int = 5, parent=None):
-        self.figure = _figure(1.6)
-        super().__init__(self.figure)
-        if parent is not None:
-            self.setParent(parent)
-        self.ax = self.figure.add_subplot(111)
-        _style(self.ax)
-        self.ax.set_title(title, fontsize=8)
+        super().__init__(height=1.6, min_height=120, title=title, parent=parent)
         self.ax.set_xlabel("iteration", fontsize=7)
         (self._line,) = self.ax.plot([], [], lw=0.8, color="#1f77b4")
         (self._smooth,) = self.ax.plot([], [], lw=1.4, color="#ff7f0e")
         self.redraw_every = max(1, int(redraw_every))
         self.steps: list[float] = []
         self.losses: list[float] = []
-        self.setMinimumHeight(120)
 
     def clear(self) -> None:
         self.steps.clear()
@@ -81,7 +99,7 @@ class LossPlot(FigureCanvasQTAgg):
         self.draw_idle()
 
 
-class ScoreHistogram(FigureCanvasQTAgg):
+class ScoreHistogram(PlotCanvas):
     """Histogram of scores with a vertical threshold line.
 
     :meth:`set_scores` redraws the bars (scores below the threshold grey, above coloured);
@@ -89,20 +107,13 @@ class ScoreHistogram(FigureCanvasQTAgg):
     """
 
     def __init__(self, *, title: str = "scores", bins: int = 40, parent=None):
-        self.figure = _figure(1.5)
-        super().__init__(self.figure)
-        if parent is not None:
-            self.setParent(parent)
-        self.ax = self.figure.add_subplot(111)
-        _style(self.ax)
-        self.ax.set_title(title, fontsize=8)
+        super().__init__(height=1.5, min_height=110, title=title, parent=parent)
         self.bins = int(bins)
         self._bars = None
         self._edges = np.zeros(0)
         self.threshold = 0.0
         self._line = self.ax.axvline(0.0, color="#d62728", lw=1.2)
         self.counts = np.zeros(0, dtype=int)
-        self.setMinimumHeight(110)
 
     def set_scores(self, scores, *, value_range: tuple[float, float] | None = None) -> None:
         s = np.asarray(scores, dtype=np.float64)
@@ -130,4 +141,47 @@ class ScoreHistogram(FigureCanvasQTAgg):
             for patch, left in zip(self._bars.patches, self._edges[:-1]):
                 patch.set_facecolor("#1f77b4" if left + 0.5 * (self._edges[1] - self._edges[0]) >= self.threshold
                                     else "#bbbbbb")
+        self.draw_idle()
+
+
+class FSCPlot(PlotCanvas):
+    """The FSC curve of two half maps with the 0.143 and 0.5 lines, redrawn on every update."""
+
+    def __init__(self, parent=None):
+        super().__init__(height=1.8, min_height=130, parent=parent)
+        self.report = None
+
+    def show_report(self, report) -> None:
+        """Draw an ``FSCReport`` (curve against 1/Å, resolutions in the title)."""
+        self.report = report
+        ax = self.ax
+        ax.clear()
+        freq = np.asarray(report.curve.frequency) / report.voxel_size_angstrom
+        ax.plot(freq, report.curve.fsc, "-", lw=1.2)
+        ax.axhline(0.143, color="grey", ls="--", lw=0.7)
+        ax.axhline(0.5, color="grey", ls=":", lw=0.7)
+        ax.set_ylim(-0.1, 1.05)
+        ax.set_xlabel("1/Å", fontsize=7)
+        ax.set_title(f"FSC: {report.resolution_0143:.1f} Å (0.143), {report.resolution_05:.1f} Å (0.5)", fontsize=8)
+        _style(ax)
+        self.draw_idle()
+
+
+class OrientationPlot(PlotCanvas):
+    """Viewing directions (``Aᵀ e_z``) on a Mollweide map, coloured by confidence."""
+
+    def __init__(self, parent=None):
+        super().__init__(height=1.9, min_height=140, projection="mollweide", parent=parent)
+        self.n_points = 0
+
+    def show(self, rotations, confidence) -> None:
+        """Draw the viewing directions of ``(n, 3, 3)`` rotations, coloured by ``(n,)`` confidence."""
+        d = np.asarray(rotations)[:, 2, :]  # third row of A = viewing direction in the reference frame
+        lon = np.arctan2(d[:, 1], d[:, 0])
+        lat = np.arcsin(np.clip(d[:, 2], -1, 1))
+        self.ax.clear()
+        self.ax.scatter(lon, lat, c=np.asarray(confidence), s=3, cmap="viridis")
+        self.ax.set_title("viewing directions (colour: confidence)", fontsize=8)
+        self.ax.tick_params(labelsize=6)
+        self.n_points = len(lon)
         self.draw_idle()

@@ -23,43 +23,16 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from .._layer_geometry import layer_array, voxel_size_from
 from ..backend.jobs import Job, Partial
 from ._base import JobWidget, add_or_update_layer, handler
 from ._particles import SCORE, ParticleInputs
+from ._plots import FSCPlot
 
 REFERENCES = ("reference-free", "image layer", "MRC file")
 METHODS = ("exhaustive", "learned", "learned+refine")
-
-
-class FSCPlot(FigureCanvasQTAgg):
-    """The FSC curve of the half maps, redrawn on every update."""
-
-    def __init__(self, parent=None):
-        self.figure = Figure(figsize=(3.2, 1.8), dpi=90, layout="constrained")
-        super().__init__(self.figure)
-        self.ax = self.figure.add_subplot(111)
-        self.ax.tick_params(labelsize=7)
-        self.setMinimumHeight(130)
-        self.report = None
-
-    def show_report(self, report) -> None:
-        self.report = report
-        ax = self.ax
-        ax.clear()
-        freq = np.asarray(report.curve.frequency) / report.voxel_size_angstrom
-        ax.plot(freq, report.curve.fsc, "-", lw=1.2)
-        ax.axhline(0.143, color="grey", ls="--", lw=0.7)
-        ax.axhline(0.5, color="grey", ls=":", lw=0.7)
-        ax.set_ylim(-0.1, 1.05)
-        ax.set_xlabel("1/Å", fontsize=7)
-        ax.set_title(f"FSC: {report.resolution_0143:.1f} Å (0.143), {report.resolution_05:.1f} Å (0.5)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        self.draw_idle()
 
 
 class AlignWidget(ParticleInputs, JobWidget):

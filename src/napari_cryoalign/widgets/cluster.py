@@ -29,8 +29,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from matplotlib.path import Path as MplPath
 from matplotlib.widgets import LassoSelector
 
@@ -38,6 +36,7 @@ from .._layers import class_colors
 from ..backend.jobs import Job, Partial
 from ._base import JobWidget, add_or_update_layer, handler
 from ._particles import SCORE, ParticleInputs
+from ._plots import PlotCanvas
 
 METHODS = ("joint", "classical")
 CLASS = "rlnClassNumber"
@@ -45,7 +44,7 @@ CONFIDENCE = "rlnMaxValueProbDistribution"
 DISCARDED = -1
 
 
-class EmbeddingPlot(FigureCanvasQTAgg):
+class EmbeddingPlot(PlotCanvas):
     """2-D scatter of the particles coloured by class; lasso / click selection; highlighted selection.
 
     ``set_points(xy, classes)`` redraws; ``select(indices)`` highlights (and, unless
@@ -54,13 +53,7 @@ class EmbeddingPlot(FigureCanvasQTAgg):
     """
 
     def __init__(self, *, on_select=None, parent=None):
-        self.figure = Figure(figsize=(3.2, 2.6), dpi=90, layout="constrained")
-        super().__init__(self.figure)
-        if parent is not None:
-            self.setParent(parent)
-        self.ax = self.figure.add_subplot(111)
-        self.ax.tick_params(labelsize=7)
-        self.ax.set_title("embedding (drag: lasso, click: pick)", fontsize=8)
+        super().__init__(height=2.6, min_height=180, title="embedding (drag: lasso, click: pick)", parent=parent)
         self.on_select = on_select
         self.xy = np.zeros((0, 2))
         self.classes = np.zeros(0, dtype=int)
@@ -68,7 +61,6 @@ class EmbeddingPlot(FigureCanvasQTAgg):
         self._scatter = None
         self._highlight = self.ax.scatter([], [], s=70, facecolors="none", edgecolors="#d62728", linewidths=1.4)
         self.lasso = LassoSelector(self.ax, self._lasso_done)
-        self.setMinimumHeight(180)
 
     def set_points(self, xy, classes) -> None:
         self.xy = np.asarray(xy, dtype=float).reshape(-1, 2)

@@ -26,38 +26,13 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 
 from ..backend.jobs import Job, Partial
 from .._layer_geometry import layer_path, plugin_metadata
 from ._base import JobWidget, add_or_update_layer, handler
-from ._plots import LossPlot, ScoreHistogram
-from .align import FSCPlot
+from ._plots import FSCPlot, LossPlot, OrientationPlot, ScoreHistogram
 
 MODES = ("train on these particles", "model file")
-
-
-class OrientationPlot(FigureCanvasQTAgg):
-    """Viewing directions (``Aᵀ e_z``) on a Mollweide map, coloured by confidence."""
-
-    def __init__(self, parent=None):
-        self.figure = Figure(figsize=(3.2, 1.9), dpi=90, layout="constrained")
-        super().__init__(self.figure)
-        self.ax = self.figure.add_subplot(111, projection="mollweide")
-        self.setMinimumHeight(140)
-        self.n_points = 0
-
-    def show(self, rotations, confidence) -> None:
-        d = np.asarray(rotations)[:, 2, :]  # third row of A = viewing direction in the reference frame
-        lon = np.arctan2(d[:, 1], d[:, 0])
-        lat = np.arcsin(np.clip(d[:, 2], -1, 1))
-        self.ax.clear()
-        self.ax.scatter(lon, lat, c=np.asarray(confidence), s=3, cmap="viridis")
-        self.ax.set_title("viewing directions (colour: confidence)", fontsize=8)
-        self.ax.tick_params(labelsize=6)
-        self.n_points = len(lon)
-        self.draw_idle()
 
 
 class PoseWidget(JobWidget):
