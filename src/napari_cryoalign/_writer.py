@@ -29,7 +29,7 @@ _COORD_COLUMNS = {
     "rlnCenteredCoordinateZAngst",
 }
 
-# columns that io.star.write_particles writes itself (from its arguments or the optics block)
+# columns that io.write_particles writes itself (from its arguments or the optics block)
 _WRITTEN_BY_WRITER = {"rlnTomoName", "rlnOpticsGroup"}
 
 

@@ -15,7 +15,7 @@ Geometry (see ``shared/CONVENTIONS.md`` and ``docs/simulate_tomograms_tiltseries
   right-handed rotation about +y and projected along z, i.e. SparseAlign's
   ``rho = z sin(a) + x cos(a)``; the tilt image at ``theta`` measures the central Fourier
   plane through ``ky`` and ``(kx, kz) = (cos theta, sin theta)``, as
-  :func:`napari_cryoalign.backend.fourier.missing_wedge_mask` assumes.
+  :func:`napari_cryoalign.backend.wedge.missing_wedge_mask` assumes.
 
 Implementation
 --------------

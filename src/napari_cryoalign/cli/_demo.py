@@ -112,12 +112,14 @@ def _step_subtomograms(out: Path, seed: int, device: str, quiet: bool, ctx: dict
 
 
 def _step_tiltseries(out: Path, seed: int, device: str, quiet: bool, ctx: dict) -> dict:
+    from ..backend.jobs import run_job
     from ..backend.simulate.markers import (
-        simulate_marker_tiltseries,
+        simulate_marker_tiltseries_job,
         write_marker_tiltseries,
     )
 
-    ts = simulate_marker_tiltseries(preset="paper3d", seed=seed, device=device)
+    ts = run_job(simulate_marker_tiltseries_job(preset="paper3d", seed=seed, device=device), progress=not quiet,
+                 description="simulate tilt series")
     files = write_marker_tiltseries(ts, out / "tiltseries")
     ctx["tiltseries"] = ts
     n_tilts, ny, nx = ts.tilt_series.shape

@@ -414,7 +414,7 @@ def align_exhaustive(particles, reference, **kwargs) -> AlignmentResult:
     reference : ``(N, N, N)``
     particle_masks : Fourier masks of the particles, fftshift-ed (DC at ``N // 2``), ``(N, N, N)``
         shared or ``(n, N, N, N)``; None = fully observed. Use
-        ``simulate.subtomograms.observed_fourier_mask(..., rfft=False)`` fftshift-ed, or
+        ``wedge.particle_fourier_mask(box, tilt_range_deg=...)`` (fftshift-ed), or
         ``SubtomogramSet.mask``, for a ±60° tilt range.
     reference_mask : Fourier mask of the reference (rotated with it); None = fully observed
         (a wedge-compensated average)

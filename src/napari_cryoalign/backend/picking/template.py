@@ -4,7 +4,7 @@ For every rotation ``A`` of a grid (:func:`~napari_cryoalign.backend.geometry.ro
 the reference is turned into what a particle with those Euler angles looks like in the
 tomogram - rotated by ``A`` (:func:`~napari_cryoalign.backend.geometry.rotate_volume`,
 batched), multiplied in Fourier space by the missing wedge of the tomogram
-(:func:`~napari_cryoalign.backend.fourier.missing_wedge_mask`, tilt axis y) and optionally by
+(:func:`~napari_cryoalign.backend.wedge.missing_wedge_mask`, tilt axis y) and optionally by
 ``|CTF|`` (a phase-flipped tomogram) and a low-pass, then masked by a sphere and normalised to
 zero mean and unit variance under the mask. Its cross-correlation with the tomogram
 (``torch.fft.rfftn``) divided by the local standard deviation of the tomogram under the same

@@ -290,7 +290,7 @@ def simulate_subtomograms(structures: Sequence[str] | str, **kwargs) -> Subtomog
     max_shift_voxels : particle centres are displaced uniformly in ``[-m, m]`` per axis
     defocus_um : defocus in µm (positive = underfocus), a (min, max) range drawn uniformly
         per particle, or None for no CTF
-    voltage_kv, cs_mm, amplitude_contrast, bfactor : CTF parameters (:func:`~..fourier.ctf_2d`)
+    voltage_kv, cs_mm, amplitude_contrast, bfactor : CTF parameters (:func:`~..ctf.ctf_2d`)
     invert_contrast : multiply the CTF-filtered signal by -1 so that protein is bright (default);
         without a CTF (``defocus_um=None``) the potential is used as it is (protein bright)
     noise_ctf_fraction : fraction of the noise variance that also passes the CTF (0.5)
