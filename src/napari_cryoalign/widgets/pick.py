@@ -40,7 +40,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import QTimer
 
-from .._layer_geometry import TomogramGeometry, layer_path, layer_voxel_size, tomogram_geometry
+from .._layer_geometry import TomogramGeometry, layer_path, layer_voxel_size, tomogram_geometry, tomogram_name
 from ..backend.jobs import Job, Partial, as_job
 from ..backend.picking.session import PICKER_SCORE_FLOOR, PickOutcome
 from ..backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
@@ -244,7 +244,7 @@ class PickWidget(PickFileActions, JobWidget):
         if self.star_file.value is None or str(self.star_file.value) in (".", ""):
             p = layer_path(layer)
             if p is not None:
-                self.star_file.value = p.with_name(f"{tomogram_geometry(layer).name}_picks.star")
+                self.star_file.value = p.with_name(f"{tomogram_name(layer)}_picks.star")
 
     def _marker_size(self) -> float:
         return max(3.0, float(self.diameter.value) / self.voxel_size)
@@ -253,10 +253,10 @@ class PickWidget(PickFileActions, JobWidget):
         if self.tomogram_layer is None:
             self.diameter_info.value = ""
             return
-        d = float(self.diameter.value) / self.voxel_size
-        self.diameter_info.value = f"= {d:.1f} voxels of {self.voxel_size:g} Å"
-        self.labels.set_marker_size(max(3.0, d))
-        self.candidates.set_marker_size(max(3.0, d))
+        vs = self.voxel_size
+        self.diameter_info.value = f"= {float(self.diameter.value) / vs:.1f} voxels of {vs:g} Å"
+        self.labels.set_marker_size(self._marker_size())
+        self.candidates.set_marker_size(self._marker_size())
 
     # ------------------------------------------------------------------ labels
     @property
