@@ -10,14 +10,19 @@ from napari_cryoalign.io import write_tlt
 from napari_cryoalign.widgets.markers import MAGNITUDE, POINTS, RESIDUAL, VECTORS, MarkersWidget
 
 
-@pytest.fixture
-def setup(make_napari_viewer, tmp_path):
+def _small_tiltseries():
+    """4 beads of 15 nm, 21 tilts of 32² px, a known degree-1 deformation, no noise."""
     model = PolynomialDeformation.from_terms({"z": {"1": 60.0, "x": -40.0, "y": 25.0}}, degree=1, variables="xy",
                                              length_scale_nm=409.6)
-    ts = simulate_marker_tiltseries(geometry="3d", n_markers=4, bead_diameter_nm=15.0,
-                                    field_of_view_nm=(409.6, 409.6), thickness_nm=80.0, detector_shape=(32, 32),
-                                    tilt_range_deg=(-60, 60), n_tilts=21, endpoint=True, deformation=model,
-                                    profile="gaussian", profile_sigma_nm=15.0, noise="none", seed=3)
+    return simulate_marker_tiltseries(geometry="3d", n_markers=4, bead_diameter_nm=15.0,
+                                      field_of_view_nm=(409.6, 409.6), thickness_nm=80.0, detector_shape=(32, 32),
+                                      tilt_range_deg=(-60, 60), n_tilts=21, endpoint=True, deformation=model,
+                                      profile="gaussian", profile_sigma_nm=15.0, noise="none", seed=3)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tmp_path):
+    ts = _small_tiltseries()
     viewer = make_napari_viewer()
     for ld in _layers.marker_tiltseries_layers(ts, name="ts"):
         viewer._add_layer_from_data(*ld)
@@ -99,12 +104,7 @@ def test_tilt_series_file_opened_with_the_reader(make_napari_viewer, qtbot, tmp_
 
     from napari_cryoalign.backend.simulate.markers import write_marker_tiltseries
 
-    model = PolynomialDeformation.from_terms({"z": {"1": 60.0, "x": -40.0, "y": 25.0}}, degree=1, variables="xy",
-                                             length_scale_nm=409.6)
-    ts = simulate_marker_tiltseries(geometry="3d", n_markers=4, bead_diameter_nm=15.0,
-                                    field_of_view_nm=(409.6, 409.6), thickness_nm=80.0, detector_shape=(32, 32),
-                                    tilt_range_deg=(-60, 60), n_tilts=21, endpoint=True, deformation=model,
-                                    profile="gaussian", profile_sigma_nm=15.0, noise="none", seed=3)
+    ts = _small_tiltseries()
     files = write_marker_tiltseries(ts, tmp_path / "ts", write_ideal=False)
     viewer = make_napari_viewer()
     layer, = open_files(viewer, files["tilt_series"])
