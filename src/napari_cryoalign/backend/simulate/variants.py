@@ -162,8 +162,8 @@ def _soft(mask: np.ndarray, soft_edge: float) -> np.ndarray:
 # Domains
 # ----------------------------------------------------------------------------------------
 def _edges(mask: np.ndarray, dens: np.ndarray):
-    """6-neighbour edges inside ``mask``: node index of each voxel, edge endpoints (i, j) and weights
-    ``min(d_i, d_j)²`` (the density the cut has to go through)."""
+    """6-neighbour edges inside ``mask`` (nodes numbered in C order of the mask's voxels): endpoints
+    ``i, j`` and weights ``min(d_i, d_j)²`` (the density a cut has to go through)."""
     node = -np.ones(mask.shape, np.int64)
     node[mask] = np.arange(int(mask.sum()))
     d = np.clip(dens, 0.0, None)
@@ -178,14 +178,14 @@ def _edges(mask: np.ndarray, dens: np.ndarray):
         jj.append(nb[ok])
         ww.append(np.minimum(d[tuple(a)][ok], d[tuple(b)][ok]) ** 2)
     w = np.concatenate(ww)
-    return node, np.concatenate(ii), np.concatenate(jj), w + 1e-12 * max(float(w.max(initial=0.0)), 1e-30)
+    return np.concatenate(ii), np.concatenate(jj), w + 1e-12 * max(float(w.max(initial=0.0)), 1e-30)
 
 
 def _fiedler_cut(dens: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Split the voxels of ``mask`` in two: a normalised cut along the Fiedler vector of the
     density-weighted voxel graph (the sweep cut with the lowest normalised cut). Returns a bool
     array, True on one side."""
-    node, i, j, w = _edges(mask, dens)
+    i, j, w = _edges(mask, dens)
     n = int(mask.sum())
     deg = np.bincount(i, weights=w, minlength=n) + np.bincount(j, weights=w, minlength=n)
     deg = np.maximum(deg, 1e-30)
@@ -298,7 +298,7 @@ def split_domains(volume, *, n: int = 2, threshold: float | None = None, seed: i
         return inside.astype(np.int32)
     rng = np.random.default_rng(seed)
     rg = _radius_of_gyration(v, inside)
-    step = max(1, int(math.ceil(rg / _COARSE_RG_VOXELS)))
+    step = max(1, math.ceil(rg / _COARSE_RG_VOXELS))
     s = ndi.gaussian_filter(v, smooth * rg, mode="constant") if smooth > 0 else v
     sc = s[::step, ::step, ::step]
     graph = sc > (thr / v.max()) * sc.max()
@@ -428,7 +428,8 @@ def second_conformation(volume, *, angle_deg: float = 10.0, axis="hinge", moving
         the domain opens or closes like a clamshell), ``"ratchet"`` (along the centroid line: the
         domain turns on the interface, like the ribosome's small subunit) or an ``(x, y, z)``
         vector. The sign of the axis is chosen so that its largest component is positive.
-    moving : label of the domain that moves; None: the least massive one
+    moving : label of the domain that moves; None: the highest label (with :func:`split_domains`'
+        labels, the least massive domain)
     labels : int ``(z, y, x)`` domains; None: ``split_domains(volume, n=2, threshold=threshold,
         seed=seed)``. With more than two domains, all but ``moving`` stay fixed.
     threshold, seed : passed to :func:`split_domains` when ``labels`` is None
@@ -620,7 +621,7 @@ def lookalike_species(voxel_size_angstrom: float, *, target: str = "ribosome", n
     info = structure_info(target)
     full, vox = load_structure_map(target, voxel_size_angstrom=voxel_size_angstrom)
     box = full.shape[0]
-    pad = 2 + int(math.ceil(0.5 * box * abs(math.sin(math.radians(min(abs(angle_deg), 90.0))))))
+    pad = 2 + math.ceil(0.5 * box * abs(math.sin(math.radians(min(abs(angle_deg), 90.0)))))
     full = np.asarray(pad_or_crop(full, (box + 2 * pad,) * 3), dtype=np.float64)
     integral = float(full.sum()) * vox**3
     full *= (protein_potential_v - ice_potential_v) * (float(info["mass_da"]) / PROTEIN_DENSITY_DA_PER_A3) / integral
