@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 #: default density threshold of the domain split, as a fraction of the map's maximum: for the
-#: packaged 25 Å maps this level encloses about 95 % of the mass at 10 and 20 Å voxels
+#: packaged 25 Å maps this level encloses 95-97 % of the mass (ribosome at 20 and 10 Å voxels)
 DEFAULT_THRESHOLD_FRACTION = 0.1
 
 #: the kinds of :meth:`LookalikeSet.mismatched_template` (``"lowpass40"`` stands for ``"lowpass<Å>"``)
