@@ -74,17 +74,51 @@ SCENARIOS = {
     "clean": {"dose": 100.0},
     "cellular": {"dose": 60.0, "n_vesicles": 6, "vesicle_radius_nm": (15.0, 40.0), "n_membranes": 2, "n_gold": 16,
                  "gold_diameter_nm": 10.0},
+    "lookalike": {"dose": 100.0},
 }
+#: "lookalike": what makes picking hard on real data (issue 17). The targets are heterogeneous ribosomes
+#: (backend.simulate.variants.lookalike_species): the full map, a second conformation (the smaller domain
+#: turned by LOOKALIKE_ANGLE degrees) and three copies each missing 15 % of the density in a different
+#: place; the look-alikes are the large domain alone (a sub-complex, NCC 0.77 with the target at 40 Å)
+#: and two other species of similar size (CCT, mTOR).
+LOOKALIKE_ANGLE = 20.0
+LOOKALIKE_ABUNDANCE = {"ribosome": 0.1, "ribosome_conf2": 0.1, "ribosome_partial1": 0.2 / 3,
+                       "ribosome_partial2": 0.2 / 3, "ribosome_partial3": 0.2 / 3, "ribosome_subcomplex": 0.2,
+                       "cct": 0.2, "mtor": 0.2}
+
+
+def lookalikes():
+    """The look-alike scenario's maps (:class:`~napari_cryoalign.backend.simulate.variants.LookalikeSet`)."""
+    from napari_cryoalign.backend.simulate.variants import lookalike_species
+
+    return lookalike_species(VOXEL, angle_deg=LOOKALIKE_ANGLE, n_partial=3, seed=0)
+
+
+def species(scenario: str) -> dict:
+    """What a scenario's tomograms hold: ``structures``, ``maps``, ``abundances`` and the target species' names."""
+    if scenario != "lookalike":
+        return {"structures": SPECIES, "maps": None, "abundances": ABUNDANCE, "targets": ("ribosome",)}
+    lset = lookalikes()
+    names = list(lset.maps) + ["cct", "mtor"]  # the simulator lists maps before structures
+    return {"structures": ("cct", "mtor"), "maps": lset.maps, "abundances": [LOOKALIKE_ABUNDANCE[n] for n in names],
+            "targets": tuple(lset.target_names)}
 
 
 def simulate(seed: int, scenario: str = "clean"):
     from napari_cryoalign.backend.simulate.tomogram import simulate_tomogram
 
+    sp = species(scenario)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return simulate_tomogram(shape=SHAPE, voxel_size_angstrom=VOXEL, structures=SPECIES, abundances=ABUNDANCE,
-                                 n_particles=320, defocus_um=3.0, seed=seed, keep_potential=False,
-                                 **SCENARIOS[scenario])
+        return simulate_tomogram(shape=SHAPE, voxel_size_angstrom=VOXEL, structures=sp["structures"],
+                                 maps=sp["maps"], abundances=sp["abundances"], n_particles=320, defocus_um=3.0,
+                                 seed=seed, keep_potential=False, **SCENARIOS[scenario])
+
+
+def is_target(sim, scenario: str) -> np.ndarray:
+    """``(n,)`` bool: which particles of ``sim``'s truth are the scenario's target."""
+    names = np.asarray(sim.truth.class_names, dtype=object)[np.asarray(sim.truth.classes) - 1]
+    return np.isin(names, species(scenario)["targets"])
 
 
 def evaluate(picks_xyz, scores, truth_xyz, radius, threshold=None):
@@ -203,8 +237,8 @@ def main() -> int:
     t_all = time.perf_counter()
     train_sim = simulate(11, args.scenario)
     tests = [simulate(s, args.scenario) for s in test_seeds]
-    target = lambda s: s.truth.coordinates_xyz[s.truth.classes == 1]  # noqa: E731
-    radius = float(train_sim.truth.radii_voxels[train_sim.truth.classes == 1][0])
+    target = lambda s: s.truth.coordinates_xyz[is_target(s, args.scenario)]  # noqa: E731
+    radius = float(np.max(train_sim.truth.radii_voxels[is_target(train_sim, args.scenario)]))
     diameter = 2 * radius * VOXEL
     print(f"simulated {1 + len(tests)} tomograms {SHAPE}; target ribosome radius {radius:.2f} voxels; "
           f"train tomogram has {len(target(train_sim))} ribosomes of {len(train_sim.truth)} particles", flush=True)
@@ -218,7 +252,9 @@ def main() -> int:
         + (" --skip-template" if args.skip_template else "") + (" --skip-inference" if args.skip_inference else "")
         + (f" --negatives {args.negatives}" if args.negatives else "")
         + (f" --scenario {args.scenario}" if args.scenario != "clean" else ""),
-        "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE, "voxel_size": VOXEL, "species": SPECIES, "abundance": ABUNDANCE, "n_particles": 320,
+        "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE, "voxel_size": VOXEL, "species": species(args.scenario)["structures"] if args.scenario != "lookalike" else LOOKALIKE_ABUNDANCE,
+        "abundance": ABUNDANCE if args.scenario != "lookalike" else list(LOOKALIKE_ABUNDANCE.values()),
+        "targets": species(args.scenario)["targets"], "n_particles": 320,
         "train_seed": 11, "test_seeds": test_seeds, "match_radius_voxels": radius, "diameter_angstrom": diameter,
         "threshold": THRESHOLD, "class_prior": DEFAULT_CLASS_PRIOR, "iterations": iterations,
         "template_lowpass_angstrom": TM_LOWPASS, "torch": torch.__version__, "threads": torch.get_num_threads(),
