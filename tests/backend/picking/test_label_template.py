@@ -175,3 +175,31 @@ def test_cancel_closes_the_job(planted):
     job.close()  # what the widget's Cancel does: no error, nothing left running
     with pytest.raises(StopIteration):
         next(job)
+
+
+def test_session_job_averages_then_matches(planted):
+    """What the widget runs: the template from the labels (a Partial), then template matching with it."""
+    from napari_cryoalign.backend.jobs import Partial
+    from napari_cryoalign.backend.picking.session import label_template_candidates_job
+
+    vol, _, labels, pos = planted
+    job = label_template_candidates_job(vol, labels[:6], voxel_size=VOXEL, diameter_angstrom=DIAMETER,
+                                        template_options={"iterations": 1}, angular_step_deg=90.0)
+    names = []
+    while True:
+        try:
+            ev = next(job)
+        except StopIteration as stop:
+            outcome = stop.value
+            break
+        if isinstance(ev, Partial):
+            names.append(ev.name)
+            if ev.name == "label_template":
+                lt = ev.value
+        elif ev.message:
+            assert ev.message.startswith(("label template: ", "template matching: ")), ev.message
+    assert names[0] == "label_template" and lt.n_used == 6 and lt.iterations == 1
+    assert outcome.method == "template" and outcome.score_map.shape == vol.shape
+    best = outcome.picks.coordinates_xyz[:8]
+    d = np.linalg.norm(best[:, None] - pos[None], axis=2)
+    assert (d.min(1) <= 2.0).all() and len(set(d.argmin(1))) == 8, d.min(1)
