@@ -496,16 +496,19 @@ class PickWidget(PickFileActions, JobWidget):
     def _show_label_template(self, template) -> None:
         """Keep the template averaged from the labels and show it as ``"<tomogram> label template"``
         (at the tomogram's origin, on its voxel grid)."""
+        from napari.utils.notifications import show_info
+
         from ._base import add_or_update_layer
 
         self.label_template = template
+        show_info(f"{self.job_name}: label template: {template.describe()}")
         tomo = self._job_layer
-        self.status.setText(f"label template: {template.describe()}; template matching ...")
         if tomo is None:
             return
         add_or_update_layer(self.viewer, (template.map, {
             "name": f"{tomo.name} label template", "scale": tuple(tomo.scale), "translate": tuple(tomo.translate),
-            "colormap": "gray", "metadata": {"napari_cryoalign": {"role": "label template", "tomogram": tomo.name}},
+            "colormap": "gray", "metadata": {"napari_cryoalign": {"role": "label template", "tomogram": tomo.name,
+                                                                  "made": template.describe()}},
         }, "image"))
         if self.template_file.value is None or str(self.template_file.value) in (".", ""):
             p = layer_path(tomo)
