@@ -46,12 +46,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ...errors import InputError
 from ..align.average import FSCReport, iterative_average_job, wedge_compensated_average
 from ..align.exhaustive import align_exhaustive_job
-from ..align.extract import Skipped, check_box_size, extract_subtomograms
+from ..align.extract import check_box_size, extract_subtomograms
 from ..align.types import AlignmentResult
 from ..fourier import lowpass, sphere_mask
 from ..geometry import shift_volume
