@@ -138,3 +138,50 @@ def test_bad_inputs(data, tmp_path):
         _run(["pick", "predict", "--tomogram", str(d / "tomo.mrc"), "--model", str(tmp_path / "foreign.pt"),
               "--out", str(tmp_path / "p.star")])
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "p.star").exists()
+
+
+def test_template_from_labels(data, tmp_path, capsys):
+    """``pick template --template-from-labels``: no map, the template averaged from 6 labels finds all 8 copies."""
+    d, pos = data
+    write_particles(tmp_path / "six.star", coordinates_xyz=pos[:6].astype(float) + 0.7, tomo_name="tomo")
+    base = ["pick", "template", "--tomogram", str(d / "tomo.mrc"), "--angular-step", "60"]
+    labels = ["--template-from-labels", str(tmp_path / "six.star"), "--diameter", "80"]
+    assert _run(base + labels + ["--out", str(tmp_path / "tm.star"), "--max-picks", "8",
+                                 "--template-out", str(tmp_path / "template.mrc")]) == 0
+    out = capsys.readouterr().out
+    assert "aligned average of 6 labels" in out and "box 16 voxels" in out and "FSC 0.143" in out
+    tm = read_particles(tmp_path / "tm.star", require=("coordinates3d", "angles", "scores"))
+    txyz = tm.data[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()
+    dist = np.linalg.norm(txyz[:, None] - pos[None], axis=2)
+    # the 8 best picks are the 8 planted copies (the 2 unlabelled ones too), each found once
+    assert len(txyz) == 8 and (dist.min(1) <= 2.0).all() and len(set(dist.argmin(1))) == 8
+    tmpl = read_mrc(tmp_path / "template.mrc")
+    assert tmpl.data.shape == (16, 16, 16) and tmpl.voxel_size[0] == pytest.approx(VOXEL)
+    assert float(tmpl.data.std()) > 0 and np.isfinite(tmpl.data).all()
+    # 4 labels: a rotational average, still the planted copies first
+    assert _run(base + ["--template-from-labels", str(d / "labels.star"), "--diameter", "80",
+                        "--out", str(tmp_path / "tm4.star"), "--max-picks", "4"]) == 0
+    assert "rotational average of 4 labels" in capsys.readouterr().out
+    t4 = read_particles(tmp_path / "tm4.star").data[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]]
+    assert (np.linalg.norm(t4.to_numpy()[:, None] - pos[None], axis=2).min(1) <= 2.0).all()
+
+    # --template-out respects --overwrite (checked before anything runs or is written) and never replaces an input
+    with pytest.raises(InputError, match="template.mrc.*output|output.*template.mrc"):
+        _run(base + labels + ["--out", str(tmp_path / "new.star"), "--template-out", str(tmp_path / "template.mrc")])
+    assert not (tmp_path / "new.star").exists()
+    with pytest.raises(InputError, match="input"):
+        _run(base + labels + ["--out", str(tmp_path / "new.star"), "--template-out", str(tmp_path / "six.star"),
+                              "--overwrite"])
+    # the flags: one template source, a diameter with labels, the label options only with labels
+    with pytest.raises(SystemExit):
+        _run(base + labels + ["--template", str(d / "ref.mrc"), "--out", str(tmp_path / "x.star")])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run(base + ["--out", str(tmp_path / "x.star")])
+    assert "one of the arguments --template --template-from-labels is required" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--diameter"):
+        _run(base + ["--template-from-labels", str(tmp_path / "six.star"), "--out", str(tmp_path / "x.star")])
+    with pytest.raises(InputError, match="--template-out only with --template-from-labels"):
+        _run(base + ["--template", str(d / "ref.mrc"), "--out", str(tmp_path / "x.star"),
+                     "--template-out", str(tmp_path / "t.mrc")])
+    assert not (tmp_path / "x.star").exists() and not (tmp_path / "t.mrc").exists()

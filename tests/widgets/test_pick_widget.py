@@ -22,7 +22,7 @@ from napari_cryoalign.widgets._pick_state import (
     PickSet,
     labels_path_for,
 )
-from napari_cryoalign.widgets.pick import TEMPLATE, PickWidget
+from napari_cryoalign.widgets.pick import LABEL_AVERAGE, TEMPLATE, PickWidget
 
 VOXEL = 10.0
 
@@ -334,6 +334,61 @@ def test_template_matching_finds_a_planted_particle(opened, qtbot, sim, tmp_path
     table = read_particles(w.export_picks())
     assert "rlnAngleRot" in table.data and len(table) == len(w.shown_indices())
     np.testing.assert_allclose(coordinates_xyz(table)[0], [x, y, z], atol=1.0)
+
+
+def test_template_from_the_labels(make_napari_viewer, qtbot, tmp_path):
+    """Reference "average of the labels": the template is averaged from 5 labels in the job, shown, saved, and
+    finds the 6 planted ribosomes (the sixth unlabelled) as the best-scoring picks."""
+    from conftest import write_planted
+
+    from napari_cryoalign.io import read_mrc
+
+    files = write_planted(tmp_path / "data", per_class=6, box=24, voxel=20.0)  # ribosome: 16 voxels across
+    viewer = make_napari_viewer(show=True)
+    _open(viewer, files.tomogram)
+    w = PickWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    tomo = w.tomogram.value
+    w.method.value = TEMPLATE
+    assert LABEL_AVERAGE in w.reference.choices and w.reference.value is None
+    assert w.labels_info.native.isHidden() and w.template_file.native.isHidden()
+    w.reference.value = LABEL_AVERAGE
+    assert not w.labels_info.native.isHidden() and not w.save_template_button.native.isHidden()
+    w.diameter.value = 320.0
+    w.angular_step.value = 60.0
+    # no labels yet: a message, nothing runs
+    assert w.run() is None and "labelled particles" in w.status.text() and not w.runner.running
+    truth = files.zyx[:, ::-1].astype(float)
+    w.add_labels(truth[:5] + np.random.default_rng(0).uniform(-1.5, 1.5, (5, 3)))
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=180_000)
+    assert w.runner.state.history[-1] == "finished", w.status.text()
+    name = f"{tomo} label template"
+    assert name in viewer.layers and viewer.layers[name].data.shape == (24, 24, 24)
+    lt = w.label_template
+    assert lt.method == "aligned average" and lt.n_used == 5 and lt.voxel_size == pytest.approx(20.0)
+    # the best picks are the planted particles, the unlabelled one too
+    best = w.picks.coordinates_xyz[np.argsort(-w.picks.scores)[:6]]
+    d = np.linalg.norm(best[:, None] - truth[None], axis=2)
+    assert (d.min(1) <= 2.0).all() and len(set(d.argmin(1))) == 6, d.min(1)
+    assert f"{tomo} template scores" in viewer.layers and w.picks.euler_deg is not None
+    # the template layer is a reference to choose again, never a tomogram
+    w.reference.reset_choices()
+    assert name in w.reference.choices and name not in w.tomogram.choices
+    # saved next to the tomogram, never over an existing file unless allowed
+    assert w.template_file.value.name == "planted_label_template.mrc"
+    out = w.save_label_template()
+    saved = read_mrc(out)
+    assert saved.data.shape == (24, 24, 24) and saved.voxel_size[0] == pytest.approx(20.0)
+    np.testing.assert_allclose(saved.data, lt.map)
+    assert w.save_label_template() is None and "does not exist yet" in w.status.text()
+    # the other references still work: the layer made here, as a reference
+    w.reference.value = name
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=180_000)
+    assert w.runner.state.history[-1] == "finished", w.status.text()
+    best = w.picks.coordinates_xyz[np.argsort(-w.picks.scores)[:6]]
+    assert (np.linalg.norm(best[:, None] - truth[None], axis=2).min(1) <= 2.0).all()
 
 
 def test_cancel_keeps_the_model_and_train_continues(opened, qtbot, sim):

@@ -54,13 +54,30 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_predict)
 
-    p = steps.add_parser("template", help="template matching with a reference volume",
+    p = steps.add_parser("template", help="template matching with a reference volume or a template averaged "
+                         "from labelled particles",
                          description="FFT cross-correlation over a rotation grid with a missing-wedge-"
-                         "filtered template and local normalisation; picks carry Euler angles.")
+                         "filtered template and local normalisation; picks carry Euler angles. The template is "
+                         "a reference map (--template) or averaged from labelled particles of the tomogram "
+                         "(--template-from-labels with --diameter: boxes cut around the labels, aligned to each "
+                         "other and averaged, low-passed; a rotational average with fewer than 5 labels).")
     p.add_argument("--tomogram", required=True, metavar="T.mrc")
-    p.add_argument("--template", required=True, metavar="REF.mrc",
-                   help="reference (protein with the tomogram's contrast sign), centred in its box")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--template", metavar="REF.mrc",
+                        help="reference (protein with the tomogram's contrast sign), centred in its box")
+    source.add_argument("--template-from-labels", metavar="L.star",
+                        help="average the template from these labelled particles of the tomogram (STAR, as for "
+                        "pick train; needs --diameter)")
     p.add_argument("--out", required=True, metavar="PICKS.star")
+    p.add_argument("--diameter", type=float, default=None, metavar="D_ANGSTROM",
+                   help="particle diameter in Å (with --template-from-labels: box 1.5 diameters, mask)")
+    p.add_argument("--template-out", default=None, metavar="TEMPLATE.mrc",
+                   help="with --template-from-labels: also write the averaged template (MRC, tomogram voxel size)")
+    p.add_argument("--template-iterations", type=int, default=3, metavar="N",
+                   help="with --template-from-labels: alignment rounds of the average (default 3; 0: rotational "
+                   "average)")
+    p.add_argument("--template-box", type=int, default=None, metavar="N",
+                   help="with --template-from-labels: box edge in voxels, even (default: >= 1.5 diameters, >= 16)")
     p.add_argument("--angular-step", type=float, default=30.0, metavar="DEG", help="rotation grid step (default 30)")
     p.add_argument("--threshold", type=float, default=None, metavar="NCC", help="minimum score (default none)")
     p.add_argument("--false-positives", type=float, default=None, metavar="K",
@@ -72,7 +89,9 @@ def register(sub) -> None:
     p.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
                    help="tilt range for the missing wedge, degrees (default -60,60)")
     p.add_argument("--no-wedge", action="store_true", help="do not apply a missing wedge to the template")
-    p.add_argument("--lowpass", type=float, default=None, metavar="A", help="low-pass the template to A Å")
+    p.add_argument("--lowpass", type=float, default=None, metavar="A",
+                   help="low-pass the template to A Å (with --template-from-labels: the averaged template's "
+                   "resolution, default 40)")
     p.add_argument("--defocus", type=float, default=None, metavar="UM",
                    help="multiply the template by |CTF| at this defocus (µm; phase-flipped tomograms)")
     p.add_argument("--heatmap", default=None, metavar="PATH", help="also write the score map (MRC)")
@@ -178,23 +197,71 @@ def run_predict(args) -> int:
     return 0
 
 
+def _template_from_labels(args, vol, vs, tilt):
+    """The label-averaged template (:func:`~..backend.picking.label_template.label_template_job`), printed and
+    written to ``--template-out``."""
+    from ..backend.jobs import run_job
+    from ..backend.picking.label_template import label_template_job
+    from ..io import write_mrc
+
+    labels = _read_labels(args.template_from_labels, vol, vs)
+    job = label_template_job(vol.data, labels, voxel_size=vs, diameter_angstrom=args.diameter, box=args.template_box,
+                             lowpass_angstrom=40.0 if args.lowpass is None else args.lowpass,
+                             iterations=args.template_iterations, tilt_range_deg=tilt, device=args.device,
+                             path=args.tomogram, labels_path=args.template_from_labels)
+    lt = run_job(job, progress=show_progress(args), description="template from labels")
+    skipped = ""
+    if lt.skipped:
+        skipped = " (skipped label rows " + ", ".join(str(s.row) for s in lt.skipped[:10]) + \
+            (" ..." if len(lt.skipped) > 10 else "") + ": box outside the tomogram)"
+    print(f"template from {args.template_from_labels}: {lt.describe()}{skipped}")
+    if args.template_out:
+        write_mrc(args.template_out, lt.map, voxel_size=vs, overwrite=args.overwrite)
+        print(f"wrote the template to {args.template_out}")
+    return lt
+
+
+def _check_template_flags(args) -> None:
+    from ..errors import InputError
+
+    if args.template_from_labels is not None:
+        if args.diameter is None:
+            raise InputError("a particle diameter (--diameter D_ANGSTROM) with --template-from-labels",
+                             field="--diameter", got="none")
+        return
+    for flag, value, default in (("--diameter", args.diameter, None), ("--template-out", args.template_out, None),
+                                 ("--template-iterations", args.template_iterations, 3),
+                                 ("--template-box", args.template_box, None)):
+        if value != default:
+            raise InputError(f"{flag} only with --template-from-labels (a template averaged from labels)",
+                             field=flag, got=f"{value} with --template")
+
+
 def run_template(args) -> int:
     from ..backend.jobs import run_job
     from ..backend.picking.template import template_match_job
     from ..io import read_mrc, voxel_size_isotropic, write_mrc
 
-    _check_outputs([args.out, args.heatmap], args.tomogram, args.template, overwrite=args.overwrite)
+    _check_template_flags(args)
+    _check_outputs([args.out, args.heatmap, args.template_out], args.tomogram,
+                   args.template if args.template is not None else args.template_from_labels,
+                   overwrite=args.overwrite)
     vol, vs = _read_tomogram(args.tomogram)
-    ref = read_mrc(args.template)
-    ref_vs = voxel_size_isotropic(ref)
+    tilt = None if args.no_wedge else args.tilt_range
     t0 = time.perf_counter()
-    job = template_match_job(vol.data, ref.data, voxel_size=vs, template_voxel_size=ref_vs,
-                             angular_step_deg=args.angular_step, tilt_range_deg=None if args.no_wedge else args.tilt_range,
+    if args.template_from_labels is not None:
+        lt = _template_from_labels(args, vol, vs, tilt)
+        template, template_vs, template_path, mask_radius = lt.map, vs, args.template_out, lt.mask_radius_voxels
+    else:
+        ref = read_mrc(args.template)
+        template, template_vs, template_path, mask_radius = ref.data, voxel_size_isotropic(ref), args.template, None
+    job = template_match_job(vol.data, template, voxel_size=vs, template_voxel_size=template_vs,
+                             angular_step_deg=args.angular_step, tilt_range_deg=tilt, mask_radius=mask_radius,
                              defocus_um=args.defocus, lowpass_angstrom=args.lowpass,
                              min_distance_angstrom=args.min_distance, threshold=args.threshold,
                              false_positives=args.false_positives, max_picks=args.max_picks, device=args.device,
                              path=args.tomogram,
-                             template_path=args.template)
+                             template_path=template_path)
     res = run_job(job, progress=show_progress(args), description="template matching")
     _write_picks(args.out, res.picks, vol=vol, vs=vs, overwrite=args.overwrite)
     if args.heatmap:

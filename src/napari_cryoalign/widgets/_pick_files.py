@@ -1,4 +1,5 @@
-"""The file actions of the "Pick particles" widget: export picks, import labels, save and load the model.
+"""The file actions of the "Pick particles" widget: export picks, import labels, save and load the model,
+save the template averaged from the labels.
 
 A mixin of :class:`~.pick.PickWidget` (it needs the widget's tomogram, candidates, labels,
 picker and file fields). Every write goes through :meth:`~._base.JobWidget.export_files`
@@ -13,9 +14,11 @@ from pathlib import Path
 from ..errors import InputError
 from ._base import handler
 
-__all__ = ["STAR_FORMS", "PickFileActions"]
+__all__ = ["LABEL_AVERAGE", "STAR_FORMS", "PickFileActions"]
 
 STAR_FORMS = {"RELION 4 and 5": "both", "RELION 4": "relion4", "RELION 5": "relion5"}
+#: the template-matching reference averaged from the labels (a choice of the widget's reference box)
+LABEL_AVERAGE = "average of the labels"
 
 
 def _file(edit) -> Path | None:
@@ -24,7 +27,7 @@ def _file(edit) -> Path | None:
 
 
 class PickFileActions:
-    """Export picks (STAR), import labels (STAR), save / load the picker model."""
+    """Export picks (STAR), import labels (STAR), save / load the picker model, save the label template (MRC)."""
 
     def input_files(self) -> list[Path]:
         files = [_file(self.labels_star), _file(self.reference_file), self.labels.autosave_path,
@@ -80,6 +83,23 @@ class PickFileActions:
         picker = self.picker
         path = self.export_files([out], lambda overwrite: save_picker(out, picker, overwrite=overwrite),
                                  done=f"saved model to {out.name}")
+        return None if path is None else Path(path)
+
+    @handler
+    def save_label_template(self, *_) -> Path | None:
+        """Write the last template averaged from the labels (MRC, the tomogram's voxel size)."""
+        from ..io import write_mrc
+
+        tmpl = self.label_template
+        if tmpl is None:
+            raise InputError(f"a label template to save (choose '{LABEL_AVERAGE}' and press Match first)",
+                             field="label template", got="none")
+        out = _file(self.template_file)
+        if out is None:
+            raise InputError("an MRC file name", field="label template file", got="none")
+        path = self.export_files([out], lambda overwrite: write_mrc(out, tmpl.map, voxel_size=tmpl.voxel_size,
+                                                                    overwrite=overwrite),
+                                 done=f"saved the label template to {out.name}")
         return None if path is None else Path(path)
 
     @handler

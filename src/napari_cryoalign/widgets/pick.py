@@ -9,7 +9,11 @@ Two methods in one widget:
   picks (a points layer with ``score`` in ``features``) refresh every few seconds. Pressing Train
   again continues from the current model.
 * **Template matching** - FFT cross-correlation of a reference volume over a rotation grid, the
-  template filtered by the missing wedge; picks carry Euler angles.
+  template filtered by the missing wedge; picks carry Euler angles. The reference is an image
+  layer, an MRC file, or the **average of the labels** (:data:`LABEL_AVERAGE`): a template
+  averaged from the labelled particles in the job (``backend.picking.label_template``), shown as
+  the image layer ``"<tomogram> label template"`` when it is made and saved with "Save label
+  template".
 
 Both keep *all* candidate peaks above a low score floor: the score threshold only filters
 them here (no inference), and a new minimum distance reruns only the peak finder on the kept
@@ -47,16 +51,18 @@ from ..backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
 from ..errors import InputError
 from ._base import JobWidget, handler
 from ._pick_candidates import CandidateView
-from ._pick_files import STAR_FORMS, PickFileActions
+from ._pick_files import LABEL_AVERAGE, STAR_FORMS, PickFileActions
 from ._pick_labels import LabelsController
 from ._pick_state import ACCEPTED, REJECTED, PickSet, negatives_path_for
 from ._plots import LossPlot, ScoreHistogram
 from ._runner import JobRunner
 
-__all__ = ["PICKER", "STAR_FORMS", "TEMPLATE", "PickWidget"]
+__all__ = ["LABEL_AVERAGE", "PICKER", "STAR_FORMS", "TEMPLATE", "PickWidget"]
 
 PICKER = "Picker (train from labels)"
 TEMPLATE = "Template matching"
+#: image layers the widget makes that are no tomogram
+_OWN_IMAGE_SUFFIXES = (" heatmap", " template scores", " label template")
 AUTOSAVE_DELAY_MS = 500
 
 
@@ -69,6 +75,7 @@ class PickWidget(PickFileActions, JobWidget):
         super().__init__(napari_viewer, parent)
         self.picker = None  #: the current picker model (trained in place, continued by Train)
         self.template_cutoff = None  # NCC with one expected false alarm in the last template search
+        self.label_template = None  #: the last template averaged from the labels (LabelTemplate) or None
         self._tomogram_layer = None
         self._job_layer = None  # the tomogram layer the running job works on
         self.labels = LabelsController(self.viewer, on_change=self._labels_changed, where=self.job_name)
@@ -108,8 +115,13 @@ class PickWidget(PickFileActions, JobWidget):
         self.redo_button = PushButton(text="Redo label")
         labels_row = Container(widgets=[self.undo_button, self.redo_button], layout="horizontal", labels=False)
         # template matching
-        self.reference = ComboBox(label="reference layer", choices=self._volume_choices, nullable=True)
+        self.reference = ComboBox(label="reference", choices=self._reference_choices, nullable=True,
+                                  tooltip=f"an image layer, or '{LABEL_AVERAGE}': a template averaged from the "
+                                  "labelled particles (box 1.5 diameters, aligned, low-passed to 40 Å; a "
+                                  "rotational average with fewer than 5 labels)")
         self.reference_file = FileEdit(label="or reference file", mode="r", filter="*.mrc *.map *.rec")
+        self.template_file = FileEdit(label="label template file", mode="w", filter="*.mrc")
+        self.save_template_button = PushButton(text="Save label template")
         self.angular_step = FloatSpinBox(label="angular step (°)", value=30.0, min=1.0, max=180.0, step=5.0)
         self.wedge = CheckBox(text="missing-wedge-aware scoring", value=True)
         self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0, step=5.0)
@@ -117,7 +129,8 @@ class PickWidget(PickFileActions, JobWidget):
         self._picker_widgets = [self.class_prior, self.iterations, self.preview_s, self.continue_training,
                                 self.learn_negatives, self.labels_info, labels_row]
         self._template_widgets = [self.reference, self.reference_file, self.angular_step, self.wedge,
-                                  self.tilt_min, self.tilt_max]
+                                  self.tilt_min, self.tilt_max, self.template_file, self.save_template_button]
+        self._label_widgets = [self.labels_info, labels_row]  # also shown for the average of the labels
         self.params = Container(widgets=[self.method, self.tomogram, self.diameter, self.diameter_info,
                                          self.min_distance, self.device] + self._picker_widgets
                                 + self._template_widgets)
@@ -155,6 +168,7 @@ class PickWidget(PickFileActions, JobWidget):
             at += 1
 
         self.method.changed.connect(self._show_method)
+        self.reference.changed.connect(self._show_method)
         self.tomogram.changed.connect(self._on_tomogram_changed)
         self.diameter.changed.connect(self._update_diameter_info)
         self.threshold.changed.connect(self._on_threshold)
@@ -169,13 +183,22 @@ class PickWidget(PickFileActions, JobWidget):
         self.pick_button.changed.connect(self.pick_with_model)
         self.export_button.changed.connect(self.export_picks)
         self.import_button.changed.connect(self.import_labels)
+        self.save_template_button.changed.connect(self.save_label_template)
 
     def _volume_choices(self, *_):
         from napari.layers import Image
 
         return [lay.name for lay in self.viewer.layers
                 if isinstance(lay, Image) and lay.ndim == 3 and not lay.rgb
-                and not lay.name.endswith((" heatmap", " template scores"))]
+                and not lay.name.endswith(_OWN_IMAGE_SUFFIXES)]
+
+    def _reference_choices(self, *_):
+        from napari.layers import Image
+
+        # the label templates made here may serve as references again
+        return [LABEL_AVERAGE] + [lay.name for lay in self.viewer.layers
+                                  if isinstance(lay, Image) and lay.ndim == 3 and not lay.rgb
+                                  and not lay.name.endswith((" heatmap", " template scores"))]
 
     def _show_method(self, *_):
         template = self.method.value == TEMPLATE
@@ -183,6 +206,10 @@ class PickWidget(PickFileActions, JobWidget):
             w.visible = not template
         for w in self._template_widgets:
             w.visible = template
+        from_labels = template and self.reference.value == LABEL_AVERAGE
+        for w in self._label_widgets:
+            w.visible = not template or from_labels
+        self.template_file.visible = self.save_template_button.visible = from_labels
         self.loss_plot.setVisible(not template)
         if not self.runner.running:
             self.run_button.setText(self._run_text())
@@ -387,11 +414,29 @@ class PickWidget(PickFileActions, JobWidget):
     # ------------------------------------------------------------------ jobs
     def make_job(self) -> Job:
         from ..backend.picking.picker import check_labels, diameter_voxels
-        from ..backend.picking.session import template_candidates_job, train_and_pick_job
+        from ..backend.picking.session import (
+            label_template_candidates_job,
+            template_candidates_job,
+            train_and_pick_job,
+        )
 
         tomo = self.tomogram_geometry()
         diameter_voxels(float(self.diameter.value), tomo.voxel_size, shape=tomo.shape, path=tomo.path)
-        if self.method.value == TEMPLATE:
+        if self.method.value == TEMPLATE and self.reference.value == LABEL_AVERAGE:
+            # the template is averaged from the labels in the job (off the GUI thread), then matched
+            self.flush_autosave()
+            labels = self.labels_xyz()
+            if len(labels) == 0:
+                raise InputError(f"labelled particles to average a template from (click them into "
+                                 f"'{self.labels_layer.name if self.labels_layer is not None else 'labels'}')",
+                                 field="labels", got="none")
+            tilt = (float(self.tilt_min.value), float(self.tilt_max.value)) if self.wedge.value else None
+            job = label_template_candidates_job(
+                tomo.data, labels, voxel_size=tomo.voxel_size, diameter_angstrom=float(self.diameter.value),
+                angular_step_deg=float(self.angular_step.value), tilt_range_deg=tilt,
+                min_distance_angstrom=self._min_distance_angstrom(), device=self.device.value, path=tomo.path,
+                labels_path=self.autosave_path)
+        elif self.method.value == TEMPLATE:
             template, tvs, tpath = self._reference()
             tilt = (float(self.tilt_min.value), float(self.tilt_max.value)) if self.wedge.value else None
             job = template_candidates_job(tomo.data, template, voxel_size=tomo.voxel_size, template_voxel_size=tvs,
@@ -448,6 +493,28 @@ class PickWidget(PickFileActions, JobWidget):
         return np.asarray(ref.data, dtype=np.float32), ref.voxel_size, ref.path
 
     # ------------------------------------------------------------------ results
+    def _show_label_template(self, template) -> None:
+        """Keep the template averaged from the labels and show it as ``"<tomogram> label template"``
+        (at the tomogram's origin, on its voxel grid)."""
+        from napari.utils.notifications import show_info
+
+        from ._base import add_or_update_layer
+
+        self.label_template = template
+        show_info(f"{self.job_name}: label template: {template.describe()}")
+        tomo = self._job_layer
+        if tomo is None:
+            return
+        add_or_update_layer(self.viewer, (template.map, {
+            "name": f"{tomo.name} label template", "scale": tuple(tomo.scale), "translate": tuple(tomo.translate),
+            "colormap": "gray", "metadata": {"napari_cryoalign": {"role": "label template", "tomogram": tomo.name,
+                                                                  "made": template.describe()}},
+        }, "image"))
+        if self.template_file.value is None or str(self.template_file.value) in (".", ""):
+            p = layer_path(tomo)
+            if p is not None:
+                self.template_file.value = p.with_name(f"{tomogram_name(tomo)}_label_template.mrc")
+
     def on_partial(self, partial: Partial) -> None:
         name, value = partial.name, partial.value
         if name == "model":
@@ -456,6 +523,8 @@ class PickWidget(PickFileActions, JobWidget):
             self.loss_plot.add(value["iteration"], value["loss"])
         elif name == "heatmap":
             self.candidates.show_score_map("picker", value, self._job_layer)
+        elif name == "label_template":
+            self._show_label_template(value)
         elif name == "picks" and self.score_map is not None and self.method.value == PICKER:
             default_md = None if self.picker is None else 0.5 * self.picker.diameter_voxels
             wanted = self._min_distance_voxels()
@@ -483,4 +552,6 @@ class PickWidget(PickFileActions, JobWidget):
             self.threshold.value = float(np.clip(np.ceil(thr * 100) / 100, self.threshold.min, self.threshold.max))
             calibrated = f" (threshold {self.threshold.value:.2f}: one expected false alarm from noise)"
         what = "trained and picked" if result.method == "picker" else "template matched"
+        if result.method == "template" and self.reference.value == LABEL_AVERAGE and self.label_template is not None:
+            what = f"label template ({self.label_template.describe()}) matched"
         self.status.setText(f"{what}: {len(self.picks)} candidates, {len(self.shown_indices())} shown{calibrated}")

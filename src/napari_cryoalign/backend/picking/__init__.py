@@ -7,6 +7,7 @@
 * :mod:`.infer` - tiled inference, NMS by 3D max-pooling, :class:`Picks`
 * :mod:`.metrics` - precision / recall / F1 with greedy matching, average precision
 * :mod:`.template` - FFT template matching over a rotation grid (the classical baseline)
+* :mod:`.label_template` - a template averaged from the labelled particles (no map needed)
 * :mod:`.modelio` - model files (``torch.save`` + header, ``weights_only`` loading)
 """
 

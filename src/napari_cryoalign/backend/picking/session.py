@@ -9,7 +9,9 @@ peak finder on the kept score map (:func:`find_candidates`). Each job returns a
 * :func:`train_and_pick_job` - train (or continue training) the picker on the labels, then
   tiled inference and peaks on the whole tomogram;
 * :func:`pick_with_model_job` - inference and peaks with a given (loaded) picker;
-* :func:`template_candidates_job` - template matching, with the rotation of each peak.
+* :func:`template_candidates_job` - template matching, with the rotation of each peak;
+* :func:`label_template_candidates_job` - a template averaged from the labels
+  (:func:`~.label_template.label_template_job`), then template matching with it.
 
 No computation of their own beyond bookkeeping; nothing here knows about Qt or napari.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "TEMPLATE_SCORE_FLOOR",
     "PickOutcome",
     "find_candidates",
+    "label_template_candidates_job",
     "pick_with_model_job",
     "template_candidates_job",
     "train_and_pick_job",
@@ -112,6 +115,44 @@ def template_candidates_job(tomogram, template, **kwargs) -> Job[PickOutcome]:
                                         **kwargs)
     return PickOutcome("template", res.picks, res.scores, best_rotation=res.best_rotation, euler_grid=res.euler_deg,
                        suggested_threshold=res.suggested_threshold)
+
+
+def label_template_candidates_job(tomogram, labels_xyz, *, voxel_size: float, diameter_angstrom: float,
+                                  template_options: dict | None = None, path=None, labels_path=None,
+                                  **match_kwargs) -> Job[PickOutcome]:
+    """Average a template from ``labels_xyz``, then match it (:func:`template_candidates_job`).
+
+    Parameters
+    ----------
+    tomogram : ``(z, y, x)`` array or memmap
+    labels_xyz : ``(n, 3)`` labelled particles, 0-based voxels (x, y, z)
+    voxel_size : Å per voxel of the tomogram (the template is made on the tomogram's grid)
+    diameter_angstrom : particle diameter in Å
+    template_options : more options of :func:`~.label_template.label_template_job` (``box``,
+        ``lowpass_angstrom``, ``iterations``, ...); ``tilt_range_deg`` and ``device`` default to the matching's
+    path, labels_path : the tomogram's and the labels' files, for messages
+    match_kwargs : the options of :func:`~.template.template_match_job` (angular step, tilt range, device, ...);
+        ``mask_radius`` defaults to the template's (:attr:`~.label_template.LabelTemplate.mask_radius_voxels`)
+
+    Yields both jobs' progress (prefixed "label template" and "template matching") and
+    ``Partial("label_template", LabelTemplate)`` when the template is made; returns the matching's
+    :class:`PickOutcome`.
+    """
+    from .label_template import label_template_job
+
+    opts = {"tilt_range_deg": match_kwargs.get("tilt_range_deg", (-60.0, 60.0)),
+            "device": match_kwargs.get("device", "cpu"), **(template_options or {})}
+    tmpl = yield from subjob(label_template_job(tomogram, labels_xyz, voxel_size=voxel_size,
+                                                diameter_angstrom=diameter_angstrom, path=path,
+                                                labels_path=labels_path, **opts),
+                             prefix="label template", partials=False)
+    yield Partial("label_template", tmpl)
+    match_kwargs.setdefault("mask_radius", tmpl.mask_radius_voxels)
+    outcome = yield from subjob(template_candidates_job(tomogram, tmpl.map, voxel_size=voxel_size,
+                                                        template_voxel_size=tmpl.voxel_size, path=path,
+                                                        **match_kwargs),
+                                prefix="template matching")
+    return outcome
 
 
 def find_candidates(score_map, *, method: str, min_distance_voxels: float, best_rotation=None,
