@@ -96,6 +96,17 @@ def test_subjob_places_progress_at_an_outer_step_with_a_prefix_and_drops_partial
     assert [e.name for e in events if isinstance(e, Partial)] == ["outer"]
 
 
+def test_subjob_counts_its_steps_on_from_an_offset():
+    def sub():
+        yield Progress(1, 3, "a")
+        yield Progress(None, None, "no total")
+        yield Progress(3, 3, "c")
+        return 0
+
+    _, events = _events(_outer(sub(), offset=(2, 4)))
+    assert [(e.step, e.total, e.message) for e in events if isinstance(e, Progress)] == [(3, 4, "a"), (4, 4, "c")]
+
+
 def test_subjob_without_progress_keeps_partials():
     result, events = _events(_outer(counting_job(2, []), progress=False))
     assert not any(isinstance(e, Progress) for e in events)

@@ -138,6 +138,7 @@ def subjob(
     *,
     prefix: str = "",
     at: tuple[int, int] | None = None,
+    offset: tuple[int, int] | None = None,
     progress: bool = True,
     partials: bool = True,
 ) -> Job[R]:
@@ -149,28 +150,39 @@ def subjob(
     * ``at`` - ``(step, total)`` of the outer job: a forwarded record is shown at that step of
       the outer total instead of the sub-job's own counts (records without a total, which
       would show nothing new at a fixed step, are dropped);
+    * ``offset`` - ``(start, total)`` of the outer job: the sub-job's steps count on from
+      ``start`` within the outer ``total`` (capped there; records without a total dropped);
     * ``prefix`` - put before each forwarded message (``"prefix: message"``);
     * ``partials`` - forward the sub-job's :class:`Partial` results (False: drop them; the
       outer job usually returns or re-yields what it needs from the sub-job's result).
 
     Cancelling the outer job (closing it at a ``yield``) closes the sub-job too.
     """
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(event, Progress):
-            if not progress or (at is not None and not event.total):
-                continue
-            message = f"{prefix}: {event.message}" if prefix else event.message
-            step, total = at if at is not None else (event.step, event.total)
-            yield Progress(step, total, message)
-        elif isinstance(event, Partial):
-            if partials:
-                yield event
-        elif event is not None:
-            raise TypeError(f"a job may yield Progress or Partial, not {type(event).__name__}")
+    placed = at is not None or offset is not None
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, Progress):
+                if not progress or (placed and not event.total):
+                    continue
+                message = f"{prefix}: {event.message}" if prefix else event.message
+                if at is not None:
+                    step, total = at
+                elif offset is not None:
+                    step, total = min(offset[1], offset[0] + event.step), offset[1]
+                else:
+                    step, total = event.step, event.total
+                yield Progress(step, total, message)
+            elif isinstance(event, Partial):
+                if partials:
+                    yield event
+            elif event is not None:
+                raise TypeError(f"a job may yield Progress or Partial, not {type(event).__name__}")
+    finally:
+        job.close()
 
 
 class throttle:

@@ -319,11 +319,10 @@ def label_template_job(
         seed = int(np.argmax(np.nan_to_num(np.asarray(centring.scores, dtype=np.float64), nan=-np.inf)))
         perm = np.array([seed] + [i for i in range(n) if i != seed], dtype=np.int64)
         result = yield from subjob(
-            _offset(iterative_average_job(parts[perm], particle_masks=masks, iterations=int(iterations),
-                                          angular_step_deg=angular_step_deg, voxel_size_angstrom=vs,
-                                          start_resolution_angstrom=res, device=dev),
-                    offset=2, total=total),
-            prefix="alignment", partials=False)
+            iterative_average_job(parts[perm], particle_masks=masks, iterations=int(iterations),
+                                  angular_step_deg=angular_step_deg, voxel_size_angstrom=vs,
+                                  start_resolution_angstrom=res, device=dev),
+            offset=(2, total), prefix="alignment", partials=False)
         method, avg, done_iters, fsc = ALIGNED, result.average, int(iterations), result.fsc
     yield Progress(total - 1, total, "low-pass, centre, mask")
     tmap = _finish(avg, contrast=contrast, radius=radius, lowpass_angstrom=res, voxel_size=vs, mask=mask)
@@ -335,22 +334,6 @@ def label_template_job(
                          skipped=skipped, method=method, iterations=done_iters, lowpass_angstrom=res,
                          diameter_angstrom=float(diameter_angstrom), contrast=contrast, fsc=fsc,
                          resolution_angstrom=resolution)
-
-
-def _offset(job: Job, *, offset: int, total: int) -> Job:
-    """Forward ``job``'s events with its Progress steps moved by ``offset`` within ``total`` (result unchanged)."""
-    try:
-        while True:
-            try:
-                ev = next(job)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(ev, Progress) and ev.total:
-                yield Progress(min(total, offset + ev.step), total, ev.message)
-            elif not isinstance(ev, Progress):
-                yield ev
-    finally:
-        job.close()
 
 
 def label_template(tomogram, labels_xyz, *, progress: bool = False, **kwargs) -> LabelTemplate:
