@@ -53,8 +53,9 @@ from napari_cryoalign.backend.picking import (  # noqa: E402
     pick,
     precision_recall_f1,
     save_picker,
-    train_picker,
 )
+from napari_cryoalign.backend.jobs import run_job  # noqa: E402
+from napari_cryoalign.backend.picking.fit import fit_picker_job  # noqa: E402
 from napari_cryoalign.backend.picking.template import template_match  # noqa: E402
 
 VOXEL = 20.0
@@ -75,33 +76,45 @@ SCENARIOS = {
     "cellular": {"dose": 60.0, "n_vesicles": 6, "vesicle_radius_nm": (15.0, 40.0), "n_membranes": 2, "n_gold": 16,
                  "gold_diameter_nm": 10.0},
     "lookalike": {"dose": 100.0},
+    "lookalike-cct": {"dose": 100.0},
 }
 #: "lookalike": what makes picking hard on real data (issue 17). The targets are heterogeneous ribosomes
 #: (backend.simulate.variants.lookalike_species): the full map, a second conformation (the smaller domain
 #: turned by LOOKALIKE_ANGLE degrees) and three copies each missing 15 % of the density in a different
 #: place; the look-alikes are the large domain alone (a sub-complex, NCC 0.77 with the target at 40 Å)
 #: and two other species of similar size (CCT, mTOR).
+#: "lookalike-cct": the same construction with another target, never used while developing the look-alike
+#: rejection (held out): heterogeneous CCT (two stacked rings: its sub-complex is one ring), with mTOR and
+#: the dengue E-Fab complex as the other species.
 LOOKALIKE_ANGLE = 20.0
-LOOKALIKE_ABUNDANCE = {"ribosome": 0.1, "ribosome_conf2": 0.1, "ribosome_partial1": 0.2 / 3,
-                       "ribosome_partial2": 0.2 / 3, "ribosome_partial3": 0.2 / 3, "ribosome_subcomplex": 0.2,
-                       "cct": 0.2, "mtor": 0.2}
+LOOKALIKE_TARGET = {"lookalike": ("ribosome", ("cct", "mtor")), "lookalike-cct": ("cct", ("mtor", "dengue_e_fab"))}
 
 
-def lookalikes():
-    """The look-alike scenario's maps (:class:`~napari_cryoalign.backend.simulate.variants.LookalikeSet`)."""
+def lookalikes(scenario: str = "lookalike"):
+    """A look-alike scenario's maps (:class:`~napari_cryoalign.backend.simulate.variants.LookalikeSet`)."""
     from napari_cryoalign.backend.simulate.variants import lookalike_species
 
-    return lookalike_species(VOXEL, angle_deg=LOOKALIKE_ANGLE, n_partial=3, seed=0)
+    return lookalike_species(VOXEL, target=LOOKALIKE_TARGET[scenario][0], angle_deg=LOOKALIKE_ANGLE, n_partial=3,
+                             seed=0)
 
 
 def species(scenario: str) -> dict:
-    """What a scenario's tomograms hold: ``structures``, ``maps``, ``abundances`` and the target species' names."""
-    if scenario != "lookalike":
+    """What a scenario's tomograms hold: ``structures``, ``maps``, ``abundances`` and the target species' names.
+
+    Look-alike scenarios: 40 % targets (the full map 10 %, the second conformation 10 %, three partial
+    copies 20 %), 20 % the sub-complex, 20 % each of the two other species.
+    """
+    if scenario not in LOOKALIKE_TARGET:
         return {"structures": SPECIES, "maps": None, "abundances": ABUNDANCE, "targets": ("ribosome",)}
-    lset = lookalikes()
-    names = list(lset.maps) + ["cct", "mtor"]  # the simulator lists maps before structures
-    return {"structures": ("cct", "mtor"), "maps": lset.maps, "abundances": [LOOKALIKE_ABUNDANCE[n] for n in names],
-            "targets": tuple(lset.target_names)}
+    lset = lookalikes(scenario)
+    others = LOOKALIKE_TARGET[scenario][1]
+    share = {lset.lookalike_names[0]: 0.2, **{o: 0.2 for o in others}}
+    partial = [n for n in lset.target_names if "_partial" in n]
+    for name in lset.target_names:
+        share[name] = 0.2 / len(partial) if name in partial else 0.1
+    names = list(lset.maps) + list(others)  # the simulator lists maps before structures
+    return {"structures": others, "maps": lset.maps, "abundances": [share[n] for n in names],
+            "targets": tuple(lset.target_names), "abundance_by_name": share}
 
 
 def simulate(seed: int, scenario: str = "clean"):
@@ -180,8 +193,13 @@ def main() -> int:
                     "without them)")
     ap.add_argument("--skip-inference", action="store_true", help="no 200x512x512 inference timing")
     ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="clean",
-                    help="simulated data: clean (particles in ice, default) or cellular (+ vesicles, membranes, "
-                    "gold, lower dose)")
+                    help="simulated data: clean (particles in ice, default), cellular (+ vesicles, membranes, "
+                    "gold, lower dose), lookalike (heterogeneous ribosomes among a sub-complex and two species of "
+                    "similar size), lookalike-cct (the same with CCT as the target: held out)")
+    ap.add_argument("--test-seeds", default=None,
+                    help="comma-separated seeds of the test tomograms (default 12, 13, ...: --test-tomograms of them)")
+    ap.add_argument("--no-lookalike-rejection", action="store_true",
+                    help="train the picker without the look-alike rejection (the default recipe has it)")
     ap.add_argument("--out-prefix", default=None,
                     help="output JSON/PNG prefix (default docs/benchmarks/picking, picking_cellular for --scenario cellular)")
     ap.add_argument("--measure-inference", default=None, metavar="MODEL.pt",
@@ -230,11 +248,13 @@ def main() -> int:
     if args.fractions:
         fractions = () if args.fractions == "none" else tuple(float(f) for f in args.fractions.split(","))
     n_test = args.test_tomograms or (1 if args.quick else 2)
-    test_seeds = tuple(12 + i for i in range(n_test))
+    test_seeds = tuple(int(v) for v in args.test_seeds.split(",")) if args.test_seeds else \
+        tuple(12 + i for i in range(n_test))
     iterations = args.iterations or DEFAULT_ITERATIONS
     prefix = Path(args.out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
+    sp = species(args.scenario)
     train_sim = simulate(11, args.scenario)
     tests = [simulate(s, args.scenario) for s in test_seeds]
     target = lambda s: s.truth.coordinates_xyz[is_target(s, args.scenario)]  # noqa: E731
@@ -251,10 +271,12 @@ def main() -> int:
         + (f" --threads {args.threads}" if args.threads else "")
         + (" --skip-template" if args.skip_template else "") + (" --skip-inference" if args.skip_inference else "")
         + (f" --negatives {args.negatives}" if args.negatives else "")
-        + (f" --scenario {args.scenario}" if args.scenario != "clean" else ""),
-        "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE, "voxel_size": VOXEL, "species": species(args.scenario)["structures"] if args.scenario != "lookalike" else LOOKALIKE_ABUNDANCE,
-        "abundance": ABUNDANCE if args.scenario != "lookalike" else list(LOOKALIKE_ABUNDANCE.values()),
-        "targets": species(args.scenario)["targets"], "n_particles": 320,
+        + (f" --scenario {args.scenario}" if args.scenario != "clean" else "")
+        + (f" --test-seeds {args.test_seeds}" if args.test_seeds else "")
+        + (" --no-lookalike-rejection" if args.no_lookalike_rejection else ""),
+        "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE,
+        "voxel_size": VOXEL, "species": sp.get("abundance_by_name") or dict(zip(SPECIES, ABUNDANCE)),
+        "targets": sp["targets"], "n_particles": 320, "lookalike_rejection": not args.no_lookalike_rejection,
         "train_seed": 11, "test_seeds": test_seeds, "match_radius_voxels": radius, "diameter_angstrom": diameter,
         "threshold": THRESHOLD, "class_prior": DEFAULT_CLASS_PRIOR, "iterations": iterations,
         "template_lowpass_angstrom": TM_LOWPASS, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -273,28 +295,57 @@ def main() -> int:
         if results["picker"]:
             _plot(results, prefix.with_suffix(".png"))
 
-    def template_baseline():
-        ref, ref_vs = load_structure_map("ribosome", voxel_size_angstrom=VOXEL)
-        per_tomo, t_tm = [], []
-        for s in tests:
-            t1 = time.perf_counter()
-            tm = template_match(s.tomogram, ref, voxel_size=VOXEL, template_voxel_size=ref_vs,
-                                angular_step_deg=args.angular_step, defocus_um=3.0, lowpass_angstrom=TM_LOWPASS,
-                                min_distance_angstrom=radius * VOXEL, threshold=0.0, batch=16)
-            t_tm.append(time.perf_counter() - t1)
-            ev = evaluate(tm.picks.coordinates_xyz, tm.picks.scores, target(s), radius,
-                          threshold=tm.suggested_threshold)
-            # "threshold" is the tool's own cut-off: one expected false alarm from noise (pytom-match-pick's)
-            ev.update(ncc_std=tm.ncc_std, n_search=tm.n_search)
-            per_tomo.append(ev)
-        results["template_matching"] = {"angular_step_deg": args.angular_step, "n_rotations": int(len(tm.euler_deg)),
-                                        "seconds_per_tomogram": float(np.mean(t_tm)), **mean_over(per_tomo),
-                                        "per_tomogram": per_tomo}
-        tmr = results["template_matching"]
-        print(f"template matching ({tmr['n_rotations']} rotations, {tmr['seconds_per_tomogram']:.1f} s/tomogram): "
-              f"F1 at the one-false-alarm cut-off {tmr['threshold']:.3f}: {tmr['f1']:.3f} "
-              f"(P {tmr['precision']:.3f} R {tmr['recall']:.3f}) | "
-              f"best F1 {tmr['best_f1']:.3f} | mAP r2 {tmr['map_r2']:.3f} r5 {tmr['map_r5']:.3f}", flush=True)
+    def template_baseline(labels):
+        """Template matching on the test tomograms with the templates a user can have (the labels' average;
+        in the look-alike scenarios also the target's other conformation) and, as an upper bound, the very map
+        the simulator placed (low-passed)."""
+        from napari_cryoalign.backend.picking.label_template import label_template
+
+        t1 = time.perf_counter()
+        lt = label_template(train_sim.tomogram, labels, voxel_size=VOXEL, diameter_angstrom=diameter)
+        templates = {"label average": (lt.map, VOXEL, None, {"n_labels": int(len(labels)), "n_used": lt.n_used,
+                                                              "method": lt.method, "box": lt.box,
+                                                              "seconds": time.perf_counter() - t1})}
+        if args.scenario in LOOKALIKE_TARGET:
+            lset = lookalikes(args.scenario)
+            templates["other conformation"] = (lset.mismatched_template("conformation"), lset.voxel_size, TM_LOWPASS, {})
+            templates["exact (upper bound)"] = (lset.mismatched_template("exact"), lset.voxel_size, TM_LOWPASS, {})
+        else:
+            ref, ref_vs = load_structure_map("ribosome", voxel_size_angstrom=VOXEL)
+            templates["exact (upper bound)"] = (ref, ref_vs, TM_LOWPASS, {})
+        variants = {}
+        for name, (ref, ref_vs, lp, info) in templates.items():
+            per_tomo, t_tm = [], []
+            for s in tests:
+                t1 = time.perf_counter()
+                tm = template_match(s.tomogram, ref, voxel_size=VOXEL, template_voxel_size=ref_vs,
+                                    angular_step_deg=args.angular_step, defocus_um=3.0, lowpass_angstrom=lp,
+                                    min_distance_angstrom=radius * VOXEL, threshold=0.0, batch=16)
+                t_tm.append(time.perf_counter() - t1)
+                ev = evaluate(tm.picks.coordinates_xyz, tm.picks.scores, target(s), radius,
+                              threshold=tm.suggested_threshold)
+                # "threshold" is the tool's own cut-off: one expected false alarm from noise (pytom-match-pick's)
+                ev.update(ncc_std=tm.ncc_std, n_search=tm.n_search)
+                per_tomo.append(ev)
+            variants[name] = {"angular_step_deg": args.angular_step, "n_rotations": int(len(tm.euler_deg)),
+                              "lowpass_angstrom": lp, "seconds_per_tomogram": float(np.mean(t_tm)), **info,
+                              **mean_over(per_tomo), "per_tomogram": per_tomo}
+            tmr = variants[name]
+            print(f"template matching, {name} ({tmr['n_rotations']} rotations, {tmr['seconds_per_tomogram']:.1f} "
+                  f"s/tomogram): F1 at the one-false-alarm cut-off {tmr['threshold']:.3f}: {tmr['f1']:.3f} "
+                  f"(P {tmr['precision']:.3f} R {tmr['recall']:.3f}) | best F1 {tmr['best_f1']:.3f} | "
+                  f"mAP r2 {tmr['map_r2']:.3f} r5 {tmr['map_r5']:.3f}", flush=True)
+            results["template_matching_variants"] = variants
+            save()
+        # the row older files and --merge know: the simulator's own map (an upper bound)
+        results["template_matching"] = variants["exact (upper bound)"]
+
+    def train(labels, *, picker=None, iterations=iterations, negatives=None, seed=0):
+        """The picker as a user trains it: the default recipe (PU training, then look-alike rejection)."""
+        job = fit_picker_job(train_sim.tomogram, labels, diameter_angstrom=None if picker else diameter,
+                             picker=picker, voxel_size=VOXEL, iterations=iterations, seed=seed,
+                             negatives_xyz=negatives, reject_lookalikes=not args.no_lookalike_rejection)
+        return run_job(job, progress=False)
 
     def evaluate_picker(picker):
         per_tomo, t_inf = [], []
@@ -323,10 +374,9 @@ def main() -> int:
         out = {"fraction": frac, "n_labels": int(len(labels)), "n_negatives": int(len(negs)),
                "n_wrong_shown_before": int(np.sum(d > radius)), "extra_iterations": NEGATIVE_STEPS,
                "negative_z": [round(float(z), 1) for z in negs[:, 2]]}
-        for key, kw in (("with_negatives", {"negatives_xyz": negs}), ("control", {})):
+        for key, kw in (("with_negatives", {"negatives": negs}), ("control", {})):
             t0 = time.perf_counter()
-            r = train_picker(train_sim.tomogram, labels, picker=copy.deepcopy(picker), voxel_size=VOXEL,
-                             iterations=NEGATIVE_STEPS, seed=1, **kw)
+            r = train(labels, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
             t = time.perf_counter() - t0
             per_tomo, _ = evaluate_picker(r.picker)
             out[key] = {"train_seconds": t, **mean_over(per_tomo), "per_tomogram": per_tomo}
@@ -346,27 +396,30 @@ def main() -> int:
         k = max(3, int(round(frac * len(all_targets))))
         labels = all_targets[perm[:k]]  # nested subsets: 5 % is part of 10 %, ...
         t0 = time.perf_counter()
-        res = train_picker(train_sim.tomogram, labels, diameter_angstrom=diameter, voxel_size=VOXEL,
-                           iterations=iterations, seed=0)
+        res = train(labels)
         t_train = time.perf_counter() - t0
         per_tomo, t_inf = evaluate_picker(res.picker)
+        tr = res.picker.training
         row = {"fraction": frac, "n_labels": k, "train_seconds": t_train, "iterations": iterations,
+               "lookalike_negatives": tr.get("lookalike_negatives"), "lookalike_candidates": tr.get("lookalike_candidates"),
+               "lookalike_cut": tr.get("lookalike_cut"),
                "inference_seconds_256x256x64": float(np.mean(t_inf)), **mean_over(per_tomo), "per_tomogram": per_tomo}
         results["picker"].append(row)
         print(f"{frac * 100:4.0f} % ({k:3d} labels): train {t_train:5.1f} s | F1@{THRESHOLD} {row['f1']:.3f} "
               f"| F1@calibrated {row['threshold_calibrated']:.3f}: {row['f1_calibrated']:.3f} "
               f"(P {row['precision_calibrated']:.3f} R {row['recall_calibrated']:.3f}) "
               f"(P {row['precision']:.3f} R {row['recall']:.3f}) | best F1 {row['best_f1']:.3f} | "
-              f"mAP r2 {row['map_r2']:.3f} r5 {row['map_r5']:.3f}", flush=True)
+              f"mAP r2 {row['map_r2']:.3f} r5 {row['map_r5']:.3f} | look-alikes learnt as negatives: "
+              f"{row['lookalike_negatives']} of {row['lookalike_candidates']}", flush=True)
         last_model = res.picker
         if args.negatives:
             results.setdefault("removal_round", []).append(removal_round(res.picker, labels, frac))
         save()
         if i_frac == 0 and not args.skip_template:
-            template_baseline()
+            template_baseline(labels)
             save()
     if not order and not args.skip_template:
-        template_baseline()
+        template_baseline(all_targets[perm[:max(3, int(round(0.1 * len(all_targets))))]])
 
     # inference speed and memory on 200 x 512 x 512, in a fresh process
     if last_model is not None and not args.skip_inference:

@@ -36,6 +36,11 @@ def register(sub) -> None:
     p.add_argument("--negatives", default=None, metavar="N.star",
                    help="places that are NOT the particle (e.g. removed picks: gold, membranes, look-alikes), "
                    "STAR like --labels; trained as known negatives")
+    p.add_argument("--no-lookalike-rejection", action="store_true",
+                   help="skip the look-alike rejection after training (the labels' average finds candidates "
+                   "of another shape on the training tomogram; training continues with them as negatives)")
+    p.add_argument("--lookalike-steps", type=int, default=None, metavar="N",
+                   help="training steps with the look-alikes found as negatives (default 300)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run_train)
 
@@ -143,7 +148,8 @@ def _read_labels(path, vol, vs):
 
 def run_train(args) -> int:
     from ..backend.jobs import run_job
-    from ..backend.picking import load_picker, save_picker, train_picker_job
+    from ..backend.picking import load_picker, save_picker
+    from ..backend.picking.fit import DEFAULT_LOOKALIKE_STEPS, fit_picker_job
     from ..backend.picking.train import DEFAULT_ITERATIONS
 
     _check_outputs([args.out], args.tomogram, args.labels, args.continue_from, args.negatives,
@@ -153,17 +159,26 @@ def run_train(args) -> int:
     negatives = _read_labels(args.negatives, vol, vs) if args.negatives else None
     picker = load_picker(args.continue_from, device="cpu") if args.continue_from else None
     t0 = time.perf_counter()
-    job = train_picker_job(vol.data, labels, diameter_angstrom=args.diameter, voxel_size=vs, picker=picker,
-                           iterations=args.iterations if args.iterations is not None else DEFAULT_ITERATIONS,
-                           class_prior=args.class_prior, seed=args.seed, device=args.device,
-                           negatives_xyz=negatives, path=args.tomogram, labels_path=args.labels,
-                           negatives_path=args.negatives)
+    steps = DEFAULT_LOOKALIKE_STEPS if args.lookalike_steps is None else args.lookalike_steps
+    job = fit_picker_job(vol.data, labels, diameter_angstrom=args.diameter, voxel_size=vs, picker=picker,
+                         iterations=args.iterations if args.iterations is not None else DEFAULT_ITERATIONS,
+                         class_prior=args.class_prior, seed=args.seed, device=args.device,
+                         negatives_xyz=negatives, path=args.tomogram, labels_path=args.labels,
+                         negatives_path=args.negatives, reject_lookalikes=not args.no_lookalike_rejection,
+                         lookalike_steps=steps)
     res = run_job(job, progress=show_progress(args), description="train picker")
     save_picker(args.out, res.picker, overwrite=args.overwrite)
     last = float(res.losses[-10:].mean()) if res.losses.size else float("nan")
     print(f"trained on {len(labels)} labels" + (f" and {len(negatives)} negatives" if negatives is not None else "")
           + f" for {res.iterations} steps in {time.perf_counter() - t0:.1f} s "
           f"(final loss {last:.4f}); wrote {args.out}")
+    tr = res.picker.training
+    if "lookalike_negatives" in tr:
+        print(f"  look-alike rejection: {tr['lookalike_negatives']} of {tr['lookalike_candidates']} candidates fit "
+              f"the labels' average worse than {tr['lookalike_cut']:.3f}" + (f" ({tr['lookalike_reason']})"
+                                                                               if tr.get("lookalike_reason") else ""))
+    print(f"  default threshold {res.picker.default_threshold:.3f} (calibrated on the labels"
+          + (" and the negatives)" if tr.get("negative_scores") else ")"))
     return 0
 
 

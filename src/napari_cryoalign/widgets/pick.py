@@ -49,7 +49,7 @@ from ..backend.jobs import Job, Partial, as_job
 from ..backend.picking.session import PICKER_SCORE_FLOOR, PickOutcome
 from ..backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
 from ..errors import InputError
-from ._base import JobWidget, handler
+from ._base import JobWidget, add_or_update_layer, handler
 from ._pick_candidates import CandidateView
 from ._pick_files import LABEL_AVERAGE, STAR_FORMS, PickFileActions
 from ._pick_labels import LabelsController
@@ -110,6 +110,10 @@ class PickWidget(PickFileActions, JobWidget):
         self.preview_s = FloatSpinBox(label="preview every (s)", value=5.0, min=0.0, max=3600.0, step=1.0)
         self.continue_training = CheckBox(text="continue from the current model", value=True)
         self.learn_negatives = CheckBox(text="learn from removed picks (known negatives)", value=True)
+        self.reject_lookalikes = CheckBox(
+            text="reject look-alikes (shape of the labels' average)", value=True,
+            tooltip="after training, candidates that fit the labels' average clearly worse than the labels are "
+                    "learnt as negatives (300 more steps; needs at least 5 labels)")
         self.labels_info = Label(value="labels: 0")
         self.undo_button = PushButton(text="Undo label")
         self.redo_button = PushButton(text="Redo label")
@@ -127,7 +131,7 @@ class PickWidget(PickFileActions, JobWidget):
         self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0, step=5.0)
         self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0, step=5.0)
         self._picker_widgets = [self.class_prior, self.iterations, self.preview_s, self.continue_training,
-                                self.learn_negatives, self.labels_info, labels_row]
+                                self.learn_negatives, self.reject_lookalikes, self.labels_info, labels_row]
         self._template_widgets = [self.reference, self.reference_file, self.angular_step, self.wedge,
                                   self.tilt_min, self.tilt_max, self.template_file, self.save_template_button]
         self._label_widgets = [self.labels_info, labels_row]  # also shown for the average of the labels
@@ -457,7 +461,7 @@ class PickWidget(PickFileActions, JobWidget):
                 diameter_angstrom=None if picker is not None else float(self.diameter.value),
                 class_prior=float(self.class_prior.value), iterations=int(self.iterations.value),
                 preview_every_s=float(self.preview_s.value), preview_threshold=PICKER_SCORE_FLOOR,
-                device=self.device.value)
+                device=self.device.value, reject_lookalikes=bool(self.reject_lookalikes.value))
         self._job_layer = self.tomogram_layer
         return job
 
@@ -523,6 +527,8 @@ class PickWidget(PickFileActions, JobWidget):
             self.loss_plot.add(value["iteration"], value["loss"])
         elif name == "heatmap":
             self.candidates.show_score_map("picker", value, self._job_layer)
+        elif name == "lookalikes":
+            self._show_lookalikes(value)
         elif name == "label_template":
             self._show_label_template(value)
         elif name == "picks" and self.score_map is not None and self.method.value == PICKER:
@@ -532,6 +538,20 @@ class PickWidget(PickFileActions, JobWidget):
                 self._set_candidates(value, "picker")
             else:
                 self.recompute_candidates(method="picker")
+
+    def _show_lookalikes(self, found) -> None:
+        """The look-alikes the training found on the tomogram (learnt as negatives) as a points layer."""
+        tomo = self._job_layer
+        if tomo is None:
+            return
+        pts = np.asarray(found.negatives_xyz, dtype=np.float64).reshape(-1, 3)[:, ::-1]
+        add_or_update_layer(self.viewer, (pts, {
+            "name": f"{tomo.name} look-alikes", "ndim": 3, "scale": tuple(tomo.scale),
+            "translate": tuple(tomo.translate), "size": self._marker_size(), "symbol": "x",
+            "face_color": "magenta", "border_color": "magenta", "visible": bool(len(pts)),
+            "metadata": {"napari_cryoalign": {"role": "look-alikes", "tomogram": tomo.name}}}, "points"))
+        note = found.reason or f"{len(pts)} of {len(found.candidates_xyz)} candidates fit the labels' average worse"
+        self.status.setText(f"look-alike rejection: {note}")
 
     def on_result(self, result: PickOutcome) -> None:
         self.loss_plot.flush()

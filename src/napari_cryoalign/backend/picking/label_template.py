@@ -89,6 +89,9 @@ class LabelTemplate:
     contrast : +1.0 when the protein is brighter than its surroundings in the tomogram, -1.0 when darker
     fsc : half-map FSC (aligned average only; its half sets hold half the labels each), else None
     resolution_angstrom : FSC 0.143 resolution of the half maps, Å, or None
+    half_maps : the two half sets' averages, finished like ``map`` (aligned average only), else None: a
+        label scored against the half it is *not* in is scored without its own noise in the reference
+    label_half : ``(n_used,)`` 1 or 2, the half set of each label averaged (order of ``rows``), or None
     """
 
     map: np.ndarray
@@ -104,6 +107,8 @@ class LabelTemplate:
     contrast: float = 1.0
     fsc: FSCReport | None = field(default=None, repr=False)
     resolution_angstrom: float | None = None
+    half_maps: tuple | None = field(default=None, repr=False)
+    label_half: np.ndarray | None = None
 
     @property
     def mask_radius_voxels(self) -> float:
@@ -310,7 +315,7 @@ def label_template_job(
     mean_c = wedge_compensated_average(parts, centred, particle_masks=masks, device=dev)
     blob = _rotational_average(mean_c)
     contrast = _contrast(blob, radius)
-    fsc = None
+    fsc = half_maps = label_half = None
     if not aligned:
         method, avg, done_iters = ROTATIONAL, blob, 0
     else:
@@ -324,15 +329,21 @@ def label_template_job(
                                   start_resolution_angstrom=res, device=dev),
             offset=(2, total), prefix="alignment", partials=False)
         method, avg, done_iters, fsc = ALIGNED, result.average, int(iterations), result.fsc
+        label_half = np.empty(n, dtype=np.int64)
+        label_half[perm] = np.asarray(result.half, dtype=np.int64)
     yield Progress(total - 1, total, "low-pass, centre, mask")
-    tmap = _finish(avg, contrast=contrast, radius=radius, lowpass_angstrom=res, voxel_size=vs, mask=mask)
+    finish = {"contrast": contrast, "radius": radius, "lowpass_angstrom": res, "voxel_size": vs, "mask": mask}
+    tmap = _finish(avg, **finish)
+    if label_half is not None and result.half1 is not None and result.half2 is not None:
+        half_maps = (_finish(result.half1, **finish), _finish(result.half2, **finish))
     yield Progress(total, total, "done")
     resolution = None
     if fsc is not None and math.isfinite(fsc.resolution_0143):
         resolution = float(fsc.resolution_0143)
     return LabelTemplate(map=tmap, voxel_size=vs, box=b, n_used=n, rows=np.asarray(ext.rows, dtype=np.int64),
                          skipped=skipped, method=method, iterations=done_iters, lowpass_angstrom=res,
-                         diameter_angstrom=float(diameter_angstrom), contrast=contrast, fsc=fsc,
+                         diameter_angstrom=float(diameter_angstrom), contrast=contrast, fsc=fsc, half_maps=half_maps,
+                         label_half=label_half,
                          resolution_angstrom=resolution)
 
 

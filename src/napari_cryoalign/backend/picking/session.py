@@ -6,8 +6,9 @@ that moving the score threshold only filters them and a new minimum distance onl
 peak finder on the kept score map (:func:`find_candidates`). Each job returns a
 :class:`PickOutcome`:
 
-* :func:`train_and_pick_job` - train (or continue training) the picker on the labels, then
-  tiled inference and peaks on the whole tomogram;
+* :func:`train_and_pick_job` - train (or continue training) the picker on the labels with the
+  default recipe (:func:`~.fit.fit_picker_job`: look-alike rejection after the PU training),
+  then tiled inference and peaks on the whole tomogram;
 * :func:`pick_with_model_job` - inference and peaks with a given (loaded) picker;
 * :func:`template_candidates_job` - template matching, with the rotation of each peak;
 * :func:`label_template_candidates_job` - a template averaged from the labels
@@ -81,14 +82,16 @@ def train_and_pick_job(tomogram, labels_xyz, *, picker=None, min_distance_angstr
     min_distance_angstrom : minimum distance between candidates in Å (None: the particle radius)
     voxel_size : Å per voxel of the tomogram
     path : the tomogram's file, for messages
-    train_kwargs : the options of :func:`~.train.train_picker_job` (diameter, iterations, device, ...)
+    train_kwargs : the options of :func:`~.fit.fit_picker_job` (look-alike rejection) and
+        :func:`~.train.train_picker_job` (diameter, iterations, device, ...)
 
-    Yields the training job's events, ``Partial("heatmap")`` at the end; returns a :class:`PickOutcome`.
+    Yields the training jobs' events (with ``Partial("lookalikes")``), ``Partial("heatmap")`` at the
+    end; returns a :class:`PickOutcome`.
     """
-    from .train import train_picker_job
+    from .fit import fit_picker_job
 
-    res = yield from train_picker_job(tomogram, labels_xyz, picker=picker, voxel_size=voxel_size, path=path,
-                                      **train_kwargs)
+    res = yield from fit_picker_job(tomogram, labels_xyz, picker=picker, voxel_size=voxel_size, path=path,
+                                    **train_kwargs)
     yield Progress(0, None, "picking with the trained model")
     picks, heat = yield from subjob(pick_job(res.picker, tomogram, threshold=PICKER_SCORE_FLOOR, voxel_size=voxel_size,
                                              min_distance_angstrom=min_distance_angstrom, max_picks=MAX_CANDIDATES,

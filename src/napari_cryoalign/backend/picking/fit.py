@@ -1,0 +1,75 @@
+"""The picker's default training recipe: PU training on the labels, then look-alike rejection.
+
+:func:`fit_picker_job` is what ``cryoalign pick train`` and the "Pick particles" widget run:
+
+1. :func:`~.train.train_picker_job` on the labels (and any known negatives: removed picks);
+2. unless ``reject_lookalikes=False``: :func:`~.lookalikes.lookalike_negatives_job` finds the
+   high-scoring candidates of the training tomogram that fit the labels' average clearly worse
+   than the labels do;
+3. training continues ``lookalike_steps`` steps with them as known negatives (as if the user had
+   removed them), and the default threshold is calibrated between the negatives' and the
+   labels' scores (:func:`~.train.calibrated_threshold`).
+
+Measured in docs/picking.md (the look-alike scenario): see there for what it gains and costs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..jobs import Job, Partial, subjob
+from .lookalikes import lookalike_negatives_job
+from .train import TrainResult, train_picker_job
+
+__all__ = ["DEFAULT_LOOKALIKE_STEPS", "fit_picker_job"]
+
+#: training steps with the look-alikes found as known negatives
+DEFAULT_LOOKALIKE_STEPS = 300
+
+
+def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
+                   lookalike_steps: int = DEFAULT_LOOKALIKE_STEPS, lookalike_options: dict | None = None,
+                   negatives_xyz=None, voxel_size: float = 1.0, seed: int | None = 0, device="cpu", path=None,
+                   **train_kwargs) -> Job[TrainResult]:
+    """Train a picker on labels, then reject look-alikes of the labelled particles (module docstring).
+
+    Parameters
+    ----------
+    tomogram : ``(z, y, x)`` the training tomogram
+    labels_xyz : ``(n, 3)`` labelled particles, voxels (x, y, z)
+    reject_lookalikes : run steps 2-3 (False: plain :func:`~.train.train_picker_job`)
+    lookalike_steps : training steps of step 3
+    lookalike_options : keyword arguments of :func:`~.lookalikes.lookalike_negatives_job`
+    negatives_xyz : known negatives (removed picks), ``(m, 3)`` voxels, or None
+    voxel_size, seed, device, path : as :func:`~.train.train_picker_job`
+    train_kwargs : the other options of :func:`~.train.train_picker_job` (diameter, picker, iterations, ...)
+
+    Yields the training jobs' events and ``Partial("lookalikes", LookalikeNegatives)``; returns a
+    :class:`~.train.TrainResult` over both training runs (the picker's ``training`` records
+    ``lookalike_negatives``, ``lookalike_cut`` and ``lookalike_candidates``).
+    """
+    t0 = time.perf_counter()
+    common = {"voxel_size": voxel_size, "device": device, "path": path}
+    first = yield from train_picker_job(tomogram, labels_xyz, negatives_xyz=negatives_xyz, seed=seed, **common,
+                                        **train_kwargs)
+    if not reject_lookalikes or lookalike_steps <= 0:
+        return first
+    picker = first.picker
+    found = yield from subjob(lookalike_negatives_job(picker, tomogram, labels_xyz, negatives_xyz=negatives_xyz,
+                                                      **common, **(lookalike_options or {})),
+                              prefix="look-alikes")
+    yield Partial("lookalikes", found)
+    picker.training.update(lookalike_negatives=int(len(found.negatives_xyz)), lookalike_cut=found.cut,
+                           lookalike_candidates=int(len(found.candidates_xyz)), lookalike_reason=found.reason)
+    if not len(found.negatives_xyz):
+        return first
+    known = found.negatives_xyz if negatives_xyz is None or not len(negatives_xyz) else \
+        np.concatenate([np.asarray(negatives_xyz, dtype=np.float64).reshape(-1, 3), found.negatives_xyz])
+    keep = {k: v for k, v in train_kwargs.items() if k not in ("diameter_angstrom", "picker", "iterations")}
+    second = yield from train_picker_job(tomogram, labels_xyz, picker=picker, iterations=int(lookalike_steps),
+                                         negatives_xyz=known, seed=None if seed is None else seed + 1, **common,
+                                         **keep)
+    return TrainResult(picker=picker, losses=np.concatenate([first.losses, second.losses]),
+                       iterations=first.iterations + second.iterations, seconds=time.perf_counter() - t0)

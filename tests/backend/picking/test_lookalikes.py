@@ -1,0 +1,103 @@
+"""Look-alike rejection from the labels: candidates of another shape become known negatives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_cryoalign.backend.geometry import random_rotations, transform_reference_to_particle
+from napari_cryoalign.backend.jobs import run_job
+from napari_cryoalign.backend.picking import Picker
+from napari_cryoalign.backend.picking.infer import Picks
+from napari_cryoalign.backend.picking.lookalikes import lookalike_negatives_job
+from napari_cryoalign.backend.simulate.variants import lookalike_species
+
+VOXEL = 20.0
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """12 ribosomes (6 labelled) and 6 free large subunits (the sub-complex) in noise, no missing wedge."""
+    lset = lookalike_species(VOXEL, n_partial=0)
+    full = lset.maps["ribosome"][0]
+    sub = lset.maps["ribosome_subcomplex"][0]
+    b = full.shape[0]
+    kinds = np.array([0] * 12 + [1] * 6)
+    rng = np.random.default_rng(3)
+    kinds = kinds[rng.permutation(len(kinds))]
+    step, cols = b + 2, 6
+    tomo = np.zeros((b + 4, 3 * step + 4, cols * step + 4), np.float32)
+    xyz = np.array([[step // 2 + 2 + step * (i % cols), step // 2 + 2 + step * (i // cols), tomo.shape[0] // 2]
+                    for i in range(len(kinds))], dtype=float)
+    h = b // 2
+    for (x, y, z), k, r in zip(xyz.astype(int), kinds, random_rotations(len(kinds), seed=4)):
+        tomo[z - h:z - h + b, y - h:y - h + b, x - h:x - h + b] += transform_reference_to_particle(
+            (full, sub)[k], r)
+    tomo += rng.normal(0, 0.6 * float(np.abs(full).max()), tomo.shape).astype(np.float32)
+    return tomo, xyz, kinds, 390.0  # the ribosome's diameter, Å
+
+
+def test_candidates_of_another_shape_become_negatives(planted, monkeypatch):
+    tomo, xyz, kinds, diameter = planted
+    ribosomes = np.flatnonzero(kinds == 0)
+    labels = xyz[ribosomes[:6]]
+    candidates = np.concatenate([xyz[ribosomes[6:]], xyz[kinds == 1]])
+    truth = np.array([0] * 6 + [1] * int(np.sum(kinds == 1)))
+
+    def fake_pick_job(picker, tomogram, **kwargs):  # the picker scores every candidate alike (it cannot tell)
+        yield from ()
+        return Picks(candidates, np.full(len(candidates), 0.9)), None
+
+    import napari_cryoalign.backend.picking.infer as infer
+
+    monkeypatch.setattr(infer, "pick_job", fake_pick_job)
+    picker = Picker.new(diameter_angstrom=diameter, voxel_size=VOXEL)
+    found = run_job(lookalike_negatives_job(picker, tomo, labels, voxel_size=VOXEL, tilt_range_deg=None),
+                    progress=False)
+    assert found.template is not None and found.template.n_used == 6
+    assert np.isfinite(found.cut) and len(found.candidates_xyz) == len(candidates)
+    got = {tuple(p) for p in found.negatives_xyz}
+    is_neg = np.array([tuple(p) in got for p in candidates])
+    assert is_neg[truth == 1].sum() >= 4  # most free subunits rejected
+    assert not is_neg[truth == 0].any()  # no ribosome
+    # the fits separate the kinds: every ribosome fits better than every sub-complex's median
+    assert np.min(found.candidate_fit[truth == 0]) > np.median(found.candidate_fit[truth == 1])
+
+
+def test_too_few_labels_skip_the_search(planted):
+    tomo, xyz, kinds, diameter = planted
+    picker = Picker.new(diameter_angstrom=diameter, voxel_size=VOXEL)
+    found = run_job(lookalike_negatives_job(picker, tomo, xyz[:3], voxel_size=VOXEL), progress=False)
+    assert len(found.negatives_xyz) == 0 and "at least" in found.reason and found.template is None
+
+
+def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
+    """The default recipe: PU training, the look-alike search, more steps with what it found as negatives."""
+    import napari_cryoalign.backend.picking.fit as fit
+    from napari_cryoalign.backend.picking.lookalikes import LookalikeNegatives
+    from napari_cryoalign.backend.simulate.tomogram import sample_tomogram
+
+    sim = sample_tomogram(seed=0)
+    labels = np.asarray(sim.truth.coordinates_xyz)[:5]
+    fake_negatives = np.array([[20.0, 20.0, 10.0], [100.0, 40.0, 30.0]])
+    seen = {}
+
+    def fake_search(picker, tomogram, labels_xyz, **kwargs):
+        seen["labels"] = len(labels_xyz)
+        yield from ()
+        return LookalikeNegatives(fake_negatives, candidates_xyz=np.zeros((7, 3)), cut=0.2)
+
+    monkeypatch.setattr(fit, "lookalike_negatives_job", fake_search)
+    partials = []
+    res = run_job(fit.fit_picker_job(sim.tomogram, labels, diameter_angstrom=250.0, voxel_size=float(sim.voxel_size),
+                                     iterations=3, lookalike_steps=2), progress=False, on_partial=partials.append)
+    tr = res.picker.training
+    assert seen["labels"] == 5 and "lookalikes" in [p.name for p in partials]
+    assert res.iterations == 5 and tr["iterations_done"] == 5 and len(res.losses) == 5
+    assert tr["n_negatives"] == 2 and tr["lookalike_negatives"] == 2 and tr["lookalike_candidates"] == 7
+    assert len(tr["negative_scores"]) == 2  # the default threshold is calibrated on both sides
+    # without the search: one training run, nothing recorded about look-alikes
+    plain = run_job(fit.fit_picker_job(sim.tomogram, labels, diameter_angstrom=250.0,
+                                       voxel_size=float(sim.voxel_size), iterations=3, reject_lookalikes=False),
+                    progress=False)
+    assert plain.iterations == 3 and "lookalike_negatives" not in plain.picker.training
