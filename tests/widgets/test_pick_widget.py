@@ -452,3 +452,38 @@ def test_removed_picks_are_autosaved_and_trained_as_negatives(make_napari_viewer
     _open(viewer2, tomo_file)
     w2 = PickWidget(viewer2)
     assert len(w2.picks.rejected_xyz()) >= 2 and "removed picks" in w2.labels_info.value
+
+
+def test_review_loop_one_key_per_uncertain_pick(opened, qtbot, sim):
+    """Review: the uncertain picks, the highest-scoring first; A makes a label, X a known negative, S skips;
+    Train again learns from them."""
+    from napari_cryoalign.backend.picking import Picks
+
+    viewer, w = opened
+    truth = np.asarray(sim.truth.coordinates_xyz)
+    w.add_labels(truth[:3])
+    xyz = np.array([[20.0, 20.0, 10.0], [60.0, 30.0, 20.0], [100.0, 90.0, 30.0], [30.0, 100.0, 24.0],
+                    [110.0, 20.0, 12.0], [80.0, 70.0, 36.0]])
+    scores = np.array([0.99, 0.72, 0.55, 0.45, 0.30, 0.05])  # 0.99 sure, 0.05 clear reject, the rest uncertain
+    w.threshold.value = 0.5
+    w._set_candidates(Picks(xyz, scores), "picker")
+    assert w.start_review() == 4
+    canvas = viewer.window._qt_viewer.canvas.native
+    review = viewer.layers["tomo_a.mrc review"]
+    np.testing.assert_allclose(review.data[0], xyz[1][::-1])  # 0.72 first
+    assert viewer.dims.point[0] == pytest.approx(20 * VOXEL) and "review 1 of 4" in w.status.text()
+    qtbot.keyClick(canvas, Qt.Key_A)  # accept: becomes a label
+    np.testing.assert_allclose(viewer.layers["tomo_a.mrc review"].data[0], xyz[2][::-1])
+    qtbot.keyClick(canvas, Qt.Key_X)  # remove: a known negative
+    qtbot.keyClick(canvas, Qt.Key_S)  # skip
+    assert w.review_verdict(REJECTED) is None  # the last one, by button; the review is over
+    assert "review done: 1 accepted" in w.status.text() and "tomo_a.mrc review" not in viewer.layers
+    assert w.picks.status.tolist() == [0, ACCEPTED, REJECTED, 0, REJECTED, 0]
+    assert len(w.labels_xyz()) == 4 and np.allclose(w.labels_xyz()[-1], xyz[1])
+    # Train again: the removed picks go in as known negatives
+    w.iterations.value = 1
+    w.reject_lookalikes.value = False
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+    assert w.runner.state.history[-1] == "finished", w.status.text()
+    assert w.picker.training["n_negatives"] == 2 and w.picker.training["n_labels"] == 4

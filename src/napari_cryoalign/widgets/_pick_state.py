@@ -5,6 +5,7 @@
 * :class:`PickSet` - every candidate peak (down to a low score floor) with the user's verdict
   on it, so that moving the threshold filters without rerunning inference, and verdicts
   survive a new set of candidates (a new heatmap or another minimum distance).
+* :class:`ReviewQueue` - the order in which the review loop shows the uncertain picks.
 
 Plain numpy; the widget owns one of each.
 """
@@ -19,7 +20,8 @@ from scipy.spatial import cKDTree
 
 from ..io._kinds import file_stem
 
-__all__ = ["ACCEPTED", "AUTO", "REJECTED", "LabelHistory", "PickSet", "labels_path_for", "negatives_path_for"]
+__all__ = ["ACCEPTED", "AUTO", "REJECTED", "LabelHistory", "PickSet", "ReviewQueue", "labels_path_for",
+           "negatives_path_for"]
 
 AUTO, ACCEPTED, REJECTED = 0, 1, -1
 
@@ -180,3 +182,32 @@ class PickSet:
         if self.euler_deg is not None:
             self.euler_deg = np.concatenate([self.euler_deg, np.zeros((n, 3))])
         self.status = np.concatenate([self.status, np.full(n, status, dtype=np.int8)])
+
+
+class ReviewQueue:
+    """The uncertain picks to review, the highest-scoring first, and where the review stands.
+
+    Uncertain: not yet judged (``AUTO``) and scoring within ``band`` of the threshold, on either
+    side: the picks a threshold can get wrong. Sure picks far above the threshold and clear
+    rejects far below are not shown; the highest-scoring uncertain ones come first, since a
+    wrong pick there costs the most precision. At most ``limit`` picks (a minute's work).
+    """
+
+    def __init__(self, picks: PickSet, threshold: float, *, band: float, limit: int = 30):
+        lo, hi = float(threshold) - float(band), float(threshold) + float(band)
+        idx = np.flatnonzero((picks.status == AUTO) & (picks.scores >= lo) & (picks.scores <= hi))
+        self.order = idx[np.argsort(-picks.scores[idx], kind="stable")][: int(limit)]
+        self.position = 0
+
+    def __len__(self) -> int:
+        return int(self.order.size)
+
+    @property
+    def current(self) -> int | None:
+        """Index into the :class:`PickSet` of the pick under review, or None when the review is over."""
+        return int(self.order[self.position]) if self.position < len(self) else None
+
+    def advance(self) -> int | None:
+        """Move to the next pick; returns it (None at the end)."""
+        self.position = min(self.position + 1, len(self))
+        return self.current

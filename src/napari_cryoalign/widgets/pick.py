@@ -53,6 +53,7 @@ from ._base import JobWidget, add_or_update_layer, handler
 from ._pick_candidates import CandidateView
 from ._pick_files import LABEL_AVERAGE, STAR_FORMS, PickFileActions
 from ._pick_labels import LabelsController
+from ._pick_review import PickReview
 from ._pick_state import ACCEPTED, REJECTED, PickSet, negatives_path_for
 from ._plots import LossPlot, ScoreHistogram
 from ._runner import JobRunner
@@ -79,6 +80,7 @@ class PickWidget(PickFileActions, JobWidget):
         self._tomogram_layer = None
         self._job_layer = None  # the tomogram layer the running job works on
         self.labels = LabelsController(self.viewer, on_change=self._labels_changed, where=self.job_name)
+        self.review = PickReview(self)
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
@@ -150,7 +152,13 @@ class PickWidget(PickFileActions, JobWidget):
         self.promote_button = PushButton(text="Selected → labels")
         sel_row = Container(widgets=[self.accept_button, self.remove_button, self.promote_button],
                             layout="horizontal", labels=False)
-        self.picks_box = Container(widgets=[self.threshold, self.n_picks, sel_row])
+        self.review_button = PushButton(text="Review uncertain picks")
+        self.review_accept_button = PushButton(text="Accept (A)")
+        self.review_remove_button = PushButton(text="Remove (X)")
+        self.review_skip_button = PushButton(text="Skip (S)")
+        review_row = Container(widgets=[self.review_accept_button, self.review_remove_button, self.review_skip_button],
+                               layout="horizontal", labels=False)
+        self.picks_box = Container(widgets=[self.threshold, self.n_picks, sel_row, self.review_button, review_row])
         self.model_file = FileEdit(label="model file", mode="w", filter="*.pt")
         self.save_model_button = PushButton(text="Save model")
         self.load_model_button = PushButton(text="Load model")
@@ -182,6 +190,10 @@ class PickWidget(PickFileActions, JobWidget):
         self.accept_button.changed.connect(lambda *_: self.set_selected_status(ACCEPTED))
         self.remove_button.changed.connect(lambda *_: self.set_selected_status(REJECTED))
         self.promote_button.changed.connect(self.promote_selected)
+        self.review_button.changed.connect(self.start_review)
+        self.review_accept_button.changed.connect(lambda *_: self.review_verdict(ACCEPTED))
+        self.review_remove_button.changed.connect(lambda *_: self.review_verdict(REJECTED))
+        self.review_skip_button.changed.connect(lambda *_: self.review_verdict(None))
         self.save_model_button.changed.connect(self.save_model)
         self.load_model_button.changed.connect(self.load_model)
         self.pick_button.changed.connect(self.pick_with_model)
@@ -414,6 +426,16 @@ class PickWidget(PickFileActions, JobWidget):
             self.picks.set_status(cand, ACCEPTED)
             self.refresh_picks()
         return int(cand.size)
+
+    @handler
+    def start_review(self, *_) -> int:
+        """Show the uncertain picks one by one (A accept as a label, X remove, S skip); returns how many."""
+        return self.review.start()
+
+    @handler
+    def review_verdict(self, status) -> int | None:
+        """Judge the pick under review (``ACCEPTED``, ``REJECTED`` or None to skip) and go to the next."""
+        return self.review.verdict(status)
 
     # ------------------------------------------------------------------ jobs
     def make_job(self) -> Job:

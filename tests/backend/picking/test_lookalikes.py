@@ -64,6 +64,19 @@ def test_candidates_of_another_shape_become_negatives(planted, monkeypatch):
     assert np.min(found.candidate_fit[truth == 0]) > np.median(found.candidate_fit[truth == 1])
 
 
+def test_two_groups_split_and_separation():
+    from napari_cryoalign.backend.picking.lookalikes import _two_groups
+
+    rng = np.random.default_rng(0)
+    two = np.concatenate([rng.normal(0.13, 0.005, 20), rng.normal(0.17, 0.008, 60)])
+    cut, d, low = _two_groups(two)
+    assert 0.14 < cut < 0.16 and d > 3 and abs(low - 0.13) < 0.005
+    one = [_two_groups(np.random.default_rng(s).normal(0.16, 0.01, 80)) for s in range(8)]
+    assert max(d for _, d, _ in one) < 3  # one spread-out group: no clear split
+    assert all(low > 0.16 - 1.28 * 0.01 for _, _, low in one)  # and its lower part is no lower than its 10 %
+    assert np.isnan(_two_groups([0.1, 0.2])[1])
+
+
 def test_too_few_labels_skip_the_search(planted):
     tomo, xyz, kinds, diameter = planted
     picker = Picker.new(diameter_angstrom=diameter, voxel_size=VOXEL)

@@ -18,10 +18,14 @@ the user, from what the labels say about the particle's *shape*:
    map it is not in, and the candidates against one half map: a label scored against an
    average it is part of would fit its own noise and look better than any unlabelled copy
    of the same particle (gold standard, as for an FSC).
-4. **Negatives.** Candidates that fit clearly worse than the labels do: score below
-   ``fit_fraction`` times the labels' 10th-percentile score. Look-alikes of another shape fall
-   there even when the picker scores them like the target; the target's own heterogeneous
-   copies (another conformation, a missing subunit) mostly stay above it.
+4. **Negatives.** The candidates' fits are split in two groups where the split explains most of
+   their spread (a two-component Gaussian mixture); when the groups are apart (Ashman's D >=
+   ``min_separation``) and the lower group fits, on average, worse than the labels'
+   ``label_quantile``-th percentile (a look-alike population, not the low tail of the target's),
+   the candidates of the lower group that also fit worse than that percentile are negatives. Look-alikes
+   of another shape fall there even when the picker scores them like the target; the target's
+   own heterogeneous copies (another conformation, a missing subunit) mostly stay above it.
+   Developed on the look-alike scenario's training tomogram (seed 11; docs/picking.md).
 
 Boxes reaching outside the tomogram are left out (no score: never a negative). The caller
 continues training with the negatives (:func:`~.fit.fit_picker_job`).
@@ -52,7 +56,8 @@ class LookalikeNegatives:
     candidate_scores : ``(k,)`` their picker scores
     candidate_fit : ``(k,)`` their fit to the labels' template (NaN: box outside the tomogram)
     label_fit : ``(l,)`` the labels' own fit (labels whose box fits in the tomogram)
-    cut : the fit below which a candidate is a negative (NaN when the search was skipped)
+    cut : the fit below which a candidate is a negative (NaN: no negatives, see ``reason``)
+    separation : Ashman's D of the candidates' two groups of fits (NaN when not computed)
     template : the labels' :class:`~.label_template.LabelTemplate`, or None (too few labels)
     reason : why no search was made, or ""
     """
@@ -63,6 +68,7 @@ class LookalikeNegatives:
     candidate_fit: np.ndarray = field(default_factory=lambda: np.zeros(0))
     label_fit: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cut: float = float("nan")
+    separation: float = float("nan")
     template: LabelTemplate | None = None
     reason: str = ""
 
@@ -112,7 +118,8 @@ def lookalike_negatives_job(
     negatives_xyz=None,
     candidate_threshold: float = 0.5,
     max_candidates: int = 150,
-    fit_fraction: float = 0.9,
+    min_separation: float = 2.0,
+    label_quantile: float = 10.0,
     tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
     angular_step_deg: float = 30.0,
     device="cpu",
@@ -129,8 +136,8 @@ def lookalike_negatives_job(
     negatives_xyz : ``(m, 3)`` negatives already known (removed picks), excluded from the candidates
     candidate_threshold : lowest picker score of a candidate
     max_candidates : candidates examined at most (highest scores first)
-    fit_fraction : a candidate is a negative when its fit is below this fraction of the labels'
-        10th-percentile fit
+    min_separation : Ashman's D the candidates' two groups of fits need for negatives
+    label_quantile : percentile of the labels' fits that a negative must fit worse than
     tilt_range_deg : the tomogram's tilt range, for the missing wedge (None: fully sampled)
     angular_step_deg : rotation grid of the fits, degrees (refined one level)
     device : torch device
@@ -142,8 +149,8 @@ def lookalike_negatives_job(
     """
     from .infer import pick_job
 
-    if not 0.0 < float(fit_fraction) <= 1.0:
-        raise InputError("a fraction in (0, 1]", field="fit_fraction", got=fit_fraction)
+    if not 0.0 <= float(label_quantile) <= 100.0:
+        raise InputError("a percentile in [0, 100]", field="label_quantile", got=label_quantile)
     labels = np.asarray(labels_xyz, dtype=np.float64).reshape(-1, 3)
     if len(labels) < MIN_ALIGNED:
         return _skipped(f"{len(labels)} labels: at least {MIN_ALIGNED} are needed to know the particle's shape")
@@ -170,8 +177,54 @@ def lookalike_negatives_job(
     fit = yield from _box_fit(tomogram, xyz, template.half_maps[0], prefix="candidates", **fit_options)
     label_fit = label_fit[np.isfinite(label_fit)]
     yield Progress(3, 4, "choosing negatives")
-    cut = float(fit_fraction * np.percentile(label_fit, 10)) if len(label_fit) else float("nan")
+    split, separation, lower_mean = _two_groups(fit[np.isfinite(fit)])
+    reason = ""
+    low = float(np.percentile(label_fit, label_quantile)) if len(label_fit) else float("nan")
+    if not len(label_fit):
+        cut, reason = float("nan"), "no label box fits in the tomogram"
+    elif not separation >= min_separation:
+        cut, reason = float("nan"), f"the candidates' fits form one group (Ashman's D {separation:.2f})"
+    elif not lower_mean < low:
+        cut, reason = float("nan"), (f"the candidates' lower group (mean fit {lower_mean:.3f}) fits like the labels "
+                                     f"(their {label_quantile:g}th percentile {low:.3f})")
+    else:
+        cut = min(split, low)
     neg = np.isfinite(fit) & (fit < cut)
     yield Progress(4, 4, f"{int(neg.sum())} look-alikes of {len(xyz)} candidates")
     return LookalikeNegatives(negatives_xyz=xyz[neg], candidates_xyz=xyz, candidate_scores=scores, candidate_fit=fit,
-                              label_fit=label_fit, cut=cut, template=template)
+                              label_fit=label_fit, cut=cut, separation=separation, template=template, reason=reason)
+
+
+def _two_groups(values) -> tuple[float, float, float]:
+    """Two Gaussian groups fitted to 1-D ``values``: the cut between them, their separation, the lower mean.
+
+    A two-component Gaussian mixture (EM, started from Otsu's split: the cut that maximises the
+    between-group variance); the cut is where both components are equally likely, between the
+    means; the separation is Ashman's D of the fitted components,
+    ``sqrt(2) |m1 - m2| / sqrt(s1² + s2²)`` (about 1 or less for one normal population, > 2 for two
+    clearly apart; EM on a few dozen values of one normal population can reach 2.5). NaN, NaN, NaN
+    for fewer than 6 values.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    if x.size < 6:
+        return float("nan"), float("nan"), float("nan")
+    i = np.arange(3, x.size - 2)  # Otsu's split, at least 3 values in each group
+    csum = np.cumsum(x)
+    m1, m2 = csum[i - 1] / i, (csum[-1] - csum[i - 1]) / (x.size - i)
+    k = int(i[np.argmax(i * (x.size - i) * (m1 - m2) ** 2)])
+    mu = np.array([x[:k].mean(), x[k:].mean()])
+    floor = 1e-6 * max(float(np.ptp(x)), 1e-12) ** 2
+    var = np.array([x[:k].var(), x[k:].var()]) + floor
+    w = np.array([k, x.size - k], dtype=np.float64) / x.size
+    for _ in range(200):
+        dens = w / np.sqrt(2 * np.pi * var) * np.exp(-0.5 * (x[:, None] - mu) ** 2 / var)
+        r = dens / np.maximum(dens.sum(1, keepdims=True), 1e-300)
+        nk = np.maximum(r.sum(0), 1e-12)
+        w, mu = nk / x.size, (r * x[:, None]).sum(0) / nk
+        var = (r * (x[:, None] - mu) ** 2).sum(0) / nk + floor
+    lo, hi = np.argsort(mu)
+    grid = np.linspace(mu[lo], mu[hi], 512)
+    dens = w / np.sqrt(2 * np.pi * var) * np.exp(-0.5 * (grid[:, None] - mu) ** 2 / var)
+    cut = float(grid[np.argmin(np.abs(dens[:, lo] - dens[:, hi]))])
+    d = np.sqrt(2.0) * abs(mu[hi] - mu[lo]) / np.sqrt(var[lo] + var[hi])
+    return cut, float(d), float(mu[lo])
