@@ -177,6 +177,42 @@ def measure_inference(model_path: str, *, malloc_tuning: bool = True) -> None:
                       "system_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime}))
 
 
+def measure_training(scenario: str, out: str | None) -> None:
+    """Time the default training as a user runs it (``pick train`` defaults, look-alike rejection on) on a
+    100 x 256 x 256 tomogram of ``scenario`` with 10 % of its targets labelled, and the first live heatmap
+    after Train (the widget's preview every 5 s). Prints (and writes to ``out``) JSON."""
+    from napari_cryoalign.backend.jobs import Partial, Progress
+
+    global SHAPE
+    SHAPE = (100, 256, 256)
+    sim = simulate(21, scenario)
+    xyz = sim.truth.coordinates_xyz[is_target(sim, scenario)]
+    labels = xyz[np.random.default_rng(0).permutation(len(xyz))[: max(3, round(0.1 * len(xyz)))]]
+    radius = float(np.max(sim.truth.radii_voxels[is_target(sim, scenario)]))
+    t0 = time.perf_counter()
+    marks = {}
+    job = fit_picker_job(sim.tomogram, labels, diameter_angstrom=2 * radius * VOXEL, voxel_size=VOXEL,
+                         preview_every_s=5.0, preview_threshold=0.5)
+
+    def on_partial(p: Partial) -> None:
+        if p.name == "heatmap" and "first_heatmap_s" not in marks:
+            marks["first_heatmap_s"] = time.perf_counter() - t0
+        if p.name == "lookalikes":
+            marks["lookalike_search_done_s"] = time.perf_counter() - t0
+
+    def on_progress(p: Progress) -> None:
+        if p.message.startswith("look-alikes") and "lookalike_search_start_s" not in marks:
+            marks["lookalike_search_start_s"] = time.perf_counter() - t0
+
+    res = run_job(job, progress=False, on_partial=on_partial, on_progress=on_progress)
+    out_json = {"scenario": scenario, "shape_zyx": SHAPE, "labels": int(len(labels)), "seconds": time.perf_counter() - t0,
+                **marks, "iterations": res.iterations, "lookalike_negatives": res.picker.training.get("lookalike_negatives"),
+                "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "cpu_count": os.cpu_count()}
+    print(json.dumps(out_json))
+    if out:
+        Path(out).write_text(json.dumps(out_json, indent=1))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced run: fractions 10 and 50 %%, one test tomogram")
@@ -204,6 +240,9 @@ def main() -> int:
                     help="output JSON/PNG prefix (default docs/benchmarks/picking, picking_cellular for --scenario cellular)")
     ap.add_argument("--measure-inference", default=None, metavar="MODEL.pt",
                     help="only time inference of MODEL.pt on a 200x512x512 tomogram (a child process does this)")
+    ap.add_argument("--measure-training", default=None, metavar="OUT.json",
+                    help="only time the default training (look-alike rejection on) on a 100x256x256 tomogram of "
+                    "--scenario with 10 %% labels, and the first live heatmap; JSON to OUT.json")
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="time inference without keep_freed_memory() (plain glibc malloc)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -239,6 +278,11 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if args.measure_inference:
         measure_inference(args.measure_inference, malloc_tuning=not args.no_malloc_tuning)
+        return 0
+    if args.measure_training:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        measure_training(args.scenario, args.measure_training)
         return 0
 
     from napari_cryoalign.backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
@@ -402,7 +446,8 @@ def main() -> int:
         tr = res.picker.training
         row = {"fraction": frac, "n_labels": k, "train_seconds": t_train, "iterations": iterations,
                "lookalike_negatives": tr.get("lookalike_negatives"), "lookalike_candidates": tr.get("lookalike_candidates"),
-               "lookalike_cut": tr.get("lookalike_cut"),
+               "lookalike_cut": tr.get("lookalike_cut"), "threshold_rule": tr.get("threshold_rule", "labels"),
+               "label_scores": tr.get("label_scores"),
                "inference_seconds_256x256x64": float(np.mean(t_inf)), **mean_over(per_tomo), "per_tomogram": per_tomo}
         results["picker"].append(row)
         print(f"{frac * 100:4.0f} % ({k:3d} labels): train {t_train:5.1f} s | F1@{THRESHOLD} {row['f1']:.3f} "

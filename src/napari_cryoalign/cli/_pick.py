@@ -177,8 +177,8 @@ def run_train(args) -> int:
         print(f"  look-alike rejection: {tr['lookalike_negatives']} of {tr['lookalike_candidates']} candidates fit "
               f"the labels' average worse than {tr['lookalike_cut']:.3f}" + (f" ({tr['lookalike_reason']})"
                                                                                if tr.get("lookalike_reason") else ""))
-    print(f"  default threshold {res.picker.default_threshold:.3f} (calibrated on the labels"
-          + (" and the negatives)" if tr.get("negative_scores") else ")"))
+    rule = tr.get("threshold_rule", "calibrated on the labels")
+    print(f"  default threshold {res.picker.default_threshold:.3f} ({rule})")
     return 0
 
 

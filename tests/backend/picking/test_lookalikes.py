@@ -108,7 +108,7 @@ def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
     assert seen["labels"] == 5 and "lookalikes" in [p.name for p in partials]
     assert res.iterations == 5 and tr["iterations_done"] == 5 and len(res.losses) == 5
     assert tr["n_negatives"] == 2 and tr["lookalike_negatives"] == 2 and tr["lookalike_candidates"] == 7
-    assert len(tr["negative_scores"]) == 2  # the default threshold is calibrated on both sides
+    assert res.picker.default_threshold == 0.5 and tr["threshold_rule"].startswith("Bayes cut")
     # without the search: one training run, nothing recorded about look-alikes
     plain = run_job(fit.fit_picker_job(sim.tomogram, labels, diameter_angstrom=250.0,
                                        voxel_size=float(sim.voxel_size), iterations=3, reject_lookalikes=False),

@@ -164,12 +164,3 @@ def test_calibrated_threshold_rule():
     assert calibrated_threshold([0.4, 0.99]) == 0.5  # a weak label: fall back to the Bayes cut
     assert calibrated_threshold([]) == 0.5 and calibrated_threshold([np.nan]) == 0.5
     assert calibrated_threshold([0.9], floor=0.3) == pytest.approx(0.6)
-
-
-def test_calibrated_threshold_with_known_negatives():
-    # both sides known: midway between the negatives' 90th percentile and the weakest label
-    assert calibrated_threshold([0.64, 0.9], [0.1, 0.2, 0.3]) == pytest.approx(0.5 * (np.quantile([0.1, 0.2, 0.3], 0.9)
-                                                                                      + 0.64), abs=1e-3)
-    # negatives scoring like the labels say nothing: the rule without them
-    assert calibrated_threshold([0.92, 0.97], [0.95, 0.99]) == pytest.approx(0.71)
-    assert calibrated_threshold([0.92, 0.97], []) == calibrated_threshold([0.92, 0.97])

@@ -7,8 +7,11 @@
    high-scoring candidates of the training tomogram that fit the labels' average clearly worse
    than the labels do;
 3. training continues ``lookalike_steps`` steps with them as known negatives (as if the user had
-   removed them), and the default threshold is calibrated between the negatives' and the
-   labels' scores (:func:`~.train.calibrated_threshold`).
+   removed them). The model has then learnt from both classes (positive, unlabelled and known
+   negative data: PNU), so its default threshold is the Bayes cut 0.5 rather than the
+   labels-only calibration (:func:`~.train.calibrated_threshold`, which the labels' own,
+   trained-on scores push too high once look-alikes are pushed down). Chosen on the
+   development tomogram of the look-alike scenario (docs/picking.md).
 
 Measured in docs/picking.md (the look-alike scenario): see there for what it gains and costs.
 """
@@ -23,10 +26,12 @@ from ..jobs import Job, Partial, subjob
 from .lookalikes import lookalike_negatives_job
 from .train import TrainResult, train_picker_job
 
-__all__ = ["DEFAULT_LOOKALIKE_STEPS", "fit_picker_job"]
+__all__ = ["BAYES_CUT", "DEFAULT_LOOKALIKE_STEPS", "fit_picker_job"]
 
 #: training steps with the look-alikes found as known negatives
 DEFAULT_LOOKALIKE_STEPS = 300
+#: the default threshold of a model that learnt look-alikes as negatives
+BAYES_CUT = 0.5
 
 
 def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
@@ -71,5 +76,8 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     second = yield from train_picker_job(tomogram, labels_xyz, picker=picker, iterations=int(lookalike_steps),
                                          negatives_xyz=known, seed=None if seed is None else seed + 1, **common,
                                          **keep)
+    # the model has now learnt both classes (labels and look-alikes: PNU): its Bayes cut is the default
+    picker.training["suggested_threshold"] = BAYES_CUT
+    picker.training["threshold_rule"] = "Bayes cut after look-alike rejection"
     return TrainResult(picker=picker, losses=np.concatenate([first.losses, second.losses]),
                        iterations=first.iterations + second.iterations, seconds=time.perf_counter() - t0)
