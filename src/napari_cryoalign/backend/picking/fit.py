@@ -7,11 +7,13 @@
    high-scoring candidates of the training tomogram that fit the labels' average clearly worse
    than the labels do;
 3. training continues ``lookalike_steps`` steps with them as known negatives (as if the user had
-   removed them). The model has then learnt from both classes (positive, unlabelled and known
-   negative data: PNU), so its default threshold is the Bayes cut 0.5 rather than the
-   labels-only calibration (:func:`~.train.calibrated_threshold`, which the labels' own,
-   trained-on scores push too high once look-alikes are pushed down). Chosen on the
-   development tomogram of the look-alike scenario (docs/picking.md).
+   removed them).
+
+A model trained with known negatives - found here or removed by the user - has learnt from both
+classes (positive, unlabelled and known negative data: PNU), so its default threshold is the
+Bayes cut 0.5 rather than the labels-only calibration (:func:`~.train.calibrated_threshold`,
+which the labels' own, trained-on scores push too high once look-alikes are pushed down). Chosen
+on the development tomograms of the look-alike scenario (docs/picking.md).
 
 Measured in docs/picking.md (the look-alike scenario): see there for what it gains and costs.
 """
@@ -60,7 +62,7 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     first = yield from train_picker_job(tomogram, labels_xyz, negatives_xyz=negatives_xyz, seed=seed, **common,
                                         **train_kwargs)
     if not reject_lookalikes or lookalike_steps <= 0:
-        return first
+        return _with_threshold(first, negatives_xyz)
     picker = first.picker
     found = yield from subjob(lookalike_negatives_job(picker, tomogram, labels_xyz, negatives_xyz=negatives_xyz,
                                                       **common, **(lookalike_options or {})),
@@ -69,15 +71,22 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     picker.training.update(lookalike_negatives=int(len(found.negatives_xyz)), lookalike_cut=found.cut,
                            lookalike_candidates=int(len(found.candidates_xyz)), lookalike_reason=found.reason)
     if not len(found.negatives_xyz):
-        return first
+        return _with_threshold(first, negatives_xyz)
     known = found.negatives_xyz if negatives_xyz is None or not len(negatives_xyz) else \
         np.concatenate([np.asarray(negatives_xyz, dtype=np.float64).reshape(-1, 3), found.negatives_xyz])
     keep = {k: v for k, v in train_kwargs.items() if k not in ("diameter_angstrom", "picker", "iterations")}
     second = yield from train_picker_job(tomogram, labels_xyz, picker=picker, iterations=int(lookalike_steps),
                                          negatives_xyz=known, seed=None if seed is None else seed + 1, **common,
                                          **keep)
-    # the model has now learnt both classes (labels and look-alikes: PNU): its Bayes cut is the default
-    picker.training["suggested_threshold"] = BAYES_CUT
-    picker.training["threshold_rule"] = "Bayes cut after look-alike rejection"
-    return TrainResult(picker=picker, losses=np.concatenate([first.losses, second.losses]),
-                       iterations=first.iterations + second.iterations, seconds=time.perf_counter() - t0)
+    return _with_threshold(TrainResult(picker=picker, losses=np.concatenate([first.losses, second.losses]),
+                                       iterations=first.iterations + second.iterations,
+                                       seconds=time.perf_counter() - t0), known)
+
+
+def _with_threshold(result: TrainResult, negatives_xyz) -> TrainResult:
+    """A model that learnt from known negatives (removed picks, look-alikes found) has seen both classes
+    (positive, unlabelled and negative data: PNU): its Bayes cut is its default threshold."""
+    if negatives_xyz is not None and len(negatives_xyz):
+        result.picker.training["suggested_threshold"] = BAYES_CUT
+        result.picker.training["threshold_rule"] = "Bayes cut: trained with known negatives"
+    return result
