@@ -66,6 +66,11 @@ def test_train_predict_template_end_to_end(data):
 
     trained = load_picker(d / "model_neg.pt").training
     assert trained["n_negatives"] == 2 and trained["iterations_done"] == 43
+    assert load_picker(d / "model_neg.pt").default_threshold == 0.5  # trained with known negatives: the Bayes cut
+    assert _run(["pick", "train", "--tomogram", str(d / "tomo.mrc"), "--labels", str(d / "labels.star"),
+                 "--diameter", "80", "--out", str(d / "model_plain.pt"), "--iterations", "2",
+                 "--no-lookalike-rejection"]) == 0
+    assert "lookalike_negatives" not in load_picker(d / "model_plain.pt").training
     assert _run(["pick", "predict", "--tomogram", str(d / "tomo.mrc"), "--model", str(d / "model.pt"),
                  "--out", str(d / "picks.star"), "--threshold", "0.05", "--min-distance", "60",
                  "--heatmap", str(d / "heat.mrc")]) == 0
