@@ -66,7 +66,7 @@ def test_train_predict_template_end_to_end(data):
 
     trained = load_picker(d / "model_neg.pt").training
     assert trained["n_negatives"] == 2 and trained["iterations_done"] == 43
-    assert load_picker(d / "model_neg.pt").default_threshold == 0.5  # trained with known negatives: the Bayes cut
+    assert load_picker(d / "model_neg.pt").default_threshold == 0.5  # the recipe with known negatives: Bayes cut
     assert _run(["pick", "train", "--tomogram", str(d / "tomo.mrc"), "--labels", str(d / "labels.star"),
                  "--diameter", "80", "--out", str(d / "model_plain.pt"), "--iterations", "2",
                  "--no-lookalike-rejection"]) == 0

@@ -115,8 +115,16 @@ def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
                     progress=False)
     assert plain.iterations == 3 and "lookalike_negatives" not in plain.picker.training
     assert plain.picker.default_threshold == plain.picker.training["suggested_threshold"]  # the labels' rule
-    # removed picks alone (no search) also make the model a two-class one: the Bayes cut
+    # removed picks with the recipe, its search finding nothing: trained with known negatives, the Bayes cut
+    monkeypatch.setattr(fit, "lookalike_negatives_job", lambda *a, **k: _nothing_found())
     removed = run_job(fit.fit_picker_job(sim.tomogram, labels, diameter_angstrom=250.0,
-                                         voxel_size=float(sim.voxel_size), iterations=2, reject_lookalikes=False,
+                                         voxel_size=float(sim.voxel_size), iterations=2,
                                          negatives_xyz=fake_negatives), progress=False)
     assert removed.picker.default_threshold == 0.5 and removed.picker.training["n_negatives"] == 2
+
+
+def _nothing_found():
+    from napari_cryoalign.backend.picking.lookalikes import LookalikeNegatives
+
+    yield from ()
+    return LookalikeNegatives(np.zeros((0, 3)), reason="nothing")

@@ -9,11 +9,13 @@
 3. training continues ``lookalike_steps`` steps with them as known negatives (as if the user had
    removed them).
 
-A model trained with known negatives - found here or removed by the user - has learnt from both
-classes (positive, unlabelled and known negative data: PNU), so its default threshold is the
-Bayes cut 0.5 rather than the labels-only calibration (:func:`~.train.calibrated_threshold`,
-which the labels' own, trained-on scores push too high once look-alikes are pushed down). Chosen
-on the development tomograms of the look-alike scenario (docs/picking.md).
+With the recipe, a model trained with known negatives - found here or removed by the user - has
+learnt from both classes (positive, unlabelled and known negative data: PNU), so its default
+threshold is the Bayes cut 0.5 rather than the labels-only calibration
+(:func:`~.train.calibrated_threshold`, which the labels' own, trained-on scores push too high
+once look-alikes are pushed down; measured best thresholds 0.41-0.53 after the recipe). Without
+the recipe (``reject_lookalikes=False``) the labels-only calibration stays: a few removed picks
+leave the scores high (best thresholds 0.77-0.83 on the cellular scenario). docs/picking.md.
 
 Measured in docs/picking.md (the look-alike scenario): see there for what it gains and costs.
 """
@@ -62,7 +64,7 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     first = yield from train_picker_job(tomogram, labels_xyz, negatives_xyz=negatives_xyz, seed=seed, **common,
                                         **train_kwargs)
     if not reject_lookalikes or lookalike_steps <= 0:
-        return _with_threshold(first, negatives_xyz)
+        return first
     picker = first.picker
     found = yield from subjob(lookalike_negatives_job(picker, tomogram, labels_xyz, negatives_xyz=negatives_xyz,
                                                       **common, **(lookalike_options or {})),
