@@ -207,6 +207,8 @@ def measure_training(scenario: str, out: str | None) -> None:
     res = run_job(job, progress=False, on_partial=on_partial, on_progress=on_progress)
     out_json = {"scenario": scenario, "shape_zyx": SHAPE, "labels": int(len(labels)), "seconds": time.perf_counter() - t0,
                 **marks, "iterations": res.iterations, "lookalike_negatives": res.picker.training.get("lookalike_negatives"),
+                "lookalike_reason": res.picker.training.get("lookalike_reason"),
+                "lookalike_candidates": res.picker.training.get("lookalike_candidates"),
                 "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "cpu_count": os.cpu_count()}
     print(json.dumps(out_json))
     if out:
