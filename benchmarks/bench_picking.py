@@ -79,7 +79,7 @@ SCENARIOS = {
     "lookalike-cct": {"dose": 100.0},
 }
 #: "lookalike": what makes picking hard on real data (issue 17). The targets are heterogeneous ribosomes
-#: (backend.simulate.variants.lookalike_species): the full map, a second conformation (the smaller domain
+#: (backend.simulate.lookalikes.lookalike_species): the full map, a second conformation (the smaller domain
 #: turned by LOOKALIKE_ANGLE degrees) and three copies each missing 15 % of the density in a different
 #: place; the look-alikes are the large domain alone (a sub-complex, NCC 0.77 with the target at 40 Å)
 #: and two other species of similar size (CCT, mTOR).
@@ -91,8 +91,8 @@ LOOKALIKE_TARGET = {"lookalike": ("ribosome", ("cct", "mtor")), "lookalike-cct":
 
 
 def lookalikes(scenario: str = "lookalike"):
-    """A look-alike scenario's maps (:class:`~napari_cryoalign.backend.simulate.variants.LookalikeSet`)."""
-    from napari_cryoalign.backend.simulate.variants import lookalike_species
+    """A look-alike scenario's maps (:class:`~napari_cryoalign.backend.simulate.lookalikes.LookalikeSet`)."""
+    from napari_cryoalign.backend.simulate.lookalikes import lookalike_species
 
     return lookalike_species(VOXEL, target=LOOKALIKE_TARGET[scenario][0], angle_deg=LOOKALIKE_ANGLE, n_partial=3,
                              seed=0)

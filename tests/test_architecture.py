@@ -112,5 +112,6 @@ def test_one_place_reads_layer_metadata_and_one_writes_star():
                                                                    "_writer.py") if "starfile" in p.read_text()]
     assert star_writers == []
     overwriting = [p.relative_to(PKG).as_posix() for p in _sources("widgets")
-                   if re.search(r"overwrite=True\s*[,)]", p.read_text())]
+                   if any(re.search(r"overwrite=True\s*[,)]", line) and "bind_key" not in line
+                          for line in p.read_text().splitlines())]  # (key bindings replace keys, not files)
     assert overwriting == ["widgets/_pick_labels.py"]  # the labels autosave (next to the tomogram, its own file)

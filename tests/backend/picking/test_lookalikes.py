@@ -10,7 +10,7 @@ from napari_cryoalign.backend.jobs import run_job
 from napari_cryoalign.backend.picking import Picker
 from napari_cryoalign.backend.picking.infer import Picks
 from napari_cryoalign.backend.picking.lookalikes import lookalike_negatives_job
-from napari_cryoalign.backend.simulate.variants import lookalike_species
+from napari_cryoalign.backend.simulate.lookalikes import lookalike_species
 
 VOXEL = 20.0
 

@@ -6,6 +6,7 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
 from napari_cryoalign.backend.fourier import lowpass, pad_or_crop
+from napari_cryoalign.backend.simulate import lookalikes as LK
 from napari_cryoalign.backend.simulate import variants as V
 from napari_cryoalign.backend.simulate.slab import species_maps
 from napari_cryoalign.backend.simulate.structures import load_structure_map
@@ -230,7 +231,7 @@ def test_partial_occupancy_removes_one_compact_peripheral_region(ribo20, ribo10)
 # ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lookalikes():
-    return V.lookalike_species(20.0, n_partial=2, seed=0)
+    return LK.lookalike_species(20.0, n_partial=2, seed=0)
 
 
 def test_lookalike_species_names_shapes_and_scale(lookalikes):
@@ -261,7 +262,7 @@ def test_lookalike_species_names_shapes_and_scale(lookalikes):
     assert _ncc(L.mismatched_template("lowpass80"), full) < _ncc(low, full)
     with pytest.raises(InputError, match="kind"):
         L.mismatched_template("blurry")
-    small = V.lookalike_species(20.0, n_partial=0, include_full=False, target="enolase")
+    small = LK.lookalike_species(20.0, n_partial=0, include_full=False, target="enolase")
     assert list(small.maps) == ["enolase_conf2", "enolase_subcomplex"] and small.target_names == ("enolase_conf2",)
 
 
