@@ -34,7 +34,7 @@ __all__ = ["BAYES_CUT", "DEFAULT_LOOKALIKE_STEPS", "fit_picker_job"]
 
 #: training steps with the look-alikes found as known negatives
 DEFAULT_LOOKALIKE_STEPS = 300
-#: the default threshold of a model that learnt look-alikes as negatives
+#: the default threshold of a model the recipe trained with known negatives (found or removed)
 BAYES_CUT = 0.5
 
 
