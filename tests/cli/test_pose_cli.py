@@ -67,3 +67,87 @@ def test_errors_are_one_line(sim_dir, capsys):
     assert "missing.pt" in capsys.readouterr().err
     assert main(["reconstruct", "--particles", str(star), "--out", str(star)]) == 2  # never overwrite the input
     assert main(["pose", "train", "--particles", str(star), "--out", str(d / "y.pt"), "--symmetry", "X9"]) == 2
+
+
+def _write_user_star(path, ps, rows, subset):
+    """Particles ``rows`` of a simulated set as a user's STAR file (the project's writer); ``subset``: the
+    rlnRandomSubset value of every row, or None for no such column."""
+    from napari_cryoalign.io.star_images import write_particle_stack
+
+    extra = {"rlnOriginXAngst": ps.origins_angstrom[rows, 0], "rlnOriginYAngst": ps.origins_angstrom[rows, 1],
+             "rlnDefocusU": ps.defocus_u_um[rows] * 1e4, "rlnDefocusV": ps.defocus_v_um[rows] * 1e4,
+             "rlnDefocusAngle": ps.defocus_angle_deg[rows]}
+    if subset is not None:
+        extra["rlnRandomSubset"] = np.asarray(subset)[None].repeat(len(rows)) if np.isscalar(subset) else subset
+    return write_particle_stack(path, ps.images[rows], voxel_size=ps.pixel_size_angstrom,
+                                euler_deg=ps.euler_deg[rows], extra_columns=extra,
+                                optics={"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7,
+                                        "rlnAmplitudeContrast": 0.07})
+
+
+@pytest.fixture(scope="module")
+def one_direction(tmp_path_factory):
+    """CESPED's one-direction protocol as files: half1.star (rlnRandomSubset = 1 on every row), half2.star
+    (= 2 on every row) and all.star (no rlnRandomSubset column)."""
+    from napari_cryoalign.backend.simulate.particles import simulate_particles
+
+    d = tmp_path_factory.mktemp("one_direction")
+    ps = simulate_particles("ribosome", n=160, box=32, pixel_size_angstrom=12.0, snr=2.0, seed=3)
+    rows = np.arange(ps.n)
+    _write_user_star(d / "half1.star", ps, rows[:96], 1)
+    _write_user_star(d / "half2.star", ps, rows[96:], 2)
+    _write_user_star(d / "all.star", ps, rows[:96], None)
+    return d
+
+
+def test_single_half_star_trains_one_network_and_predicts_the_other_half(one_direction, capsys):
+    from napari_cryoalign.backend.pose.modelio import load_pose_model
+
+    d = one_direction
+    assert main(["-q", "pose", "train", "--particles", str(d / "half1.star"), "--out", str(d / "h1.pt"),
+                 "--symmetry", "C1", "--epochs", "1", "--grid-level", "1", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "only half set 1" in out and "--half 1" in out and "trained 1 network(s) on half set 1, 96 particles" in out
+    model = load_pose_model(d / "h1.pt")
+    assert model.halves == [1] and model.training["trained_on"] == "1"
+    assert model.training["particles"] == {"1": 96} and "only half set 1" in model.training["half_choice"]
+    # predict half 2 with the network of half 1: every particle gets a pose
+    assert main(["-q", "pose", "predict", "--particles", str(d / "half2.star"), "--model", str(d / "h1.pt"),
+                 "--out", str(d / "pred2.star")]) == 0
+    out = capsys.readouterr().out
+    assert "64 by the network of half set 1 (model trained on half set 1)" in out and "not a gold-standard" not in out
+    df = starfile.read(d / "pred2.star", always_dict=True)["particles"]
+    assert len(df) == 64 and (df["rlnRandomSubset"] == 2).all()
+    angles = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=float)
+    assert np.isfinite(angles).all() and angles.std(axis=0).min() > 1.0  # predicted, not copied or constant
+    src = starfile.read(d / "half2.star", always_dict=True)["particles"]
+    assert not np.allclose(angles, src[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=float))
+    # the training half itself is predicted too, with a warning that the network saw it
+    assert main(["-q", "pose", "predict", "--particles", str(d / "half1.star"), "--model", str(d / "h1.pt"),
+                 "--out", str(d / "pred1.star"), "--no-map-search"]) == 0
+    assert "96 of these particles are in the half set their network was trained on" in capsys.readouterr().out
+
+
+def test_star_without_subset_column_trains_on_all_particles(one_direction, capsys):
+    from napari_cryoalign.backend.pose.modelio import load_pose_model
+
+    d = one_direction
+    assert main(["-q", "pose", "train", "--particles", str(d / "all.star"), "--out", str(d / "all.pt"),
+                 "--epochs", "1", "--grid-level", "0", "--batch-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "no rlnRandomSubset column: one network on all 96 particles" in out
+    model = load_pose_model(d / "all.pt")
+    assert model.halves == [0] and model.training["trained_on"] == "all"
+
+
+def test_too_small_half_names_the_half_option(tmp_path, capsys):
+    from napari_cryoalign.backend.simulate.particles import simulate_particles
+
+    ps = simulate_particles("ribosome", n=40, box=16, pixel_size_angstrom=24.0, snr=2.0, seed=4)
+    star = _write_user_star(tmp_path / "lopsided.star", ps, np.arange(40), np.r_[np.ones(36, int), np.full(4, 2)])
+    assert main(["pose", "train", "--particles", str(star), "--out", str(tmp_path / "m.pt"),
+                 "--batch-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "lopsided.star" in err and "rlnRandomSubset" in err and "half set 2" in err
+    assert "--half 1" in err and "(half set 1: 36, half set 2: 4)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists()

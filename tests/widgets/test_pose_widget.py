@@ -84,3 +84,26 @@ def test_particles_opened_with_the_reader(make_napari_viewer, qtbot, star, tmp_p
     assert w.export_star() is None and "overwrite existing files" in w.status.text()
     w.save_model_file.value = str(model_path)  # the model being used: an input
     assert w.save_model() is None and "input" in w.status.text()
+
+
+def test_training_on_a_single_half_star(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A STAR file with rlnRandomSubset = 1 on every row trains one network on it (as `pose train` does) and says so."""
+    from napari_cryoalign.io.star_images import write_particle_stack
+    from napari_cryoalign.widgets.pose import PoseWidget
+
+    ps = simulate_particles("ribosome", n=64, box=32, pixel_size_angstrom=12.0, snr=2.0, seed=1)
+    star = write_particle_stack(tmp_path / "half1.star", ps.images, voxel_size=12.0, euler_deg=ps.euler_deg,
+                                extra_columns={"rlnDefocusU": ps.defocus_u_um * 1e4, "rlnRandomSubset": np.ones(64, int)})
+    from napari.utils import notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", shown.append)
+    w = PoseWidget(make_napari_viewer())
+    w.star.value = str(star)
+    w.epochs.value = 1
+    w.grid_level.value = 1
+    assert w.run() is not None, w.status.text()
+    qtbot.waitUntil(lambda: w.last_run is not None, timeout=120_000)
+    assert w.last_run.model.halves == [1] and w.last_run.model.training["trained_on"] == "1"
+    assert any("half1.star: only half set 1" in m for m in shown), shown
+    assert len(w.last_run.prediction.confidence) == 64

@@ -2,9 +2,13 @@
 
 * ``pose train --particles P.star --out MODEL.pt``: train Image2Sphere-style networks on
   particles with known poses (RELION ``rlnAngleRot/Tilt/Psi``), one per half set
-  (``rlnRandomSubset``; the 2-fold gold standard) unless ``--half`` says otherwise.
+  (``rlnRandomSubset``; the 2-fold gold standard) unless ``--half`` says otherwise. With the
+  default ``--half both``, a file with one half set only (every ``rlnRandomSubset`` 1, or every
+  one 2: CESPED's one-direction protocol) trains one network on that half, and a file without
+  ``rlnRandomSubset`` one network on every particle; the output and the model file say which.
 * ``pose predict --particles P.star --model MODEL.pt --out POSES.star``: predict every
-  particle's pose with the network that did not see its half set, plus an FFT shift search;
+  particle's pose with the network that did not see its half set (a model with one network,
+  trained on one half or on all particles, predicts every particle with it), plus an FFT shift search;
   writes ``rlnAngleRot/Tilt/Psi``, ``rlnOriginX/YAngst`` and the confidence
   (``rlnParticleFigureOfMerit``), keeping every other input column.
 * ``reconstruct --particles POSES.star --out MAP.mrc``: direct Fourier reconstruction with
@@ -30,8 +34,9 @@ def register(sub) -> None:
     t.add_argument("--symmetry", default="C1", metavar="GROUP", help="point group: C1 (default), Cn, Dn, T, O, I")
     t.add_argument("--epochs", type=int, default=20, metavar="N", help="epochs per network (default 20)")
     t.add_argument("--half", choices=["both", "1", "2", "all"], default="both",
-                   help="both: one network per half set (default, gold standard); 1/2: that half only; all: one "
-                        "network on every particle")
+                   help="both (default): one network per half set (gold standard) where the file has half sets 1 "
+                        "and 2 (rlnRandomSubset); with one half set only, one network on it; without the column, "
+                        "one network on every particle. 1/2: that half only; all: one network on every particle")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     t.add_argument("--image-size", type=int, default=None, metavar="S",
@@ -58,7 +63,8 @@ def register(sub) -> None:
     q.add_argument("--no-shifts", action="store_true", help="skip the FFT shift search (origins written as 0)")
     q.add_argument("--max-shift", type=float, default=None, metavar="A", help="largest shift searched (default 15%% of the box)")
     q.add_argument("--half", type=int, choices=[0, 1, 2], default=None,
-                   help="use the network trained on this half for every particle (default: the other half's)")
+                   help="use the network trained on this half (0: on all particles) for every particle (default: "
+                        "the other half's network for a gold-standard pair; the model's only network when it has one)")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--device", type=device_arg, default="cpu")
@@ -96,15 +102,20 @@ def run_train(args) -> int:
     ensure_not_input(out, args.particles)
     check_output_path(out, overwrite=args.overwrite)
     data = load_particle_data(args.particles, require_poses=True)
-    halves = {"both": (1, 2), "1": (1,), "2": (2,), "all": (0,)}[args.half]
+    halves = {"both": "auto", "1": (1,), "2": (2,), "all": (0,)}[args.half]
     job = train_pose_model_job(data, symmetry=args.symmetry, halves=halves, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
                                grid_level=args.grid_level, seed=args.seed, threads=args.threads,
                                device=resolve_device(args.device))
     model = run_job(job, progress=show_progress(args), description="pose train")
     save_pose_model(out, model, overwrite=args.overwrite)
-    losses = "; ".join(f"half {h}: {v[0]:.3f} -> {v[-1]:.3f}" for h, v in model.training["loss"].items())
-    print(f"trained {len(model.nets)} network(s) on {data.n} particles ({data.box}^2 px -> "
+    losses = "; ".join(f"{'all' if h == '0' else 'half ' + h}: {v[0]:.3f} -> {v[-1]:.3f}"
+                       for h, v in model.training["loss"].items())
+    if args.half == "both" and model.training["trained_on"] != "both":
+        print(f"{Path(args.particles).name}: {model.training['half_choice']}")
+    on = {"both": "half sets 1 and 2", "all": "all particles"}.get(model.training["trained_on"],
+                                                                    f"half set {model.training['trained_on']}")
+    print(f"trained {len(model.nets)} network(s) on {on}, {sum(model.training['particles'].values())} particles ({data.box}^2 px -> "
           f"{model.config.image_size}^2 at {model.pixel_size_angstrom:.2f} Å, symmetry {model.symmetry}, "
           f"{model.training['seconds']:.0f} s); loss {losses}")
     print(f"  model: {out}")
@@ -136,12 +147,35 @@ def run_predict(args) -> int:
           f"mean confidence {pred.confidence.mean():.3f}"
           + ("; network + map search" if pred.map_search else "; network only")
           + ("; refined by projection matching" if pred.refined else ""))
+    print(_networks_used(model, data, pred))
     if data.rotations is not None:
         err = angular_errors(pred.rotations, data.rotations, model.symmetry, confidence=data.confidence)
         print(f"  against the poses in the input file: MAnE {err.mane:.1f}°, wMAnE {err.wmane:.1f}°, "
               f"median {err.median:.1f}° (symmetry {model.symmetry})")
     print(f"  poses: {out}")
     return 0
+
+
+def _networks_used(model, data, pred) -> str:
+    """Which network predicted how many particles, and how many of those it was trained on."""
+    from ..backend.pose.train import has_subset_column
+
+    def name(h) -> str:
+        return {"0": "all particles", "all": "all particles", "both": "half sets 1 and 2"}.get(str(h), f"half set {h}")
+
+    parts, seen = [], 0
+    for h in sorted(set(pred.network_half.tolist())):
+        sel = pred.network_half == h
+        parts.append(f"{int(sel.sum())} by the network of {name(h)}")
+        if h != 0 and has_subset_column(data):
+            seen += int((sel & (data.half == h)).sum())
+    text = "  networks: " + ", ".join(parts)
+    if model.training.get("trained_on"):
+        text += f" (model trained on {name(model.training['trained_on'])})"
+    if seen:
+        text += (f"; {seen} of these particles are in the half set their network was trained on "
+                 "(not a gold-standard prediction)")
+    return text
 
 
 def run_reconstruct(args) -> int:

@@ -1,7 +1,9 @@
 """Dock widget "Pose inference": train or load a pose network, predict poses, reconstruct, FSC, export.
 
 Load a particle STAR file (its image stack becomes an image layer to browse), then either
-train networks on its poses (gold standard, live loss plot) or load a model file, and run:
+train networks on its poses (gold standard where the file has half sets 1 and 2; with one
+half set, or no ``rlnRandomSubset``, one network on what is there, as ``pose train --half
+both`` does; live loss plot) or load a model file, and run:
 the poses are predicted for every particle, the map is reconstructed from them (image layer
 "pose reconstruction", next to the model's training-half map "pose training reference"), the
 half-map FSC is plotted, the viewing directions are drawn on a Mollweide map coloured by
@@ -130,8 +132,9 @@ class PoseWidget(JobWidget):
         predict = {"projection_refine": bool(self.refine.value),
                    "map_search": None if self.map_search.value else False}
         if self.mode.value == MODES[0]:
+            # the CLI's `--half both`: a network per half set where both exist, else one on what is there
             train = {"symmetry": self.symmetry.value, "epochs": int(self.epochs.value),
-                     "grid_level": int(self.grid_level.value)}
+                     "grid_level": int(self.grid_level.value), "halves": "auto"}
             return pose_pipeline_job(self.data, train=train, predict=predict)
         from ..backend.pose.modelio import load_pose_model
 
@@ -176,9 +179,17 @@ class PoseWidget(JobWidget):
                                                 "border_color": "confidence"}, "points"))
         self.export_button.enabled = self.save_model_button.enabled = True
         self._apply_threshold()
+        training = result.model.training
+        note = ""
+        if training.get("half_choice") and training.get("trained_on", "both") != "both" and self.mode.value == MODES[0]:
+            from napari.utils.notifications import show_info
+
+            note = f"; {training['half_choice']}"
+            show_info(f"{self.job_name}: {self.data.path.name if self.data.path else 'particles'}: "
+                      f"{training['half_choice']}")
         self.status.setText(f"predicted {n} poses ({pred.particles_per_second:.0f}/s); mean confidence "
                             f"{pred.confidence.mean():.3f}" + (f"; half-map FSC {rec.fsc.resolution_0143:.1f} Å"
-                                                                 if rec.fsc is not None else ""))
+                                                                 if rec.fsc is not None else "") + note)
 
     # -- after a run -----------------------------------------------------------------------
     def selected(self) -> np.ndarray:

@@ -136,3 +136,29 @@ def test_map_search_is_the_default_and_beats_the_network(trained):
     with pytest.raises(InputError, match="references"):
         predict_poses(bare, sub, map_search=True)
     assert not predict_poses(bare, sub.subset(np.arange(4)), shift_search_enabled=False).map_search
+
+
+def test_choose_halves_follows_the_subsets_present():
+    """halves="auto": both half sets -> the gold-standard pair; one -> that one; no rlnRandomSubset -> all."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from napari_cryoalign.backend.pose.data import ParticleData
+    from napari_cryoalign.backend.pose.train import choose_halves
+
+    n = 6
+    data = ParticleData(images=np.zeros((n, 8, 8), np.float32), pixel_size_angstrom=1.0,
+                        rotations=np.eye(3)[None].repeat(n, 0), origins_angstrom=np.zeros((n, 2)), ctf=None,
+                        half=np.array([1, 2] * 3), confidence=np.ones(n))
+    assert choose_halves(data)[0] == (1, 2)
+    assert choose_halves(replace(data, half=np.full(n, 2)))[0] == (2,)
+    halves, why = choose_halves(replace(data, half=np.ones(n, int)))
+    assert halves == (1,) and "only half set 1" in why and "--half 1" in why
+    # a STAR file without the column (load_particle_data alternates 1, 2, ... but the file has no halves)
+    table = SimpleNamespace(data=pd.DataFrame({"rlnAngleRot": np.zeros(n)}))
+    halves, why = choose_halves(replace(data, table=table))
+    assert halves == (0,) and "no rlnRandomSubset column" in why
+    with pytest.raises(InputError, match="halves"):
+        train_pose_model(data, halves="both")

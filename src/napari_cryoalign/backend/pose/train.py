@@ -13,7 +13,11 @@ training sees every in-plane angle; the architecture is equivariant to exactly t
 
 Gold standard (CESPED's protocol): with ``halves=(1, 2)`` one network is trained on each half
 set (``rlnRandomSubset``) and :mod:`.predict` predicts every particle with the network that
-never saw it. Each network is stored with the reconstruction of its own training half from
+never saw it. ``halves="auto"`` (:func:`choose_halves`; the CLI's default ``--half both``) does
+that where the file has both half sets, and otherwise trains one network on what is there:
+the one half set present (CESPED's one-direction protocol: train on half 1, predict half 2 with
+it), or every particle when the file has no ``rlnRandomSubset`` column. ``PoseModel.training``
+records the choice (``trained_on``: ``"both"``, ``"1"``, ``"2"`` or ``"all"``, and ``half_choice``). Each network is stored with the reconstruction of its own training half from
 the true poses, which prediction uses for the in-plane shift search and optional local
 refinement.
 """
@@ -43,6 +47,7 @@ from .reconstruct import reconstruct_half_maps_job
 
 __all__ = [
     "PoseModel",
+    "choose_halves",
     "default_image_size",
     "downsample_particles",
     "pose_loss",
@@ -92,6 +97,35 @@ class PoseModel:
 def default_image_size(box: int) -> int:
     """The model's image size for a box: the box itself up to 64, else 64 (Fourier-cropped)."""
     return int(min(64, box - box % 4))
+
+
+def has_subset_column(data: ParticleData) -> bool:
+    """Whether the particles carry half sets of their own: the STAR file has ``rlnRandomSubset`` (simulated
+    data always does). Without it :func:`.data.load_particle_data` alternates 1, 2, 1, ... ."""
+    table = getattr(data, "table", None)
+    return table is None or "rlnRandomSubset" in table.data.columns
+
+
+def choose_halves(data: ParticleData) -> tuple[tuple[int, ...], str]:
+    """The networks ``halves="auto"`` trains, and why (one sentence).
+
+    * both half sets present (``rlnRandomSubset`` 1 and 2): ``(1, 2)``, the gold standard;
+    * one half set only (every row 1, or every row 2): ``(h,)``, one network on it (predict the
+      other half, or any other particles, with it);
+    * no ``rlnRandomSubset`` column: ``(0,)``, one network on every particle (the file does not
+      say which particles belong together; an alternating split would halve the training set).
+    """
+    if not has_subset_column(data):
+        return (0,), (f"no rlnRandomSubset column: one network on all {data.n} particles (as --half all); "
+                      "add rlnRandomSubset 1/2 for a gold-standard pair")
+    present = sorted(set(np.unique(data.half).tolist()))
+    if present == [1, 2]:
+        return (1, 2), "half sets 1 and 2: one network per half (gold standard)"
+    if len(present) == 1:
+        h = present[0]
+        return (h,), (f"only half set {h} (rlnRandomSubset = {h} for all {data.n} particles): one network on it "
+                      f"(as --half {h}); `pose predict` uses it for every particle, e.g. half set {3 - h}")
+    raise InputError("rlnRandomSubset values 1 or 2", path=data.path, field="rlnRandomSubset", got=present)
 
 
 def target_indices(rotations: torch.Tensor, group: torch.Tensor, grid_flat: torch.Tensor) -> torch.Tensor:
@@ -210,7 +244,8 @@ def train_pose_model_job(data: ParticleData, *, symmetry: str = "C1", halves=(1,
     data : ParticleData with ``rotations`` (true poses), CTFs, half sets and confidences
     symmetry : point group of the structure (targets on every mate ``A g``)
     halves : ``(1, 2)``: gold standard, one network per half set (``rlnRandomSubset``);
-        ``(1,)`` or ``(2,)``: one network on that half; ``(0,)``: one network on all particles
+        ``(1,)`` or ``(2,)``: one network on that half; ``(0,)``: one network on all particles;
+        ``"auto"``: :func:`choose_halves` (both where both half sets exist, else what is there)
     epochs, batch_size, lr, label_smoothing : optimisation (AdamW, one-cycle cosine schedule,
         gradient clipping at 5)
     augment : random in-plane rotations (pose ``A -> Q A``)
@@ -225,9 +260,20 @@ def train_pose_model_job(data: ParticleData, *, symmetry: str = "C1", halves=(1,
     """
     _check(data, epochs, batch_size, lr)
     sym = normalize_symmetry(symmetry)
+    if isinstance(halves, str):
+        if halves != "auto":
+            raise InputError('halves "auto", (1, 2), (1,), (2,) or (0,) for all particles', field="halves",
+                             got=repr(halves))
+        halves, choice = choose_halves(data)
+    else:
+        choice = None
     halves = tuple(int(h) for h in halves)
     if not halves or any(h not in (0, 1, 2) for h in halves) or (0 in halves and len(halves) > 1):
         raise InputError("halves (1, 2), (1,), (2,) or (0,) for all particles", field="halves", got=halves)
+    trained_on = {(1, 2): "both", (2, 1): "both", (1,): "1", (2,): "2", (0,): "all"}.get(halves, str(halves))
+    if choice is None:
+        choice = {"both": "one network per half set (gold standard)", "all": f"one network on all {data.n} particles",
+                  }.get(trained_on, f"one network on half set {trained_on} only")
     if config is None:
         kw = {"image_size": image_size or default_image_size(data.box)}
         if grid_level is not None:
@@ -246,8 +292,8 @@ def train_pose_model_job(data: ParticleData, *, symmetry: str = "C1", halves=(1,
         sets = {h: (np.arange(data.n) if h == 0 else np.flatnonzero(data.half == h)) for h in halves}
         for h, idx in sets.items():
             if idx.size < batch_size:
-                raise InputError(f"at least batch_size = {batch_size} particles in half set {h}", path=data.path,
-                                 field="rlnRandomSubset", got=f"{idx.size}")
+                raise InputError(_too_small(h, batch_size, len(sets) == 2, data),
+                                 path=data.path, field="rlnRandomSubset" if h else "particles", got=f"{idx.size}")
         total_steps = sum(epochs * max(1, idx.size // batch_size) for idx in sets.values())
         yield Progress(0, total_steps, "preprocessing")
         small = downsample_particles(data, config.image_size)
@@ -276,13 +322,27 @@ def train_pose_model_job(data: ParticleData, *, symmetry: str = "C1", halves=(1,
     finally:
         if threads:
             torch.set_num_threads(old_threads)
-    training = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+    training = {"trained_on": trained_on, "half_choice": choice, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                 "label_smoothing": float(label_smoothing), "augment": bool(augment), "seed": int(seed),
                 "particles": {str(h): int(sets[h].size) for h in sets},
                 "loss": {str(h): [e["loss"] for e in history[h]] for h in history},
                 "seconds": time.perf_counter() - t0}
     return PoseModel(nets=nets, references=refs, config=config, symmetry=sym,
                      pixel_size_angstrom=small.pixel_size_angstrom, box=data.box, training=training)
+
+
+def _too_small(h: int, batch_size: int, pair: bool, data: ParticleData) -> str:
+    """What a too-small training set expected, with the way out (train on the other half, or on everything)."""
+    if h == 0:
+        return f"at least batch_size = {batch_size} particles (--batch-size)"
+    other = 3 - h
+    n_other = int((data.half == other).sum())
+    hint = (f"; train one network on half set {other} alone with --half {other} (halves=({other},)), "
+            f"which `pose predict` then uses for every particle" if n_other >= batch_size else "")
+    counts = f"half set 1: {int((data.half == 1).sum())}, half set 2: {int((data.half == 2).sum())}"
+    pair_note = " for the gold-standard pair" if pair else ""
+    return (f"at least batch_size = {batch_size} particles in half set {h}{pair_note} ({counts}){hint}, "
+            "or all particles with --half all, or a smaller --batch-size")
 
 
 def train_pose_model(data: ParticleData, **kwargs) -> PoseModel:
