@@ -20,9 +20,15 @@ Real data: cryoDRGN's ``sta_testing_bin8.star`` (219 ribosome tilt images, 64²,
 1.82 Å = 14.56 Å/px; the STAR file's 1.96 Å is the unbinned detector pixel) reconstructed from
 its given poses with CTF: half-map FSC (needs ``scripts/fetch_test_data.sh``).
 
+Small asymmetric complex (issue 22, ``--small-complex``): RuvAB (7PBL, 212 kDa, C1) at 3 Å/px beside
+the ribosome at 6 Å/px, 64² px, 4,000 particles per half, CTF per particle (defocus 1.0-2.5 µm,
+astigmatism 0.1 µm, B 30 Å²), shifts ±2 px, SNR 0.1: MAnE of the network alone, with the map search
+and with the true map (no network); writes docs/benchmarks/pose_small_complex.json.
+
 Writes docs/benchmarks/pose.json.
 Run:  .venv/bin/python benchmarks/bench_pose.py            (full: the lead's run)
       .venv/bin/python benchmarks/bench_pose.py --reduced  (a few minutes of CPU)
+      OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pose.py --small-complex  (~35-40 min, 1 thread)
 """
 
 from __future__ import annotations
