@@ -19,12 +19,13 @@ the nominal width, which is only the fallback when no blob can be measured:
 2. a first width from each blob's half-maximum area (``pi * 2 ln 2 * sigma^2`` for a
    Gaussian, the smoothing subtracted in quadrature): it sets the isolation distance and the
    fit window;
-3. isolated blobs only (no other candidate above a quarter of its height within
-   ``5 * sigma + 2`` px), the strongest ``max_blobs`` of each image;
-4. least-squares fit of the 5 parameters (4 for a line detector) on a window of half-size
-   ``ceil(3 * sigma) + 1`` px; fits whose centre left the peak pixel, whose width hit a
-   bound or whose amplitude is not positive are dropped; steps 3-4 run twice, the second
-   time with the median of the first fits;
+3. separable blobs only (no other candidate above a quarter of its height within
+   ``3 * sigma + 1`` px), the strongest ``max_blobs`` of each image;
+4. least-squares fit on a window of half-size ``ceil(3 * sigma) + 1`` px, with the blobs
+   within ``6 * sigma + 2`` px as further Gaussians of the same width (their tails reach the
+   window; each has its own height and centre); fits whose centre left the peak pixel, whose
+   width hit a bound or whose amplitude is not positive are dropped; steps 3-4 run twice,
+   the second time with the median of the first fits;
 5. the median over all blobs, and its robust spread (MAD) as the uncertainty.
 
 Blobs of two beads overlapping in projection fit wider than one bead; the median over tens
@@ -111,8 +112,12 @@ def _half_max_sigma(sm: np.ndarray, y: int, x: int, h: float, line: bool) -> flo
     return math.sqrt(max(s_eff * s_eff - _SMOOTH_PX ** 2, 0.09))
 
 
-def _fit_blob(img: np.ndarray, y: int, x: int, s0: float, line: bool, s_max: float):
-    """Fit ``b + a exp(-r^2 / 2 s^2)`` around pixel (y, x); returns ``(sigma_px, ok)``."""
+def _fit_blob(img: np.ndarray, y: int, x: int, s0: float, line: bool, s_max: float, neighbours=()):
+    """Fit ``b + a exp(-r^2 / 2 s^2)`` around pixel (y, x); returns ``(sigma_px, ok)``.
+
+    ``neighbours`` are ``(y, x, height)`` of nearby blobs whose tails reach the window: each
+    gets its own amplitude and centre and the same width.
+    """
     hw = int(math.ceil(3.0 * s0)) + 1
     y0, y1 = (0, 1) if line else (max(0, y - hw), min(img.shape[0], y + hw + 1))
     x0, x1 = max(0, x - hw), min(img.shape[1], x + hw + 1)
@@ -121,21 +126,31 @@ def _fit_blob(img: np.ndarray, y: int, x: int, s0: float, line: bool, s_max: flo
         return float("nan"), False
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     a0 = float(img[y, x] - np.median(win))
+    nb = [(float(ny), float(nx), float(h)) for ny, nx, h in neighbours]
 
     def model(p):
-        a, u, v, s, b = p
-        d2 = (xx - u) ** 2 + (0.0 if line else (yy - v) ** 2)
-        return b + a * np.exp(-d2 / (2.0 * s * s))
+        b, s = p[0], p[1]
+        out = np.full(win.shape, b)
+        for k in range(1 + len(nb)):
+            a, u, v = p[2 + 3 * k: 5 + 3 * k]
+            d2 = (xx - u) ** 2 + (0.0 if line else (yy - v) ** 2)
+            out = out + a * np.exp(-d2 / (2.0 * s * s))
+        return out
 
-    p0 = np.array([max(a0, 1e-6), x, y, s0, 0.0])
-    lo = np.array([0.0, x - 1.5, y - 1.5, 0.2, -np.inf])
-    hi = np.array([np.inf, x + 1.5, y + 1.5, s_max, np.inf])
-    p0 = np.clip(p0, lo + 1e-9, hi - 1e-9)
+    p0 = [0.0, s0, max(a0, 1e-6), x, y]
+    lo = [-np.inf, 0.2, 0.0, x - 1.5, y - 1.5]
+    hi = [np.inf, s_max, np.inf, x + 1.5, y + 1.5]
+    for ny, nx, h in nb:
+        p0 += [max(h, 1e-6), nx, ny]
+        lo += [0.0, nx - 1.5, ny - 1.5]
+        hi += [np.inf, nx + 1.5, ny + 1.5]
+    lo, hi = np.array(lo), np.array(hi)
+    p0 = np.clip(np.array(p0), lo + 1e-9, hi - 1e-9)
     try:
-        r = least_squares(lambda p: (model(p) - win).ravel(), p0, bounds=(lo, hi), x_scale="jac", max_nfev=200)
+        r = least_squares(lambda p: (model(p) - win).ravel(), p0, bounds=(lo, hi), x_scale="jac", max_nfev=300)
     except (ValueError, np.linalg.LinAlgError):
         return float("nan"), False
-    a, u, v, s, _ = r.x
+    s, a, u, v = r.x[1], r.x[2], r.x[3], r.x[4]
     ok = (r.success and a > 0 and abs(u - x) < 1.0 and (line or abs(v - y) < 1.0)
           and 0.21 < s < 0.99 * s_max)
     return float(s), bool(ok)
@@ -183,6 +198,7 @@ def estimate_marker_width(data, pixel_size_nm: float, *, tilt_angles_deg=None, n
         img = d[i]
         yx, h, sm = _candidates(img, line)
         counts.append(len(h))
+        yx, h = yx[: 3 * max_blobs], h[: 3 * max_blobs]  # the strongest: enough to find max_blobs separable ones
         first = np.array([_half_max_sigma(sm, int(y), int(x), float(hh), line) for (y, x), hh in zip(yx, h)])
         found.append((img, yx, h, first))
 
@@ -194,11 +210,12 @@ def estimate_marker_width(data, pixel_size_nm: float, *, tilt_angles_deg=None, n
             used = 0
             for k in range(len(h)):
                 s0 = first[k] if s_guess is None else s_guess
-                r_iso = 5.0 * s0 + 2.0
                 dist = np.hypot(*(yx - yx[k]).T.astype(np.float64))
-                if np.any((dist > 0) & (dist < r_iso) & (h > 0.25 * h[k])):
-                    continue
-                s, ok = _fit_blob(img, int(yx[k, 0]), int(yx[k, 1]), s0, line, s_max)
+                if np.any((dist > 0) & (dist < 3.0 * s0 + 1.0) & (h > 0.25 * h[k])):
+                    continue  # not separable from a neighbour of comparable height
+                near = (dist > 0) & (dist < 6.0 * s0 + 2.0)
+                nbrs = [(yx[j, 0], yx[j, 1], h[j]) for j in np.flatnonzero(near)[:6]]
+                s, ok = _fit_blob(img, int(yx[k, 0]), int(yx[k, 1]), s0, line, s_max, nbrs)
                 if ok:
                     widths.append(s)
                     used += 1
