@@ -200,8 +200,8 @@ def bench_widths(factors=WIDTH_FACTORS, polarities=("dark", "bright"), orders=("
 
 def _table_widths(rows) -> str:
     """Markdown table of the width benchmark (the one in docs/markers.md)."""
-    lines = ["| width | beads | order | noise | σ true nm | σ estimated nm | found | missed | spurious | max err px "
-             "| E_markers nm² | goal | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| width | beads | order | noise | σ true nm | σ estimated nm | found | missed | spurious | max err px "
+              "| E_markers nm² | goal | wall s |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['width_factor']:g} D | {r['polarity']} | {r['order']} | {r['noise']} "
                      f"| {r['true_sigma_nm']:.2f} | {r['sigma_nm']:.2f} ({100 * r['sigma_rel_error']:+.1f} %) "

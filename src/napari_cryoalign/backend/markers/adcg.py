@@ -32,11 +32,10 @@ size), so that every parameter is of order 1-100.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -129,7 +128,7 @@ class SparseAlignResult:
         ``reprojection`` (and ``data``) are kept as they are: the forward model of all markers.
         """
         keep = self.weights >= min_weight
-        return dataclasses.replace(self, positions_nm=self.positions_nm[keep], weights=self.weights[keep],
+        return replace(self, positions_nm=self.positions_nm[keep], weights=self.weights[keep],
                                    projected_px=self.projected_px[:, keep],
                                    params=dict(self.params, selected_min_weight=min_weight))
 

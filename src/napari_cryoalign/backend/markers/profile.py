@@ -118,7 +118,7 @@ def _fit_blob(img: np.ndarray, y: int, x: int, s0: float, line: bool, s_max: flo
     ``neighbours`` are ``(y, x, height)`` of nearby blobs whose tails reach the window: each
     gets its own amplitude and centre and the same width.
     """
-    hw = int(math.ceil(3.0 * s0)) + 1
+    hw = math.ceil(3.0 * s0) + 1
     y0, y1 = (0, 1) if line else (max(0, y - hw), min(img.shape[0], y + hw + 1))
     x0, x1 = max(0, x - hw), min(img.shape[1], x + hw + 1)
     win = img[y0:y1, x0:x1].astype(np.float64)
