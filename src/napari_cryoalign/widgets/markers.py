@@ -31,7 +31,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
 from .._layer_geometry import layer_array, layer_voxel_size, plugin_metadata, tomogram_name
 from ..backend.jobs import Job, Partial
@@ -83,6 +83,9 @@ class MarkersWidget(JobWidget):
                                        self.thickness, self.sigma, self.preprocess, self.time, self.arrow_scale,
                                        self.threshold, self.out_dir, self.overwrite, self.export_button])
         self.form_layout.addWidget(self.form.native)
+        self.width_label = QLabel("marker width: measured when the job runs (or the marker sigma given)")
+        self.width_label.setWordWrap(True)
+        self.form_layout.addWidget(self.width_label)
         self._make_plots()
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["component", "term", "t power", "nm"])
@@ -170,7 +173,7 @@ class MarkersWidget(JobWidget):
         if partial.name == "geometry":
             self._geometry = partial.value
         elif partial.name == "marker_width":
-            self.status.setText(width_text(partial.value))
+            self.width_label.setText(width_text(partial.value))
         elif partial.name == "markers":
             snap = partial.value
             self._show_markers(snap.positions_nm, snap.weights, snap.projected_px)
@@ -253,13 +256,12 @@ class MarkersWidget(JobWidget):
                                                 "visible": False}, "image"))
         self._fill_table(result)
         self.export_button.enabled = True
-        text = (f"{result.n_markers} markers, loss {result.loss_history[-1]['loss']:.4g}"
-                if result.loss_history else f"{result.n_markers} markers")
-        if result.marker_width:
-            text += "; " + width_text(result.marker_width)
+        self.status.setText(f"{result.n_markers} markers, loss {result.loss_history[-1]['loss']:.4g}"
+                            if result.loss_history else f"{result.n_markers} markers")
+        text = width_text(result.marker_width) if result.marker_width else self.width_label.text()
         for w in result.warnings:
             text += f"\nwarning: {w}"
-        self.status.setText(text)
+        self.width_label.setText(text)
 
     def _show_deformation_result(self, *_):
         if self.result is not None:
