@@ -70,7 +70,7 @@ def test_markers_cli_writes_outputs(data, tmp_path):
 
 def test_markers_cli_measures_the_width_without_sigma(data, tmp_path, capsys):
     # the beads' images have std 15 nm, three times the nominal width of a 15 nm bead at 12.8 nm pixels (5 nm)
-    ts, d = data
+    _, d = data
     out = tmp_path / "res"
     rc = _run(["markers", "--tiltseries", str(d / "tiltseries.mrc"), "--angles", str(d / "tiltseries.tlt"),
                "--bead-diameter", "15", "--out", str(out), "--degree", "1", "--order", str(d / "order.txt"),
