@@ -6,6 +6,8 @@ Usage::
     .venv/bin/python benchmarks/bench_markers.py --only 2d       # the 2D example only
     .venv/bin/python benchmarks/bench_markers.py --only 3d --cases noiseless,poisson_1024
     .venv/bin/python benchmarks/bench_markers.py --only 3d --seeds-3d 10   # every 3D case, seeds 0-9
+    .venv/bin/python benchmarks/bench_markers.py --only widths   # issue 22: bead image width 0.35-1.5 D, no --sigma
+    .venv/bin/python benchmarks/bench_markers.py --only widths --table   # its table from the JSON
 
 Writes ``docs/benchmarks/markers.json`` (every case: runtime, load average, markers found,
 missed, spurious, localisation error in pixels, E_markers and E_global in nm² of
@@ -14,6 +16,10 @@ SparseAlign and of the doming baseline given the true traces) and
 
 Cases (SparseAlign section IV-A/B; data from ``simulate_marker_tiltseries``):
 
+* ``widths`` (``docs/benchmarks/markers_widths.json``): the 3D case with 141 tilts and bead
+  images of std 0.35, 0.7, 1.0, 1.5 D, dark and bright beads, stack and dose-symmetric
+  order, Poisson I0 = 2^10 and noiseless counts, run like ``cryoalign markers
+  --bead-diameter 15 --order ORDER`` (the width measured on the data).
 * ``2d``: 10 markers, 20 angles in [-70, 70), 64 detector pixels, quadratic doming
   (preset ``paper2d``), noiseless, seeds 0-4; goal <= 3 s per run (the reference notebook
   takes 260-318 s on this machine, see ``shared/reference-notes/01_sparsealign.md``).
@@ -133,6 +139,112 @@ def bench_3d(cases, seeds=(0,)):
     return rows
 
 
+# ----------------------------------------------------------------------------------------
+# issue 22: the marker width measured on the data (no --sigma)
+# ----------------------------------------------------------------------------------------
+WIDTH_FACTORS = (0.35, 0.7, 1.0, 1.5)
+
+
+def _width_case(factor, polarity, order, noise, seed):
+    """The paper's 3D case (141 tilts) with bead images of std ``factor * D``; counts at I0 = 2^10."""
+    acq = "sequential" if order == "stack" else "dose-symmetric"
+    ts = simulate_marker_tiltseries(preset="paper3d", n_tilts=141, profile_sigma_nm=15.0 * factor, noise="none",
+                                    electrons_per_pixel=1024.0, acquisition=acq, seed=seed)
+    expected = ts.tilt_series.astype(np.float64)  # noiseless counts, dark beads: I0 exp(-a Psi)
+    if polarity == "bright":  # the mirror image: I0 (2 - exp(-a Psi))
+        expected = 2.0 * 1024.0 - expected
+    counts = expected if noise == "noiseless" else np.random.default_rng(1000 + seed).poisson(expected)
+    return ts, counts.astype(np.float32)
+
+
+def bench_widths(factors=WIDTH_FACTORS, polarities=("dark", "bright"), orders=("stack", "dose-symmetric"),
+                 noises=("poisson_1024", "noiseless"), seeds=(0,)):
+    """``cryoalign markers --bead-diameter 15 [--order ORDER]`` (no --sigma) on every case of the grid."""
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    extent = (819.2, 819.2, 100.0)
+    for noise in noises:
+        for factor in factors:
+            for polarity in polarities:
+                for order in orders:
+                    for seed in seeds:
+                        ts, counts = _width_case(factor, polarity, order, noise, seed)
+                        load = os.getloadavg()
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        res = find_markers(counts, ts.tilt_angles_deg, bead_diameter_nm=15.0,
+                                           pixel_size_nm=ts.pixel_size_nm, acquisition_order=ts.acquisition_order)
+                        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+                        true_sigma = 15.0 * factor
+                        row = {"case": f"w{factor:g}D_{polarity}_{order}_{noise}", "width_factor": factor,
+                               "polarity": polarity, "order": order, "noise": noise, "seed": seed,
+                               "true_sigma_nm": true_sigma, "sigma_nm": res.geometry.sigma_nm,
+                               "sigma_source": res.marker_width.get("source"),
+                               "sigma_rel_error": res.geometry.sigma_nm / true_sigma - 1.0,
+                               "nominal_sigma_nm": res.marker_width.get("nominal_sigma_nm"),
+                               "runtime_s": dt, "cpu_s": cpu, "loadavg_before": load,
+                               "warnings": list(res.warnings), "weights": np.round(res.weights, 3).tolist(),
+                               "merge_distance_nm": res.params.get("merge_distance_nm")}
+                        row.update(_evaluate(ts, res.positions_nm, res.deformation, extent, 15.0))
+                        row["within_0.3px"] = bool(row["max_error_px"] <= 0.3)
+                        row["goal_met"] = bool(row["missed"] == 0 and row["spurious"] == 0 and row["within_0.3px"]
+                                               and (noise == "noiseless" or row["E_markers_nm2"] <= 10.0))
+                        rows.append(row)
+                        print(f"{row['case']} seed {seed}: sigma {row['sigma_nm']:.2f} nm (true {true_sigma:g}), "
+                              f"found {row['n_found']}, missed {row['missed']}, spurious {row['spurious']}, "
+                              f"max err {row['max_error_px']:.3f} px, E_markers {row['E_markers_nm2']:.3g} nm², "
+                              f"{dt:.1f} s (load {load[0]:.1f})", flush=True)
+    return rows
+
+
+def _table_widths(rows) -> str:
+    """Markdown table of the width benchmark (the one in docs/markers.md)."""
+    lines = [("| width | beads | order | noise | σ true nm | σ estimated nm | found | missed | spurious | max err px "
+              "| E_markers nm² | goal | wall s |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['width_factor']:g} D | {r['polarity']} | {r['order']} | {r['noise']} "
+                     f"| {r['true_sigma_nm']:.2f} | {r['sigma_nm']:.2f} ({100 * r['sigma_rel_error']:+.1f} %) "
+                     f"| {r['n_found']} | {r['missed']} | {r['spurious']} | {r['max_error_px']:.3f} "
+                     f"| {r['E_markers_nm2']:.3g} | {'yes' if r['goal_met'] else '**no**'} | {r['runtime_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def _main_widths(args, argv):
+    out = Path(args.out_widths)
+    if args.table:
+        print(_table_widths(json.loads(out.read_text())["rows"]))
+        return
+    rows = bench_widths([float(f) for f in args.widths.split(",")], tuple(args.polarities.split(",")),
+                        tuple(args.orders.split(",")), tuple(args.noises.split(",")),
+                        seeds=range(args.first_seed_3d, args.first_seed_3d + args.seeds_3d))
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    new_keys = {(r["case"], r["seed"]) for r in rows}
+    rows = [r for r in old.get("rows", []) if (r["case"], r["seed"]) not in new_keys] + rows
+    command = "python benchmarks/bench_markers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    history = [c for c in old.get("commands", []) if c != command]
+    doc = {"command": command, "commands": history + [command],
+           "setup": "paper3d preset with 141 tilts (-70..70), 20 beads of D = 15 nm, 64² px of 12.8 nm; bead image a "
+                    "Gaussian of std width_factor * D; counts I0 = 2^10 (dark: I0 exp(-a Psi), bright: "
+                    "I0 (2 - exp(-a Psi))), Poisson or noiseless; find_markers with bead_diameter_nm=15 and the "
+                    "acquisition order, everything else default (no sigma_nm: measured on the data)",
+           "goals": "every bead within 0.3 px, no spurious marker, E_markers <= 10 nm² at I0 = 2^10",
+           "machine": {"cpu_count": os.cpu_count(), "torch_threads": 1,
+                       "note": "shared 2-core machine; loadavg recorded before every run"},
+           "rows": rows,
+           "summary": {"runs": len(rows), "goal_met": int(sum(r["goal_met"] for r in rows)),
+                       "max_sigma_rel_error": float(max(abs(r["sigma_rel_error"]) for r in rows)),
+                       "spurious_total": int(sum(r["spurious"] for r in rows)),
+                       "missed_total": int(sum(r["missed"] for r in rows))}}
+    from napari_cryoalign.io._atomic import atomic_write
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, mode="w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    print(_table_widths(rows))
+    print(f"wrote {out}")
+
+
 def _summary_3d(rows):
     """Per 3D case over its seeds: mean/median/max of E_markers, E_global, localisation error; totals."""
     out = {}
@@ -209,7 +321,14 @@ def _plot(rows, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("2d", "3d"), default=None)
+    ap.add_argument("--only", choices=("2d", "3d", "widths"), default=None,
+                    help="widths: the marker-width grid of issue 22 (not part of the default run)")
+    ap.add_argument("--widths", default=",".join(f"{f:g}" for f in WIDTH_FACTORS),
+                    help="widths grid: bead image std as multiples of the diameter")
+    ap.add_argument("--polarities", default="dark,bright", help="widths grid: dark,bright")
+    ap.add_argument("--orders", default="stack,dose-symmetric", help="widths grid: stack,dose-symmetric")
+    ap.add_argument("--noises", default="poisson_1024,noiseless", help="widths grid: poisson_1024,noiseless")
+    ap.add_argument("--out-widths", default=str(ROOT / "docs" / "benchmarks" / "markers_widths.json"))
     ap.add_argument("--cases", default=",".join(CASES_3D), help="3D cases, comma-separated")
     ap.add_argument("--seeds-2d", type=int, default=5)
     ap.add_argument("--seeds-3d", type=int, default=1, help="seeds 0..N-1 per 3D case (the summary averages them)")
@@ -220,6 +339,8 @@ def main(argv=None):
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the JSON")
     ap.add_argument("--table", action="store_true", help="print the 3D summary of the JSON as a markdown table")
     args = ap.parse_args(argv)
+    if args.only == "widths":
+        return _main_widths(args, argv)
     if args.table:
         print(_table(_summary_3d(json.loads(Path(args.out).read_text())["rows"])))
         return

@@ -52,6 +52,7 @@ def test_markers_cli_writes_outputs(data, tmp_path):
     model, meta = read_deformation_json(out / "deformation.json")
     assert meta["time_mapping"]["acquisition_order"] == ts.acquisition_order.tolist()
     assert meta["fit"]["levels"] == [2, 1]
+    assert meta["geometry"]["marker_sigma_nm"] == 15.0 and meta["geometry"]["marker_sigma_source"] == "given"
     shape = (int(np.ceil(80 / ts.pixel_size_nm)), 32, 32)
     table = read_particles(out / "markers.star", tomogram_shape=shape, voxel_size=10 * ts.pixel_size_nm)
     xyz = coordinates_xyz(table)
@@ -65,6 +66,24 @@ def test_markers_cli_writes_outputs(data, tmp_path):
     with pytest.raises(InputError, match="exist"):
         _run(["markers", "--tiltseries", str(d / "tiltseries.mrc"), "--angles", str(d / "tiltseries.tlt"),
               "--bead-diameter", "15", "--out", str(out)])
+
+
+def test_markers_cli_measures_the_width_without_sigma(data, tmp_path, capsys):
+    # the beads' images have std 15 nm, three times the nominal width of a 15 nm bead at 12.8 nm pixels (5 nm)
+    _, d = data
+    out = tmp_path / "res"
+    rc = _run(["markers", "--tiltseries", str(d / "tiltseries.mrc"), "--angles", str(d / "tiltseries.tlt"),
+               "--bead-diameter", "15", "--out", str(out), "--degree", "1", "--order", str(d / "order.txt"),
+               "--levels", "1", "--thickness", "80"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "marker width sigma" in printed and "estimated from" in printed and "warning" not in printed
+    _, meta = read_deformation_json(out / "deformation.json")
+    geo = meta["geometry"]
+    assert geo["marker_sigma_source"] == "estimated" and abs(geo["marker_sigma_nm"] - 15.0) < 1.5
+    assert geo["nominal_marker_sigma_nm"] == pytest.approx(5.0, abs=0.05)
+    assert geo["marker_width_estimate"]["n_blobs"] >= 3 and meta["warnings"] == []
+    assert meta["markers"]["n"] == 4
 
 
 def test_markers_cli_bad_inputs(data, tmp_path):

@@ -58,6 +58,8 @@ def test_run_shows_markers_vectors_and_exports(setup, qtbot, tmp_path):
     assert {"markers", "loss", "deformation", "geometry"} <= {name for name, _ in seen}
     res = w.result
     assert res.n_markers == 4
+    assert "marker_width" in {name for name, _ in seen}
+    assert w.width_label.text().startswith("marker sigma 15 nm (given; measured 1")  # the beads' std is 15 nm
     pts = viewer.layers[POINTS]
     assert pts.data.shape == (21 * 4, 3) and set(pts.features) >= {"weight", "x_nm", "z_nm"}
     # the projected points sit on the true bead projections

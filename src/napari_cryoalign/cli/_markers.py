@@ -18,6 +18,27 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def width_line(result) -> str:
+    """One line on the marker width of a :class:`~napari_cryoalign.backend.markers.SparseAlignResult`."""
+    mw = result.marker_width or {}
+    sigma = float(result.geometry.sigma_nm)
+    nominal = mw.get("nominal_sigma_nm")
+    est = mw.get("estimate") or {}
+    src = mw.get("source", "given")
+    if src == "estimated":
+        text = (f"marker width sigma {sigma:.3g} nm (estimated from {est.get('n_blobs')} beads in "
+                f"{len(est.get('images', []))} low-tilt images, spread {est.get('spread_nm', float('nan')):.2g} nm")
+    elif src == "given":
+        text = f"marker width sigma {sigma:.3g} nm (given"
+        if est.get("source") == "estimated":
+            text += f"; measured {est['sigma_nm']:.3g} nm"
+    else:
+        text = f"marker width sigma {sigma:.3g} nm (nominal: nothing measurable in the data"
+    if nominal is not None:
+        text += f"; nominal from the bead diameter {nominal:.3g} nm"
+    return text + ")"
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "markers",
@@ -43,7 +64,8 @@ def register(sub) -> None:
     p.add_argument("--thickness", type=float, default=None, metavar="NM",
                    help="sample thickness in nm (markers within +-thickness/2; default a quarter of the field each side)")
     p.add_argument("--sigma", type=float, default=None, metavar="NM",
-                   help="Gaussian marker width in nm (default: matched to the bead diameter and pixel size)")
+                   help="Gaussian marker width in nm (default: measured on the strongest isolated beads of the "
+                        "lowest-tilt images; the value used is printed and written to deformation.json)")
     p.add_argument("--pixel-size", type=float, default=None, metavar="NM",
                    help="pixel size in nm (default: from the MRC header)")
     p.add_argument("--preprocess", default="anscombe", choices=("anscombe", "log", "none", "off"),
@@ -106,6 +128,9 @@ def run(args) -> int:
                           volume_shape=None)
     log.info("markers: %d markers in %.1f s", result.n_markers, time.perf_counter() - t0)
     if not getattr(args, "quiet", False):
+        print(width_line(result))
         print(f"{result.n_markers} markers, deformation degree {args.degree}; wrote "
               + ", ".join(str(p) for p in paths.values()))
+    for w in result.warnings:  # printed even with -q: the user must see them
+        print(f"warning: {w}")
     return 0

@@ -31,7 +31,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
 from .._layer_geometry import layer_array, layer_voxel_size, plugin_metadata, tomogram_name
 from ..backend.jobs import Job, Partial
@@ -41,6 +41,19 @@ POINTS = "markers"
 VECTORS = "deformation vectors"
 MAGNITUDE = "deformation |D| (nm)"
 RESIDUAL = "marker residual"
+
+
+def width_text(info: dict) -> str:
+    """``marker sigma 15.3 nm (estimated; nominal 5 nm)`` from a ``Partial("marker_width", ...)`` value."""
+    text = f"marker sigma {float(info['sigma_nm']):.3g} nm ({info.get('source', 'given')}"
+    est = info.get("estimate") or {}
+    if info.get("source") == "estimated":
+        text += f" from {est.get('n_blobs')} beads"
+    elif est.get("source") == "estimated":
+        text += f"; measured {float(est['sigma_nm']):.3g} nm"
+    if info.get("nominal_sigma_nm") is not None:
+        text += f"; nominal {float(info['nominal_sigma_nm']):.3g} nm"
+    return text + ")"
 
 
 class MarkersWidget(JobWidget):
@@ -57,7 +70,7 @@ class MarkersWidget(JobWidget):
         self.degree = SpinBox(label="deformation degree", value=2, min=0, max=5)
         self.levels = LineEdit(label="levels", value="auto")
         self.thickness = FloatSpinBox(label="thickness (nm, 0 = auto)", value=0.0, min=0.0, max=5000.0, step=10.0)
-        self.sigma = FloatSpinBox(label="marker sigma (nm, 0 = auto)", value=0.0, min=0.0, max=500.0, step=1.0)
+        self.sigma = FloatSpinBox(label="marker sigma (nm, 0 = measured)", value=0.0, min=0.0, max=500.0, step=1.0)
         self.preprocess = ComboBox(label="pre-processing", choices=["anscombe", "log", "none", "off"], value="anscombe")
         self.time = FloatSlider(label="time t", value=1.0, min=0.0, max=1.0, step=0.05)
         self.arrow_scale = FloatSpinBox(label="arrow scale", value=1.0, min=0.1, max=100.0, step=0.5)
@@ -70,6 +83,9 @@ class MarkersWidget(JobWidget):
                                        self.thickness, self.sigma, self.preprocess, self.time, self.arrow_scale,
                                        self.threshold, self.out_dir, self.overwrite, self.export_button])
         self.form_layout.addWidget(self.form.native)
+        self.width_label = QLabel("marker width: measured when the job runs (or the marker sigma given)")
+        self.width_label.setWordWrap(True)
+        self.form_layout.addWidget(self.width_label)
         self._make_plots()
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["component", "term", "t power", "nm"])
@@ -156,6 +172,8 @@ class MarkersWidget(JobWidget):
     def on_partial(self, partial: Partial) -> None:
         if partial.name == "geometry":
             self._geometry = partial.value
+        elif partial.name == "marker_width":
+            self.width_label.setText(width_text(partial.value))
         elif partial.name == "markers":
             snap = partial.value
             self._show_markers(snap.positions_nm, snap.weights, snap.projected_px)
@@ -240,6 +258,10 @@ class MarkersWidget(JobWidget):
         self.export_button.enabled = True
         self.status.setText(f"{result.n_markers} markers, loss {result.loss_history[-1]['loss']:.4g}"
                             if result.loss_history else f"{result.n_markers} markers")
+        text = width_text(result.marker_width) if result.marker_width else self.width_label.text()
+        for w in result.warnings:
+            text += f"\nwarning: {w}"
+        self.width_label.setText(text)
 
     def _show_deformation_result(self, *_):
         if self.result is not None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -91,6 +91,10 @@ class SparseAlignResult:
     runtime_s : wall time (s)
     params : the options of the run
     data : ``(T, ny, nx)`` float32, the (pre-processed) stack that was fitted
+    marker_width : how the marker width was chosen (``find_markers``): ``sigma_nm``, ``source``
+        (``"estimated"``, ``"given"`` or ``"nominal"``), ``nominal_sigma_nm``, ``estimate`` (see
+        :class:`~.profile.WidthEstimate`); empty when :func:`sparse_align` was called directly
+    warnings : messages for the user (e.g. far more markers than the data suggest beads)
     """
 
     positions_nm: np.ndarray
@@ -104,6 +108,8 @@ class SparseAlignResult:
     runtime_s: float = 0.0
     params: dict = field(default_factory=dict)
     data: np.ndarray | None = field(default=None, repr=False)
+    marker_width: dict = field(default_factory=dict)
+    warnings: tuple = ()
 
     @property
     def n_markers(self) -> int:
@@ -122,10 +128,9 @@ class SparseAlignResult:
         ``reprojection`` (and ``data``) are kept as they are: the forward model of all markers.
         """
         keep = self.weights >= min_weight
-        return SparseAlignResult(self.positions_nm[keep], self.weights[keep], self.deformation,
-                                 self.projected_px[:, keep], self.reprojection, self.geometry, self.loss_history,
-                                 self.levels, self.runtime_s, dict(self.params, selected_min_weight=min_weight),
-                                 self.data)
+        return replace(self, positions_nm=self.positions_nm[keep], weights=self.weights[keep],
+                                   projected_px=self.projected_px[:, keep],
+                                   params=dict(self.params, selected_min_weight=min_weight))
 
 
 # ----------------------------------------------------------------------------------------

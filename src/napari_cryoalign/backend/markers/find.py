@@ -8,10 +8,18 @@
 2. times from the acquisition order (:func:`~napari_cryoalign.backend.deformation.times_from_order`);
 3. pre-processing (:func:`~napari_cryoalign.backend.markers.preprocess.preprocess_tiltseries`,
    skipped with ``preprocess=None`` for data that already are a marker image);
-4. SparseAlign (:func:`~napari_cryoalign.backend.markers.adcg.sparse_align_job`).
+4. the marker width: measured on the pre-processed lowest-tilt images
+   (:func:`~napari_cryoalign.backend.markers.profile.estimate_marker_width`) unless ``sigma_nm``
+   is given (then the bead normalisation is redone with the measured width);
+5. SparseAlign (:func:`~napari_cryoalign.backend.markers.adcg.sparse_align_job`), merging markers
+   closer than the width (clipped to half a diameter ... a diameter);
+6. warnings: far more markers than bead-like blobs, a given width far from the measured one.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import logging
 
 import numpy as np
 
@@ -21,8 +29,11 @@ from ..jobs import Job, Partial, Progress, run_job
 from .adcg import SparseAlignResult, sparse_align_job
 from .forward import MarkerGeometry, default_sigma_nm
 from .preprocess import preprocess_tiltseries
+from .profile import estimate_marker_width
 
-__all__ = ["find_markers", "find_markers_job", "validate_inputs"]
+__all__ = ["find_markers", "find_markers_job", "marker_warnings", "merge_distance_for", "validate_inputs"]
+
+log = logging.getLogger(__name__)
 
 
 def validate_inputs(tilt_series, tilt_angles_deg, *, bead_diameter_nm: float, pixel_size_nm: float,
@@ -86,7 +97,9 @@ def find_markers_job(
     bead_diameter_nm : gold bead diameter (nm); sets the marker width and the merge distance
     pixel_size_nm : detector pixel size (nm)
     acquisition_order : ``(T,)`` stack indices, first acquired first (default: stack order)
-    sigma_nm : Gaussian marker width (default :func:`~.forward.default_sigma_nm`)
+    sigma_nm : Gaussian marker width (nm); default: measured on the pre-processed data
+        (:func:`~.profile.estimate_marker_width`, the strongest isolated blobs of the lowest-tilt
+        images), the nominal :func:`~.forward.default_sigma_nm` only if nothing can be measured
     preprocess : ``"anscombe"`` (paper), ``"log"``, ``"none"`` (background and bead
         normalisation only) or None (the data already are the marker image: bright, peak 1)
     polarity : beads ``"dark"``, ``"bright"`` or ``"auto"``
@@ -100,36 +113,96 @@ def find_markers_job(
 
     Yields
     ------
-    ``Partial("geometry", MarkerGeometry)`` first, then the events of :func:`~.adcg.sparse_align_job`.
+    ``Progress`` (pre-processing, width), ``Partial("geometry", MarkerGeometry)``,
+    ``Partial("marker_width", dict)`` (``sigma_nm``, ``source``: ``"estimated"``, ``"given"`` or
+    ``"nominal"``, ``nominal_sigma_nm``, ``estimate``), then the events of :func:`~.adcg.sparse_align_job`.
 
     Returns
     -------
-    :class:`~.adcg.SparseAlignResult` (``params["preprocess"]`` records the normalisation)
+    :class:`~.adcg.SparseAlignResult` (``params["preprocess"]`` records the normalisation,
+    ``marker_width`` the width and where it came from, ``warnings`` what the user should check)
     """
     ts, angles, order = validate_inputs(tilt_series, tilt_angles_deg, bead_diameter_nm=bead_diameter_nm,
                                         pixel_size_nm=pixel_size_nm, acquisition_order=acquisition_order)
     line = ts.shape[1] == 1
     times = times_from_order(order, ts.shape[0])
-    sigma = float(sigma_nm) if sigma_nm is not None else default_sigma_nm(bead_diameter_nm, pixel_size_nm)
-    geometry = MarkerGeometry(angles, times, tuple(ts.shape[1:]), float(pixel_size_nm), sigma, line_detector=line)
-    yield Partial("geometry", geometry)
+    nominal = default_sigma_nm(bead_diameter_nm, pixel_size_nm)
     yield Progress(0, None, "pre-processing")
+    pre_sigma_px = (float(sigma_nm) if sigma_nm is not None else nominal) / float(pixel_size_nm)
+
+    def _pre(sigma_px):
+        pre = preprocess_tiltseries(ts, transform=preprocess, polarity=polarity, sigma_px=sigma_px,
+                                    line_detector=line)
+        info = {"transform": pre.transform, "polarity": pre.polarity, "bead_intensity": pre.bead_intensity,
+                "threshold": pre.threshold, "n_peaks": pre.n_peaks}
+        return pre.data, info
+
     if preprocess is None:
         data = np.asarray(ts, dtype=np.float32)
         pre_info = None
     else:
-        pre = preprocess_tiltseries(ts, transform=preprocess, polarity=polarity, sigma_px=geometry.sigma_px,
-                                    line_detector=line)
-        data = pre.data
-        pre_info = {"transform": pre.transform, "polarity": pre.polarity, "bead_intensity": pre.bead_intensity,
-                    "threshold": pre.threshold, "n_peaks": pre.n_peaks}
-    options.setdefault("merge_distance_nm", 0.5 * float(bead_diameter_nm))
+        data, pre_info = _pre(pre_sigma_px)
+    yield Progress(0, None, "measuring the marker width")
+    width = estimate_marker_width(data, pixel_size_nm, tilt_angles_deg=angles, nominal_sigma_nm=nominal,
+                                  line_detector=line)
+    if sigma_nm is not None:
+        sigma, source = float(sigma_nm), "given"
+    else:
+        sigma, source = float(width.sigma_nm), width.source
+        if preprocess is not None and source == "estimated":  # the bead-peak normalisation depends on the width
+            data, pre_info = _pre(sigma / float(pixel_size_nm))
+    geometry = MarkerGeometry(angles, times, tuple(ts.shape[1:]), float(pixel_size_nm), sigma, line_detector=line)
+    width_info = {"sigma_nm": sigma, "source": source, "nominal_sigma_nm": nominal,
+                  "estimate": width.to_dict()}
+    yield Partial("geometry", geometry)
+    yield Partial("marker_width", width_info)
+    # Two real beads are at least a diameter apart; two markers closer than the image width cannot be told
+    # apart in any projection: both are one bead explained twice.
+    options.setdefault("merge_distance_nm", merge_distance_for(bead_diameter_nm, sigma))
     z_range = None if thickness_nm is None else 0.5 * float(thickness_nm)
     result = yield from sparse_align_job(data, geometry, degree=degree, levels=levels, z_range_nm=z_range,
                                          device=device, **options)
     result.params.update(preprocess=pre_info, bead_diameter_nm=float(bead_diameter_nm),
-                         acquisition_order=order.tolist(), thickness_nm=thickness_nm)
-    return result
+                         acquisition_order=order.tolist(), thickness_nm=thickness_nm, marker_sigma_source=source,
+                         nominal_sigma_nm=nominal)
+    warnings = marker_warnings(result.n_markers, width, sigma_nm=sigma, source=source)
+    for w in warnings:
+        log.warning("markers: %s", w)
+    return dataclasses.replace(result, marker_width=width_info, warnings=tuple(warnings))
+
+
+def merge_distance_for(bead_diameter_nm: float, sigma_nm: float) -> float:
+    """Merge distance (nm) of :func:`find_markers_job`: the marker width, clipped to [D / 2, D].
+
+    Below half a diameter two markers are one bead whatever the width; above a diameter two
+    beads may really touch.
+    """
+    d = float(bead_diameter_nm)
+    return float(min(max(float(sigma_nm), 0.5 * d), d))
+
+
+def marker_warnings(n_markers: int, width, *, sigma_nm: float, source: str) -> list[str]:
+    """Messages for the user: far more markers than bead-like blobs; a given width far from the measured one.
+
+    ``width`` is the :class:`~.profile.WidthEstimate` of the run. "Far more" means more than
+    ``1.5 * n + 3`` markers for ``n`` blobs per low-tilt image (beads that overlap in projection or
+    leave the field at high tilt explain a few more markers than blobs, not 50 % more).
+    """
+    out = []
+    n_exp = float(width.n_blobs_per_image)
+    if n_exp >= 1 and n_markers > 1.5 * n_exp + 3:
+        out.append(f"{n_markers} markers for about {n_exp:g} bead-like blobs per low-tilt image: beads are probably "
+                   f"explained by several markers (marker width {sigma_nm:.3g} nm, {source}); check --sigma, "
+                   f"--bead-diameter and --min-weight")
+    if source == "given" and width.source == "estimated" and width.n_blobs >= 5:
+        ratio = float(sigma_nm) / float(width.sigma_nm)
+        if ratio < 0.67 or ratio > 1.5:
+            out.append(f"the given marker width {sigma_nm:.3g} nm differs from the width measured on the data "
+                       f"({width.sigma_nm:.3g} nm from {width.n_blobs} blobs) by a factor {ratio:.2g}")
+    if source == "nominal":
+        out.append(f"the marker width could not be measured on the data (no isolated bead-like blobs); using the "
+                   f"nominal {sigma_nm:.3g} nm from the bead diameter and pixel size")
+    return out
 
 
 def find_markers(tilt_series, tilt_angles_deg, **kwargs) -> SparseAlignResult:
