@@ -188,3 +188,15 @@ def test_batched_shifts_match_single():
     # integer shifts are exact periodic rolls
     rolled = g.shift_volume(vols[0], [2.0, -1.0, 3.0])
     np.testing.assert_allclose(rolled, np.roll(vols[0], (3, -1, 2), axis=(0, 1, 2)), atol=1e-4)
+
+
+def test_nearest_rotation_projects_float32_matrices_onto_so3():
+    r = g.random_rotations(6, seed=3)
+    noisy = (r + np.random.default_rng(0).normal(scale=1e-3, size=r.shape)).astype(np.float32)
+    q = g.nearest_rotation(noisy)
+    assert np.allclose(q @ q.transpose(0, 2, 1), np.eye(3), atol=1e-12)
+    assert np.allclose(np.linalg.det(q), 1.0)
+    assert g.geodesic_angle_deg(q, r).max() < 0.2
+    reflected = r.copy()
+    reflected[:, :, 2] *= -1  # det -1: the nearest proper rotation, not the reflection
+    assert np.allclose(np.linalg.det(g.nearest_rotation(reflected)), 1.0)

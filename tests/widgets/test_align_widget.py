@@ -193,3 +193,31 @@ def test_a_failing_job_and_a_failing_button_become_messages(make_napari_viewer, 
     w.ref_kind.value = "MRC file"
     w.ref_file.value = str(planted_files.tomogram)  # the tomogram: not the particles' box
     assert w.run() is None and "box size" in w.status.text()
+
+
+def test_star_file_with_defocus_aligns_ctf_aware_and_symmetry_is_offered(make_napari_viewer, qtbot, tmp_path):
+    """From a subtomogram STAR file on disk (as a user opens it): the CTF of rlnDefocusU is used."""
+    from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms, write_subtomogram_set
+
+    s = simulate_subtomograms(["procedural:10012"], n_per_class=4, box=32, voxel_size_angstrom=6.0, snr=0.1, seed=4)
+    files = write_subtomogram_set(s, tmp_path / "set")
+    viewer = make_napari_viewer()
+    w = AlignWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.source.value = "subtomogram STAR file"
+    w.star.value = str(files["star"])
+    w.ref_kind.value = "MRC file"
+    w.ref_file.value = str(files["references"][0])
+    assert w.use_ctf.value and w.symmetry.value == "C1" and "D8" in w.symmetry.choices
+    ctf = w.particle_ctf(w._load_particles())
+    assert ctf is not None and np.allclose(ctf.defocus_um, s.defocus_um)
+    w.use_ctf.value = False
+    assert w.particle_ctf(w._load_particles()) is None
+    w.use_ctf.value = True
+    w.method.value = "exhaustive"
+    w.iterations.value = 1
+    qtbot.mouseClick(w.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.runner.running and w.last_result is not None, timeout=120_000)
+    # one gold-standard round from the map low-passed to 48 Å (two particles per half): a coarse pose
+    ang = geodesic_angle_deg(w.last_alignment.rotations, s.rotations)
+    assert ang.max() < 20.0 and np.median(ang) < 10.0, ang

@@ -26,12 +26,15 @@ function is ``-CTF`` (positive first lobe, ``+A`` at DC): the simulators in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from .fourier import frequency_grid, frequency_radius
 
-__all__ = ["ctf_2d", "ctf_2d_batched", "ctf_3d", "electron_wavelength_angstrom"]
+__all__ = ["ParticleCTF", "ctf_2d", "ctf_2d_batched", "ctf_3d", "ctf_premultiply", "ctf_weights",
+           "electron_wavelength_angstrom"]
 
 
 def electron_wavelength_angstrom(voltage_kv: float) -> float:
@@ -237,3 +240,95 @@ def ctf_3d(
         phase_shift_deg=phase_shift_deg,
     )
     return ctf.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Per-particle CTF for subtomogram alignment (CTF premultiplication)
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ParticleCTF:
+    """The CTF of each subtomogram, for CTF-aware alignment scores (:func:`ctf_premultiply`).
+
+    defocus_um : ``(n,)`` defocus per particle (µm, positive = underfocus; the mean of
+        ``rlnDefocusU/V``); voltage_kv, cs_mm, amplitude_contrast : the optics (one group);
+    voxel_size_angstrom : of the subtomograms; phase_flipped : the data were already CTF
+        phase-flipped (RELION's ``rlnCtfDataArePhaseFlipped``), so only ``|CTF|`` is applied;
+    premultiplied : the data are already multiplied by their CTF (RELION's
+        ``rlnCtfDataAreCtfPremultiplied``): not multiplied again, only the averages' ``CTF²``
+        weights use it.
+    """
+
+    defocus_um: np.ndarray
+    voxel_size_angstrom: float
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    phase_flipped: bool = False
+    premultiplied: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "defocus_um", np.asarray(self.defocus_um, dtype=np.float64).reshape(-1))
+
+    def __len__(self) -> int:
+        return int(self.defocus_um.size)
+
+    def subset(self, idx) -> "ParticleCTF":
+        """The CTFs of the particles ``idx`` (indices or a boolean mask)."""
+        return replace(self, defocus_um=self.defocus_um[idx])
+
+    def describe(self) -> str:
+        lo, hi = float(self.defocus_um.min()), float(self.defocus_um.max())
+        kind = "|CTF| (phase-flipped data)" if self.phase_flipped else "CTF"
+        return (f"{kind} of each particle: defocus {lo:.2f}-{hi:.2f} µm, {self.voltage_kv:g} kV, "
+                f"Cs {self.cs_mm:g} mm, amplitude contrast {self.amplitude_contrast:g}")
+
+
+def ctf_weights(ctf: ParticleCTF, shape, *, index=slice(None), device="cpu") -> torch.Tensor:
+    """The CTF of particles ``index`` with its first lobe positive (``|CTF|`` when phase-flipped).
+
+    Returns ``(m, z, y, x//2+1)`` float32, rfft layout (unshifted), a function of ``|k|`` only
+    (:func:`ctf_3d`): unchanged by the particle's rotation and shift.
+    """
+    c = ctf_3d(tuple(int(s) for s in shape), voxel_size_angstrom=ctf.voxel_size_angstrom,
+               defocus_um=torch.as_tensor(np.atleast_1d(ctf.defocus_um[index])), voltage_kv=ctf.voltage_kv,
+               cs_mm=ctf.cs_mm, amplitude_contrast=ctf.amplitude_contrast, device=device)
+    if ctf.phase_flipped:
+        return c.abs()
+    return c * torch.sign(c[:, 0, 0, 1]).reshape(-1, 1, 1, 1)  # the sign of the lowest non-zero frequency
+
+
+def ctf_premultiply(volumes, ctf: ParticleCTF, *, batch_size: int = 64, device="cpu"):
+    """Each subtomogram filtered by its own CTF (*premultiplied*, as RELION 4/5 subtomograms are).
+
+    A correlation score of a CTF-modulated particle against a reference without the CTF lets
+    the frequency bands of negative CTF *subtract* from the score, so beyond the first zero
+    (31 Å at 5 µm, 300 kV) half the signal works against the alignment. Premultiplying the
+    particle by its CTF makes every band count positively (``CTF² x reference``): the score of
+    a pose becomes the correlation with the CTF-filtered reference. The sign is normalised so
+    that the first lobe is positive, i.e. the low frequencies keep the contrast the data have
+    (protein bright stays bright); phase-flipped data get ``|CTF|``; premultiplied data are
+    returned as they are.
+
+    Parameters
+    ----------
+    volumes : ``(n, N, N, N)`` (z, y, x) subtomograms (numpy or torch)
+    ctf : :class:`ParticleCTF` with ``n`` particles
+    batch_size, device : torch batching
+
+    Returns
+    -------
+    ndarray ``(n, N, N, N)`` float32 (for the alignment scores only: average the raw particles)
+    """
+    v = torch.as_tensor(np.asarray(volumes, dtype=np.float32)) if not isinstance(volumes, torch.Tensor) else volumes
+    if v.ndim != 4 or len(ctf) != v.shape[0]:
+        raise ValueError(f"volumes (n, N, N, N) and n CTFs needed, got {tuple(v.shape)} and {len(ctf)}")
+    shape = tuple(int(s) for s in v.shape[1:])
+    if ctf.premultiplied:
+        return v.cpu().numpy().astype(np.float32, copy=True)
+    out = torch.empty(v.shape, dtype=torch.float32)
+    for s in range(0, v.shape[0], batch_size):
+        e = min(v.shape[0], s + batch_size)
+        c = ctf_weights(ctf, shape, index=slice(s, e), device=device)
+        f = torch.fft.rfftn(v[s:e].to(device=device, dtype=torch.float32), dim=(1, 2, 3)) * c
+        out[s:e] = torch.fft.irfftn(f, s=shape, dim=(1, 2, 3)).cpu()
+    return out.numpy()

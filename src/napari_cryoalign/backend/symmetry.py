@@ -38,6 +38,7 @@ __all__ = [
     "symmetric_angle_deg",
     "closest_equivalent",
     "symmetrize_volume",
+    "reduce_rotation_grid",
 ]
 
 _GOLD = (1 + 5 ** 0.5) / 2
@@ -193,3 +194,34 @@ def symmetrize_volume(volume, symmetry: str, *, interpolation: str = "linear"):
             out += rotate_volume(vol[None].expand(len(r), *vol.shape), r, interpolation=interpolation).sum(0)
         out /= len(group)
     return out.cpu().numpy() if was_np else out
+
+
+def reduce_rotation_grid(rotations: np.ndarray, symmetry: str) -> np.ndarray:
+    """The rotations of a grid that are distinct up to the group: one of each set of mates ``{A g}``.
+
+    ``rotations``: ``(M, 3, 3)`` RELION matrices, e.g. ``geometry.rotation_grid(step)``. Greedy, in
+    grid order: a rotation is kept unless one of its mates ``A g`` lies within 0.7 of the grid's
+    spacing (median nearest-neighbour angle) of a kept one; a search over the result covers
+    SO(3)/G with about ``M / |G|`` rotations (30° grid: 636 -> C2 342, D8 69, O 46, I 22).
+    Returns indices into ``rotations`` (sorted); all of them for C1.
+    """
+    a = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    group = point_group(symmetry)
+    if len(group) == 1 or len(a) < 2:
+        return np.arange(len(a))
+    # the grid's spacing: median nearest-neighbour angle
+    tr = np.einsum("mij,nij->mn", a, a)
+    np.fill_diagonal(tr, -1.0)
+    spacing = float(np.median(_angle((tr.max(1) - 1.0) / 2.0)))
+    cos_lim = np.cos(np.radians(0.7 * spacing)) * 2.0 + 1.0  # trace threshold
+    mates = np.einsum("mij,gjk->mgik", a, group)  # (M, G, 3, 3)
+    # trace(A_m g B_n^T) for all m, g, n: the closeness of n to any mate of m
+    close = np.einsum("mgij,nij->mgn", mates, a).max(1) > cos_lim  # (M, M)
+    keep = []
+    covered = np.zeros(len(a), dtype=bool)
+    for m in range(len(a)):
+        if covered[m]:
+            continue
+        keep.append(m)
+        covered |= close[m]
+    return np.asarray(keep, dtype=np.int64)

@@ -31,6 +31,15 @@ def _add_particle_args(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+def _add_ctf_symmetry_args(p) -> None:
+    p.add_argument("--ctf", choices=["auto", "none"], default="auto",
+                   help="auto (default): when the STAR file has rlnDefocusU, score CTF-premultiplied particles "
+                   "and CTF-correct the averages (optics from the file); none: ignore the CTF")
+    p.add_argument("--symmetry", default="C1", metavar="GROUP",
+                   help="point group of the reference (C1, Cn, Dn, T, O, I): the search covers its asymmetric "
+                   "unit, averages are symmetrised (default C1)")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "align",
@@ -55,6 +64,7 @@ def register(sub) -> None:
     p.add_argument("--candidates", type=int, default=1, metavar="K",
                    help="learned (grid model): compare the network's K most probable rotations by the "
                    "wedge-aware correlation and keep the best (default 1: fastest; 8 is more accurate, ~2x slower)")
+    _add_ctf_symmetry_args(p)
     p.add_argument("--epochs", type=int, default=5, help="align train: epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="align train: batch size (default 16)")
     p.add_argument("--lr", type=float, default=1e-4, help="align train: learning rate (default 1e-4)")
@@ -72,6 +82,7 @@ def register(sub) -> None:
                    help="also write AVG_half1.mrc, AVG_half2.mrc, their FSC (AVG_fsc.csv, AVG_fsc.png)")
     p.add_argument("--angular-step", type=float, default=30.0, metavar="DEG", help="with --iterations (default 30)")
     p.add_argument("--out-star", default=None, metavar="ALIGNED.star", help="with --iterations: the refined poses")
+    _add_ctf_symmetry_args(p)
     p.set_defaults(func=run_average)
 
     p = sub.add_parser("fsc", help="Fourier shell correlation of two maps: table and PNG plot",
@@ -160,6 +171,7 @@ def run_align(args) -> int:
     box = pset.volumes.shape[-1]
     ref = _read_reference(args.reference, box=box, voxel=pset.voxel_size, particles_path=args.particles)
     masks = _fourier_masks(args, box, pset.voxel_size)
+    ctf, symmetry = _ctf_and_symmetry(args, pset)
     fmax = 0.5 if args.lowpass is None else min(0.5, pset.voxel_size / args.lowpass)
     t0 = time.perf_counter()
     model = None
@@ -167,7 +179,7 @@ def run_align(args) -> int:
         model = learned_aligner().load_model(args.model, device=device)
     job = align_job(pset.volumes, ref, method=args.method, particle_masks=masks, angular_step_deg=args.angular_step,
                     refine_levels=args.refine_levels, max_shift_voxels=args.max_shift, max_frequency=fmax, model=model,
-                    candidates=args.candidates, device=device)
+                    candidates=args.candidates, ctf=ctf, symmetry=symmetry, device=device)
     result = run_job(job, progress=show_progress(args), description="align")
     seconds = time.perf_counter() - t0
     out = write_aligned_star(args.out, pset, result, overwrite=args.overwrite)
@@ -178,6 +190,26 @@ def run_align(args) -> int:
           f"min {np.min(result.scores):.3f}")
     print(f"  wrote {out}")
     return 0
+
+
+def _ctf_and_symmetry(args, pset):
+    """The particles' CTF (``--ctf``, from the STAR file) and the point group (``--symmetry``), printed."""
+    from ..backend.align.extract import particle_ctf
+    from ..backend.symmetry import normalize_symmetry
+    from ..errors import InputError
+
+    try:
+        symmetry = normalize_symmetry(args.symmetry)
+    except InputError as exc:
+        raise InputError(exc.expected, field="--symmetry", got=args.symmetry) from None
+    ctf = particle_ctf(pset, mode=args.ctf)
+    if ctf is not None:
+        print(f"CTF: {ctf.describe()} (from {args.particles}; --ctf none ignores it)")
+    elif args.ctf == "auto":
+        print("CTF: none in the STAR file (no rlnDefocusU): particles compared as they are")
+    if symmetry != "C1":
+        print(f"symmetry: {symmetry}")
+    return ctf, symmetry
 
 
 def _run_train(args, device: str) -> int:
@@ -235,6 +267,7 @@ def run_average(args) -> int:
     _print_skipped(pset, "average")
     box = pset.volumes.shape[-1]
     masks = _fourier_masks(args, box, pset.voxel_size)
+    ctf, symmetry = _ctf_and_symmetry(args, pset)
     poses = AlignmentResult(euler_to_matrix(pset.euler_deg), _star_origin_voxels(pset), np.full(len(pset.rows), np.nan),
                             "star")
     half = None
@@ -245,11 +278,12 @@ def run_average(args) -> int:
     if args.iterations > 0:
         job = iterative_average_job(pset.volumes, particle_masks=masks, initial=poses, iterations=args.iterations,
                                     angular_step_deg=args.angular_step, voxel_size_angstrom=pset.voxel_size,
-                                    half=half, device=device)
+                                    half=half, ctf=ctf, symmetry=symmetry, device=device)
         res = run_job(job, progress=show_progress(args), description="average")
     else:
         res = average_particles(pset.volumes, poses, particle_masks=masks, half_maps=args.half_maps,
-                                voxel_size_angstrom=pset.voxel_size, half=half, device=device)
+                                voxel_size_angstrom=pset.voxel_size, half=half, ctf=ctf, symmetry=symmetry,
+                                device=device)
     write_mrc(out, res.average, voxel_size=pset.voxel_size, overwrite=args.overwrite)
     print(f"averaged {len(pset.rows)} particles ({box}^3 at {pset.voxel_size:g} Å) -> {out}")
     if args.half_maps and res.fsc is not None:

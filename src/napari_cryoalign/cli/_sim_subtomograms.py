@@ -14,7 +14,7 @@ def register(sub) -> None:
         "origins, rlnClassNumber), the reference maps, the observed Fourier mask and params.json.",
     )
     add_output_argument(p)
-    p.add_argument("--structures", default="ribosome,cct,mtor,ruvab,dengue_e_fab",
+    p.add_argument("--structures", default="ribosome,cct,mtor,ruvab,dengue_e_fab",  # or procedural:<seed>
                    help="comma-separated packaged structures (see `--list`); default: %(default)s")
     p.add_argument("--list", action="store_true", help="list the packaged structures and exit")
     p.add_argument("--n-per-class", type=int, default=20, metavar="N", help="particles per structure (default 20)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -33,6 +34,7 @@ from ._plots import FSCPlot
 
 REFERENCES = ("reference-free", "image layer", "MRC file")
 METHODS = ("exhaustive", "learned", "learned+refine")
+SYMMETRIES = ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "T", "O", "I")
 
 
 class AlignWidget(ParticleInputs, JobWidget):
@@ -51,6 +53,12 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.iterations = SpinBox(label="iterations", value=3, min=1, max=50)
         self.candidates = SpinBox(label="candidates", value=1, min=1, max=64,
                                   tooltip="learned: compare the network's K most probable rotations by correlation")
+        self.use_ctf = CheckBox(text="CTF from the STAR file (rlnDefocusU)", value=True,
+                                tooltip="score CTF-premultiplied particles and CTF-correct the averages "
+                                "(as `cryoalign align --ctf auto`); only for particles from a STAR file")
+        self.symmetry = ComboBox(label="symmetry", choices=list(SYMMETRIES), value="C1",
+                                 tooltip="point group of the structure: the search covers its asymmetric unit and "
+                                 "the averages are symmetrised (as --symmetry)")
         self.threshold = FloatSpinBox(label="remove below", value=0.0, min=-1.0, max=1.0, step=0.01)
         self.remove_button = PushButton(text="Remove particles below")
         self.export_file = FileEdit(label="export to", mode="w", filter="*.star", value=str(Path.cwd() / "aligned.star"))
@@ -59,7 +67,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.make_overwrite_box()
         self.form = Container(widgets=[*particle_inputs, self.ref_kind,
                                        self.ref_layer, self.ref_file, self.method, self.angular_step, self.iterations,
-                                       self.candidates, *self._make_tilt_range()])
+                                       self.candidates, self.symmetry, self.use_ctf, *self._make_tilt_range()])
         self.form_layout.addWidget(self.form.native)
         self.fsc_plot = FSCPlot()
         self.form_layout.addWidget(self.fsc_plot)
@@ -93,6 +101,7 @@ class AlignWidget(ParticleInputs, JobWidget):
         self.ref_layer.visible = self.ref_kind.value == "image layer"
         self.ref_file.visible = self.ref_kind.value == "MRC file"
         self.candidates.visible = self.method.value != "exhaustive"
+        self.use_ctf.visible = self.source.value != "points on tomogram"
 
     def input_files(self) -> list[Path]:
         ref = self.ref_file.value if self.ref_kind.value == "MRC file" else None
@@ -124,6 +133,14 @@ class AlignWidget(ParticleInputs, JobWidget):
             raise InputError(f"a reference of the box size {(box,) * 3}", field="reference", got=f"{ref.shape}")
         return ref
 
+    def particle_ctf(self, pset):
+        """The particles' CTF from their STAR file (None from points, without rlnDefocusU, or unticked)."""
+        from ..backend.align.extract import particle_ctf
+
+        if not self.use_ctf.value or pset.particle_set is None:
+            return None
+        return particle_ctf(pset.particle_set)
+
     def make_job(self) -> Job:
         from ..backend.align.average import align_average_job
 
@@ -136,7 +153,8 @@ class AlignWidget(ParticleInputs, JobWidget):
         return align_average_job(pset.volumes, reference=ref, particle_masks=mask,
                                  method=self.method.value, iterations=int(self.iterations.value),
                                  angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset.voxel,
-                                 candidates=int(self.candidates.value))
+                                 candidates=int(self.candidates.value), ctf=self.particle_ctf(pset),
+                                 symmetry=self.symmetry.value)
 
     # -- live updates ----------------------------------------------------------------------
     def on_partial(self, partial: Partial) -> None:

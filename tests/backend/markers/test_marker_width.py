@@ -45,6 +45,33 @@ def test_estimator_recovers_the_width(factor):
     assert abs(est_b.sigma_nm / true - 1.0) < 0.1, (est_b.sigma_nm, true)
 
 
+@pytest.mark.parametrize("polarity", ["dark", "bright"])
+def test_width_measured_in_the_beer_lambert_domain_is_unbiased(polarity):
+    """Noiseless counts of strong beads: the Anscombe domain widens them, -log(I/I0) does not."""
+    from napari_cryoalign.backend.markers.preprocess import linear_marker_image
+
+    true = 20.0
+    ts = _small(true, noise="none", n_markers=12, n_tilts=7, pixel_nm=6.4, n_px=64, seed=1)
+    counts = ts.tilt_series.astype(np.float64)
+    i0 = float(np.median(counts))
+    assert counts.min() < 0.8 * i0  # beads of real contrast: the transform's curvature matters
+    if polarity == "bright":
+        counts = 2.0 * i0 - counts
+    pre = preprocess_tiltseries(counts, sigma_px=true / 6.4)
+    assert pre.polarity == polarity
+    on_transform = estimate_marker_width(pre.data, 6.4, tilt_angles_deg=ts.tilt_angles_deg).sigma_nm
+    linear = estimate_marker_width(linear_marker_image(pre), 6.4, tilt_angles_deg=ts.tilt_angles_deg).sigma_nm
+    assert abs(linear / true - 1.0) < 0.01, linear
+    assert abs(on_transform / true - 1.0) > abs(linear / true - 1.0)
+    if polarity == "bright":
+        return
+    # data that are not intensities (values <= 0) keep the linear difference, beads bright
+    shifted = preprocess_tiltseries(counts - i0, sigma_px=true / 6.4)
+    assert shifted.input_offset > 0
+    lin = linear_marker_image(shifted)
+    assert np.median(lin) == pytest.approx(0.0, abs=1e-3) and lin.max() > 10 * np.abs(np.median(lin) + 1e-3)
+
+
 def test_estimator_falls_back_to_the_nominal_width_on_noise():
     noise = np.random.default_rng(0).normal(0.0, 1.0, (5, 32, 32)) * 1e-6
     est = estimate_marker_width(noise, 12.8, nominal_sigma_nm=5.0)

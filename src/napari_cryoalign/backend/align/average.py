@@ -28,6 +28,8 @@ from ...errors import InputError
 from ..fourier import FSCResult, fsc, lowpass, resolution_at, sphere_mask
 from ..geometry import align_particle_to_reference
 from ..jobs import Partial, Progress, run_job, subjob
+from ..ctf import ctf_premultiply, ctf_weights
+from ..symmetry import normalize_symmetry, symmetrize_volume
 from .exhaustive import _rotate_cubes, align_exhaustive_job
 from .methods import align_job
 from .scoring import _tensor, mask_to_rfft
@@ -102,8 +104,13 @@ def half_set_indices(n: int) -> np.ndarray:
     return (np.arange(n) % 2 + 1).astype(np.int64)
 
 
-def _sums(particles: torch.Tensor, rotations, origins, masks, *, device, chunk: int = 64):
-    """Sum of aligned spectra x rotated masks and sum of rotated masks (rfft layout)."""
+def _sums(particles: torch.Tensor, rotations, origins, masks, *, device, chunk: int = 64, ctf=None, index=None):
+    """Sum of aligned spectra x rotated masks and sum of rotated masks (rfft layout).
+
+    With ``ctf`` (:class:`~..ctf.ParticleCTF` of all particles; ``index`` the rows of these):
+    ``sum M c F`` and ``sum M c²`` (Wiener-like CTF correction, ``c`` the first-lobe-positive
+    CTF; for premultiplied data ``F`` already carries ``c``).
+    """
     n = particles.shape[0]
     shape = tuple(particles.shape[1:])
     num = torch.zeros((shape[0], shape[1], shape[2] // 2 + 1), dtype=torch.complex64, device=device)
@@ -120,8 +127,14 @@ def _sums(particles: torch.Tensor, rotations, origins, masks, *, device, chunk: 
             mk = masks if masks.shape[0] == 1 else masks[sl]
             mk = mk.expand(aligned.shape[0], *shape)
             m = mask_to_rfft(_rotate_cubes(mk, rot[sl].transpose(1, 2)).clamp(0.0, 1.0))
-        num += (f * m).sum(0)
-        wsum += m.sum(0)
+        if ctf is not None:
+            rows = np.arange(s, min(n, s + chunk)) if index is None else np.asarray(index)[sl]
+            c = ctf_weights(ctf, shape, index=rows, device=device)
+            num += (f * (m if ctf.premultiplied else m * c)).sum(0)
+            wsum += (m * c * c).sum(0)
+        else:
+            num += (f * m).sum(0)
+            wsum += m.sum(0)
     return num, wsum
 
 
@@ -160,7 +173,7 @@ def _alignment_arrays(alignment, n):
 
 
 def wedge_compensated_average(particles, alignment: AlignmentResult | None = None, *, particle_masks=None,
-                              device="cpu") -> np.ndarray:
+                              ctf=None, device="cpu") -> np.ndarray:
     """Missing-wedge-compensated average of particles brought onto the reference frame.
 
     Parameters
@@ -168,6 +181,8 @@ def wedge_compensated_average(particles, alignment: AlignmentResult | None = Non
     particles : ``(n, N, N, N)`` (z, y, x)
     alignment : rotations ``A`` (n, 3, 3) and origins (n, 3) voxels (x, y, z); None = as they are
     particle_masks : Fourier masks, fftshift-ed, ``(N, N, N)`` or ``(n, N, N, N)``; None = fully observed
+    ctf : :class:`~..ctf.ParticleCTF` of the particles or None: a CTF-corrected average
+        (``M_i c_i F_i`` over ``M_i c_i²``, ``c_i`` the first-lobe-positive CTF)
     device : torch device
 
     Returns
@@ -178,7 +193,7 @@ def wedge_compensated_average(particles, alignment: AlignmentResult | None = Non
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
         rot, ori = _alignment_arrays(alignment, p.shape[0])
-        num, w = _sums(p, rot, ori, m, device=device)
+        num, w = _sums(p, rot, ori, m, device=device, ctf=ctf)
         return _finish(num, w, p.shape[0], tuple(p.shape[1:]))
 
 
@@ -207,7 +222,7 @@ def default_fsc_mask(box: int) -> np.ndarray:
 
 def average_particles(particles, alignment: AlignmentResult | None = None, *, particle_masks=None,
                       half_maps: bool = True, voxel_size_angstrom: float = 1.0, half=None,
-                      device="cpu") -> AverageResult:
+                      ctf=None, symmetry: str = "C1", device="cpu") -> AverageResult:
     """Average particles with given poses; with ``half_maps`` also the half-set averages and their FSC.
 
     Parameters
@@ -218,8 +233,13 @@ def average_particles(particles, alignment: AlignmentResult | None = None, *, pa
     half_maps : compute the two half maps (particles by ``half``) and their FSC
     voxel_size_angstrom : Å, for the resolutions
     half : ``(n,)`` of 1/2 (e.g. ``rlnRandomSubset``); default alternating
+    ctf : :class:`~..ctf.ParticleCTF` or None: CTF-corrected averages (:func:`wedge_compensated_average`)
+    symmetry : point group imposed on the average and the half maps (:func:`..symmetry.symmetrize_volume`)
     device : torch device
     """
+    def sym(v):
+        return v if normalize_symmetry(symmetry) == "C1" else symmetrize_volume(v, symmetry)
+
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
         n = p.shape[0]
@@ -229,18 +249,18 @@ def average_particles(particles, alignment: AlignmentResult | None = None, *, pa
         if alignment is None:
             alignment = AlignmentResult(rot, ori, np.full(n, np.nan), "given")
         if not half_maps or n < 2:
-            num, w = _sums(p, rot, ori, m, device=device)
-            return AverageResult(_finish(num, w, n, shape), None, None, None, alignment, half)
+            num, w = _sums(p, rot, ori, m, device=device, ctf=ctf)
+            return AverageResult(sym(_finish(num, w, n, shape)), None, None, None, alignment, half)
         maps, sums = [], []
         for h in (1, 2):
             idx = np.flatnonzero(half == h)
             if len(idx) == 0:
                 raise InputError("particles in both half sets", field="half", got=f"none in half {h}")
             mh = None if m is None else (m if m.shape[0] == 1 else m[idx])
-            num, w = _sums(p[idx], rot[idx], ori[idx], mh, device=device)
+            num, w = _sums(p[idx], rot[idx], ori[idx], mh, device=device, ctf=ctf, index=idx)
             sums.append((num, w))
-            maps.append(_finish(num, w, len(idx), shape))
-        avg = _finish(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], n, shape)
+            maps.append(sym(_finish(num, w, len(idx), shape)))
+        avg = sym(_finish(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], n, shape))
         report = fsc_report(maps[0], maps[1], voxel_size_angstrom=voxel_size_angstrom,
                             mask=default_fsc_mask(shape[0]))
         return AverageResult(avg, maps[0], maps[1], report, alignment, half)
@@ -259,12 +279,17 @@ def iterative_average_job(
     voxel_size_angstrom: float = 1.0,
     start_resolution_angstrom: float | None = None,
     half=None,
+    ctf=None,
+    symmetry: str = "C1",
     device="cpu",
 ) -> Generator[Progress | Partial, None, AverageResult]:
     """Job version of :func:`iterative_average` (yields Progress and the Partials listed there)."""
     t_start = time.perf_counter()
+    symmetry = normalize_symmetry(symmetry)
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
+        # the alignment scores CTF-premultiplied particles; the averages are CTF-corrected
+        scored = p if ctf is None else torch.from_numpy(ctf_premultiply(p, ctf, device=device)).to(device)
     n, box = p.shape[0], p.shape[-1]
     if n < 2:
         raise InputError("at least 2 particles to average in half sets", field="particles", got=n)
@@ -290,13 +315,15 @@ def iterative_average_job(
             raise InputError(f"a reference of the particles' box {(box,) * 3}", field="reference", got=f"{ref.shape}")
         start = "the given reference"
     elif initial is not None:
-        ref = wedge_compensated_average(p, initial, particle_masks=m, device=device)
+        ref = wedge_compensated_average(p, initial, particle_masks=m, ctf=ctf, device=device)
         start = "the average under the given poses"
     else:  # reference-free: seed with one particle (its own wedge), not a featureless blob
-        ref = p[0].cpu().numpy()
+        ref = scored[0].cpu().numpy()
         ref_mask = None if m is None else m[0].cpu().numpy()
         start = "particle 0 (reference-free)"
     ref = lowpass(ref, res0, voxel_size_angstrom=vox)
+    if symmetry != "C1":
+        ref = symmetrize_volume(ref, symmetry)
     refs = [ref, ref]
     res = res0
     history = []
@@ -308,9 +335,10 @@ def iterative_average_job(
         for h in (0, 1):
             idx = idx_h[h]
             mh = None if m is None else (m if m.shape[0] == 1 else m[idx])
-            job = align_exhaustive_job(p[idx], refs[h], particle_masks=mh, reference_mask=ref_mask,
+            job = align_exhaustive_job(scored[idx], refs[h], particle_masks=mh, reference_mask=ref_mask,
                                        angular_step_deg=angular_step_deg, refine_levels=refine_levels,
-                                       max_shift_voxels=max_shift_voxels, max_frequency=fmax, device=device)
+                                       max_shift_voxels=max_shift_voxels, max_frequency=fmax, symmetry=symmetry,
+                                       device=device)
             ali = yield from subjob(job, at=(3 * it + h + 1, total), prefix=f"iteration {it + 1}, half {h + 1}",
                                     partials=False)
             rot[idx] = ali.rotations
@@ -320,7 +348,7 @@ def iterative_average_job(
         alignment = AlignmentResult(rot.copy(), ori.copy(), scores.copy(), "exhaustive",
                                     seconds=time.perf_counter() - t_start)
         result = average_particles(p, alignment, particle_masks=m, half_maps=True, voxel_size_angstrom=vox,
-                                   half=half, device=device)
+                                   half=half, ctf=ctf, symmetry=symmetry, device=device)
         res = max(result.fsc.resolution_0143, 2.0 * vox)
         refs = [lowpass(result.half1, res, voxel_size_angstrom=vox), lowpass(result.half2, res, voxel_size_angstrom=vox)]
         history.append({"iteration": it + 1, "resolution_0143": result.fsc.resolution_0143,
@@ -351,6 +379,10 @@ def iterative_average(particles, **kwargs) -> AverageResult:
     voxel_size_angstrom : Å
     start_resolution_angstrom : low-pass of the starting reference (default 8 voxels)
     half : ``(n,)`` half set 1/2 per particle (default alternating)
+    ctf : :class:`~..ctf.ParticleCTF` or None: the searches score CTF-premultiplied particles and
+        the averages are CTF-corrected (:func:`average_particles`)
+    symmetry : point group imposed on the references and averages; the searches cover its
+        asymmetric unit
     device : torch device
 
     Each iteration aligns each half to its own reference (limited to the current FSC 0.143
@@ -414,6 +446,8 @@ def align_average_job(
     initial: AlignmentResult | None = None,
     gallery_items: int = 24,
     candidates: int = 1,
+    ctf=None,
+    symmetry: str = "C1",
     device="cpu",
 ) -> Generator[Progress | Partial, None, AverageResult]:
     """Align and average in one job (what the "Align & average" widget runs).
@@ -429,17 +463,19 @@ def align_average_job(
         result = yield from iterative_average_job(particles, reference=reference, particle_masks=particle_masks,
                                                   initial=initial, iterations=iterations,
                                                   angular_step_deg=angular_step_deg,
-                                                  voxel_size_angstrom=voxel_size_angstrom, device=device)
+                                                  voxel_size_angstrom=voxel_size_angstrom, ctf=ctf,
+                                                  symmetry=symmetry, device=device)
     elif method in ("learned", "learned+refine"):
         if reference is None:
             raise InputError("a reference for the learned aligner", field="reference", got="reference-free")
         yield Progress(0, 3, f"{method} alignment")
         ali = yield from subjob(align_job(particles, reference, method=method, particle_masks=particle_masks,
-                                          angular_step_deg=angular_step_deg, candidates=candidates, device=device),
+                                          angular_step_deg=angular_step_deg, candidates=candidates, ctf=ctf,
+                                          symmetry=symmetry, device=device),
                                 at=(1, 3), prefix=method, partials=False)
         yield Progress(2, 3, "averaging")
         result = average_particles(particles, ali, particle_masks=particle_masks, half_maps=True,
-                                   voxel_size_angstrom=voxel_size_angstrom, device=device)
+                                   voxel_size_angstrom=voxel_size_angstrom, ctf=ctf, symmetry=symmetry, device=device)
         yield Partial("average", result.average)
         yield Partial("fsc", result.fsc)
         yield Partial("alignment", ali)

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..geometry import local_rotation_grid, rotation_grid
+from ..geometry import local_rotation_grid, nearest_rotation, rotation_grid
 from ..jobs import Partial, Progress, run_job
 from ..peaks import find_peak, peak_window
+from ..symmetry import reduce_rotation_grid
 from .scoring import _tensor, band_mask, mask_to_rfft, rfft_weights
 from .types import AlignmentResult
 
@@ -334,6 +335,7 @@ def align_exhaustive_job(
     max_frequency: float = 0.5,
     coarse_bin: bool = True,
     candidates: int = 3,
+    symmetry: str = "C1",
     batch_size: int = 256,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AlignmentResult]:
@@ -347,6 +349,7 @@ def align_exhaustive_job(
         box = p.shape[-1]
         pairs = _pairs_per_batch(box, batch_size)
         grid = rotation_grid(angular_step_deg)
+        grid = grid[reduce_rotation_grid(grid, symmetry)]  # the asymmetric unit (all of it for C1)
         levels = max(1, int(refine_levels))
         pairs_r = max(1, min(len(grid), pairs))
         n_r = math.ceil(len(grid) / pairs_r)
@@ -426,6 +429,9 @@ def align_exhaustive(particles, reference, **kwargs) -> AlignmentResult:
     coarse_bin : run the global grid on 2x Fourier-binned volumes (boxes >= 24; 8x faster)
     candidates : distinct grid optima (at least 1.5 steps apart) refined by the first local level,
         the best of which goes on (default 3; guards against pseudo-symmetric mates)
+    symmetry : point group of the reference (:mod:`..symmetry`, default C1): the global grid
+        covers only its asymmetric unit (about ``1 / |G|`` of the rotations); the pose returned is
+        one of the equivalent mates ``A g``
     batch_size : particle x rotation pairs per FFT batch at 32³ (scaled for other boxes)
     device : torch device ("cpu", "cuda", ...)
 
@@ -465,7 +471,7 @@ def refine_alignment_job(
                                                   angular_step_deg=max_angle_deg, refine_levels=levels,
                                                   max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
                                                   device=device)
-        rot = np.asarray(initial.rotations, dtype=np.float64).reshape(-1, 3, 3)
+        rot = nearest_rotation(np.asarray(initial.rotations, dtype=np.float64).reshape(-1, 3, 3))
         if len(rot) != p.shape[0]:
             raise InputError(f"{p.shape[0]} initial rotations (one per particle)", field="initial",
                              got=len(rot))

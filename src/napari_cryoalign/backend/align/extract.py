@@ -24,7 +24,8 @@ from ...errors import InputError
 
 SCORE_COLUMN = "cryoalignCorrelation"  #: STAR column of the per-particle correlation after alignment
 
-__all__ = ["SCORE_COLUMN", "Extraction", "ParticleSet", "Skipped", "check_box_size", "extract_subtomograms", "load_particle_set", "write_aligned_star"]
+__all__ = ["SCORE_COLUMN", "Extraction", "ParticleSet", "Skipped", "check_box_size", "extract_subtomograms",
+           "load_particle_set", "particle_ctf", "write_aligned_star"]
 
 
 @dataclass(frozen=True)
@@ -249,3 +250,59 @@ def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_colu
     blocks["optics"] = optics
     blocks["particles"] = df
     return write_star(out, blocks, overwrite=overwrite)
+
+
+def particle_ctf(pset: ParticleSet, *, mode: str = "auto"):
+    """The per-particle CTF recorded in the STAR file of ``pset``, for CTF-aware alignment and averaging.
+
+    ``mode``: ``"auto"`` uses it when the particles' table has ``rlnDefocusU`` (Å; the mean with
+    ``rlnDefocusV`` when present) and returns None otherwise; ``"none"`` returns None. The optics
+    (``rlnVoltage`` kV, ``rlnSphericalAberration`` mm, ``rlnAmplitudeContrast``) come from the
+    particle rows or the optics block (one value each; RELION's defaults 300, 2.7, 0.1 where
+    absent), and ``rlnCtfDataArePhaseFlipped`` / ``rlnCtfDataAreCtfPremultiplied`` (1 = yes) from
+    the optics block. Returns :class:`~..ctf.ParticleCTF` or None.
+
+    Raises
+    ------
+    InputError
+        An unknown ``mode``; a defocus that is not a finite number >= 0 (names the file, the
+        column and the row); optics values that differ between rows.
+    """
+    from ..ctf import ParticleCTF
+
+    if mode not in ("auto", "none"):
+        raise InputError("'auto' or 'none'", field="--ctf", got=mode)
+    data = pset.table.data
+    if mode == "none" or "rlnDefocusU" not in data.columns:
+        return None
+    path = getattr(pset.table, "path", None)
+    where = f"{path}: " if path else ""
+    rows = np.asarray(pset.rows)
+    cols = ["rlnDefocusU"] + (["rlnDefocusV"] if "rlnDefocusV" in data.columns else [])
+    vals = []
+    for c in cols:
+        v = np.asarray(data[c].to_numpy()[rows], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(v) | (v < 0))
+        if len(bad):
+            raise InputError("a defocus in Å, finite and >= 0", field=f"{where}{c}",
+                             got=f"{v[bad[0]]!r} in row {int(rows[bad[0]])}")
+        vals.append(v)
+    defocus_um = np.mean(vals, axis=0) * 1e-4
+
+    optics = getattr(pset.table, "optics", None)
+
+    def one(label, default):
+        for src in (data, optics):
+            if src is not None and label in src.columns:
+                u = np.unique(np.asarray(src[label].to_numpy() if src is optics else src[label].to_numpy()[rows],
+                                         dtype=np.float64))
+                if len(u) > 1:
+                    raise InputError(f"one value of {label} for all particles", field=f"{where}{label}",
+                                     got=", ".join(f"{x:g}" for x in u[:4]))
+                return float(u[0])
+        return default
+
+    return ParticleCTF(defocus_um, voxel_size_angstrom=float(pset.voxel_size), voltage_kv=one("rlnVoltage", 300.0),
+                       cs_mm=one("rlnSphericalAberration", 2.7), amplitude_contrast=one("rlnAmplitudeContrast", 0.1),
+                       phase_flipped=one("rlnCtfDataArePhaseFlipped", 0.0) == 1.0,
+                       premultiplied=one("rlnCtfDataAreCtfPremultiplied", 0.0) == 1.0)

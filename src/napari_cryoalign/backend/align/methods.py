@@ -21,6 +21,7 @@ from collections.abc import Generator
 from types import ModuleType
 
 from ...errors import InputError
+from ..ctf import ctf_premultiply
 from ..jobs import Partial, Progress, subjob
 from .exhaustive import align_exhaustive_job, refine_alignment_job
 from .types import AlignmentResult
@@ -58,6 +59,8 @@ def align_job(
     max_frequency: float = 0.5,
     model=None,
     candidates: int = 1,
+    ctf=None,
+    symmetry: str = "C1",
     device="cpu",
 ) -> Generator[Progress | Partial, None, AlignmentResult]:
     """Align subtomograms to a reference by ``method`` (a job: yields Progress, returns the result).
@@ -82,6 +85,10 @@ def align_job(
         None = the shipped default
     candidates : the learned methods: grid rotations compared per particle
         (:func:`.learned.align_learned`)
+    ctf : :class:`~..ctf.ParticleCTF` of the particles, or None: the exhaustive search and the
+        refinement score CTF-premultiplied particles (:func:`~..ctf.ctf_premultiply`; every
+        frequency band then adds to the score), the network sees the particles as they are
+    symmetry : point group of the reference (the exhaustive search covers its asymmetric unit)
     device : torch device
 
     Yields
@@ -101,17 +108,21 @@ def align_job(
     """
     if method not in METHODS:
         raise InputError(f"method {', '.join(repr(m) for m in METHODS)}", field="method", got=method)
+    scored = particles
+    if ctf is not None:
+        yield Progress(0, None, "CTF premultiplication")
+        scored = ctf_premultiply(particles, ctf, device=device)
     if method == "exhaustive":
-        return (yield from align_exhaustive_job(particles, reference, particle_masks=particle_masks,
+        return (yield from align_exhaustive_job(scored, reference, particle_masks=particle_masks,
                                                 angular_step_deg=angular_step_deg, refine_levels=refine_levels,
                                                 max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
-                                                device=device))
+                                                symmetry=symmetry, device=device))
     learned = learned_aligner()
     result = yield from subjob(learned.align_learned_job(particles, reference, particle_masks=particle_masks,
                                                          model=model, candidates=candidates, device=device),
                                prefix="learned")
     if method == "learned+refine":
-        job = refine_alignment_job(particles, reference, result, particle_masks=particle_masks,
+        job = refine_alignment_job(scored, reference, result, particle_masks=particle_masks,
                                    max_angle_deg=max(float(angular_step_deg), 15.0) * 0.67,
                                    levels=refine_levels or 1, max_shift_voxels=max_shift_voxels,
                                    max_frequency=max_frequency, device=device)

@@ -28,7 +28,7 @@ from ..deformation import times_from_order
 from ..jobs import Job, Partial, Progress, run_job
 from .adcg import SparseAlignResult, sparse_align_job
 from .forward import MarkerGeometry, default_sigma_nm
-from .preprocess import preprocess_tiltseries
+from .preprocess import linear_marker_image, preprocess_tiltseries
 from .profile import estimate_marker_width
 
 __all__ = ["find_markers", "find_markers_job", "marker_warnings", "merge_distance_for", "validate_inputs"]
@@ -135,22 +135,24 @@ def find_markers_job(
                                     line_detector=line)
         info = {"transform": pre.transform, "polarity": pre.polarity, "bead_intensity": pre.bead_intensity,
                 "threshold": pre.threshold, "n_peaks": pre.n_peaks}
-        return pre.data, info
+        return pre.data, info, pre
 
     if preprocess is None:
         data = np.asarray(ts, dtype=np.float32)
         pre_info = None
+        linear = data
     else:
-        data, pre_info = _pre(pre_sigma_px)
+        data, pre_info, pre = _pre(pre_sigma_px)
+        linear = linear_marker_image(pre)  # the width of the recorded bead image, not of its transform
     yield Progress(0, None, "measuring the marker width")
-    width = estimate_marker_width(data, pixel_size_nm, tilt_angles_deg=angles, nominal_sigma_nm=nominal,
+    width = estimate_marker_width(linear, pixel_size_nm, tilt_angles_deg=angles, nominal_sigma_nm=nominal,
                                   line_detector=line)
     if sigma_nm is not None:
         sigma, source = float(sigma_nm), "given"
     else:
         sigma, source = float(width.sigma_nm), width.source
         if preprocess is not None and source == "estimated":  # the bead-peak normalisation depends on the width
-            data, pre_info = _pre(sigma / float(pixel_size_nm))
+            data, pre_info, _ = _pre(sigma / float(pixel_size_nm))
     geometry = MarkerGeometry(angles, times, tuple(ts.shape[1:]), float(pixel_size_nm), sigma, line_detector=line)
     width_info = {"sigma_nm": sigma, "source": source, "nominal_sigma_nm": nominal,
                   "estimate": width.to_dict()}

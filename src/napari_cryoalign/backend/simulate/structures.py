@@ -64,11 +64,13 @@ def _load_raw(name: str) -> tuple[np.ndarray, float]:
 def load_structure_map(
     name: str, *, voxel_size_angstrom: float | None = None, box: int | None = None
 ) -> tuple[np.ndarray, float]:
-    """Load a packaged density map.
+    """Load a packaged density map (or a procedurally generated one).
 
     Parameters
     ----------
-    name : one of :func:`list_structures`
+    name : one of :func:`list_structures`, or ``"procedural:<seed>"`` for
+        :func:`~.procedural.procedural_structure` (made at ``voxel_size_angstrom`` directly;
+        seeds >= 10000 are the held-out ones)
     voxel_size_angstrom : wanted voxel size in Å; None keeps the packaged one (10 Å). Other
         sizes are obtained by Fourier cropping/padding (band-limited resampling); the actual
         voxel size is ``packaged * n_old / n_new`` for the nearest integer ``n_new`` and is
@@ -81,6 +83,17 @@ def load_structure_map(
     density : ndarray ``(z, y, x)`` float32, potential (protein positive), a fresh copy
     voxel_size_angstrom : float, the voxel size of ``density`` in Å
     """
+    from .procedural import is_procedural_name, procedural_seed, procedural_structure
+
+    if is_procedural_name(name):
+        if voxel_size_angstrom is not None and not (np.isfinite(voxel_size_angstrom) and voxel_size_angstrom > 0):
+            raise InputError("a voxel size > 0 Å", field="voxel_size_angstrom", got=voxel_size_angstrom)
+        dens, vox = procedural_structure(procedural_seed(name), voxel_size_angstrom=voxel_size_angstrom or 10.0)
+        if box is not None:
+            if int(box) != box or box < 1:
+                raise InputError("a positive integer box size", field="box", got=box)
+            dens = pad_or_crop(dens, (int(box),) * 3)
+        return np.array(dens, dtype=np.float32, copy=True), float(vox)
     dens, vox = _load_raw(name)
     if voxel_size_angstrom is not None:
         if not np.isfinite(voxel_size_angstrom) or voxel_size_angstrom <= 0:

@@ -58,6 +58,7 @@ from .common import (
     _optics,
     _simulate_batches,
 )
+from .procedural import is_procedural_name, procedural_seed
 from .structures import list_structures, load_structure_map
 
 __all__ = [
@@ -134,9 +135,13 @@ def _check(structures, n_per_class, box, voxel, snr, max_shift, defocus, frac):
     if not structures:
         raise InputError("at least one structure name", field="structures", got="none")
     known = list_structures()
-    bad = [s for s in structures if s not in known]
+    bad = [s for s in structures if s not in known and not is_procedural_name(s)]
     if bad:
-        raise InputError(f"structure names among {known}", field="structures", got=", ".join(bad))
+        raise InputError(f"structure names among {known} or 'procedural:<seed>'", field="structures",
+                         got=", ".join(bad))
+    for s in structures:
+        if is_procedural_name(s):
+            procedural_seed(s)  # validates the seed
     if int(n_per_class) != n_per_class or n_per_class < 1:
         raise InputError("an integer >= 1", field="n_per_class", got=n_per_class)
     if int(box) != box or box < 8:
@@ -280,7 +285,8 @@ def simulate_subtomograms(structures: Sequence[str] | str, **kwargs) -> Subtomog
 
     Parameters
     ----------
-    structures : names from :func:`~.structures.list_structures` (list or comma-separated)
+    structures : names from :func:`~.structures.list_structures` (list or comma-separated), or
+        ``"procedural:<seed>"`` (:mod:`.procedural`; seeds >= 10000 are held out from training)
     n_per_class : particles per structure
     box : cube edge in voxels (default 32)
     voxel_size_angstrom : voxel size in Å (default 12, as in Gum-Net's simulated sets)
@@ -349,7 +355,8 @@ def write_subtomogram_set(sset: SubtomogramSet, out_dir: str | os.PathLike, *, o
     star = write_subtomograms(out / "particles.star", sset.volumes, voxel_size=vox, folder=out / "subtomograms",
                               overwrite=overwrite, euler_deg=sset.euler_deg, origins_angstrom=sset.origins_angstrom,
                               classes=sset.classes, extra_columns=extra or None, optics=optics, form="relion4")
-    refs = [write_mrc(out / "references" / f"{name}.mrc", sset.references[i], voxel_size=vox, overwrite=overwrite)
+    refs = [write_mrc(out / "references" / f"{name.replace(':', '_')}.mrc", sset.references[i], voxel_size=vox,
+                      overwrite=overwrite)
             for i, name in enumerate(sset.class_names)]
     mask = write_mrc(out / "observed_mask.mrc", sset.mask, voxel_size=vox, overwrite=overwrite)
     params = dict(sset.params)
