@@ -9,7 +9,10 @@ everywhere:
 * ``"learned"`` -- :func:`.learned.align_learned_job` (Gum-Net, one forward pass per particle);
 * ``"learned+refine"`` -- the learned alignment, then :func:`.exhaustive.refine_alignment_job`
   around it: local search within ``max(angular_step_deg, 15) * 0.67`` degrees (about the
-  learned aligner's typical error at a 30 degree grid step), ``refine_levels`` levels (0: one).
+  learned aligner's typical error at a 30 degree grid step), ``refine_levels`` levels (0: one);
+  then a second opinion from the exhaustive search's global grid (:func:`_second_opinion`):
+  where the two disagree by more than a grid step, the grid pose is refined too and the better
+  correlation wins, so an unsure or wrong network falls back to the exhaustive answer.
 
 The learned aligner is optional: :func:`learned_aligner` gives its module, or an
 :class:`~napari_cryoalign.errors.InputError` naming the method when it is not installed.
@@ -127,4 +130,52 @@ def align_job(
                                    levels=refine_levels or 1, max_shift_voxels=max_shift_voxels,
                                    max_frequency=max_frequency, device=device)
         result = yield from subjob(job, prefix="refine")
+        result = yield from _second_opinion(scored, reference, result, particle_masks=particle_masks,
+                                            angular_step_deg=angular_step_deg, refine_levels=refine_levels,
+                                            max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
+                                            symmetry=symmetry, device=device)
     return result
+
+
+def _second_opinion(particles, reference, refined: AlignmentResult, *, particle_masks, angular_step_deg, refine_levels,
+                    max_shift_voxels, max_frequency, symmetry, device):
+    """``learned+refine``'s safety net: never worse than the exhaustive search where the network is wrong.
+
+    The exhaustive search's global grid (on 2x binned volumes: the cheap part) gives each
+    particle a second pose. Where it agrees with the refined network pose (within one grid step,
+    up to the symmetry) the refined pose stands. Where it does not, the grid pose is refined the
+    same way and the pose of higher constrained correlation wins. A network that has never seen
+    the structure (chance-level poses) thus costs about one exhaustive search, not a wrong answer.
+    Returns the merged :class:`AlignmentResult` (``method="learned+refine"``).
+    """
+    import time
+
+    import numpy as np
+
+    from ..symmetry import symmetric_angle_deg
+
+    t0 = time.perf_counter()
+    grid = yield from subjob(align_exhaustive_job(particles, reference, particle_masks=particle_masks,
+                                                  angular_step_deg=angular_step_deg, refine_levels=0,
+                                                  max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
+                                                  symmetry=symmetry, device=device), prefix="check")
+    off = np.flatnonzero(symmetric_angle_deg(grid.rotations, refined.rotations, symmetry) > float(angular_step_deg))
+    rot = np.array(refined.rotations, dtype=np.float64)
+    ori = np.array(refined.origins_voxels, dtype=np.float64)
+    score = np.array(refined.scores, dtype=np.float64)
+    if len(off):
+        p = particles[off]
+        mk = particle_masks
+        if mk is not None and np.ndim(mk) == 4 and np.shape(mk)[0] == np.shape(particles)[0]:
+            mk = mk[off]
+        start = AlignmentResult(grid.rotations[off], grid.origins_voxels[off], grid.scores[off], "exhaustive")
+        other = yield from subjob(refine_alignment_job(p, reference, start, particle_masks=mk,
+                                                       max_angle_deg=float(angular_step_deg), levels=refine_levels or 1,
+                                                       max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
+                                                       device=device), prefix="check")
+        better = np.asarray(other.scores) > score[off]
+        rot[off[better]] = other.rotations[better]
+        ori[off[better]] = other.origins_voxels[better]
+        score[off[better]] = np.asarray(other.scores)[better]
+    seconds = (refined.seconds if np.isfinite(refined.seconds) else 0.0) + time.perf_counter() - t0
+    return AlignmentResult(rot, ori, score, refined.method, seconds=seconds)
