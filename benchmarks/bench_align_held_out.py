@@ -49,7 +49,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryoalign.backend.align import AlignmentResult
 from napari_cryoalign.backend.ctf import ParticleCTF, ctf_premultiply
 from napari_cryoalign.backend.geometry import (
     euler_to_matrix,
@@ -65,6 +64,8 @@ HELD_OUT = [f"procedural:{s}" for s in range(10000, 10005)]
 SNRS = [0.1, 0.05, 0.03, 0.01]
 GOAL = {"rotation_frobenius_mean": 0.15, "max_angle_deg": 20.0, "seconds_per_particle": 1.5}
 GUMNET = {0.1: (0.62, 2.41), 0.05: (0.87, 3.20), 0.03: (1.13, 4.29), 0.01: (1.50, 6.78)}
+#: H-T align (Xu et al. 2012) as measured in the Gum-Net paper's Table 1 (rotation Frobenius, translation voxels)
+HT_ALIGN = {0.1: (1.22, 4.76), 0.05: (1.93, 7.26), 0.03: (2.22, 8.86), 0.01: (2.38, 11.33)}
 
 
 def _errors(rot, ori, true_rot, true_ori) -> dict:
@@ -217,6 +218,11 @@ def table(doc: dict) -> str:
         lines.append(f"| {e['snr']:g} | {e['method']} | {e['n']} | {e['rotation_frobenius_mean']:.3f} | "
                      f"{e['angle_deg_median']:.1f} | {e['angle_deg_mean']:.1f} | {e['n_beyond_20deg']} | "
                      f"{e['translation_voxels_mean']:.2f} | {sp} |")
+    snrs = sorted({e["snr"] for e in summarize(doc)}, reverse=True)
+    for name, figs in (("Gum-Net (paper, its own data)", GUMNET), ("H-T align (Gum-Net paper, its own data)", HT_ALIGN)):
+        for snr in snrs:
+            if snr in figs:
+                lines.append(f"| {snr:g} | {name} | 5000 | {figs[snr][0]:.2f} | - | - | - | {figs[snr][1]:.2f} | - |")
     return "\n".join(lines)
 
 
