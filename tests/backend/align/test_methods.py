@@ -34,14 +34,13 @@ def test_each_method_is_the_documented_composition(sset, default_model):
     both = run_job(job, progress=False)
     first = align_learned(s.volumes, s.references[0], particle_masks=s.mask, model=default_model, candidates=2)
     refined = refine_alignment(s.volumes, s.references[0], first, max_angle_deg=30.0 * 0.67, levels=1, **kw)
-    # ... then the second opinion of the global grid: where it disagrees by > one step, its pose is refined
-    # too and the higher correlation wins
+    # ... then the second opinion of the global grid: where it disagrees by > one step, the particle gets the
+    # full exhaustive search and the higher correlation wins
     grid = align_exhaustive(s.volumes, s.references[0], angular_step_deg=30.0, refine_levels=0, **kw)
     off = np.flatnonzero(geodesic_angle_deg(grid.rotations, refined.rotations) > 30.0)
     want_rot, want_score = refined.rotations.copy(), np.array(refined.scores)
     if len(off):
-        sub = type(grid)(grid.rotations[off], grid.origins_voxels[off], grid.scores[off], "exhaustive")
-        other = refine_alignment(s.volumes[off], s.references[0], sub, max_angle_deg=30.0, levels=1, **kw)
+        other = align_exhaustive(s.volumes[off], s.references[0], angular_step_deg=30.0, refine_levels=0, **kw)
         better = other.scores > want_score[off]
         want_rot[off[better]] = other.rotations[better]
         want_score[off[better]] = other.scores[better]

@@ -11,8 +11,8 @@ everywhere:
   around it: local search within ``max(angular_step_deg, 15) * 0.67`` degrees (about the
   learned aligner's typical error at a 30 degree grid step), ``refine_levels`` levels (0: one);
   then a second opinion from the exhaustive search's global grid (:func:`_second_opinion`):
-  where the two disagree by more than a grid step, the grid pose is refined too and the better
-  correlation wins, so an unsure or wrong network falls back to the exhaustive answer.
+  where the two disagree by more than a grid step, the particle gets the full exhaustive search
+  and the better correlation wins, so an unsure or wrong network falls back to the exhaustive answer.
 
 The learned aligner is optional: :func:`learned_aligner` gives its module, or an
 :class:`~napari_cryoalign.errors.InputError` naming the method when it is not installed.
@@ -143,8 +143,9 @@ def _second_opinion(particles, reference, refined: AlignmentResult, *, particle_
 
     The exhaustive search's global grid (on 2x binned volumes: the cheap part) gives each
     particle a second pose. Where it agrees with the refined network pose (within one grid step,
-    up to the symmetry) the refined pose stands. Where it does not, the grid pose is refined the
-    same way and the pose of higher constrained correlation wins. A network that has never seen
+    up to the symmetry) the refined pose stands. Where it does not, those particles get the full
+    exhaustive search (its candidates and refinement) and the pose of higher constrained
+    correlation wins. A network that has never seen
     the structure (chance-level poses) thus costs about one exhaustive search, not a wrong answer.
     Returns the merged :class:`AlignmentResult` (``method="learned+refine"``).
     """
@@ -168,11 +169,11 @@ def _second_opinion(particles, reference, refined: AlignmentResult, *, particle_
         mk = particle_masks
         if mk is not None and np.ndim(mk) == 4 and np.shape(mk)[0] == np.shape(particles)[0]:
             mk = mk[off]
-        start = AlignmentResult(grid.rotations[off], grid.origins_voxels[off], grid.scores[off], "exhaustive")
-        other = yield from subjob(refine_alignment_job(p, reference, start, particle_masks=mk,
-                                                       max_angle_deg=float(angular_step_deg), levels=refine_levels or 1,
-                                                       max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
-                                                       device=device), prefix="check")
+        other = yield from subjob(align_exhaustive_job(p, reference, particle_masks=mk,
+                                                       angular_step_deg=angular_step_deg, refine_levels=refine_levels,
+                                                       max_shift_voxels=max_shift_voxels,
+                                                       max_frequency=max_frequency, symmetry=symmetry, device=device),
+                                  prefix="check")
         better = np.asarray(other.scores) > score[off]
         rot[off[better]] = other.rotations[better]
         ori[off[better]] = other.origins_voxels[better]
