@@ -116,21 +116,27 @@ def _acryo_aligner():
         rot = np.empty((n, 3, 3))
         ori = np.empty((n, 3))
         score = np.empty(n)
-        c = np.full(3, box // 2, dtype=float)
-        flip = np.eye(3)[::-1]  # (z, y, x) <-> (x, y, z)
         t0 = time.perf_counter()
         for i, vol in enumerate(particles):
             res = model.align(np.asarray(vol, np.float32), max_shifts=(6.0, 6.0, 6.0))
-            mtx = np.asarray(res.affine_matrix((box,) * 3), dtype=np.float64)
-            r_zyx, t_zyx = mtx[:3, :3], mtx[:3, 3]
-            # acryo's fit() samples the particle at mtx @ (template voxel): that is our
-            # aligned(r) = particle(A (r - c) + c - origin), so A = r (in zyx) and origin = c - r c - t
-            rot[i] = flip @ r_zyx @ flip
-            ori[i] = (c - r_zyx @ c - t_zyx)[::-1]
+            rot[i], ori[i] = acryo_pose(res, box)
             score[i] = res.score
         return AlignmentResult(rot, ori, score, "acryo ZNCCAlignment", seconds=time.perf_counter() - t0)
 
     return run, acryo.__version__
+
+
+def acryo_pose(res, box: int) -> tuple[np.ndarray, np.ndarray]:
+    """Our rotation ``A`` (x, y, z) and origin (voxels, x, y, z) from an acryo ``AlignmentResult`` for a ``box``³ cube.
+
+    acryo's fit() samples the particle at ``mtx @ (template voxel)`` (zyx): that is our
+    ``aligned(r) = particle(A (r - c) + c - origin)``, so ``A = r`` (in zyx) and ``origin = c - r c - t``.
+    """
+    mtx = np.asarray(res.affine_matrix((box,) * 3), dtype=np.float64)
+    r_zyx, t_zyx = mtx[:3, :3], mtx[:3, 3]
+    c = np.full(3, box // 2, dtype=float)
+    flip = np.eye(3)[::-1]  # (z, y, x) <-> (x, y, z)
+    return flip @ r_zyx @ flip, (c - r_zyx @ c - t_zyx)[::-1]
 
 
 # ----------------------------------------------------------------------------- measurement

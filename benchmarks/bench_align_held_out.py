@@ -103,15 +103,10 @@ def _acryo():
     except ImportError:
         return None, None
 
-    flip = np.eye(3)[::-1]  # (z, y, x) <-> (x, y, z)
+    from bench_align import acryo_pose  # the one zyx -> (A, origin) conversion of both align benchmarks
 
     def one(model, vol, box):
-        res = model.align(np.asarray(vol, np.float32), max_shifts=(6.0, 6.0, 6.0))
-        mtx = np.asarray(res.affine_matrix((box,) * 3), dtype=np.float64)
-        r_zyx, t_zyx = mtx[:3, :3], mtx[:3, 3]
-        c = np.full(3, box // 2, dtype=float)
-        # acryo samples the particle at mtx @ (template voxel): particle(A (r - c) + c - origin) = template(r)
-        return flip @ r_zyx @ flip, (c - r_zyx @ c - t_zyx)[::-1]
+        return acryo_pose(model.align(np.asarray(vol, np.float32), max_shifts=(6.0, 6.0, 6.0)), box)
 
     def run(particles, reference):
         box = particles.shape[-1]

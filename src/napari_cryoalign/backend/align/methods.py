@@ -20,12 +20,16 @@ The learned aligner is optional: :func:`learned_aligner` gives its module, or an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from types import ModuleType
+
+import numpy as np
 
 from ...errors import InputError
 from ..ctf import ctf_premultiply
 from ..jobs import Partial, Progress, subjob
+from ..symmetry import symmetric_angle_deg
 from .exhaustive import align_exhaustive_job, refine_alignment_job
 from .types import AlignmentResult
 
@@ -149,12 +153,6 @@ def _second_opinion(particles, reference, refined: AlignmentResult, *, particle_
     the structure (chance-level poses) thus costs about one exhaustive search, not a wrong answer.
     Returns the merged :class:`AlignmentResult` (``method="learned+refine"``).
     """
-    import time
-
-    import numpy as np
-
-    from ..symmetry import symmetric_angle_deg
-
     t0 = time.perf_counter()
     grid = yield from subjob(align_exhaustive_job(particles, reference, particle_masks=particle_masks,
                                                   angular_step_deg=angular_step_deg, refine_levels=0,
