@@ -118,6 +118,14 @@ def _fourier_masks(args, box: int, voxel: float):
 
 
 def _print_skipped(pset, command: str) -> None:
+    import numpy as np
+
+    frac = getattr(pset, "fraction_inside", None)
+    if frac is not None and np.any(np.asarray(frac) < 1.0):
+        f = np.asarray(frac)
+        print(f"cryoalign {command}: {int(np.sum(f < 1.0))} of {len(f)} boxes cross the tomogram's faces and are "
+              f"padded (fraction inside: min {f.min():.2f}, median of those {np.median(f[f < 1.0]):.2f}; "
+              "column cryoalignFractionInside)")
     if pset.skipped:
         print(f"cryoalign {command}: skipped {len(pset.skipped)} of {len(pset.table)} particles:")
         for s in pset.skipped:
@@ -278,12 +286,13 @@ def run_average(args) -> int:
     if args.iterations > 0:
         job = iterative_average_job(pset.volumes, particle_masks=masks, initial=poses, iterations=args.iterations,
                                     angular_step_deg=args.angular_step, voxel_size_angstrom=pset.voxel_size,
-                                    half=half, ctf=ctf, symmetry=symmetry, device=device)
+                                    half=half, ctf=ctf, symmetry=symmetry, inside_masks=pset.inside_masks(),
+                                    device=device)
         res = run_job(job, progress=show_progress(args), description="average")
     else:
         res = average_particles(pset.volumes, poses, particle_masks=masks, half_maps=args.half_maps,
                                 voxel_size_angstrom=pset.voxel_size, half=half, ctf=ctf, symmetry=symmetry,
-                                device=device)
+                                inside_masks=pset.inside_masks(), device=device)
     write_mrc(out, res.average, voxel_size=pset.voxel_size, overwrite=args.overwrite)
     print(f"averaged {len(pset.rows)} particles ({box}^3 at {pset.voxel_size:g} Å) -> {out}")
     if args.half_maps and res.fsc is not None:

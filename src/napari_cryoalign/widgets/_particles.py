@@ -40,6 +40,9 @@ class ParticleSource:
     zyx : ``(n, 3)`` every point of the layer in tomogram voxels ``(z, y, x)``, or None
     tomogram : the tomogram's :class:`~napari_cryoalign._layer_geometry.TomogramGeometry`, or None
     particle_set : ``backend.align.extract.ParticleSet`` of a STAR file, or None
+    fraction_inside : ``(m,)`` fraction of each box inside the tomogram (boxes crossing its faces are
+        padded), or None (all 1)
+    inside_masks : ``(m, N, N, N)`` real-space masks of those boxes for the averages, or None (none padded)
     """
 
     volumes: np.ndarray
@@ -51,6 +54,8 @@ class ParticleSource:
     zyx: np.ndarray | None = None
     tomogram: TomogramGeometry | None = None
     particle_set: object = None
+    fraction_inside: np.ndarray | None = None
+    inside_masks: np.ndarray | None = None
 
     @property
     def box(self) -> int:
@@ -161,11 +166,12 @@ class ParticleInputs:
             ext = extract_subtomograms(np.asarray(tomo.data), zyx[:, ::-1], int(self.box.value),
                                        path=tomo.path or tomo.layer_name)
             if len(ext.rows) == 0:
-                raise InputError("at least one box inside the tomogram", field="particles",
+                raise InputError("at least one particle centred inside the tomogram", field="particles",
                                  got="; ".join(s.reason for s in ext.skipped[:2]))
             return ParticleSource(volumes=ext.volumes, rows=ext.rows, skipped=list(ext.skipped), voxel=tomo.voxel_size,
                                   residual_origins=ext.residual_origins_voxels, points=pts.name, zyx=zyx,
-                                  tomogram=tomo)
+                                  tomogram=tomo, fraction_inside=ext.fraction_inside,
+                                  inside_masks=ext.inside_masks())
         if not self.star.value or not Path(self.star.value).is_file():
             raise InputError("an existing subtomogram STAR file", path=self.star.value, field="STAR file")
         ps = load_particle_set(self.star.value)

@@ -154,7 +154,7 @@ class AlignWidget(ParticleInputs, JobWidget):
                                  method=self.method.value, iterations=int(self.iterations.value),
                                  angular_step_deg=float(self.angular_step.value), voxel_size_angstrom=pset.voxel,
                                  candidates=int(self.candidates.value), ctf=self.particle_ctf(pset),
-                                 symmetry=self.symmetry.value)
+                                 symmetry=self.symmetry.value, inside_masks=pset.inside_masks)
 
     # -- live updates ----------------------------------------------------------------------
     def on_partial(self, partial: Partial) -> None:

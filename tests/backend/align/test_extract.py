@@ -30,10 +30,34 @@ def test_outside_and_empty_boxes_are_skipped_and_listed():
     rng = np.random.default_rng(0)
     tomo = rng.normal(size=(20, 30, 40)).astype(np.float32)
     tomo[:, :, 30:] = 0.0  # a blank region
-    ext = extract_subtomograms(tomo, [[10, 10, 10], [2, 10, 10], [35, 15, 10], [20, 15, 10]], 8)
+    coords = [[10, 10, 10], [-1, 10, 10], [35, 15, 10], [20, 15, 10], [np.nan, 1, 1]]
+    ext = extract_subtomograms(tomo, coords, 8)
     assert list(ext.rows) == [0, 3]
     reasons = {s.row: s.reason for s in ext.skipped}
-    assert "outside the tomogram" in reasons[1] and "all zero" in reasons[2]
+    assert "centre" in reasons[1] and "outside the tomogram" in reasons[1]
+    assert "all zero" in reasons[2] and "finite" in reasons[4]
+    assert ext.inside_masks() is None and np.all(ext.fraction_inside == 1.0)
+
+
+def test_box_crossing_a_face_is_padded_with_the_inside_mean_and_recorded():
+    rng = np.random.default_rng(1)
+    tomo = rng.normal(loc=5.0, size=(20, 30, 40)).astype(np.float32)
+    # x = 2: box x from -2 to 6 (2 of 8 columns outside); z = 18: box z 14 .. 22 (2 of 8 planes outside)
+    ext = extract_subtomograms(tomo, [[2, 10, 18], [10, 10, 10]], 8)
+    assert list(ext.rows) == [0, 1] and not ext.skipped
+    v = ext.volumes[0]
+    inner = tomo[14:20, 6:14, 0:6]
+    assert np.allclose(v[:6, :, 2:], inner)  # the voxels inside are the tomogram's
+    assert np.allclose(v[6:], inner.mean()) and np.allclose(v[:, :, :2], inner.mean())  # the rest: their mean
+    assert ext.fraction_inside[0] == pytest.approx(6 * 8 * 6 / 512) and ext.fraction_inside[1] == 1.0
+    assert ext.inside_bounds[0].tolist() == [[0, 6], [0, 8], [2, 8]]
+    masks = ext.inside_masks()
+    assert masks.shape == (2, 8, 8, 8) and masks[0].sum() == 6 * 8 * 6 and masks[1].min() == 1.0
+    # the padded voxels are zero after the mean is removed: they add nothing to a score without the DC term
+    assert np.allclose((v - v.mean())[6:], 0.0, atol=1e-5)
+    # pad=False keeps the old behaviour: skipped, listed
+    old = extract_subtomograms(tomo, [[2, 10, 18], [10, 10, 10]], 8, pad=False)
+    assert list(old.rows) == [1] and "falls outside the tomogram" in old.skipped[0].reason
 
 
 @pytest.mark.parametrize("box", [7, 0, 4, 64, 10.5])

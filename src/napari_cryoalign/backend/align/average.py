@@ -138,9 +138,40 @@ def _sums(particles: torch.Tensor, rotations, origins, masks, *, device, chunk: 
     return num, wsum
 
 
-def _finish(num: torch.Tensor, wsum: torch.Tensor, n: int, shape) -> np.ndarray:
+#: the lowest real-space coverage an average is compensated for (padded boxes, :func:`_coverage`)
+COVERAGE_FLOOR = 0.5
+
+
+def _coverage(inside, rotations, origins, *, device, chunk: int = 64):
+    """Real-space coverage of the reference frame: ``sum_i`` of particle ``i``'s inside-the-tomogram mask
+    brought onto the reference frame like the particle (:func:`align_particle_to_reference`), ``(N, N, N)``;
+    None when ``inside`` is None (no padded box). Boxes that are wholly inside add 1 everywhere."""
+    if inside is None:
+        return None
+    m = _tensor(inside, device=device)
+    n = m.shape[0]
+    full = m.flatten(1).min(1).values >= 1.0
+    cov = torch.full(tuple(m.shape[1:]), float(full.sum()), dtype=torch.float32, device=device)
+    part = torch.nonzero(~full).flatten()
+    rot = torch.as_tensor(np.asarray(rotations), dtype=torch.float32, device=device).reshape(n, 3, 3)
+    ori = torch.as_tensor(np.asarray(origins), dtype=torch.float32, device=device).reshape(n, 3)
+    for s in range(0, len(part), chunk):
+        sl = part[s:s + chunk]
+        cov += align_particle_to_reference(m[sl], rot[sl], ori[sl]).sum(0)
+    return cov
+
+
+def _finish(num: torch.Tensor, wsum: torch.Tensor, n: int, shape, coverage=None) -> np.ndarray:
+    """``IFFT(num / max(wsum, floor))``; with ``coverage`` (:func:`_coverage`) the contrast of each voxel
+    about the map's mean is divided by the fraction of particles that saw it (at least
+    :data:`COVERAGE_FLOOR`): padded voxels were filled with their particle's mean and would otherwise
+    pull the average towards it."""
     floor = max(1.0, 0.05 * n)
     avg = torch.fft.irfftn(num / wsum.clamp(min=floor), s=shape, dim=_DIMS)
+    if coverage is not None:
+        frac = (coverage / float(n)).clamp(min=COVERAGE_FLOOR, max=1.0)
+        mean = avg.mean()
+        avg = mean + (avg - mean) / frac
     return avg.cpu().numpy().astype(np.float32)
 
 
@@ -161,6 +192,21 @@ def _prepare(particles, particle_masks, device):
     return p, m
 
 
+def _checked_inside(inside_masks, p):
+    """``inside_masks`` as given, checked against particles ``p`` (n, N, N, N); None passes."""
+    if inside_masks is None:
+        return None
+    shape = tuple(np.shape(inside_masks))
+    if shape != tuple(p.shape):
+        raise InputError(f"inside masks of the particles' shape {tuple(p.shape)}", field="inside_masks",
+                         got=f"shape {shape}")
+    return inside_masks
+
+
+def _subset(inside_masks, idx):
+    return None if inside_masks is None else inside_masks[idx]
+
+
 def _alignment_arrays(alignment, n):
     if alignment is None:
         return np.broadcast_to(np.eye(3), (n, 3, 3)).copy(), np.zeros((n, 3))
@@ -173,7 +219,7 @@ def _alignment_arrays(alignment, n):
 
 
 def wedge_compensated_average(particles, alignment: AlignmentResult | None = None, *, particle_masks=None,
-                              ctf=None, device="cpu") -> np.ndarray:
+                              ctf=None, inside_masks=None, device="cpu") -> np.ndarray:
     """Missing-wedge-compensated average of particles brought onto the reference frame.
 
     Parameters
@@ -183,6 +229,9 @@ def wedge_compensated_average(particles, alignment: AlignmentResult | None = Non
     particle_masks : Fourier masks, fftshift-ed, ``(N, N, N)`` or ``(n, N, N, N)``; None = fully observed
     ctf : :class:`~..ctf.ParticleCTF` of the particles or None: a CTF-corrected average
         (``M_i c_i F_i`` over ``M_i c_i²``, ``c_i`` the first-lobe-positive CTF)
+    inside_masks : ``(n, N, N, N)`` real-space masks of the voxels inside the tomogram (boxes padded
+        at its faces, :meth:`.extract.Extraction.inside_masks`) or None: the average's contrast is
+        divided by each voxel's coverage (:func:`_finish`)
     device : torch device
 
     Returns
@@ -194,7 +243,8 @@ def wedge_compensated_average(particles, alignment: AlignmentResult | None = Non
         p, m = _prepare(particles, particle_masks, device)
         rot, ori = _alignment_arrays(alignment, p.shape[0])
         num, w = _sums(p, rot, ori, m, device=device, ctf=ctf)
-        return _finish(num, w, p.shape[0], tuple(p.shape[1:]))
+        cov = _coverage(_checked_inside(inside_masks, p), rot, ori, device=device)
+        return _finish(num, w, p.shape[0], tuple(p.shape[1:]), coverage=cov)
 
 
 def fsc_report(a, b, *, voxel_size_angstrom: float, mask=None) -> FSCReport:
@@ -222,7 +272,7 @@ def default_fsc_mask(box: int) -> np.ndarray:
 
 def average_particles(particles, alignment: AlignmentResult | None = None, *, particle_masks=None,
                       half_maps: bool = True, voxel_size_angstrom: float = 1.0, half=None,
-                      ctf=None, symmetry: str = "C1", device="cpu") -> AverageResult:
+                      ctf=None, symmetry: str = "C1", inside_masks=None, device="cpu") -> AverageResult:
     """Average particles with given poses; with ``half_maps`` also the half-set averages and their FSC.
 
     Parameters
@@ -235,6 +285,7 @@ def average_particles(particles, alignment: AlignmentResult | None = None, *, pa
     half : ``(n,)`` of 1/2 (e.g. ``rlnRandomSubset``); default alternating
     ctf : :class:`~..ctf.ParticleCTF` or None: CTF-corrected averages (:func:`wedge_compensated_average`)
     symmetry : point group imposed on the average and the half maps (:func:`..symmetry.symmetrize_volume`)
+    inside_masks : ``(n, N, N, N)`` or None, as :func:`wedge_compensated_average`
     device : torch device
     """
     def sym(v):
@@ -242,6 +293,7 @@ def average_particles(particles, alignment: AlignmentResult | None = None, *, pa
 
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
+        inside = _checked_inside(inside_masks, p)
         n = p.shape[0]
         rot, ori = _alignment_arrays(alignment, n)
         half = half_set_indices(n) if half is None else np.asarray(half, dtype=np.int64)
@@ -250,17 +302,21 @@ def average_particles(particles, alignment: AlignmentResult | None = None, *, pa
             alignment = AlignmentResult(rot, ori, np.full(n, np.nan), "given")
         if not half_maps or n < 2:
             num, w = _sums(p, rot, ori, m, device=device, ctf=ctf)
-            return AverageResult(sym(_finish(num, w, n, shape)), None, None, None, alignment, half)
-        maps, sums = [], []
+            cov = _coverage(inside, rot, ori, device=device)
+            return AverageResult(sym(_finish(num, w, n, shape, cov)), None, None, None, alignment, half)
+        maps, sums, covs = [], [], []
         for h in (1, 2):
             idx = np.flatnonzero(half == h)
             if len(idx) == 0:
                 raise InputError("particles in both half sets", field="half", got=f"none in half {h}")
             mh = None if m is None else (m if m.shape[0] == 1 else m[idx])
             num, w = _sums(p[idx], rot[idx], ori[idx], mh, device=device, ctf=ctf, index=idx)
+            cov = _coverage(_subset(inside, idx), rot[idx], ori[idx], device=device)
             sums.append((num, w))
-            maps.append(sym(_finish(num, w, len(idx), shape)))
-        avg = sym(_finish(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], n, shape))
+            covs.append(cov)
+            maps.append(sym(_finish(num, w, len(idx), shape, cov)))
+        cov = None if covs[0] is None else covs[0] + covs[1]
+        avg = sym(_finish(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], n, shape, cov))
         report = fsc_report(maps[0], maps[1], voxel_size_angstrom=voxel_size_angstrom,
                             mask=default_fsc_mask(shape[0]))
         return AverageResult(avg, maps[0], maps[1], report, alignment, half)
@@ -281,6 +337,7 @@ def iterative_average_job(
     half=None,
     ctf=None,
     symmetry: str = "C1",
+    inside_masks=None,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AverageResult]:
     """Job version of :func:`iterative_average` (yields Progress and the Partials listed there)."""
@@ -288,6 +345,7 @@ def iterative_average_job(
     symmetry = normalize_symmetry(symmetry)
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
+        inside = _checked_inside(inside_masks, p)
         # the alignment scores CTF-premultiplied particles; the averages are CTF-corrected
         scored = p if ctf is None else torch.from_numpy(ctf_premultiply(p, ctf, device=device)).to(device)
     n, box = p.shape[0], p.shape[-1]
@@ -315,12 +373,13 @@ def iterative_average_job(
             raise InputError(f"a reference of the particles' box {(box,) * 3}", field="reference", got=f"{ref.shape}")
         start = "the given reference"
     elif initial is not None:
-        ref = wedge_compensated_average(p, initial, particle_masks=m, ctf=ctf, device=device)
+        ref = wedge_compensated_average(p, initial, particle_masks=m, ctf=ctf, inside_masks=inside, device=device)
         start = "the average under the given poses"
-    else:  # reference-free: seed with one particle (its own wedge), not a featureless blob
-        ref = scored[0].cpu().numpy()
-        ref_mask = None if m is None else m[0].cpu().numpy()
-        start = "particle 0 (reference-free)"
+    else:  # reference-free: seed with one particle (its own wedge), not a featureless blob; a whole box
+        seed = 0 if inside is None else int(np.argmax(np.asarray(inside).reshape(n, -1).mean(1)))
+        ref = scored[seed].cpu().numpy()
+        ref_mask = None if m is None else m[seed if m.shape[0] > 1 else 0].cpu().numpy()
+        start = f"particle {seed} (reference-free)"
     ref = lowpass(ref, res0, voxel_size_angstrom=vox)
     if symmetry != "C1":
         ref = symmetrize_volume(ref, symmetry)
@@ -348,7 +407,7 @@ def iterative_average_job(
         alignment = AlignmentResult(rot.copy(), ori.copy(), scores.copy(), "exhaustive",
                                     seconds=time.perf_counter() - t_start)
         result = average_particles(p, alignment, particle_masks=m, half_maps=True, voxel_size_angstrom=vox,
-                                   half=half, ctf=ctf, symmetry=symmetry, device=device)
+                                   half=half, ctf=ctf, symmetry=symmetry, inside_masks=inside, device=device)
         res = max(result.fsc.resolution_0143, 2.0 * vox)
         refs = [lowpass(result.half1, res, voxel_size_angstrom=vox), lowpass(result.half2, res, voxel_size_angstrom=vox)]
         history.append({"iteration": it + 1, "resolution_0143": result.fsc.resolution_0143,
@@ -383,6 +442,9 @@ def iterative_average(particles, **kwargs) -> AverageResult:
         the averages are CTF-corrected (:func:`average_particles`)
     symmetry : point group imposed on the references and averages; the searches cover its
         asymmetric unit
+    inside_masks : ``(n, N, N, N)`` real-space masks of boxes padded at the tomogram's faces, or None
+        (:func:`wedge_compensated_average`); the padded voxels hold their particle's mean, so they add
+        nothing to the alignment scores (which leave the mean out)
     device : torch device
 
     Each iteration aligns each half to its own reference (limited to the current FSC 0.143
@@ -448,6 +510,7 @@ def align_average_job(
     candidates: int = 1,
     ctf=None,
     symmetry: str = "C1",
+    inside_masks=None,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AverageResult]:
     """Align and average in one job (what the "Align & average" widget runs).
@@ -464,7 +527,7 @@ def align_average_job(
                                                   initial=initial, iterations=iterations,
                                                   angular_step_deg=angular_step_deg,
                                                   voxel_size_angstrom=voxel_size_angstrom, ctf=ctf,
-                                                  symmetry=symmetry, device=device)
+                                                  symmetry=symmetry, inside_masks=inside_masks, device=device)
     elif method in ("learned", "learned+refine"):
         if reference is None:
             raise InputError("a reference for the learned aligner", field="reference", got="reference-free")
@@ -475,7 +538,8 @@ def align_average_job(
                                 at=(1, 3), prefix=method, partials=False)
         yield Progress(2, 3, "averaging")
         result = average_particles(particles, ali, particle_masks=particle_masks, half_maps=True,
-                                   voxel_size_angstrom=voxel_size_angstrom, ctf=ctf, symmetry=symmetry, device=device)
+                                   voxel_size_angstrom=voxel_size_angstrom, ctf=ctf, symmetry=symmetry,
+                                   inside_masks=inside_masks, device=device)
         yield Partial("average", result.average)
         yield Partial("fsc", result.fsc)
         yield Partial("alignment", ali)

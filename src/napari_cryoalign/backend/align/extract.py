@@ -1,9 +1,15 @@
 """Subtomograms out of a tomogram, and loading particle sets for alignment, with validation.
 
-Bad particles do not stop a run: a box that falls outside the tomogram or a subtomogram
-that is all zero is *skipped* and listed (:class:`Skipped`: row and reason); the others
-proceed. Bad settings (an odd box size, a box larger than the tomogram, no particles left)
-raise :class:`~napari_cryoalign.errors.InputError`.
+Bad particles do not stop a run: a particle whose centre lies outside the tomogram or whose
+subtomogram is all zero is *skipped* and listed (:class:`Skipped`: row and reason); the others
+proceed. A box that crosses the tomogram's faces is **padded**, not dropped (thin lamellae put a
+third of the particles within half a box of a face): the voxels outside the volume are filled
+with the mean of the voxels inside the box, so that after the mean is removed they are zero and
+add nothing to an alignment score (whose DC term is left out), and the fraction of the box inside
+the volume is recorded per particle (``cryoalignFractionInside`` in the STAR files written); the
+averages compensate the lower coverage near such a box's edge in real space, as the missing wedge
+is compensated in Fourier space (:mod:`.average`). Bad settings (an odd box size, a box larger
+than the tomogram, no particles left) raise :class:`~napari_cryoalign.errors.InputError`.
 
 Coordinates are 0-based voxels ``(x, y, z)`` (``rlnCoordinateX/Y/Z``). A box of even size
 ``N`` is cut so that the particle's coordinate, rounded to the nearest voxel, lands on index
@@ -24,8 +30,11 @@ from ...errors import InputError
 
 SCORE_COLUMN = "cryoalignCorrelation"  #: STAR column of the per-particle correlation after alignment
 
-__all__ = ["SCORE_COLUMN", "Extraction", "ParticleSet", "Skipped", "check_box_size", "extract_subtomograms",
-           "load_particle_set", "particle_ctf", "write_aligned_star"]
+FRACTION_INSIDE_COLUMN = "cryoalignFractionInside"  #: STAR column: fraction of the box inside the tomogram
+
+__all__ = ["FRACTION_INSIDE_COLUMN", "SCORE_COLUMN", "Extraction", "ParticleSet", "Skipped", "check_box_size",
+           "extract_subtomograms", "inside_masks_from_bounds", "load_particle_set", "particle_ctf",
+           "write_aligned_star"]
 
 
 @dataclass(frozen=True)
@@ -47,12 +56,44 @@ class Extraction:
     residual_origins_voxels : ndarray ``(m, 3)`` (x, y, z), ``round(c) - c``: RELION origin of the
         sub-voxel remainder (the particle centre is at ``N // 2 - origin``)
     skipped : list of :class:`Skipped`
+    fraction_inside : ndarray ``(m,)``, the fraction of each box inside the tomogram (1 = not padded)
+    inside_bounds : ndarray ``(m, 3, 2)`` int, per box axis ``(z, y, x)`` the half-open index range
+        ``[start, stop)`` of the voxels that lie inside the tomogram (``[0, N)`` when not padded)
     """
 
     volumes: np.ndarray
     rows: np.ndarray
     residual_origins_voxels: np.ndarray
     skipped: list = field(default_factory=list)
+    fraction_inside: np.ndarray | None = None
+    inside_bounds: np.ndarray | None = None
+
+    def __post_init__(self):
+        m, n = len(self.volumes), (self.volumes.shape[-1] if np.ndim(self.volumes) == 4 else 0)
+        if self.inside_bounds is None:
+            b = np.zeros((m, 3, 2), dtype=np.int64)
+            b[:, :, 1] = n
+            object.__setattr__(self, "inside_bounds", b)
+        if self.fraction_inside is None:
+            object.__setattr__(self, "fraction_inside", np.ones(m))
+
+    def inside_masks(self):
+        """``(m, N, N, N)`` float32 real-space masks (1 inside the tomogram, 0 padded), or None when no
+        box was padded."""
+        return inside_masks_from_bounds(self.inside_bounds, self.volumes.shape[-1])
+
+
+def inside_masks_from_bounds(bounds, box: int):
+    """Real-space masks ``(m, N, N, N)`` float32 from ``(m, 3, 2)`` inside ranges ``(z, y, x)``; None when
+    every range is the whole box."""
+    b = np.asarray(bounds, dtype=np.int64).reshape(-1, 3, 2)
+    n = int(box)
+    if not len(b) or (np.all(b[:, :, 0] == 0) and np.all(b[:, :, 1] == n)):
+        return None
+    out = np.zeros((len(b), n, n, n), dtype=np.float32)
+    for i, ((z0, z1), (y0, y1), (x0, x1)) in enumerate(b):
+        out[i, z0:z1, y0:y1, x0:x1] = 1.0
+    return out
 
 
 def check_box_size(box, *, tomogram_shape=None, path=None) -> int:
@@ -69,7 +110,7 @@ def check_box_size(box, *, tomogram_shape=None, path=None) -> int:
     return b
 
 
-def extract_subtomograms(tomogram, coordinates_xyz, box: int, *, path=None) -> Extraction:
+def extract_subtomograms(tomogram, coordinates_xyz, box: int, *, path=None, pad: bool = True) -> Extraction:
     """Cut cubic boxes around particle coordinates.
 
     Parameters
@@ -78,10 +119,14 @@ def extract_subtomograms(tomogram, coordinates_xyz, box: int, *, path=None) -> E
     coordinates_xyz : ``(n, 3)`` 0-based voxel coordinates (x, y, z)
     box : even box edge N in voxels
     path : the tomogram's file, named in messages
+    pad : a box that crosses the tomogram's faces is padded with the mean of its voxels inside
+        the tomogram (default); False skips it, as before 2026-12-05
 
     Returns
     -------
-    Extraction; boxes reaching outside the tomogram and all-zero boxes are skipped and listed.
+    Extraction; a particle whose centre (rounded to a voxel) lies outside the tomogram, a box
+    reaching outside the tomogram when ``pad`` is False, and an all-zero box are skipped and
+    listed. ``fraction_inside`` and ``inside_bounds`` say how much of each kept box is real data.
     """
     tomo = tomogram
     if np.ndim(tomo) != 3:
@@ -90,30 +135,49 @@ def extract_subtomograms(tomogram, coordinates_xyz, box: int, *, path=None) -> E
     c = np.asarray(coordinates_xyz, dtype=np.float64)
     if c.ndim != 2 or c.shape[1] != 3:
         raise InputError("coordinates of shape (n, 3) (x, y, z)", path=path, field="coordinates", got=f"{c.shape}")
-    ic = np.rint(c).astype(np.int64)
+    finite = np.all(np.isfinite(c), axis=1)
+    ic = np.zeros(c.shape, dtype=np.int64)
+    ic[finite] = np.rint(c[finite]).astype(np.int64)
     lo = ic - b // 2  # first index per axis (x, y, z)
     hi = lo + b
     size_xyz = np.array(tomo.shape[::-1])
-    vols, rows, resid, skipped = [], [], [], []
+    vols, rows, resid, skipped, fractions, bounds = [], [], [], [], [], []
     for i in range(len(c)):
-        if not np.all(np.isfinite(c[i])):
+        where = f"({c[i, 0]:.1f}, {c[i, 1]:.1f}, {c[i, 2]:.1f})"
+        if not finite[i]:
             skipped.append(Skipped(i, "coordinate is not a finite number"))
             continue
-        if np.any(lo[i] < 0) or np.any(hi[i] > size_xyz):
-            skipped.append(Skipped(i, f"box of {b} voxels around ({c[i, 0]:.1f}, {c[i, 1]:.1f}, {c[i, 2]:.1f}) "
-                                      f"falls outside the tomogram (x, y, z size {tuple(int(s) for s in size_xyz)})"))
+        if np.any(ic[i] < 0) or np.any(ic[i] >= size_xyz):
+            skipped.append(Skipped(i, f"centre {where} lies outside the tomogram "
+                                      f"(x, y, z size {tuple(int(s) for s in size_xyz)})"))
             continue
-        x0, y0, z0 = lo[i]
-        v = np.asarray(tomo[z0:z0 + b, y0:y0 + b, x0:x0 + b], dtype=np.float32)
-        if not np.any(v):
+        crosses = np.any(lo[i] < 0) or np.any(hi[i] > size_xyz)
+        if crosses and not pad:
+            skipped.append(Skipped(i, f"box of {b} voxels around {where} falls outside the tomogram "
+                                      f"(x, y, z size {tuple(int(s) for s in size_xyz)})"))
+            continue
+        a = np.maximum(lo[i], 0)  # first index inside, per axis (x, y, z), tomogram frame
+        e = np.minimum(hi[i], size_xyz)
+        inner = np.asarray(tomo[a[2]:e[2], a[1]:e[1], a[0]:e[0]], dtype=np.float32)
+        if not np.any(inner):
             skipped.append(Skipped(i, "subtomogram is all zero"))
             continue
+        s0 = (a - lo[i])[::-1]  # inside range in box indices, (z, y, x)
+        s1 = (e - lo[i])[::-1]
+        if crosses:
+            v = np.full((b, b, b), float(inner.mean()), dtype=np.float32)
+            v[s0[0]:s1[0], s0[1]:s1[1], s0[2]:s1[2]] = inner
+        else:
+            v = inner
         vols.append(v)
         rows.append(i)
         resid.append(ic[i] - c[i])
+        fractions.append(inner.size / float(b ** 3))
+        bounds.append(np.stack([s0, s1], axis=1))
     volumes = np.stack(vols) if vols else np.zeros((0, b, b, b), np.float32)
     return Extraction(volumes, np.asarray(rows, dtype=np.int64), np.asarray(resid, dtype=np.float64).reshape(-1, 3),
-                      skipped)
+                      skipped, fraction_inside=np.asarray(fractions, dtype=np.float64),
+                      inside_bounds=np.asarray(bounds, dtype=np.int64).reshape(-1, 3, 2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +194,8 @@ class ParticleSet:
     extraction_origins_voxels : ``(m, 3)`` sub-voxel remainder of the extraction (0 for files)
     skipped : list of :class:`Skipped`
     source : "subtomograms" (rlnImageName) or "tomogram"
+    fraction_inside : ``(m,)`` fraction of each box inside the tomogram (1 for files and unpadded boxes)
+    inside_bounds : ``(m, 3, 2)`` the inside range of each box per axis (z, y, x), or None (all inside)
     """
 
     volumes: np.ndarray
@@ -141,6 +207,15 @@ class ParticleSet:
     extraction_origins_voxels: np.ndarray
     skipped: list
     source: str
+    fraction_inside: np.ndarray | None = None
+    inside_bounds: np.ndarray | None = None
+
+    def inside_masks(self):
+        """``(m, N, N, N)`` float32 real-space masks of the voxels inside the tomogram, or None when no box
+        was padded (pass them to the averages as ``inside_masks``)."""
+        if self.inside_bounds is None:
+            return None
+        return inside_masks_from_bounds(self.inside_bounds, self.volumes.shape[-1])
 
 
 def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLike | None = None,
@@ -148,7 +223,8 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
     """Load particles for alignment/averaging: from ``rlnImageName`` (one MRC per particle), or cut
     from ``tomogram`` around ``rlnCoordinateX/Y/Z`` with box ``box``.
 
-    All-zero subtomograms and boxes outside the tomogram are skipped and listed; an odd or
+    Boxes that cross the tomogram's faces are padded (:func:`extract_subtomograms`); all-zero
+    subtomograms and particles centred outside the tomogram are skipped and listed; an odd or
     missing box, a tomogram whose voxel size differs from the STAR file's, or no particle
     left raise :class:`InputError`.
     """
@@ -175,6 +251,7 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
 
         ext = extract_subtomograms(vol.data, coordinates_xyz(table), box, path=tomogram)
         volumes, rows, resid, skipped = ext.volumes, ext.rows, ext.residual_origins_voxels, list(ext.skipped)
+        fraction, bounds = ext.fraction_inside, ext.inside_bounds
         voxel = tvox
         source = "tomogram"
     else:
@@ -196,6 +273,7 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
         rows = np.flatnonzero(~empty)
         volumes = volumes[rows]
         resid = np.zeros((len(rows), 3))
+        fraction, bounds = np.ones(len(rows)), None
         source = "subtomograms"
     if len(rows) == 0:
         raise InputError("at least one usable particle", path=star_path, field="particles",
@@ -203,7 +281,8 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
     eul = euler_deg(table)[rows]
     ori = origins_angstrom(table)[rows]
     return ParticleSet(volumes=volumes, rows=rows, table=table, voxel_size=voxel, euler_deg=eul,
-                       origins_angstrom=ori, extraction_origins_voxels=resid, skipped=skipped, source=source)
+                       origins_angstrom=ori, extraction_origins_voxels=resid, skipped=skipped, source=source,
+                       fraction_inside=fraction, inside_bounds=bounds)
 
 
 def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_columns: dict | None = None) -> Path:
@@ -234,6 +313,8 @@ def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_colu
     for j, c in enumerate(ORIGIN_COLUMNS):
         df[c] = ori[:, j]
     df[SCORE_COLUMN] = np.asarray(result.scores, dtype=np.float64)
+    if pset.source == "tomogram" and pset.fraction_inside is not None:
+        df[FRACTION_INSIDE_COLUMN] = np.round(np.asarray(pset.fraction_inside, dtype=np.float64), 4)
     for label, values in (extra_columns or {}).items():
         df[label] = np.asarray(values).reshape(-1)
     src = pset.table.path

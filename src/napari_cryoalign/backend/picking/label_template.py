@@ -288,7 +288,7 @@ def label_template_job(
     fmax = min(0.5, vs / res + 2.0 / b)  # alignment uses the band the template keeps (plus an edge)
 
     yield Progress(0, None, f"cutting {len(labels)} boxes of {b} voxels")
-    ext = extract_subtomograms(tomogram, labels, b, path=path)
+    ext = extract_subtomograms(tomogram, labels, b, path=path, pad=False)
     skipped = tuple(ext.skipped)
     if len(ext.rows) == 0:
         raise InputError("at least one label whose box lies inside the tomogram", path=labels_path, field="labels",

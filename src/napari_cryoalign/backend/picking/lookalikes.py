@@ -88,7 +88,7 @@ def _box_fit(tomogram, xyz, reference: np.ndarray, *, tilt_range_deg, angular_st
     box = reference.shape[0]
     if not len(xyz):
         return fit
-    ext = extract_subtomograms(tomogram, xyz, box)
+    ext = extract_subtomograms(tomogram, xyz, box, pad=False)
     if len(ext.rows):
         mask = particle_fourier_mask(box, tilt_range_deg=tilt_range_deg)
         res = yield from subjob(align_job(ext.volumes, reference, method="exhaustive", particle_masks=mask,
