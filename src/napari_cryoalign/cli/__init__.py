@@ -20,7 +20,8 @@ from .. import __version__
 __all__ = ["main", "build_parser"]
 
 # top-level subcommands, in the order `--help` lists them
-_COMMANDS = ("_info", "_simulate", "_pick", "_align", "_cluster", "_pose", "_markers", "_demo", "_gui")
+_COMMANDS = ("_info", "_simulate", "_pick", "_align", "_cluster", "_pose", "_markers", "_export", "_demo",
+             "_gui")
 
 
 def build_parser() -> argparse.ArgumentParser:

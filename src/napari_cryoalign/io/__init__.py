@@ -18,6 +18,7 @@ from .mrc import (
     write_mrc,
 )
 from .mrc_header import MrcHeaderWarning
+from .relion5 import Relion5Export, export_relion5, write_tomograms_star
 from .star import (
     ParticleTable,
     centered_angstrom_to_voxels,
@@ -75,6 +76,9 @@ __all__ = [
     "particle_block",
     "write_particles",
     "read_tomograms_star",
+    "write_tomograms_star",
+    "export_relion5",
+    "Relion5Export",
     "coordinates_xyz",
     "euler_deg",
     "origins_angstrom",

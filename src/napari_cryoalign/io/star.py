@@ -74,7 +74,8 @@ TOMO_COLUMN = "rlnTomoName"
 IMAGE_COLUMN = "rlnImageName"
 OPTICS_GROUP_COLUMN = "rlnOpticsGroup"
 _STRING_COLUMNS = ["rlnTomoName", "rlnImageName", "rlnMicrographName", "rlnOpticsGroupName",
-                   "rlnImageOriginalName", "rlnTomoParticleName", "rlnGroupName"]
+                   "rlnImageOriginalName", "rlnTomoParticleName", "rlnGroupName",
+                   "rlnTomoReconstructedTomogram", "rlnTomoTiltSeriesStarFile"]
 _PARTICLE_BLOCKS = ("particles", "images", "")
 _STAR_FILE = "an existing STAR file"  # what a missing input is told it should be
 _PIXEL_SIZE_LABELS = ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize")
@@ -411,36 +412,106 @@ def _per_row(value, df: pd.DataFrame, path, field: str, convert) -> np.ndarray:
     return np.broadcast_to(np.asarray(v, dtype=np.float64), (len(df),) + np.shape(v)).copy()
 
 
-def read_tomograms_star(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Read a RELION 5 ``tomograms.star`` into ``{rlnTomoName: {"tomogram_shape": (z, y, x),
-    "voxel_size": Å}}`` for :func:`read_particles` (``tomograms=``).
+_TOMO_PATH_LABEL = "rlnTomoReconstructedTomogram"
+
+
+def _tomogram_table(blocks: Mapping[str, Any], need: Sequence[str], path) -> pd.DataFrame:
+    """The first block of a tomograms.star with all ``need`` columns (a key-value block is one row)."""
+    for block in blocks.values():
+        if isinstance(block, dict):
+            block = pd.DataFrame([block])
+        if isinstance(block, pd.DataFrame) and _has(block, need):
+            return block
+    raise InputError("a tomogram table with columns " + ", ".join(need), path=path,
+                     field="data_global", got="blocks " + ", ".join(f"data_{k}" for k in blocks))
+
+
+def _tomogram_number(row: Mapping[str, Any], label: str, i: int, name: str, path) -> float:
+    v = row.get(label)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (f > 0 and math.isfinite(f)):
+        raise InputError(f"a positive number for {label}", path=path, field=label,
+                         got=f"{v!r} in row {i} (rlnTomoName {name})")
+    return f
+
+
+def _resolve_tomogram(name: str, base: Path, *, search_up: bool) -> Path:
+    """``name`` against ``base``; a relative name not found there is looked for against up to three
+    parent folders (RELION writes paths relative to its project folder, which holds
+    ``Tomograms/jobNNN/tomograms.star``). Not found anywhere: against ``base``."""
+    first = base / name
+    if Path(name).is_absolute() or first.exists() or not search_up:
+        return first
+    for parent in list(base.resolve().parents)[:3]:
+        if (parent / name).exists():
+            return parent / name
+    return first
+
+
+def read_tomograms_star(path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None
+                        ) -> dict[str, dict[str, Any]]:
+    """Read a RELION 5 ``tomograms.star`` into ``{rlnTomoName: {...}}`` for
+    :func:`read_particles` (``tomograms=``) and :func:`~.relion5.write_tomograms_star`.
+
+    Each tomogram's dict holds:
+
+    * ``"tomogram_shape"``: ``(z, y, x)`` voxels of the reconstructed tomogram;
+    * ``"voxel_size"``: its voxel size in Å;
+    * ``"tomogram_path"``: the tomogram file (``rlnTomoReconstructedTomogram``) as a
+      :class:`~pathlib.Path`, a relative name resolved against ``base_dir`` (by default the
+      STAR file's folder, or the nearest of its three parent folders where the file exists,
+      since RELION writes these paths relative to its project folder); None when the column
+      is absent or empty;
+    * ``"binning"``: ``rlnTomoTomogramBinning`` (1.0 when absent);
+    * ``"columns"``: every column of the row as read (name -> value).
 
     RELION 5 gives ``rlnTomoSizeX/Y/Z`` in pixels of ``rlnTomoTiltSeriesPixelSize``; with a
     ``rlnTomoTomogramBinning`` the shape is divided by it (possibly fractional, which keeps
     the tomogram centre exact) and the voxel size multiplied by it.
 
+    Parameters
+    ----------
+    path : path-like
+    base_dir : path-like, optional, keyword-only
+        Folder that relative tomogram paths are relative to. Default: the STAR file's folder
+        (then its parents, see above). RELION itself writes them relative to its project
+        folder: pass that for RELION's own files to be sure.
+
     Raises
     ------
     InputError
-        No block with the needed columns (``field`` = the missing column list).
+        No block with the needed columns (``field="data_global"``, naming them); a row whose
+        size, pixel size or binning is not a positive number (``field`` = the column, naming
+        the row and tomogram); a tomogram name given twice (``field="rlnTomoName"``).
     """
     p = _existing_input(path, expected=_STAR_FILE)
     blocks = read_star(p)
     need = (TOMO_COLUMN,) + _SIZE_LABELS + ("rlnTomoTiltSeriesPixelSize",)
-    for block in blocks.values():
-        if isinstance(block, pd.DataFrame) and _has(block, need):
-            break
-    else:
-        raise InputError("a tomogram table with columns " + ", ".join(need), path=p,
-                         field="data_global", got="blocks " + ", ".join(f"data_{k}" for k in blocks))
-    out = {}
-    for row in block.itertuples(index=False):
-        r = row._asdict()
-        b = float(r.get("rlnTomoTomogramBinning", 1.0) or 1.0)
-        px = float(r["rlnTomoTiltSeriesPixelSize"])
-        out[str(r[TOMO_COLUMN])] = {
-            "tomogram_shape": tuple(float(r[k]) / b for k in _SIZE_LABELS[::-1]),
+    block = _tomogram_table(blocks, need, p)
+    base = Path(base_dir) if base_dir is not None else p.parent
+    out: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(block.to_dict("records")):
+        name = str(r[TOMO_COLUMN])
+        if name in out:
+            raise InputError("each rlnTomoName once", path=p, field=TOMO_COLUMN,
+                             got=f"{name!r} again in row {i}")
+        b = _tomogram_number(r, "rlnTomoTomogramBinning", i, name, p) \
+            if r.get("rlnTomoTomogramBinning") is not None else 1.0
+        px = _tomogram_number(r, "rlnTomoTiltSeriesPixelSize", i, name, p)
+        sizes = [_tomogram_number(r, k, i, name, p) for k in _SIZE_LABELS[::-1]]
+        raw = r.get(_TOMO_PATH_LABEL)
+        tomo_path = None
+        if raw is not None and not (isinstance(raw, float) and math.isnan(raw)) and str(raw).strip():
+            tomo_path = _resolve_tomogram(str(raw).strip(), base, search_up=base_dir is None)
+        out[name] = {
+            "tomogram_shape": tuple(v / b for v in sizes),
             "voxel_size": px * b,
+            "tomogram_path": tomo_path,
+            "binning": b,
+            "columns": dict(r),
         }
     return out
 
