@@ -1,0 +1,274 @@
+"""From a tomogram and a few labelled particles to class averages, in one job (``cryoalign workflow``).
+
+The chain a user runs on one tomogram, each step the same backend job its own command runs:
+
+1. **pick train**: the positive-unlabelled picker on the labels (:func:`.picking.fit.fit_picker_job`,
+   with look-alike rejection, as ``cryoalign pick train`` at its defaults);
+2. **pick predict**: every pick at the picker's default threshold (:func:`.picking.infer.pick_job`);
+3. **extract**: one box per pick; boxes that cross the tomogram's faces are padded, not dropped
+   (:func:`.align.extract.extract_subtomograms`), so no particle is lost at the borders;
+4. **average**: a reference-free iterative average of every pick with gold-standard half sets
+   (:func:`.align.average.iterative_average_job`);
+5. **cluster**: joint alignment and clustering into ``n_classes`` classes
+   (:func:`.cluster.classify.cluster_subtomograms_job`, at its defaults).
+
+:func:`score_workflow` scores every step against a known truth (picking F1, class accuracy on the
+correctly picked particles, FSC of each class average against its true map).
+
+Coordinates are 0-based voxels ``(x, y, z)``; volumes ``(z, y, x)``; the voxel size in Å.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from .jobs import Partial, Progress, subjob
+
+__all__ = ["ClassScore", "WorkflowResult", "WorkflowScore", "default_box", "score_workflow", "workflow_job"]
+
+#: the box edge, in particle diameters, when none is given (as the picking look-alike search)
+BOX_DIAMETERS = 1.5
+
+
+def default_box(diameter_angstrom: float, voxel_size: float, *, minimum: int = 16) -> int:
+    """The smallest even box of at least :data:`BOX_DIAMETERS` particle diameters (voxels), >= ``minimum``."""
+    if not (diameter_angstrom > 0 and voxel_size > 0):
+        raise InputError("a particle diameter and voxel size > 0 Å", field="diameter",
+                         got=f"{diameter_angstrom!r}, {voxel_size!r}")
+    n = int(math.ceil(BOX_DIAMETERS * float(diameter_angstrom) / float(voxel_size)))
+    return max(int(minimum), n + (n % 2))
+
+
+@dataclass(frozen=True, eq=False)
+class WorkflowResult:
+    """What every step made.
+
+    Attributes
+    ----------
+    picker : the trained :class:`~.picking.model.Picker`
+    picks : :class:`~.picking.infer.Picks`, every pick (x, y, z voxels, scores), best first
+    extraction : :class:`~.align.extract.Extraction` of the picks (``rows`` index ``picks``)
+    average : :class:`~.align.average.AverageResult` of all kept picks (reference-free)
+    clusters : :class:`~.cluster.common.ClusterResult` (0-based ``classes``, poses against each
+        particle's class average, ``averages`` ``(K, N, N, N)``)
+    box : the box edge N (voxels)
+    voxel_size : Å
+    steps : per step ``{"step", "seconds", ...numbers}``, in order
+    """
+
+    picker: object
+    picks: object
+    extraction: object
+    average: object
+    clusters: object
+    box: int
+    voxel_size: float
+    steps: list = field(default_factory=list)
+
+
+def workflow_job(
+    tomogram,
+    labels_xyz,
+    *,
+    diameter_angstrom: float,
+    voxel_size: float,
+    n_classes: int,
+    box: int | None = None,
+    negatives_xyz=None,
+    average_iterations: int = 2,
+    tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
+    picker_options: dict | None = None,
+    cluster_options: dict | None = None,
+    seed: int = 0,
+    device="cpu",
+    path=None,
+    labels_path=None,
+) -> Generator[Progress | Partial, None, WorkflowResult]:
+    """Run the chain of the module docstring on one tomogram.
+
+    Parameters
+    ----------
+    tomogram : ``(z, y, x)`` array (numpy or memory-mapped)
+    labels_xyz : ``(n, 3)`` labelled particles, 0-based voxels (x, y, z); all of one kind
+        ("particle"): the picker learns what a particle is, clustering then separates the species
+    diameter_angstrom : particle diameter, Å
+    voxel_size : Å per voxel
+    n_classes : K, the number of classes
+    box : box edge in voxels (even); default :func:`default_box`
+    negatives_xyz : known non-particles (removed picks), ``(m, 3)`` voxels, or None
+    average_iterations : rounds of the reference-free average (step 4)
+    tilt_range_deg : the data's tilt range for the missing-wedge masks; None = fully observed
+    picker_options, cluster_options : more keywords of :func:`.picking.fit.fit_picker_job` and
+        :func:`.cluster.classify.cluster_subtomograms_job`
+    seed : random seed of the picker's training and the clustering
+    device : torch device
+    path, labels_path : the files, named in messages
+
+    Yields ``Progress`` (steps 1-5 over one bar) and ``Partial``: ``("picks", Picks)``,
+    ``("average", (N, N, N))``, ``("class_averages", (K, N, N, N))``. Returns :class:`WorkflowResult`.
+    """
+    from .align.average import iterative_average_job
+    from .align.extract import extract_subtomograms
+    from .cluster.classify import cluster_subtomograms_job
+    from .picking.fit import fit_picker_job
+    from .picking.infer import pick_job
+    from .wedge import particle_fourier_mask
+
+    labels = np.asarray(labels_xyz, dtype=np.float64).reshape(-1, 3)
+    if int(n_classes) != n_classes or n_classes < 1:
+        raise InputError("a number of classes >= 1", field="classes", got=n_classes)
+    b = default_box(diameter_angstrom, voxel_size) if box is None else int(box)
+    steps: list[dict] = []
+    total = 5
+
+    def clock(name, t0, **numbers):
+        steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 2), **numbers})
+
+    t0 = time.perf_counter()
+    job = fit_picker_job(tomogram, labels, diameter_angstrom=diameter_angstrom, voxel_size=voxel_size,
+                         negatives_xyz=negatives_xyz, seed=seed, device=device, path=path, labels_path=labels_path,
+                         **(picker_options or {}))
+    trained = yield from subjob(job, at=(0, total), prefix="1/5 pick train", partials=False)
+    picker = trained.picker
+    clock("pick train", t0, labels=int(len(labels)), iterations=int(trained.iterations),
+          lookalike_negatives=int(picker.training.get("lookalike_negatives", 0)))
+
+    t0 = time.perf_counter()
+    threshold = float(picker.default_threshold)
+    picks, _ = yield from subjob(pick_job(picker, tomogram, threshold=threshold, voxel_size=voxel_size, path=path,
+                                          device=device),
+                                 at=(1, total), prefix="2/5 pick predict", partials=False)
+    clock("pick predict", t0, picks=int(len(picks)), threshold=round(threshold, 4))
+    yield Partial("picks", picks)
+    if len(picks) < max(4, 2 * int(n_classes)):
+        raise InputError(f"at least {max(4, 2 * int(n_classes))} picks to average and cluster into {n_classes} "
+                         "classes", path=path, field="picks", got=f"{len(picks)} at threshold {threshold:.3f}")
+
+    t0 = time.perf_counter()
+    ext = extract_subtomograms(tomogram, picks.coordinates_xyz, b, path=path)
+    padded = int(np.sum(ext.fraction_inside < 1.0))
+    clock("extract", t0, box=b, kept=int(len(ext.rows)), padded=padded, skipped=len(ext.skipped))
+    yield Progress(3, total, f"3/5 extract: {len(ext.rows)} boxes of {b}^3, {padded} padded at the faces")
+    masks = None if tilt_range_deg is None else particle_fourier_mask(b, tilt_range_deg=tuple(tilt_range_deg))
+
+    t0 = time.perf_counter()
+    avg = yield from subjob(iterative_average_job(ext.volumes, particle_masks=masks,
+                                                  iterations=int(average_iterations), voxel_size_angstrom=voxel_size,
+                                                  inside_masks=ext.inside_masks(), device=device),
+                            at=(3, total), prefix="4/5 average", partials=False)
+    clock("average", t0, particles=int(len(ext.rows)), resolution_0143=round(float(avg.fsc.resolution_0143), 2))
+    yield Partial("average", avg.average)
+
+    t0 = time.perf_counter()
+    opts = {"seed": seed, **(cluster_options or {})}
+    clu = yield from subjob(cluster_subtomograms_job(ext.volumes, n_classes=int(n_classes), particle_masks=masks,
+                                                     voxel_size_angstrom=voxel_size, device=device, **opts),
+                            at=(4, total), prefix="5/5 cluster", partials=False)
+    clock("cluster", t0, classes=int(clu.averages.shape[0]),
+          sizes=[int(s) for s in np.bincount(clu.classes, minlength=clu.averages.shape[0])])
+    yield Partial("class_averages", clu.averages)
+    yield Progress(total, total, "done")
+    return WorkflowResult(picker=picker, picks=picks, extraction=ext, average=avg, clusters=clu, box=b,
+                          voxel_size=float(voxel_size), steps=steps)
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class against the true species it holds most of: its name, how many of its particles are
+    of it, and the FSC 0.143 / 0.5 resolution (Å) of the class average against the true map."""
+
+    class_number: int
+    species: str
+    particles: int
+    resolution_0143: float
+    resolution_05: float
+
+
+@dataclass(frozen=True)
+class WorkflowScore:
+    """Every step against the truth: picking precision / recall / F1 against all particles, the class
+    accuracy on the correctly picked particles (Hungarian matching), and each class's FSC."""
+
+    precision: float
+    recall: float
+    f1: float
+    true_particles: int
+    class_accuracy: float
+    classes: tuple = ()
+
+    def as_dict(self) -> dict:
+        return {"picking": {"precision": round(self.precision, 4), "recall": round(self.recall, 4),
+                            "f1": round(self.f1, 4), "true_particles": self.true_particles},
+                "class_accuracy": round(self.class_accuracy, 4),
+                "classes": [c.__dict__ for c in self.classes]}
+
+
+def _fsc_against_map(average, true_map, *, voxel_size, device):
+    """FSC resolutions of a class average against a true map after aligning the map onto it (either
+    contrast sign: the tomogram's may be inverted)."""
+    from .align.average import default_fsc_mask, fsc_report
+    from .align.exhaustive import align_exhaustive
+    from .geometry import align_particle_to_reference
+
+    best = None
+    for sign in (1.0, -1.0):
+        vol = (sign * np.asarray(average, dtype=np.float32))[None]
+        res = align_exhaustive(vol, true_map, angular_step_deg=20.0, refine_levels=2, device=device)
+        if best is None or res.scores[0] > best[1].scores[0]:
+            best = (vol, res)
+    vol, res = best
+    moved = align_particle_to_reference(vol[0], res.rotations[0], res.origins_voxels[0])
+    rep = fsc_report(moved, true_map, voxel_size_angstrom=voxel_size, mask=default_fsc_mask(true_map.shape[0]))
+    return float(rep.resolution_0143), float(rep.resolution_05)
+
+
+def score_workflow(result: WorkflowResult, truth_xyz, truth_classes, *, radius_voxels: float,
+                   class_maps: dict | None = None, class_names: dict | None = None, device="cpu") -> WorkflowScore:
+    """Score a :class:`WorkflowResult` against the truth.
+
+    Parameters
+    ----------
+    truth_xyz : ``(m, 3)`` true particle centres, voxels (x, y, z)
+    truth_classes : ``(m,)`` their species (any integer labels, e.g. ``rlnClassNumber``)
+    radius_voxels : a pick within this distance of a true centre is correct (e.g. the radius)
+    class_maps : ``{species label: (N, N, N) true map}`` at the result's box and voxel size, or None
+        (no FSC)
+    class_names : ``{species label: name}`` for the report
+    """
+    from .cluster.gmm import clustering_accuracy
+    from .picking.metrics import match_picks, precision_recall_f1
+
+    truth_xyz = np.asarray(truth_xyz, dtype=np.float64).reshape(-1, 3)
+    truth_classes = np.asarray(truth_classes).reshape(-1)
+    picks = result.picks
+    prf = precision_recall_f1(picks.coordinates_xyz, picks.scores, truth_xyz, radius=radius_voxels)
+    # which true particle each kept (extracted) pick is
+    m = match_picks(picks.coordinates_xyz, picks.scores, truth_xyz, radius=radius_voxels)
+    truth_of_pick = np.full(len(picks), -1, dtype=np.int64)
+    truth_of_pick[m.order] = m.matched_truth
+    kept = np.asarray(result.extraction.rows)
+    t_kept = truth_of_pick[kept]
+    ok = t_kept >= 0
+    pred = result.clusters.classes
+    acc = float("nan")
+    mapping = {}
+    if ok.any():
+        ca = clustering_accuracy(truth_classes[t_kept[ok]], pred[ok])
+        acc, mapping = ca.accuracy, ca.mapping
+    scores = []
+    for c in range(result.clusters.averages.shape[0]):
+        species = mapping.get(c)
+        members = int(np.sum(pred == c))
+        r1 = r2 = float("nan")
+        if species is not None and class_maps and species in class_maps:
+            r1, r2 = _fsc_against_map(result.clusters.averages[c], np.asarray(class_maps[species], np.float32),
+                                      voxel_size=result.voxel_size, device=device)
+        name = (class_names or {}).get(species, str(species)) if species is not None else "-"
+        scores.append(ClassScore(c + 1, name, members, r1, r2))
+    return WorkflowScore(prf.precision, prf.recall, prf.f1, int(len(truth_xyz)), acc, tuple(scores))
