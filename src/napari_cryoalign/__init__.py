@@ -3,7 +3,11 @@
 The computation lives in :mod:`napari_cryoalign.backend` (torch + numpy, no GUI), file
 formats in :mod:`napari_cryoalign.io`, dock widgets in :mod:`napari_cryoalign.widgets` and
 the command line in :mod:`napari_cryoalign.cli`. Importing this package imports nothing
-heavy.
+heavy; it sets ``OMP_WAIT_POLICY=PASSIVE`` unless set (:mod:`._threads`), before torch loads.
 """
+
+from ._threads import configure_openmp
+
+configure_openmp()
 
 __version__ = "0.1.0"
