@@ -140,9 +140,28 @@ class ParticleInputs:
         """The combo boxes listing layers (a widget with more extends this)."""
         return (self.points, self.tomogram)
 
-    def _refresh_choices(self, *_):
+    def _refresh_choices(self, event=None):
         for w in self._layer_combos():
             w.reset_choices()
+        layer = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if layer is not None:
+            self._prefer_new_picks(layer)
+
+    def _prefer_new_picks(self, layer) -> None:
+        """A picks layer made by *Pick particles* becomes this widget's input (and its tomogram the
+        tomogram), so that averaging the picks is one click: no export/import step."""
+        from .._layer_geometry import plugin_metadata, tomogram_name
+
+        info = plugin_metadata(getattr(layer, "metadata", None))
+        if layer._type_string != "points" or info.get("role") != "picks":
+            return
+        self.source.value = SOURCES[0]
+        self.points.value = layer.name
+        tomo = info.get("tomogram")
+        for im in self.viewer.layers:
+            if im._type_string == "image" and im.ndim == 3 and tomogram_name(im) == tomo:
+                self.tomogram.value = im.name
+                break
 
     def _show_particle_inputs(self) -> None:
         from_points = self.source.value == SOURCES[0]

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from .._layer_geometry import layer_array, voxel_size_from
 from ..backend.jobs import Job, Partial
+from ..backend.align.extract import FRACTION_INSIDE_COLUMN as FRACTION_INSIDE
 from ._base import JobWidget, add_or_update_layer, handler
 from ._particles import SCORE, ParticleInputs
 from ._plots import FSCPlot
@@ -210,6 +211,10 @@ class AlignWidget(ParticleInputs, JobWidget):
         for j, c in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
             feats[c] = ori[:, j]
         feats[SCORE] = col
+        if self.pset.fraction_inside is not None:
+            frac = np.full(n, np.nan)
+            frac[rows] = self.pset.fraction_inside
+            feats[FRACTION_INSIDE] = frac
         pts.features = feats
         from .._layers import orientation_vectors
 

@@ -141,11 +141,14 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self.into_class = ComboBox(label="merge into", choices=[])
         self.merge_button = PushButton(text="Merge class")
         self.discard_button = PushButton(text="Discard class")
+        self.show_button = PushButton(text="Show class particles")
+        self.show_all_button = PushButton(text="Show all")
         self.export_file = FileEdit(label="export to", mode="w", filter="*.star",
                                     value=str(Path.cwd() / "clusters.star"))
         self.export_button = PushButton(text="Export STAR + averages")
-        self.after = Container(widgets=[self.edit_class, self.into_class, self.merge_button, self.discard_button,
-                                        self.export_file, self.make_overwrite_box(), self.export_button])
+        self.after = Container(widgets=[self.edit_class, self.show_button, self.show_all_button, self.into_class,
+                                        self.merge_button, self.discard_button, self.export_file,
+                                        self.make_overwrite_box(), self.export_button])
         self.form_layout.addWidget(self.after.native)
         self._set_editable(False)
         self.source.changed.connect(self._show_inputs)
@@ -154,6 +157,8 @@ class ClusterWidget(ParticleInputs, JobWidget):
                                                                       self._class_of(self.into_class.value)))
         self.discard_button.changed.connect(lambda *_: self.discard_class(self._class_of(self.edit_class.value)))
         self.export_button.changed.connect(self.export)
+        self.show_button.changed.connect(lambda *_: self.show_class(self._class_of(self.edit_class.value)))
+        self.show_all_button.changed.connect(lambda *_: self.show_class(None))
         self._show_inputs()
         self.pset = None
         self.result = None
@@ -315,7 +320,8 @@ class ClusterWidget(ParticleInputs, JobWidget):
 
     # -- edits -----------------------------------------------------------------------------
     def _set_editable(self, on: bool) -> None:
-        for w in (self.merge_button, self.discard_button, self.export_button):
+        for w in (self.merge_button, self.discard_button, self.export_button, self.show_button,
+                  self.show_all_button):
             w.enabled = on
         if on and self.classes is not None:
             names = [f"class {c + 1}" for c in sorted(set(self.classes.tolist()) - {DISCARDED})]
@@ -355,6 +361,35 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self._set_editable(True)
         self.status.setText(f"discarded class {cls + 1} ({gone} particles)")
         return gone
+
+    @handler
+    def show_class(self, cls: int | None) -> int:
+        """Show only the particles of class ``cls`` (0-based) in the points layer, selected there and in the
+        plot; None shows every particle again. Returns how many are shown."""
+        layer = self._layer()
+        if layer is None or self.classes is None:
+            return 0
+        n = len(layer.data)
+        if cls is None:
+            layer.shown = np.ones(n, dtype=bool)
+            layer.selected_data = set()
+            self.plot.select([], notify=False)
+            self.status.setText(f"showing all {n} particles")
+            return n
+        members = np.flatnonzero(self.classes == cls)
+        shown = np.zeros(n, dtype=bool)
+        shown[np.asarray(self.pset.rows)[members]] = True
+        layer.shown = shown
+        self._syncing = True
+        try:
+            layer.selected_data = {int(r) for r in np.asarray(self.pset.rows)[members]}
+        finally:
+            self._syncing = False
+        self.plot.select(members.tolist(), notify=False)
+        if f"class {cls + 1} average" in self.viewer.layers:
+            self.viewer.layers.selection.active = layer
+        self.status.setText(f"class {cls + 1}: {len(members)} particles shown")
+        return int(len(members))
 
     def _drop_average_layer(self, cls: int) -> None:
         name = f"class {cls + 1} average"
