@@ -110,7 +110,7 @@ def averages_vs_truth(sset, res, mapping: dict) -> dict:
 
 
 def run_one(sset, method: str, args) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     extra = {"search_frequency": args.search_frequency} if method == "joint" else {}
     res = cluster_subtomograms(sset.volumes, n_classes=len(sset.class_names), method=method,
                                particle_masks=sset.mask, voxel_size_angstrom=sset.voxel_size_angstrom,
@@ -118,7 +118,7 @@ def run_one(sset, method: str, args) -> dict:
                                refine_levels=args.refine_levels, angular_step_deg=args.angular_step,
                                min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
                                reseed=args.reseed, seed=args.seed, device=args.device, **extra)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     acc = clustering_accuracy(sset.classes, res.classes)
     n = len(sset.classes)
     return {
@@ -132,6 +132,7 @@ def run_one(sset, method: str, args) -> dict:
         "averages_vs_truth_angstrom": averages_vs_truth(sset, res, acc.mapping),
         "iterations": [dict(h) for h in res.history],
         "seconds": secs,
+        "cpu_seconds": cpu,  # CPU time of the process (all its threads): less sensitive to a shared machine
         "seconds_per_1000_extrapolated": secs * 1000.0 / n,
     }
 
@@ -190,15 +191,18 @@ def table(results: list[dict]) -> str:
 def speed_table(results: list[dict]) -> str:
     """The markdown table of docs/cluster.md "Defaults and speed": one line per row, in the file's order."""
     lines = ["| settings | SNR | seed | n (K) | accuracy | per structure | class averages vs truth, FSC 0.143 (Å) | "
-             "rounds | seconds (1 thread) | s per particle |", "|" + "---|" * 10]
+             "rounds | seconds, wall (CPU) | load before | s per particle (CPU) |", "|" + "---|" * 11]
     for r in results:
         names = list(r["per_structure"])
         per = ", ".join(f"{k} {100 * r['per_structure'][k]:.0f}" for k in names)
         fsc = r.get("averages_vs_truth_angstrom", {})
         fsc_s = ", ".join(f"{fsc[k]['fsc0143']:.0f}" for k in names if k in fsc) or "-"
+        cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-"
+        per_p = f"{r.get('cpu_seconds', r['seconds']) / r['n']:.2f}"
+        load = f"{r['load_average_before'][0]:.1f}" if r.get("load_average_before") else "-"
         lines.append(f"| {r.get('label', '-')} | {float(r['snr']):g} | {r.get('settings', {}).get('seed', 0)} | "
                      f"{r['n']} ({len(names)}) | **{100 * r['accuracy']:.1f} %** | {per} | {fsc_s} | "
-                     f"{len(r.get('iterations', []))} | {r['seconds']:.0f} | {r['seconds'] / r['n']:.2f} |")
+                     f"{len(r.get('iterations', []))} | {r['seconds']:.0f} ({cpu}) | {load} | {per_p} |")
     return "\n".join(lines)
 
 
