@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                     help="joint: rounds in which every class is searched globally (default 1, the backend's)")
     ap.add_argument("--search-frequency", type=float, default=SEARCH_FREQUENCY,
                     help=f"joint: highest frequency searched, cycles/voxel, on cropped volumes (default: the "
-                    f"backend's, {SEARCH_FREQUENCY:g}; 0.5 = full box, the behaviour before 2026-12-04)")
+                    f"backend's, {SEARCH_FREQUENCY:g}; 0.5 = full box, the behaviour before 2026-12-05)")
     ap.add_argument("--label", default=None, help="a name for these settings in the rows (e.g. 'defaults')")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=str(OUT))

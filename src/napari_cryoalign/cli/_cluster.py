@@ -73,7 +73,7 @@ def register(sub) -> None:
                    help="joint: highest frequency its searches compare, cycles/voxel (default 0.25; at least what a "
                    "16^3 box holds), on particles and class averages Fourier-cropped to the smallest box that holds "
                    "it (16 for 32^3), shifts and scores re-measured at full size; 0.5 = full box, up to the class "
-                   "averages' resolution (the behaviour before 2026-12-04, ~7x slower)")
+                   "averages' resolution (the behaviour before 2026-12-05, ~7x slower)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the mixture starts")
     p.set_defaults(func=run_cluster)
 

@@ -24,7 +24,9 @@ explained in ``docs/cluster.md``)
     3. repeat until no particle changes class (or ``iterations``):
        a. **multi-reference alignment**: every particle aligned to every class average with the
           missing-wedge-aware constrained correlation (exhaustive search the first time, local
-          refinement around the previous pose afterwards) -> a score matrix ``S (n, K)``;
+          refinement around the previous pose afterwards) -> a score matrix ``S (n, K)``; the searches
+          compare frequencies up to ``search_frequency`` (default 0.25 cycles/voxel) on Fourier-cropped
+          particles and averages, shifts and scores re-measured at full size;
        b. **clustering**: a Gaussian mixture (spherical components) on the rows of ``S`` (each
           centred on its mean), started from ``argmax_k S``; its labels are Hungarian re-indexed
           onto the class averages' indices (:func:`.gmm.match_labels`), so class ``k`` stays
@@ -80,7 +82,7 @@ MIN_CLASS_FRACTION = 0.5
 #: class averages, re-seeding) compare frequencies up to the class averages' resolution and at most this
 #: (cycles/voxel), on particles and averages Fourier-cropped to the smallest box that holds it (16 for a
 #: 32³ box); shifts and scores are re-measured at full size. 0.5 (Nyquist) = no limit, full box (the
-#: behaviour before 2026-12-04). Measured in docs/cluster.md ("Defaults and speed").
+#: behaviour before 2026-12-05). Measured in docs/cluster.md ("Defaults and speed").
 SEARCH_FREQUENCY = 0.25
 #: the smallest box the joint method's cropped searches run on (``search_frequency`` is raised to ``8 / box``
 #: where it would give less)
@@ -568,7 +570,7 @@ def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
         compare frequencies up to the class averages' resolution and at most this, on particles and
         averages Fourier-cropped to the smallest box that holds it (16 for a 32³ box; 8x fewer voxels),
         with each particle's shift and score re-measured at full size at the rotation found. 0.5 = no
-        limit, full box (the behaviour before 2026-12-04)
+        limit, full box (the behaviour before 2026-12-05)
     model : a trained :class:`.jimnet.JimNet` supplying the first features (joint), or None
     seed : random seed of the mixture starts
     device : torch device
