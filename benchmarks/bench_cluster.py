@@ -198,7 +198,7 @@ def speed_table(results: list[dict]) -> str:
         fsc = r.get("averages_vs_truth_angstrom", {})
         fsc_s = ", ".join(f"{fsc[k]['fsc0143']:.0f}" for k in names if k in fsc) or "-"
         cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-"
-        per_p = f"{r.get('cpu_seconds', r['seconds']) / r['n']:.2f}"
+        per_p = (f"{r['cpu_seconds'] / r['n']:.2f}" if "cpu_seconds" in r else f"{r['seconds'] / r['n']:.2f} (wall)")
         load = f"{r['load_average_before'][0]:.1f}" if r.get("load_average_before") else "-"
         lines.append(f"| {r.get('label', '-')} | {float(r['snr']):g} | {r.get('settings', {}).get('seed', 0)} | "
                      f"{r['n']} ({len(names)}) | **{100 * r['accuracy']:.1f} %** | {per} | {fsc_s} | "
