@@ -45,9 +45,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryoalign.backend.cluster.classify import MIN_CLASS_FRACTION, cluster_subtomograms
+from napari_cryoalign.backend.align.average import fsc_report
+from napari_cryoalign.backend.align.exhaustive import align_exhaustive
+from napari_cryoalign.backend.cluster.classify import MIN_CLASS_FRACTION, SEARCH_FREQUENCY, cluster_subtomograms
 from napari_cryoalign.backend.cluster.gmm import clustering_accuracy, v_measure
-from napari_cryoalign.backend.geometry import geodesic_angle_deg, matrix_distance
+from napari_cryoalign.backend.geometry import align_particle_to_reference, geodesic_angle_deg, matrix_distance
 from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms
 from napari_cryoalign.io import write_json
 
@@ -90,15 +92,33 @@ def within_class_errors(sset, res, mapping: dict) -> dict:
             "translation_voxels_std": float(np.std(trans))}
 
 
+def averages_vs_truth(sset, res, mapping: dict) -> dict:
+    """FSC 0.143 and 0.5 (Å) of each class average against the true map of the structure it is matched to (the
+    average put onto the map by an exhaustive search first); ``{structure: {"fsc0143": Å, "fsc05": Å}}``."""
+    out = {}
+    vox = sset.voxel_size_angstrom
+    for c in range(res.n_classes):
+        t = mapping.get(c)
+        if t is None or not np.any(res.classes == c):
+            continue
+        ref = np.asarray(sset.references[t - 1])
+        a = align_exhaustive(res.averages[c][None], ref, angular_step_deg=30.0)
+        placed = align_particle_to_reference(res.averages[c], a.rotations[0], a.origins_voxels[0])
+        f = fsc_report(placed, ref, voxel_size_angstrom=vox)
+        out[sset.class_names[t - 1]] = {"fsc0143": float(f.resolution_0143), "fsc05": float(f.resolution_05)}
+    return out
+
+
 def run_one(sset, method: str, args) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    extra = {"search_frequency": args.search_frequency} if method == "joint" else {}
     res = cluster_subtomograms(sset.volumes, n_classes=len(sset.class_names), method=method,
                                particle_masks=sset.mask, voxel_size_angstrom=sset.voxel_size_angstrom,
                                iterations=args.iterations, init_iterations=args.init_iterations,
                                refine_levels=args.refine_levels, angular_step_deg=args.angular_step,
                                min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
-                               reseed=args.reseed, seed=args.seed, device=args.device)
-    secs = time.perf_counter() - t0
+                               reseed=args.reseed, seed=args.seed, device=args.device, **extra)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     acc = clustering_accuracy(sset.classes, res.classes)
     n = len(sset.classes)
     return {
@@ -109,19 +129,25 @@ def run_one(sset, method: str, args) -> dict:
         "v_measure": v_measure(sset.classes, res.classes),
         "class_sizes": res.class_sizes.tolist(),
         "within_class_alignment": within_class_errors(sset, res, acc.mapping),
+        "averages_vs_truth_angstrom": averages_vs_truth(sset, res, acc.mapping),
         "iterations": [dict(h) for h in res.history],
         "seconds": secs,
+        "cpu_seconds": cpu,  # CPU time of the process (all its threads): less sensitive to a shared machine
         "seconds_per_1000_extrapolated": secs * 1000.0 / n,
     }
 
 
 def _row_key(row: dict, default_n: int | None = None) -> tuple:
     """What identifies a benchmark row: (SNR, method, particles per structure, re-seeding threshold,
-    globally searched rounds, rounds, re-seeding rule; rows from before the rule existed used "worst")."""
+    globally searched rounds, rounds, re-seeding rule, search band, rounds of the first averages,
+    refinement levels, data seed, structures). Rows from before a setting existed used: the "worst" rule,
+    band 0.5 (full box), seed 0, the five structures; their rounds of the first averages and refinement
+    levels are None (read off the docs' commands)."""
     st = row.get("settings", {})
     return (float(row["snr"]), row["method"], int(row.get("n_per_class", default_n or 0)),
             float(st.get("min_class_fraction", 0.2)), int(st.get("global_rounds", 1)), st.get("iterations"),
-            st.get("reseed", "worst"))
+            st.get("reseed", "worst"), float(st.get("search_frequency") or 0.5), st.get("init_iterations"),
+            st.get("refine_levels"), int(st.get("seed", 0)), tuple(row.get("structures", FIVE)))
 
 
 def merge_results(old: dict, new: dict) -> dict:
@@ -148,7 +174,8 @@ def table(results: list[dict]) -> str:
         ali = r["within_class_alignment"]
         st = r.get("settings", {})
         per = ", ".join(f"{100 * r['per_structure'][k]:.0f}" for k in FIVE if k in r["per_structure"])
-        mcf = "-" if r["method"] == "classical" else f"{st.get('min_class_fraction', 0.2):g}, {st.get('reseed', 'worst')}"
+        mcf = ("-" if r["method"] == "classical"
+               else f"{st.get('min_class_fraction', 0.2):g}, {st.get('reseed', 'worst')}")
         rounds = "-" if r["method"] == "classical" else (
             f"{len(r['iterations'])} of {st.get('iterations', '?')} ({st.get('global_rounds', 1)})"
             if "iterations" in r else f"{st.get('iterations', '?')} ({st.get('global_rounds', 1)})")
@@ -158,6 +185,24 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {float(r['snr']):g} | {r['method']} | {mcf} | {rounds} | {r['n']} | "
                      f"**{100 * r['accuracy']:.0f} %** | "
                      f"{per} | {rot} | {trans} | {r['seconds']:.0f} | {r['seconds_per_1000_extrapolated'] / 60:.0f} |")
+    return "\n".join(lines)
+
+
+def speed_table(results: list[dict]) -> str:
+    """The markdown table of docs/cluster.md "Defaults and speed": one line per row, in the file's order."""
+    lines = ["| settings | SNR | seed | n (K) | accuracy | per structure | class averages vs truth, FSC 0.143 (Å) | "
+             "rounds | seconds, wall (CPU) | load before | s per particle (CPU) |", "|" + "---|" * 11]
+    for r in results:
+        names = list(r["per_structure"])
+        per = ", ".join(f"{k} {100 * r['per_structure'][k]:.0f}" for k in names)
+        fsc = r.get("averages_vs_truth_angstrom", {})
+        fsc_s = ", ".join(f"{fsc[k]['fsc0143']:.0f}" for k in names if k in fsc) or "-"
+        cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-"
+        per_p = (f"{r['cpu_seconds'] / r['n']:.2f}" if "cpu_seconds" in r else f"{r['seconds'] / r['n']:.2f} (wall)")
+        load = f"{r['load_average_before'][0]:.1f}" if r.get("load_average_before") else "-"
+        lines.append(f"| {r.get('label', '-')} | {float(r['snr']):g} | {r.get('settings', {}).get('seed', 0)} | "
+                     f"{r['n']} ({len(names)}) | **{100 * r['accuracy']:.1f} %** | {per} | {fsc_s} | "
+                     f"{len(r.get('iterations', []))} | {r['seconds']:.0f} ({cpu}) | {load} | {per_p} |")
     return "\n".join(lines)
 
 
@@ -180,6 +225,10 @@ def main(argv=None) -> int:
                     help="joint: re-seeding rule (default split, the backend's)")
     ap.add_argument("--global-rounds", type=int, default=1,
                     help="joint: rounds in which every class is searched globally (default 1, the backend's)")
+    ap.add_argument("--search-frequency", type=float, default=SEARCH_FREQUENCY,
+                    help=f"joint: highest frequency searched, cycles/voxel, on cropped volumes (default: the "
+                    f"backend's, {SEARCH_FREQUENCY:g}; 0.5 = full box, the behaviour before 2026-12-05)")
+    ap.add_argument("--label", default=None, help="a name for these settings in the rows (e.g. 'defaults')")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--replace", action="store_true",
@@ -187,11 +236,14 @@ def main(argv=None) -> int:
                     "threshold, rounds, re-seeding rule) are kept")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="merge the rows of these result files (runs done side by side) into --out and stop")
-    ap.add_argument("--table", action="store_true", help="print the rows of --out as the markdown table of docs/cluster.md")
+    ap.add_argument("--table", action="store_true",
+                    help="print the rows of --out as the markdown table of docs/cluster.md")
+    ap.add_argument("--speed-table", action="store_true",
+                    help="print the rows of --out as the table of docs/cluster.md 'Defaults and speed'")
     args = ap.parse_args(argv)
     path = Path(args.out)
-    if args.table:
-        print(table(json.loads(path.read_text())["results"]))
+    if args.table or args.speed_table:
+        print((speed_table if args.speed_table else table)(json.loads(path.read_text())["results"]))
         return 0
     if args.merge:
         out = json.loads(path.read_text()) if path.is_file() and not args.replace else {"results": [], "commands": []}
@@ -210,12 +262,13 @@ def main(argv=None) -> int:
                                      snr=snr, tilt_range_deg=(-60.0, 60.0), max_shift_voxels=3.0, defocus_um=5.0,
                                      seed=args.seed)
         for method in methods:
-            row = {"snr": snr, "n_per_class": args.n_per_class,
+            row = {"snr": snr, "n_per_class": args.n_per_class, "structures": structures, "label": args.label,
                    "settings": {"iterations": args.iterations, "init_iterations": args.init_iterations,
                                 "refine_levels": args.refine_levels, "angular_step_deg": args.angular_step,
                                 "seed": args.seed, "torch_threads": torch.get_num_threads(),
                                 "min_class_fraction": args.min_class_fraction,
-                                "global_rounds": args.global_rounds, "reseed": args.reseed},
+                                "global_rounds": args.global_rounds, "reseed": args.reseed,
+                                "search_frequency": args.search_frequency if method == "joint" else None},
                    "load_average_before": os.getloadavg(), **run_one(sset, method, args)}
             rows.append(row)
             ali = row["within_class_alignment"]

@@ -57,3 +57,29 @@ def test_table_has_one_line_per_row_sorted_by_snr(bench):
     assert "| 0.03 | joint | 0.5, worst | 6 of 6 (6) | 200 | **90 %** |" in bench.table([row])
     row["settings"]["reseed"] = "split"
     assert "| 0.03 | joint | 0.5, split | 6 of 6 (6) | 200 | **90 %** |" in bench.table([row])
+
+
+def test_search_band_seed_and_structures_make_other_rows(bench):
+    base = _row(0.05, "joint", 50, 1.0)
+    merged = bench.merge_results({"results": [base]}, {"results": []})
+    for key, value in (("search_frequency", 0.25), ("seed", 2)):
+        other = _row(0.05, "joint", 50, 1.0)
+        other["settings"][key] = value
+        assert len(bench.merge_results(merged, {"results": [other]})["results"]) == 2
+    same = _row(0.05, "joint", 50, 0.9)
+    same["settings"]["search_frequency"] = 0.5  # rows without a band searched the full box
+    assert len(bench.merge_results(merged, {"results": [same]})["results"]) == 1
+    four = dict(_row(0.05, "joint", 50, 1.0), structures=["ribosome", "cct", "mtor", "ruvab"])
+    assert len(bench.merge_results(merged, {"results": [four]})["results"]) == 2
+
+
+def test_speed_table_shows_accuracy_fsc_and_time(bench):
+    row = dict(_row(0.05, "joint", 50, 1.0), label="defaults", iterations=[{}, {}], cpu_seconds=150.0,
+               load_average_before=[1.0, 1.0, 1.0],
+               per_structure={"ribosome": 1.0, "cct": 1.0},
+               averages_vs_truth_angstrom={"ribosome": {"fsc0143": 32.4}, "cct": {"fsc0143": 35.0}})
+    row["n"] = 100
+    lines = bench.speed_table([row]).splitlines()
+    assert len(lines) == 3
+    assert lines[2] == ("| defaults | 0.05 | 0 | 100 (2) | **100.0 %** | ribosome 100, cct 100 | 32, 35 | 2 | "
+                        "3000 (150) | 1.0 | 1.50 |")

@@ -110,3 +110,29 @@ def test_cluster_passes_the_reseeding_rule_to_the_backend(sset_files, monkeypatc
     assert _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(d / "worst.star"),
                  "--reseed", "worst", "--refine-levels", "1", "--iterations", "1", "--init-iterations", "1"]) == 0
     assert seen["reseed"] == "worst"
+    assert _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(d / "full.star"),
+                 "--search-frequency", "0.5", "--refine-levels", "1", "--iterations", "1",
+                 "--init-iterations", "1"]) == 0
+    assert seen["search_frequency"] == 0.5
+    with pytest.raises(InputError, match="--search-frequency"):
+        _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(d / "bad.star"),
+              "--search-frequency", "0"])
+
+
+def test_cluster_defaults_are_the_backends_and_the_widgets():
+    """Every default the CLI sets agrees with the backend's keyword default (the widget leaves the ones it does not
+    show to the backend and shows the others with the same values)."""
+    import inspect
+
+    from napari_cryoalign.backend.cluster.classify import SEARCH_FREQUENCY, cluster_subtomograms_job
+
+    args = build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "3", "--out", "c.star"])
+    backend = {k: v.default for k, v in inspect.signature(cluster_subtomograms_job).parameters.items()}
+    pairs = {"iterations": "iterations", "init_iterations": "init_iterations", "init": "init",
+             "angular_step": "angular_step_deg", "refine_levels": "refine_levels", "max_shift": "max_shift_voxels",
+             "max_classes": "max_classes", "min_class_fraction": "min_class_fraction", "reseed": "reseed",
+             "global_rounds": "global_rounds", "search_frequency": "search_frequency", "seed": "seed",
+             "method": "method"}
+    for cli, be in pairs.items():
+        assert getattr(args, cli) == backend[be], (cli, getattr(args, cli), backend[be])
+    assert args.search_frequency == SEARCH_FREQUENCY == 0.25

@@ -100,6 +100,20 @@ def test_cluster_run_link_edit_export(scene, qtbot, tmp_path):
     assert set(pts.features[CLASS].to_numpy()) == {2}
 
 
+def test_defaults_are_the_clis(make_napari_viewer):
+    """The settings the widget shows start at the CLI's (and so the backend's) defaults."""
+    from napari_cryoalign.cli import build_parser
+
+    w = ClusterWidget(make_napari_viewer())
+    args = build_parser().parse_args(["cluster", "--particles", "p.star", "--classes", "3", "--out", "c.star"])
+    assert (w.method.value, w.iterations.value, w.angular_step.value, w.refine_levels.value) == \
+        (args.method, args.iterations, args.angular_step, args.refine_levels)
+    assert w.search_frequency.value == pytest.approx(args.search_frequency)
+    assert not w.search_frequency.native.isHidden()  # (the viewer is not shown: ask whether it was hidden)
+    w.method.value = "classical"  # the band is the joint method's
+    assert w.search_frequency.native.isHidden()
+
+
 def test_bad_input_is_a_message(scene):
     _viewer, w, _ = scene
     w.points.value, w.tomogram.value = "picks", "tomo"

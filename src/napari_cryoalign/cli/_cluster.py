@@ -53,7 +53,8 @@ def register(sub) -> None:
                    help="global rotation grid step in degrees (default 30)")
     p.add_argument("--refine-levels", type=int, default=2, metavar="K",
                    help="local refinement levels after the grid, each 3x finer (default 2)")
-    p.add_argument("--max-shift", type=float, default=None, metavar="VOX", help="largest shift searched (default box/4)")
+    p.add_argument("--max-shift", type=float, default=None, metavar="VOX",
+                   help="largest shift searched (default box/4)")
     p.add_argument("--max-classes", type=int, default=8, metavar="K", help="largest K tried by --classes estimate")
     # = backend.cluster.classify.MIN_CLASS_FRACTION (not imported here: the backend pulls in torch,
     # the CLI imports it lazily; tests/cli/test_cluster_cli.py checks the two agree)
@@ -67,6 +68,12 @@ def register(sub) -> None:
     p.add_argument("--global-rounds", type=int, default=1, metavar="R",
                    help="joint: the first R rounds search every class globally (default 1; later rounds refine "
                    "locally). More rounds cost a full search each and let poses recover from poor first averages")
+    # = backend.cluster.classify.SEARCH_FREQUENCY (checked by tests/cli/test_cluster_cli.py)
+    p.add_argument("--search-frequency", type=float, default=0.25, metavar="F",
+                   help="joint: highest frequency its searches compare, cycles/voxel (default 0.25; at least what a "
+                   "16^3 box holds), on particles and class averages Fourier-cropped to the smallest box that holds "
+                   "it (16 for 32^3), shifts and scores re-measured at full size; 0.5 = full box, up to the class "
+                   "averages' resolution (the behaviour before 2026-12-05, ~7x slower)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the mixture starts")
     p.set_defaults(func=run_cluster)
 
@@ -91,6 +98,9 @@ def run_cluster(args) -> int:
                         ("--global-rounds", args.global_rounds)):
         if value < 1:
             raise InputError("an integer >= 1", field=flag, got=value)
+    if not 0.0 < args.search_frequency <= 0.5:
+        raise InputError("a frequency in (0, 0.5] cycles/voxel (0.5: no limit)", field="--search-frequency",
+                         got=args.search_frequency)
     pset = load_particle_set(args.particles, tomogram=args.tomogram, box=args.box)
     _print_skipped(pset, "cluster")
     n = len(pset.volumes)
@@ -105,7 +115,8 @@ def run_cluster(args) -> int:
                                    refine_levels=args.refine_levels, max_shift_voxels=args.max_shift,
                                    voxel_size_angstrom=pset.voxel_size, max_classes=args.max_classes,
                                    min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
-                                   reseed=args.reseed, seed=args.seed, device=device)
+                                   reseed=args.reseed, search_frequency=args.search_frequency, seed=args.seed,
+                                   device=device)
     res = run_job(job, progress=show_progress(args), description="cluster")
     paths = []
     if args.averages_dir:

@@ -131,9 +131,13 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self.iterations = SpinBox(label="iterations", value=4, min=1, max=50)
         self.angular_step = FloatSpinBox(label="angular step (°)", value=30.0, min=3.0, max=90.0, step=5.0)
         self.refine_levels = SpinBox(label="refine levels", value=2, min=0, max=4)
+        # joint: highest frequency searched (cycles/voxel) on cropped volumes; 0.5 = full box (= the CLI's
+        # --search-frequency; backend.cluster.classify.SEARCH_FREQUENCY)
+        self.search_frequency = FloatSpinBox(label="search frequency (1/voxel)", value=0.25, min=0.05, max=0.5,
+                                             step=0.05)
         self.form = Container(widgets=[*particle_inputs, self.n_classes,
                                        self.estimate, self.method, self.iterations, self.angular_step,
-                                       self.refine_levels, *self._make_tilt_range()])
+                                       self.refine_levels, self.search_frequency, *self._make_tilt_range()])
         self.form_layout.addWidget(self.form.native)
         self.plot = EmbeddingPlot(on_select=self._plot_selected)
         self.form_layout.addWidget(self.plot)
@@ -153,6 +157,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self._set_editable(False)
         self.source.changed.connect(self._show_inputs)
         self.estimate.changed.connect(self._show_inputs)
+        self.method.changed.connect(self._show_inputs)
         self.merge_button.changed.connect(lambda *_: self.merge_class(self._class_of(self.edit_class.value),
                                                                       self._class_of(self.into_class.value)))
         self.discard_button.changed.connect(lambda *_: self.discard_class(self._class_of(self.edit_class.value)))
@@ -174,6 +179,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
     def _show_inputs(self, *_):
         self._show_particle_inputs()
         self.n_classes.enabled = not self.estimate.value
+        self.search_frequency.visible = self.method.value == "joint"
 
     def make_job(self) -> Job:
         from ..backend.cluster.classify import cluster_subtomograms_job
@@ -186,7 +192,9 @@ class ClusterWidget(ParticleInputs, JobWidget):
                                        particle_masks=mask,
                                        iterations=int(self.iterations.value),
                                        angular_step_deg=float(self.angular_step.value),
-                                       refine_levels=int(self.refine_levels.value), voxel_size_angstrom=pset.voxel)
+                                       refine_levels=int(self.refine_levels.value),
+                                       search_frequency=float(self.search_frequency.value),
+                                       voxel_size_angstrom=pset.voxel)
         self.pset = pset
         self.result = self.classes = self.confidence = self.embedding = self.averages = self.alignment = None
         self._set_editable(False)

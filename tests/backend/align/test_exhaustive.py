@@ -8,6 +8,7 @@ from napari_cryoalign.backend.align import AlignmentResult
 from napari_cryoalign.backend.align.exhaustive import (
     _rotate_cubes,
     align_exhaustive,
+    band_box,
     refine_alignment,
 )
 from napari_cryoalign.backend.align.scoring import constrained_correlation
@@ -67,6 +68,38 @@ def test_refine_from_perturbed_start(sset):
     assert res.method == "learned+refine" and res.seconds >= 1.0
     assert geodesic_angle_deg(res.rotations, sset.rotations).max() < 5.0
     assert np.linalg.norm(res.origins_voxels - sset.origins_voxels, axis=1).max() < 0.5
+
+
+def test_crop_to_band_finds_the_poses_of_the_full_box():
+    """The search on volumes Fourier-cropped to the compared band (0.25 cycles/voxel: a 16^3 box for 32^3) finds the
+    poses the full-box search finds at the same band; shifts and scores are re-measured at full size."""
+    s = simulate_subtomograms(["ribosome"], n_per_class=6, box=32, snr=0.5, max_shift_voxels=3.0, seed=7)
+    assert (band_box(32, 0.25), band_box(40, 0.25), band_box(32, 0.5), band_box(32, 0.05), band_box(24, 0.3)) == \
+        (16, 20, 32, 8, 16)
+    kw = {"particle_masks": s.mask, "max_frequency": 0.25, "refine_levels": 2, "candidates": 1}
+    full = align_exhaustive(s.volumes, s.references[0], **kw)
+    crop = align_exhaustive(s.volumes, s.references[0], crop_to_band=True, **kw)
+    assert geodesic_angle_deg(crop.rotations, full.rotations).max() < 6.0
+    assert geodesic_angle_deg(crop.rotations, s.rotations).max() < 6.0
+    assert np.linalg.norm(crop.origins_voxels - full.origins_voxels, axis=1).max() < 0.5
+    assert np.linalg.norm(crop.origins_voxels - s.origins_voxels, axis=1).max() < 0.5
+    assert np.abs(crop.scores - full.scores).max() < 0.02  # the same band's correlation, measured at full size
+    # the local refinement likewise, from 10 degrees off
+    from scipy.spatial.transform import Rotation
+
+    axes = np.random.default_rng(1).normal(size=(6, 3))
+    start = s.rotations @ Rotation.from_rotvec(axes / np.linalg.norm(axes, axis=1, keepdims=True)
+                                               * np.radians(10)).as_matrix()
+    init = AlignmentResult(start, np.zeros((6, 3)), np.zeros(6), "exhaustive", seconds=1.0)
+    ref_full = refine_alignment(s.volumes, s.references[0], init, particle_masks=s.mask, max_angle_deg=15, levels=2,
+                                max_frequency=0.25)
+    ref_crop = refine_alignment(s.volumes, s.references[0], init, particle_masks=s.mask, max_angle_deg=15, levels=2,
+                                max_frequency=0.25, crop_to_band=True)
+    assert ref_crop.method == "exhaustive+refine" and ref_crop.seconds >= 1.0
+    assert geodesic_angle_deg(ref_crop.rotations, ref_full.rotations).max() < 6.0
+    assert geodesic_angle_deg(ref_crop.rotations, s.rotations).max() < 6.0
+    assert np.linalg.norm(ref_crop.origins_voxels - s.origins_voxels, axis=1).max() < 0.5
+    assert np.abs(ref_crop.scores - ref_full.scores).max() < 0.02
 
 
 def test_constrained_correlation_ignores_unobserved_region(sset):

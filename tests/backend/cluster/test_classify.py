@@ -60,6 +60,50 @@ def test_joint_separates_two_structures(two_structures):
     _within_class_consistency(s, res)
 
 
+def _spy_searches(monkeypatch):
+    """Record the keywords of every search the joint method starts (alignments and reference-free averages)."""
+    from napari_cryoalign.backend.cluster import classify
+
+    calls = []
+    for name in ("align_exhaustive_job", "refine_alignment_job", "iterative_average_job"):
+        real = getattr(classify, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            calls.append((_name, kw))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(classify, name, spy)
+    return calls
+
+
+def test_defaults_separate_two_structures_on_cropped_searches(two_structures, monkeypatch):
+    """With every setting at its default the joint method separates the two structures, and every search compares
+    at most ``search_frequency`` on cropped volumes (0.25, raised to 8 / N = 1/3 at 24^3: a 16^3 search box)."""
+    s = two_structures
+    calls = _spy_searches(monkeypatch)
+    res = cluster_subtomograms(s.volumes, n_classes=2, particle_masks=s.mask, voxel_size_angstrom=s.voxel_size_angstrom)
+    acc = clustering_accuracy(s.classes, res.classes)
+    assert acc.accuracy == 1.0, (acc, res.history)
+    assert {name for name, _ in calls} == {"align_exhaustive_job", "refine_alignment_job", "iterative_average_job"}
+    for name, kw in calls:
+        assert kw["crop_to_band"] is True, name
+        band = kw["max_search_frequency"] if name == "iterative_average_job" else kw["max_frequency"]
+        assert band <= 1 / 3 + 1e-9, (name, band)
+    for c in range(2):  # each class average looks like the structure it holds (averages stay full size)
+        assert res.averages[c].shape == (24, 24, 24)
+        true = acc.mapping[c] - 1
+        cc = [align_exhaustive(res.averages[c], s.references[j], refine_levels=1).scores[0] for j in range(2)]
+        assert cc[true] > cc[1 - true], cc
+    _within_class_consistency(s, res)
+    # search_frequency=0.5: the full box, as before
+    calls.clear()
+    cluster_subtomograms(s.volumes[:8], n_classes=2, particle_masks=s.mask, voxel_size_angstrom=s.voxel_size_angstrom,
+                         search_frequency=0.5, **FAST)
+    assert calls and all(kw["crop_to_band"] is False for _, kw in calls)
+    with pytest.raises(InputError, match="search_frequency"):
+        cluster_subtomograms(s.volumes, n_classes=2, search_frequency=0.0)
+
+
 def test_classical_separates_two_structures(two_structures):
     s = two_structures
     # two rounds of the global reference-free average (one leaves the second structure too loosely aligned)

@@ -1,6 +1,7 @@
 """The stages of the joint method taken one at a time (cheap inputs, no alignment)."""
 
 import numpy as np
+import pytest
 
 from napari_cryoalign.backend.cluster import classify
 from napari_cryoalign.backend.cluster.common import _embedding, _masks_for
@@ -8,7 +9,8 @@ from napari_cryoalign.backend.cluster.common import _embedding, _masks_for
 
 def _settings(**kw):
     base = dict(n_classes=3, iterations=5, init="classical", init_iterations=2, angular_step_deg=30.0, refine_levels=2,
-                min_class_fraction=0.5, global_rounds=2, reseed="split", max_shift_voxels=None, vox=12.0,
+                min_class_fraction=0.5, global_rounds=2, reseed="split", search_frequency=0.25, max_shift_voxels=None,
+                vox=12.0,
                 n_components=None, max_frequency=0.15, max_classes=8, model=object(), seed=0, device="cpu", t0=0.0)
     return classify._JointSettings(**{**base, **kw})
 
@@ -20,8 +22,16 @@ def test_bisection_settings_and_progress_total():
     assert (sub.n_classes, sub.iterations, sub.init, sub.reseed, sub.global_rounds, sub.model) == \
         (2, 4, "invariant", "worst", 1, None)
     assert (sub.min_class_fraction, sub.seed, sub.vox, sub.t0) == (cfg.min_class_fraction, cfg.seed, cfg.vox, cfg.t0)
-    assert cfg.search() == {"angular_step_deg": 30.0, "refine_levels": 2, "max_shift_voxels": None,
-                            "voxel_size_angstrom": 12.0, "device": "cpu"}
+    assert cfg.search(32) == {"angular_step_deg": 30.0, "refine_levels": 2, "max_shift_voxels": None,
+                              "voxel_size_angstrom": 12.0, "device": "cpu", "max_search_frequency": 0.25,
+                              "crop_to_band": True}
+    assert sub.search_frequency == 0.25  # the bisection searches the same band
+    assert cfg.band(0.4, 32) == 0.25 and cfg.band(0.2, 32) == 0.2 and cfg.band(0.4, 40) == 0.25
+    # small boxes keep a 16^3 search box: 24^3 searches up to 1/3 cycles/voxel
+    assert cfg.limit(24) == pytest.approx(1 / 3) and cfg.band(0.2, 24) == 0.2 and cfg.limit(8) == 0.5
+    full = _settings(search_frequency=0.5)  # the behaviour before: full box, up to the averages' resolution
+    assert not full.cropped and full.band(0.4, 32) == 0.4
+    assert full.search(32)["max_search_frequency"] == 0.5 and not full.search(32)["crop_to_band"]
 
 
 def test_relabel_keeps_the_class_indices_of_the_averages():

@@ -338,6 +338,9 @@ def iterative_average_job(
     ctf=None,
     symmetry: str = "C1",
     inside_masks=None,
+    candidates: int = 3,
+    max_search_frequency: float = 0.5,
+    crop_to_band: bool = False,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AverageResult]:
     """Job version of :func:`iterative_average` (yields Progress and the Partials listed there)."""
@@ -390,14 +393,14 @@ def iterative_average_job(
     result = None
     for it in range(int(iterations)):
         t_it = time.perf_counter()
-        fmax = min(0.5, vox / res + 2.0 / box)
+        fmax = min(0.5, vox / res + 2.0 / box, float(max_search_frequency))
         for h in (0, 1):
             idx = idx_h[h]
             mh = None if m is None else (m if m.shape[0] == 1 else m[idx])
             job = align_exhaustive_job(scored[idx], refs[h], particle_masks=mh, reference_mask=ref_mask,
                                        angular_step_deg=angular_step_deg, refine_levels=refine_levels,
                                        max_shift_voxels=max_shift_voxels, max_frequency=fmax, symmetry=symmetry,
-                                       device=device)
+                                       candidates=candidates, crop_to_band=crop_to_band, device=device)
             ali = yield from subjob(job, at=(3 * it + h + 1, total), prefix=f"iteration {it + 1}, half {h + 1}",
                                     partials=False)
             rot[idx] = ali.rotations
@@ -409,7 +412,8 @@ def iterative_average_job(
         result = average_particles(p, alignment, particle_masks=m, half_maps=True, voxel_size_angstrom=vox,
                                    half=half, ctf=ctf, symmetry=symmetry, inside_masks=inside, device=device)
         res = max(result.fsc.resolution_0143, 2.0 * vox)
-        refs = [lowpass(result.half1, res, voxel_size_angstrom=vox), lowpass(result.half2, res, voxel_size_angstrom=vox)]
+        refs = [lowpass(result.half1, res, voxel_size_angstrom=vox),
+                lowpass(result.half2, res, voxel_size_angstrom=vox)]
         history.append({"iteration": it + 1, "resolution_0143": result.fsc.resolution_0143,
                         "resolution_05": result.fsc.resolution_05, "mean_score": float(np.mean(scores)),
                         "seconds": time.perf_counter() - t_it})
@@ -445,6 +449,11 @@ def iterative_average(particles, **kwargs) -> AverageResult:
     inside_masks : ``(n, N, N, N)`` real-space masks of boxes padded at the tomogram's faces, or None
         (:func:`wedge_compensated_average`); the padded voxels hold their particle's mean, so they add
         nothing to the alignment scores (which leave the mean out)
+    candidates : distinct grid optima refined per particle (``align_exhaustive``, default 3)
+    max_search_frequency : the searches compare frequencies up to the current resolution and at
+        most this (cycles/voxel; default 0.5, no limit)
+    crop_to_band : the searches run on volumes Fourier-cropped to that band, shift and score at
+        full size (``align_exhaustive(crop_to_band=True)``; default False)
     device : torch device
 
     Each iteration aligns each half to its own reference (limited to the current FSC 0.143

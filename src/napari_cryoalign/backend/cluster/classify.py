@@ -24,7 +24,9 @@ explained in ``docs/cluster.md``)
     3. repeat until no particle changes class (or ``iterations``):
        a. **multi-reference alignment**: every particle aligned to every class average with the
           missing-wedge-aware constrained correlation (exhaustive search the first time, local
-          refinement around the previous pose afterwards) -> a score matrix ``S (n, K)``;
+          refinement around the previous pose afterwards) -> a score matrix ``S (n, K)``; the searches
+          compare frequencies up to ``search_frequency`` (default 0.25 cycles/voxel) on Fourier-cropped
+          particles and averages, shifts and scores re-measured at full size;
        b. **clustering**: a Gaussian mixture (spherical components) on the rows of ``S`` (each
           centred on its mean), started from ``argmax_k S``; its labels are Hungarian re-indexed
           onto the class averages' indices (:func:`.gmm.match_labels`), so class ``k`` stays
@@ -75,6 +77,16 @@ METHODS = ("joint", "classical")
 #: that mixed two structures left a class of 5-6 particles holding nothing; 0.2 did not catch it
 #: (76 %), 0.5 re-seeded it and reached 99 %.
 MIN_CLASS_FRACTION = 0.5
+
+#: default of ``search_frequency``: the joint method's searches (multi-reference alignment, reference-free
+#: class averages, re-seeding) compare frequencies up to the class averages' resolution and at most this
+#: (cycles/voxel), on particles and averages Fourier-cropped to the smallest box that holds it (16 for a
+#: 32³ box); shifts and scores are re-measured at full size. 0.5 (Nyquist) = no limit, full box (the
+#: behaviour before 2026-12-05). Measured in docs/cluster.md ("Defaults and speed").
+SEARCH_FREQUENCY = 0.25
+#: the smallest box the joint method's cropped searches run on (``search_frequency`` is raised to ``8 / box``
+#: where it would give less)
+SEARCH_BOX_MIN = 16
 
 
 def _check(particles, n_classes, method, iterations, voxel_size_angstrom, device):
@@ -129,6 +141,7 @@ class _JointSettings:
     min_class_fraction: float
     global_rounds: int
     reseed: str
+    search_frequency: float
     max_shift_voxels: float | None
     vox: float
     n_components: int | None
@@ -151,10 +164,28 @@ class _JointSettings:
         split them 85 % right)."""
         return replace(self, n_classes=2, iterations=4, init="invariant", reseed="worst", global_rounds=1, model=None)
 
-    def search(self) -> dict:
-        """The keywords of the reference-free averages (:func:`..align.average.iterative_average_job`)."""
+    @property
+    def cropped(self) -> bool:
+        """Whether the searches run on Fourier-cropped volumes (``search_frequency`` below Nyquist)."""
+        return self.search_frequency < 0.5
+
+    def limit(self, box: int) -> float:
+        """The highest frequency any search compares (cycles/voxel) for particles of ``box``: ``search_frequency``,
+        but at least what a 16³ box holds (``8 / box``: a smaller box rotates the references too coarsely; at
+        24³ and 0.25 (a 12³ box) a forced merged-class case oscillated and ended at 92 %, at 16³ it split
+        and reached 100 %)."""
+        return min(0.5, max(self.search_frequency, SEARCH_BOX_MIN / (2.0 * box)))
+
+    def band(self, fmax: float, box: int) -> float:
+        """The highest frequency a search compares (cycles/voxel): ``fmax``, at most :meth:`limit`."""
+        return min(float(fmax), self.limit(box))
+
+    def search(self, box: int) -> dict:
+        """The keywords of the reference-free averages (:func:`..align.average.iterative_average_job`) of
+        particles of ``box``."""
         return {"angular_step_deg": self.angular_step_deg, "refine_levels": self.refine_levels,
-                "max_shift_voxels": self.max_shift_voxels, "voxel_size_angstrom": self.vox, "device": self.device}
+                "max_shift_voxels": self.max_shift_voxels, "voxel_size_angstrom": self.vox, "device": self.device,
+                "max_search_frequency": self.limit(box), "crop_to_band": self.cropped}
 
 
 @dataclass(eq=False)
@@ -246,7 +277,7 @@ def _first_averages(p, m, labels, conf, glob, k: int, cfg: _JointSettings, *, st
             if len(idx) < 2:  # a (nearly) empty class starts from the least confident particles
                 idx = np.argsort(conf)[:2]
             job = iterative_average_job(p[idx], particle_masks=_masks_for(m, idx), iterations=cfg.init_iterations,
-                                        **cfg.search())
+                                        **cfg.search(p.shape[-1]))
             r = yield from subjob(job, at=(step, total), prefix=f"class {c + 1}: reference-free average",
                                   partials=False)
             avgs[c], res[c] = r.average, r.fsc.resolution_0143
@@ -257,17 +288,21 @@ def _first_averages(p, m, labels, conf, glob, k: int, cfg: _JointSettings, *, st
 def _align_to_classes(p, m, state: _JointState, cfg: _JointSettings, *, it: int, total: int):
     """Step 3a: every particle aligned to every class average (low-passed to its resolution); a full grid
     search in the first ``global_rounds`` rounds and for a class without poses or just re-seeded, else a
-    local refinement around the previous pose. Sets ``state.poses`` and ``state.scores`` ``(n, K)``."""
+    local refinement around the previous pose; frequencies up to the averages' resolution, at most
+    ``search_frequency``, searched on cropped volumes (shift and score at full size). Sets ``state.poses``
+    and ``state.scores`` ``(n, K)``."""
     refs, fmax = _filtered(state.avgs, state.res, vox=cfg.vox, box=p.shape[-1])
+    fmax = cfg.band(fmax, p.shape[-1])
     for c in range(len(refs)):
         if state.poses[c] is None or c in state.fresh or it < cfg.global_rounds:
             job = align_exhaustive_job(p, refs[c], particle_masks=m, angular_step_deg=cfg.angular_step_deg,
                                        refine_levels=cfg.refine_levels, max_shift_voxels=cfg.max_shift_voxels,
-                                       max_frequency=fmax, candidates=1, device=cfg.device)
+                                       max_frequency=fmax, candidates=1, crop_to_band=cfg.cropped, device=cfg.device)
         else:
             job = refine_alignment_job(p, refs[c], state.poses[c], particle_masks=m,
                                        max_angle_deg=cfg.angular_step_deg / 3, levels=1,
-                                       max_shift_voxels=cfg.max_shift_voxels, max_frequency=fmax, device=cfg.device)
+                                       max_shift_voxels=cfg.max_shift_voxels, max_frequency=fmax,
+                                       crop_to_band=cfg.cropped, device=cfg.device)
         state.poses[c] = yield from subjob(job, at=(state.step, total), partials=False,
                                            prefix=f"iteration {it + 1}: particles vs class {c + 1}")
         state.scores[:, c] = state.poses[c].scores
@@ -342,7 +377,7 @@ def _reseed_by_worst(p, m, state: _JointState, c: int, sizes, min_size: int, cfg
         return False
     state.labels[take] = c
     state.conf[take] = 0.0
-    job = iterative_average_job(p[take], particle_masks=_masks_for(m, take), iterations=1, **cfg.search())
+    job = iterative_average_job(p[take], particle_masks=_masks_for(m, take), iterations=1, **cfg.search(p.shape[-1]))
     r = yield from subjob(job, at=(state.step, total), prefix=f"iteration {it + 1}: re-seeding class {c + 1}",
                           partials=False)
     state.avgs[c], state.res[c] = r.average, r.fsc.resolution_0143
@@ -458,6 +493,7 @@ def cluster_subtomograms_job(
     min_class_fraction: float = MIN_CLASS_FRACTION,
     global_rounds: int = 1,
     reseed: str = "split",
+    search_frequency: float = SEARCH_FREQUENCY,
     model=None,
     seed: int = 0,
     device="cpu",
@@ -474,6 +510,9 @@ def cluster_subtomograms_job(
         raise InputError("an integer >= 1 (rounds searched globally)", field="global_rounds", got=global_rounds)
     if reseed not in ("split", "worst"):
         raise InputError("'split' or 'worst'", field="reseed", got=reseed)
+    if not 0.0 < float(search_frequency) <= 0.5:
+        raise InputError("a frequency in (0, 0.5] cycles/voxel (0.5: no limit)", field="search_frequency",
+                         got=search_frequency)
     with torch.no_grad():
         p, m = _prepare(particles, particle_masks, device)
     m_np = None if m is None else m.cpu().numpy()
@@ -485,7 +524,8 @@ def cluster_subtomograms_job(
     if method == "classical":
         return (yield from _classical_job(p_np, m_np, **common))
     cfg = _JointSettings(init=init, model=model, min_class_fraction=float(min_class_fraction),
-                         global_rounds=int(global_rounds), reseed=reseed, **common)
+                         global_rounds=int(global_rounds), reseed=reseed,
+                         search_frequency=float(search_frequency), **common)
     return (yield from _joint_job(p_np, m_np, cfg))
 
 
@@ -524,6 +564,13 @@ def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
         average by a full grid search (later rounds refine locally around the previous pose, a
         third of ``angular_step_deg`` at most); a re-seeded class is always searched globally.
         Default 1 (fast); more rounds let poses found against a poor first average recover
+    search_frequency : joint: the highest frequency its searches compare, cycles/voxel (default 0.25,
+        ``SEARCH_FREQUENCY``; raised to ``8 / N`` for boxes under 32, so that the searches keep a 16³ box):
+        the multi-reference alignments, the class averages' reference-free alignments and re-seeding
+        compare frequencies up to the class averages' resolution and at most this, on particles and
+        averages Fourier-cropped to the smallest box that holds it (16 for a 32³ box; 8x fewer voxels),
+        with each particle's shift and score re-measured at full size at the rotation found. 0.5 = no
+        limit, full box (the behaviour before 2026-12-05)
     model : a trained :class:`.jimnet.JimNet` supplying the first features (joint), or None
     seed : random seed of the mixture starts
     device : torch device
