@@ -36,7 +36,7 @@ def test_workflow_writes_every_file_and_scores_every_step(sim, capsys):
             "--pick-iterations", "60", "--average-iterations", "1"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    for step in ("pick train", "pick predict", "extract", "average", "cluster", "truth: picking"):
+    for step in ("pick train", "pick predict", "extract", "average", "cluster", "refine classes", "truth: picking"):
         assert step in text
     picks = read_particles(out / "picks.star")
     parts = read_particles(out / "particles.star", require=("angles",))
@@ -56,7 +56,8 @@ def test_workflow_writes_every_file_and_scores_every_step(sim, capsys):
     r5 = read_particles(out / "relion5" / "particles.star", tomograms=out / "relion5" / "tomograms.star")
     assert np.allclose(np.sort(coordinates_xyz(r5), axis=0), np.sort(coordinates_xyz(parts), axis=0), atol=1e-4)
     summary = json.loads((out / "workflow.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == ["pick train", "pick predict", "extract", "average", "cluster"]
+    assert [s["step"] for s in summary["steps"]] == ["pick train", "pick predict", "extract", "average", "cluster",
+                                                         "refine classes"]
     score = summary["score"]
     assert score["picking"]["f1"] >= 0.7 and score["picking"]["precision"] >= 0.8
     assert score["class_accuracy"] >= 0.9  # ribosome vs CCT: two very different species

@@ -10,7 +10,9 @@ The chain a user runs on one tomogram, each step the same backend job its own co
 4. **average**: a reference-free iterative average of every pick with gold-standard half sets
    (:func:`.align.average.iterative_average_job`);
 5. **cluster**: joint alignment and clustering into ``n_classes`` classes
-   (:func:`.cluster.classify.cluster_subtomograms_job`, at its defaults).
+   (:func:`.cluster.classify.cluster_subtomograms_job`, at its defaults);
+6. **refine classes**: each class's particles refined locally at full resolution against their
+   class average and re-averaged with half sets (the class averages written).
 
 :func:`score_workflow` scores every step against a known truth (picking F1, class accuracy on the
 correctly picked particles, FSC of each class average against its true map).
@@ -34,6 +36,55 @@ __all__ = ["ClassScore", "WorkflowResult", "WorkflowScore", "default_box", "scor
 
 #: the box edge, in particle diameters, when none is given (as the picking look-alike search)
 BOX_DIAMETERS = 1.5
+#: the highest frequency (cycles/voxel) of the reference-free average's searches (the clustering's default band)
+SEARCH_FREQUENCY = 0.25
+
+
+def _refine_classes(ext, clu, masks, inside, *, rounds, voxel_size, device, total):
+    """Step 6: per class, local refinement at the full band up to the class's resolution, then the class's
+    half-set average; returns the ClusterResult with the refined poses and averages, and the resolutions."""
+    import dataclasses
+
+    from .align.average import average_particles
+    from .align.exhaustive import refine_alignment_job
+    from .align.types import AlignmentResult
+    from .fourier import lowpass
+
+    k = clu.averages.shape[0]
+    rot = np.asarray(clu.alignment.rotations, dtype=np.float64).copy()
+    ori = np.asarray(clu.alignment.origins_voxels, dtype=np.float64).copy()
+    sc = np.asarray(clu.alignment.scores, dtype=np.float64).copy()
+    avgs = np.asarray(clu.averages, dtype=np.float32).copy()
+    box = ext.volumes.shape[-1]
+    resolutions = []
+    for c in range(k):
+        idx = np.flatnonzero(clu.classes == c)
+        if len(idx) < 4:
+            resolutions.append(float("nan"))
+            continue
+        sub_inside = None if inside is None else inside[idx]
+
+        def average():
+            ali = AlignmentResult(rot[idx], ori[idx], sc[idx], "workflow")
+            return average_particles(ext.volumes[idx], ali, particle_masks=masks, half_maps=True,
+                                     voxel_size_angstrom=voxel_size, inside_masks=sub_inside, device=device)
+
+        res = average()
+        for r in range(int(rounds)):
+            reso = max(float(res.fsc.resolution_0143), 2.0 * voxel_size)
+            ref = lowpass(res.average, reso, voxel_size_angstrom=voxel_size)
+            fmax = min(0.5, voxel_size / reso + 2.0 / box)
+            job = refine_alignment_job(ext.volumes[idx], ref, AlignmentResult(rot[idx], ori[idx], sc[idx], "workflow"),
+                                       particle_masks=masks, max_angle_deg=10.0, levels=2, max_frequency=fmax,
+                                       device=device)
+            ali = yield from subjob(job, at=(5, total), prefix=f"6/6 refine class {c + 1}, round {r + 1}",
+                                    partials=False)
+            rot[idx], ori[idx], sc[idx] = ali.rotations, ali.origins_voxels, ali.scores
+            res = average()
+        avgs[c] = res.average
+        resolutions.append(float(res.fsc.resolution_0143))
+    ali = dataclasses.replace(clu.alignment, rotations=rot, origins_voxels=ori, scores=sc)
+    return dataclasses.replace(clu, alignment=ali, averages=avgs), resolutions
 
 
 def default_box(diameter_angstrom: float, voxel_size: float, *, minimum: int = 16) -> int:
@@ -82,6 +133,7 @@ def workflow_job(
     box: int | None = None,
     negatives_xyz=None,
     average_iterations: int = 2,
+    refine_rounds: int = 2,
     tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
     picker_options: dict | None = None,
     cluster_options: dict | None = None,
@@ -102,7 +154,11 @@ def workflow_job(
     n_classes : K, the number of classes
     box : box edge in voxels (even); default :func:`default_box`
     negatives_xyz : known non-particles (removed picks), ``(m, 3)`` voxels, or None
-    average_iterations : rounds of the reference-free average (step 4)
+    average_iterations : rounds of the reference-free average (step 4; its searches, like the
+        clustering's, compare frequencies up to :data:`SEARCH_FREQUENCY` on Fourier-cropped boxes)
+    refine_rounds : rounds of step 6: each class's particles refined locally (within 10°) against
+        their class average at the full band up to its resolution, then re-averaged with half sets
+        (the clustering's poses are only as fine as its low-resolution search band); 0 skips it
     tilt_range_deg : the data's tilt range for the missing-wedge masks; None = fully observed
     picker_options, cluster_options : more keywords of :func:`.picking.fit.fit_picker_job` and
         :func:`.cluster.classify.cluster_subtomograms_job`
@@ -125,7 +181,7 @@ def workflow_job(
         raise InputError("a number of classes >= 1", field="classes", got=n_classes)
     b = default_box(diameter_angstrom, voxel_size) if box is None else int(box)
     steps: list[dict] = []
-    total = 5
+    total = 6
 
     def clock(name, t0, **numbers):
         steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 2), **numbers})
@@ -134,7 +190,7 @@ def workflow_job(
     job = fit_picker_job(tomogram, labels, diameter_angstrom=diameter_angstrom, voxel_size=voxel_size,
                          negatives_xyz=negatives_xyz, seed=seed, device=device, path=path, labels_path=labels_path,
                          **(picker_options or {}))
-    trained = yield from subjob(job, at=(0, total), prefix="1/5 pick train", partials=False)
+    trained = yield from subjob(job, at=(0, total), prefix="1/6 pick train", partials=False)
     picker = trained.picker
     clock("pick train", t0, labels=int(len(labels)), iterations=int(trained.iterations),
           lookalike_negatives=int(picker.training.get("lookalike_negatives", 0)))
@@ -143,7 +199,7 @@ def workflow_job(
     threshold = float(picker.default_threshold)
     picks, _ = yield from subjob(pick_job(picker, tomogram, threshold=threshold, voxel_size=voxel_size, path=path,
                                           device=device),
-                                 at=(1, total), prefix="2/5 pick predict", partials=False)
+                                 at=(1, total), prefix="2/6 pick predict", partials=False)
     clock("pick predict", t0, picks=int(len(picks)), threshold=round(threshold, 4))
     yield Partial("picks", picks)
     if len(picks) < max(4, 2 * int(n_classes)):
@@ -154,14 +210,16 @@ def workflow_job(
     ext = extract_subtomograms(tomogram, picks.coordinates_xyz, b, path=path)
     padded = int(np.sum(ext.fraction_inside < 1.0))
     clock("extract", t0, box=b, kept=int(len(ext.rows)), padded=padded, skipped=len(ext.skipped))
-    yield Progress(3, total, f"3/5 extract: {len(ext.rows)} boxes of {b}^3, {padded} padded at the faces")
+    yield Progress(3, total, f"3/6 extract: {len(ext.rows)} boxes of {b}^3, {padded} padded at the faces")
     masks = None if tilt_range_deg is None else particle_fourier_mask(b, tilt_range_deg=tuple(tilt_range_deg))
 
     t0 = time.perf_counter()
+    inside = ext.inside_masks()
     avg = yield from subjob(iterative_average_job(ext.volumes, particle_masks=masks,
                                                   iterations=int(average_iterations), voxel_size_angstrom=voxel_size,
-                                                  inside_masks=ext.inside_masks(), device=device),
-                            at=(3, total), prefix="4/5 average", partials=False)
+                                                  inside_masks=inside, max_search_frequency=SEARCH_FREQUENCY,
+                                                  crop_to_band=True, device=device),
+                            at=(3, total), prefix="4/6 average", partials=False)
     clock("average", t0, particles=int(len(ext.rows)), resolution_0143=round(float(avg.fsc.resolution_0143), 2))
     yield Partial("average", avg.average)
 
@@ -169,9 +227,15 @@ def workflow_job(
     opts = {"seed": seed, **(cluster_options or {})}
     clu = yield from subjob(cluster_subtomograms_job(ext.volumes, n_classes=int(n_classes), particle_masks=masks,
                                                      voxel_size_angstrom=voxel_size, device=device, **opts),
-                            at=(4, total), prefix="5/5 cluster", partials=False)
+                            at=(4, total), prefix="5/6 cluster", partials=False)
     clock("cluster", t0, classes=int(clu.averages.shape[0]),
           sizes=[int(s) for s in np.bincount(clu.classes, minlength=clu.averages.shape[0])])
+
+    t0 = time.perf_counter()
+    clu, class_res = yield from _refine_classes(ext, clu, masks, inside, rounds=int(refine_rounds),
+                                                voxel_size=float(voxel_size), device=device, total=total)
+    clock("refine classes", t0, rounds=int(refine_rounds),
+          resolution_0143=[round(float(r), 2) for r in class_res])
     yield Partial("class_averages", clu.averages)
     yield Progress(total, total, "done")
     return WorkflowResult(picker=picker, picks=picks, extraction=ext, average=avg, clusters=clu, box=b,

@@ -1,7 +1,8 @@
 """``cryoalign workflow``: from a tomogram and a few labelled particles to class averages, headless.
 
 Runs pick train -> pick predict -> extract (boxes at the faces padded, none dropped) ->
-reference-free average -> cluster into K classes (``backend/workflow.py``), writes every
+reference-free average -> cluster into K classes -> each class refined at full resolution
+(``backend/workflow.py``), writes every
 intermediate file and prints each step's time and numbers:
 
   DIR/picker.pt                       the trained picker
@@ -47,6 +48,9 @@ def register(sub) -> None:
                    help="picker training steps (default: pick train's, 600)")
     p.add_argument("--average-iterations", type=int, default=2, metavar="N",
                    help="rounds of the reference-free average (default 2)")
+    p.add_argument("--refine-rounds", type=int, default=2, metavar="N",
+                   help="rounds of local refinement of each class at full resolution after clustering (default 2; "
+                        "0: the clustering's class averages)")
     p.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
                    help="tilt range of the data, for the missing-wedge masks (default -60,60)")
     p.add_argument("--no-wedge", action="store_true", help="treat the particles as fully observed")
@@ -116,6 +120,8 @@ def run_workflow(args) -> int:
     device = resolve_device(args.device)
     if args.classes < 1:
         raise InputError("a number of classes >= 1", field="--classes", got=args.classes)
+    if args.refine_rounds < 0:
+        raise InputError("an integer >= 0", field="--refine-rounds", got=args.refine_rounds)
     if args.average_iterations < 1:
         raise InputError("an integer >= 1", field="--average-iterations", got=args.average_iterations)
     out = Path(args.out)
@@ -138,6 +144,7 @@ def run_workflow(args) -> int:
     t_all = time.perf_counter()
     job = workflow_job(vol.data, labels, diameter_angstrom=args.diameter, voxel_size=vs, n_classes=args.classes,
                        box=box, negatives_xyz=negatives, average_iterations=args.average_iterations,
+                       refine_rounds=args.refine_rounds,
                        tilt_range_deg=None if args.no_wedge else tuple(args.tilt_range), seed=args.seed,
                        picker_options=None if args.pick_iterations is None else {"iterations": args.pick_iterations},
                        device=device, path=args.tomogram, labels_path=args.labels)
