@@ -61,7 +61,10 @@ def _env(policy: str) -> dict:
     """``"default"``: libgomp's own (spin, then sleep), as before; ``"passive"``: what the package sets now."""
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
-    env["CRYOALIGN_OMP_WAIT_POLICY"] = "unset" if policy == "default" else "passive"  # napari_cryoalign/_threads.py
+    env.pop("GOMP_SPINCOUNT", None)
+    env["CRYOALIGN_OMP_WAIT_POLICY"] = "unset" if policy != "passive" else "passive"  # napari_cryoalign/_threads.py
+    if policy.startswith("spin"):  # e.g. "spin10000": spin that many times, then sleep
+        env["GOMP_SPINCOUNT"] = policy[4:]
     return env
 
 
@@ -74,11 +77,14 @@ def _step_time(threads: int, steps: int, policy: str) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="training steps timed per setting (default 40)")
+    ap.add_argument("--policies", default="default,passive",
+                    help="default (libgomp's), passive, spinN (GOMP_SPINCOUNT=N); comma-separated")
+    ap.add_argument("--threads", default="2,1", help="threads of the measured job, comma-separated")
     ap.add_argument("--out", default=None, help="JSON results")
     args = ap.parse_args(argv)
     rows = []
-    for policy in ("default", "passive"):
-        for threads in (2, 1):
+    for policy in args.policies.split(","):
+        for threads in [int(t) for t in args.threads.split(",")]:
             alone = _step_time(threads, args.steps, policy)
             busy = subprocess.Popen([sys.executable, "-c", _BUSY], env=_env(policy), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
