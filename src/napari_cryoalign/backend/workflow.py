@@ -166,7 +166,7 @@ def workflow_job(
     device : torch device
     path, labels_path : the files, named in messages
 
-    Yields ``Progress`` (steps 1-5 over one bar) and ``Partial``: ``("picks", Picks)``,
+    Yields ``Progress`` (steps 1-6 over one bar) and ``Partial``: ``("picks", Picks)``,
     ``("average", (N, N, N))``, ``("class_averages", (K, N, N, N))``. Returns :class:`WorkflowResult`.
     """
     from .align.average import iterative_average_job

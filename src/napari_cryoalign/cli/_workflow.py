@@ -74,7 +74,7 @@ def _outputs(out: Path, k: int) -> dict:
     return names
 
 
-def _truth(path, *, vol, vs, box, device):
+def _truth(path, *, vol, vs, box):
     """True centres, classes, names and maps (from params.json's class_names beside the STAR file)."""
     import numpy as np
 
@@ -137,7 +137,7 @@ def run_workflow(args) -> int:
     labels = _read_labels(args.labels, vol, vs)
     negatives = _read_labels(args.negatives, vol, vs) if args.negatives else None
     box = default_box(args.diameter, vs) if args.box is None else args.box
-    truth = _truth(args.truth, vol=vol, vs=vs, box=box, device=device) if args.truth else None
+    truth = _truth(args.truth, vol=vol, vs=vs, box=box) if args.truth else None
     print(f"cryoalign workflow: {Path(args.tomogram).name} {tuple(vol.shape)} at {vs:g} Å, {len(labels)} labels, "
           f"diameter {args.diameter:g} Å, box {box}, {args.classes} classes, {torch.get_num_threads()} threads")
 
