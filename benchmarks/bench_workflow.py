@@ -13,7 +13,14 @@ Held out: the simulator seeds here (default 101, 102) were used by no other deve
 picker's recipe was developed on the look-alike scenario (seeds 11-18), the clustering defaults on
 ``bench_cluster.py``'s subtomograms.
 
-    .venv/bin/python benchmarks/bench_workflow.py --seeds 101 --out docs/benchmarks/workflow.json
+    .venv/bin/python benchmarks/bench_workflow.py --seeds 101,102 --out docs/benchmarks/workflow.json
+
+With a class reference as a user might have one (``--class-reference SPECIES:KIND``, KIND one of
+``lowpass<Å>``, ``conformation``, ``subcomplex`` of :meth:`LookalikeSet.mismatched_template`; the map is
+written to the scratch folder and passed as ``cryoalign workflow --class-reference``):
+
+    .venv/bin/python benchmarks/bench_workflow.py --seeds 102 --class-reference mtor:conformation \
+        --out docs/benchmarks/workflow_reference.json
 """
 
 from __future__ import annotations
@@ -83,15 +90,28 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/bench_workflow", help="scratch folder")
     ap.add_argument("--workflow-args", default="", help="more flags for cryoalign workflow (tuned runs)")
+    ap.add_argument("--class-reference", action="append", default=[], metavar="SPECIES:KIND",
+                    help="a user's map of one species (e.g. mtor:conformation), passed as --class-reference")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    extra_refs = []
+    for spec in args.class_reference:
+        from napari_cryoalign.backend.simulate.lookalikes import lookalike_species
+        from napari_cryoalign.io import write_mrc
+
+        species, kind = spec.split(":", 1)
+        path = work / f"reference_{species}_{kind}.mrc"
+        write_mrc(path, lookalike_species(args.voxel, target=species).mismatched_template(kind),
+                  voxel_size=args.voxel, overwrite=True)
+        extra_refs += ["--class-reference", str(path)]
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         r = run_one(seed, work, size=[int(v) for v in args.size.split(",")], voxel=args.voxel,
                     n_particles=args.particles, structures=args.structures.split(","), diameter=args.diameter,
-                    label_fraction=args.label_fraction, threads=args.threads, extra=args.workflow_args.split())
+                    label_fraction=args.label_fraction, threads=args.threads,
+                    extra=args.workflow_args.split() + extra_refs)
         rows.append(r)
         s = r["score"]
         times = ", ".join(f"{st['step']} {st['seconds']:.0f}" for st in r["steps"])
@@ -99,11 +119,12 @@ def main(argv=None) -> int:
               f"({times}); picking F1 "
               f"{s['picking']['f1']:.3f} (P {s['picking']['precision']:.3f} R {s['picking']['recall']:.3f}); "
               f"class accuracy {s['class_accuracy']:.3f}; class FSC 0.143: "
-              + ", ".join(f"{c['species']} {c['resolution_0143']:.1f} Å" for c in s["classes"])
+              + ", ".join(f"{c['species']} {c['resolution_0143']:.1f} Å (poses: median {c['pose_median_deg']:.1f}°, "
+                          f"{c['poses_beyond_20deg']} of {c['poses_scored']} beyond 20°)" for c in s["classes"])
               + f"; {r['picks_padded']} of {r['picks_kept']} boxes padded", flush=True)
     if args.out:
         doc = {"protocol": __doc__.split("Protocol")[1].split("    .venv")[0].strip(),
-               "date": time.strftime("%Y-%m-%d"), "rows": rows}
+               "date": time.strftime("%Y-%m-%d"), "class_references": args.class_reference, "rows": rows}
         Path(args.out).write_text(json.dumps(doc, indent=1))
     return 0
 

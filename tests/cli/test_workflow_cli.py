@@ -64,5 +64,19 @@ def test_workflow_writes_every_file_and_scores_every_step(sim, capsys):
     species = {c["species"] for c in score["classes"]}
     assert species == {"ribosome", "cct"}
     assert all(c["resolution_0143"] < 150.0 for c in score["classes"])  # each class resembles its true map
+    assert all(c["poses_scored"] >= 2 and 0.0 <= c["pose_median_deg"] <= 180.0 for c in score["classes"])
     # a second run does not overwrite without --overwrite
     assert main(argv) == 2
+
+
+def test_workflow_names_a_bad_class_reference(sim, tmp_path, capsys):
+    from napari_cryoalign.io import write_mrc
+
+    d, files = sim
+    bad = tmp_path / "flat.mrc"
+    write_mrc(bad, np.zeros((4, 18, 18), np.float32), voxel_size=VOXEL)
+    argv = ["-q", "workflow", "--tomogram", str(files["tomogram"]), "--labels", str(d / "labels.star"),
+            "--diameter", "350", "--classes", "2", "--out", str(tmp_path / "out"), "--class-reference", str(bad)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "flat.mrc" in err and "--class-reference" in err and "cubic" in err

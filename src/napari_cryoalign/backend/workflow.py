@@ -32,7 +32,8 @@ import numpy as np
 from ..errors import InputError
 from .jobs import Partial, Progress, subjob
 
-__all__ = ["ClassScore", "WorkflowResult", "WorkflowScore", "default_box", "score_workflow", "workflow_job"]
+__all__ = ["ClassScore", "WorkflowResult", "WorkflowScore", "default_box", "pose_errors_deg", "score_workflow",
+           "workflow_job"]
 
 #: the box edge, in particle diameters, when none is given (as the picking look-alike search)
 BOX_DIAMETERS = 1.5
@@ -40,7 +41,70 @@ BOX_DIAMETERS = 1.5
 SEARCH_FREQUENCY = 0.25
 
 
-def _refine_classes(ext, clu, masks, inside, *, rounds, voxel_size, device, total):
+#: the low-pass (Å) of a user's class reference before the global search: coarse enough that a related
+#: structure or another conformation still leads the search, fine enough to orient a ~300 kDa complex
+REFERENCE_RESOLUTION = 60.0
+
+
+def reference_to_box(volume, *, voxel_size: float, box: int, map_voxel_size: float | None = None) -> np.ndarray:
+    """A user's map at the particles' voxel size and box: resampled (Fourier) from ``map_voxel_size``
+    (Å; None = already at ``voxel_size``), then centre-cropped or zero-padded to ``box`` voxels. ``(box,)*3``."""
+    from .fourier import resample_voxel_size
+
+    v = np.asarray(volume, dtype=np.float32)
+    if v.ndim != 3 or len(set(v.shape)) != 1:
+        raise InputError("a cubic map (z, y, x)", field="reference", got=f"{v.shape}")
+    if map_voxel_size is not None and abs(float(map_voxel_size) - float(voxel_size)) > 1e-3 * float(voxel_size):
+        v = np.asarray(resample_voxel_size(v, from_voxel_angstrom=float(map_voxel_size),
+                                           to_voxel_angstrom=float(voxel_size))[0], dtype=np.float32)
+    n = v.shape[0]
+    out = np.zeros((box,) * 3, dtype=np.float32)
+    if n >= box:
+        lo = n // 2 - box // 2
+        out[:] = v[lo:lo + box, lo:lo + box, lo:lo + box]
+    else:
+        lo = box // 2 - n // 2
+        out[lo:lo + n, lo:lo + n, lo:lo + n] = v
+    return out
+
+
+def _assign_references(ext, clu, masks, references, *, voxel_size, device):
+    """Which class each reference belongs to: every class's particles are searched against every reference
+    (low-passed to :data:`REFERENCE_RESOLUTION`) and against their own class average; a pair's affinity is
+    the mean score against the reference over the mean score against the class's own average (particles of
+    a big species score higher against anything); references go to classes by the best affinities (Hungarian),
+    one class per reference. Each reference is tried with both contrast signs (maps are made protein-white,
+    tomograms often protein-dark). Returns ``{class: reference index}``, the affinity matrix ``(K, R)`` and
+    each reference's sign ``(R,)``."""
+    from scipy.optimize import linear_sum_assignment
+
+    from .align.exhaustive import align_exhaustive
+    from .fourier import lowpass
+
+    k, box = clu.averages.shape[0], ext.volumes.shape[-1]
+    fmax = min(SEARCH_FREQUENCY, voxel_size / REFERENCE_RESOLUTION + 2.0 / box)
+    refs = [lowpass(r, REFERENCE_RESOLUTION, voxel_size_angstrom=voxel_size) for r in references]
+    aff = np.zeros((k, len(refs), 2))
+    for c in range(k):
+        idx = np.flatnonzero(clu.classes == c)
+        if len(idx) == 0:
+            continue
+        own = align_exhaustive(ext.volumes[idx], lowpass(clu.averages[c], REFERENCE_RESOLUTION,
+                                                         voxel_size_angstrom=voxel_size),
+                               particle_masks=masks, max_frequency=fmax, crop_to_band=True, device=device)
+        base = max(float(np.mean(own.scores)), 1e-6)
+        for j, ref in enumerate(refs):
+            for si, sign in enumerate((1.0, -1.0)):
+                got = align_exhaustive(ext.volumes[idx], sign * ref, particle_masks=masks, max_frequency=fmax,
+                                       crop_to_band=True, device=device)
+                aff[c, j, si] = float(np.mean(got.scores)) / base
+    signs = np.where(aff[:, :, 0].max(0) >= aff[:, :, 1].max(0), 1.0, -1.0)
+    best = aff.max(2)
+    rows, cols = linear_sum_assignment(-best)
+    return {int(c): int(j) for c, j in zip(rows, cols)}, best, signs
+
+
+def _refine_classes(ext, clu, masks, inside, *, rounds, voxel_size, device, total, references=None):
     """Step 6: per class, local refinement at the full band up to the class's resolution, then the class's
     half-set average; returns the ClusterResult with the refined poses and averages, and the resolutions."""
     import dataclasses
@@ -57,12 +121,30 @@ def _refine_classes(ext, clu, masks, inside, *, rounds, voxel_size, device, tota
     avgs = np.asarray(clu.averages, dtype=np.float32).copy()
     box = ext.volumes.shape[-1]
     resolutions = []
+    assigned = {}
+    if references:
+        yield Progress(5, total, f"6/6 matching {len(references)} class reference(s) to the classes")
+        assigned, _, signs = _assign_references(ext, clu, masks, references, voxel_size=voxel_size,
+                                                device=device)
+        references = [s * r for s, r in zip(signs, references)]
     for c in range(k):
         idx = np.flatnonzero(clu.classes == c)
         if len(idx) < 4:
             resolutions.append(float("nan"))
             continue
         sub_inside = None if inside is None else inside[idx]
+        if c in assigned:  # global searches from the user's reference, then the local rounds below
+            from .align.average import iterative_average_job
+
+            job = iterative_average_job(ext.volumes[idx], reference=references[assigned[c]], particle_masks=masks,
+                                        iterations=2, voxel_size_angstrom=voxel_size,
+                                        start_resolution_angstrom=REFERENCE_RESOLUTION, inside_masks=sub_inside,
+                                        max_search_frequency=SEARCH_FREQUENCY, crop_to_band=True, device=device)
+            seeded = yield from subjob(job, at=(5, total), prefix=f"6/6 class {c + 1} from reference "
+                                       f"{assigned[c] + 1}", partials=False)
+            rot[idx] = seeded.alignment.rotations
+            ori[idx] = seeded.alignment.origins_voxels
+            sc[idx] = seeded.alignment.scores
 
         def average():
             ali = AlignmentResult(rot[idx], ori[idx], sc[idx], "workflow")
@@ -84,7 +166,7 @@ def _refine_classes(ext, clu, masks, inside, *, rounds, voxel_size, device, tota
         avgs[c] = res.average
         resolutions.append(float(res.fsc.resolution_0143))
     ali = dataclasses.replace(clu.alignment, rotations=rot, origins_voxels=ori, scores=sc)
-    return dataclasses.replace(clu, alignment=ali, averages=avgs), resolutions
+    return dataclasses.replace(clu, alignment=ali, averages=avgs), resolutions, assigned
 
 
 def default_box(diameter_angstrom: float, voxel_size: float, *, minimum: int = 16) -> int:
@@ -134,6 +216,7 @@ def workflow_job(
     negatives_xyz=None,
     average_iterations: int = 2,
     refine_rounds: int = 2,
+    class_references=None,
     tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
     picker_options: dict | None = None,
     cluster_options: dict | None = None,
@@ -159,6 +242,12 @@ def workflow_job(
     refine_rounds : rounds of step 6: each class's particles refined locally (within 10°) against
         their class average at the full band up to its resolution, then re-averaged with half sets
         (the clustering's poses are only as fine as its low-resolution search band); 0 skips it
+    class_references : None, or a list of ``(N, N, N)`` maps at the box and voxel size
+        (:func:`reference_to_box`), e.g. a related structure's map: each goes to the class it fits best
+        (:func:`_assign_references`), whose particles are then searched globally from it (low-passed to
+        :data:`REFERENCE_RESOLUTION`, two half-set rounds) before the local rounds. For species too small
+        to bootstrap from their own particles (reference-free averages of ~40 particles of a ~300 kDa
+        complex stay at random poses; ``docs/workflow.md``)
     tilt_range_deg : the data's tilt range for the missing-wedge masks; None = fully observed
     picker_options, cluster_options : more keywords of :func:`.picking.fit.fit_picker_job` and
         :func:`.cluster.classify.cluster_subtomograms_job`
@@ -226,16 +315,26 @@ def workflow_job(
     t0 = time.perf_counter()
     opts = {"seed": seed, **(cluster_options or {})}
     clu = yield from subjob(cluster_subtomograms_job(ext.volumes, n_classes=int(n_classes), particle_masks=masks,
-                                                     voxel_size_angstrom=voxel_size, device=device, **opts),
+                                                     voxel_size_angstrom=voxel_size, inside_masks=inside,
+                                                     device=device, **opts),
                             at=(4, total), prefix="5/6 cluster", partials=False)
     clock("cluster", t0, classes=int(clu.averages.shape[0]),
           sizes=[int(s) for s in np.bincount(clu.classes, minlength=clu.averages.shape[0])])
 
     t0 = time.perf_counter()
-    clu, class_res = yield from _refine_classes(ext, clu, masks, inside, rounds=int(refine_rounds),
-                                                voxel_size=float(voxel_size), device=device, total=total)
+    refs = None
+    if class_references is not None and len(class_references):
+        refs = [np.asarray(r, dtype=np.float32) for r in class_references]
+        for r in refs:
+            if r.shape != (b,) * 3:
+                raise InputError(f"class references of the box {(b,) * 3}", field="class_references",
+                                 got=f"{r.shape}")
+    clu, class_res, assigned = yield from _refine_classes(ext, clu, masks, inside, rounds=int(refine_rounds),
+                                                          voxel_size=float(voxel_size), device=device, total=total,
+                                                          references=refs)
     clock("refine classes", t0, rounds=int(refine_rounds),
-          resolution_0143=[round(float(r), 2) for r in class_res])
+          resolution_0143=[round(float(r), 2) for r in class_res],
+          **({"references": {str(c + 1): j + 1 for c, j in assigned.items()}} if refs else {}))
     yield Partial("class_averages", clu.averages)
     yield Progress(total, total, "done")
     return WorkflowResult(picker=picker, picks=picks, extraction=ext, average=avg, clusters=clu, box=b,
@@ -244,14 +343,20 @@ def workflow_job(
 
 @dataclass(frozen=True)
 class ClassScore:
-    """One class against the true species it holds most of: its name, how many of its particles are
-    of it, and the FSC 0.143 / 0.5 resolution (Å) of the class average against the true map."""
+    """One class against the true species it holds most of: its name, how many particles it holds,
+    the FSC 0.143 / 0.5 resolution (Å) of the class average against the true map, and (with true
+    poses) the angular error of its correctly picked particles of that species (:func:`pose_errors_deg`:
+    median, and how many beyond 20°, of ``poses_scored``; C1, so a pseudo-symmetric species shows its
+    symmetry mates as errors)."""
 
     class_number: int
     species: str
     particles: int
     resolution_0143: float
     resolution_05: float
+    pose_median_deg: float = float("nan")
+    poses_beyond_20deg: int = -1
+    poses_scored: int = 0
 
 
 @dataclass(frozen=True)
@@ -271,6 +376,30 @@ class WorkflowScore:
                             "f1": round(self.f1, 4), "true_particles": self.true_particles},
                 "class_accuracy": round(self.class_accuracy, 4),
                 "classes": [c.__dict__ for c in self.classes]}
+
+
+def pose_errors_deg(estimated, true) -> np.ndarray:
+    """Angular errors (°) of estimated rotations against true ones up to the class average's own frame.
+
+    ``estimated``, ``true``: ``(n, 3, 3)`` rotation matrices of the same particles, in the
+    ``AlignmentResult`` convention. A reference-free average sits in an arbitrary frame ``G``, so
+    ``estimated_i = true_i G``; ``G`` is estimated robustly (the medoid of ``true_i^T estimated_i``,
+    then the projected mean of those within 20° of it) and each particle's error is the angle between
+    ``true_i^T estimated_i`` and ``G``. Returns ``(n,)``.
+    """
+    from .geometry import geodesic_angle_deg, nearest_rotation
+
+    est = np.asarray(estimated, dtype=np.float64).reshape(-1, 3, 3)
+    tru = np.asarray(true, dtype=np.float64).reshape(-1, 3, 3)
+    if len(est) == 0:
+        return np.zeros(0)
+    d = np.einsum("nji,njk->nik", tru, est)
+    pair = np.array([geodesic_angle_deg(np.broadcast_to(di, d.shape), d) for di in d])  # (n, n)
+    g = d[int(np.argmin(np.median(pair, axis=1)))]
+    near = geodesic_angle_deg(np.broadcast_to(g, d.shape), d) < 20.0
+    if near.sum() >= 2:
+        g = nearest_rotation(d[near].mean(0)[None])[0]
+    return geodesic_angle_deg(np.broadcast_to(g, d.shape), d)
 
 
 def _fsc_against_map(average, true_map, *, voxel_size, device):
@@ -293,7 +422,8 @@ def _fsc_against_map(average, true_map, *, voxel_size, device):
 
 
 def score_workflow(result: WorkflowResult, truth_xyz, truth_classes, *, radius_voxels: float,
-                   class_maps: dict | None = None, class_names: dict | None = None, device="cpu") -> WorkflowScore:
+                   class_maps: dict | None = None, class_names: dict | None = None, truth_rotations=None,
+                   device="cpu") -> WorkflowScore:
     """Score a :class:`WorkflowResult` against the truth.
 
     Parameters
@@ -304,6 +434,7 @@ def score_workflow(result: WorkflowResult, truth_xyz, truth_classes, *, radius_v
     class_maps : ``{species label: (N, N, N) true map}`` at the result's box and voxel size, or None
         (no FSC)
     class_names : ``{species label: name}`` for the report
+    truth_rotations : ``(m, 3, 3)`` true rotations (``AlignmentResult`` convention) or None (no pose errors)
     """
     from .cluster.gmm import clustering_accuracy
     from .picking.metrics import match_picks, precision_recall_f1
@@ -333,6 +464,14 @@ def score_workflow(result: WorkflowResult, truth_xyz, truth_classes, *, radius_v
         if species is not None and class_maps and species in class_maps:
             r1, r2 = _fsc_against_map(result.clusters.averages[c], np.asarray(class_maps[species], np.float32),
                                       voxel_size=result.voxel_size, device=device)
+        med, beyond, scored = float("nan"), -1, 0
+        if species is not None and truth_rotations is not None:
+            mine = ok & (pred == c)
+            mine[mine] = truth_classes[t_kept[mine]] == species
+            if mine.sum() >= 2:
+                err = pose_errors_deg(np.asarray(result.clusters.alignment.rotations)[mine],
+                                      np.asarray(truth_rotations)[t_kept[mine]])
+                med, beyond, scored = float(np.median(err)), int(np.sum(err > 20.0)), int(mine.sum())
         name = (class_names or {}).get(species, str(species)) if species is not None else "-"
-        scores.append(ClassScore(c + 1, name, members, r1, r2))
+        scores.append(ClassScore(c + 1, name, members, r1, r2, med, beyond, scored))
     return WorkflowScore(prf.precision, prf.recall, prf.f1, int(len(truth_xyz)), acc, tuple(scores))

@@ -116,7 +116,7 @@ def run_cluster(args) -> int:
                                    voxel_size_angstrom=pset.voxel_size, max_classes=args.max_classes,
                                    min_class_fraction=args.min_class_fraction, global_rounds=args.global_rounds,
                                    reseed=args.reseed, search_frequency=args.search_frequency, seed=args.seed,
-                                   device=device)
+                                   inside_masks=pset.inside_masks(), device=device)
     res = run_job(job, progress=show_progress(args), description="cluster")
     paths = []
     if args.averages_dir:

@@ -51,6 +51,11 @@ def register(sub) -> None:
     p.add_argument("--refine-rounds", type=int, default=2, metavar="N",
                    help="rounds of local refinement of each class at full resolution after clustering (default 2; "
                         "0: the clustering's class averages)")
+    p.add_argument("--class-reference", action="append", default=None, metavar="MAP.mrc",
+                   help="a map of one expected species (e.g. from a related structure; any box and voxel size, "
+                        "resampled): it goes to the class it fits best, whose particles are searched globally from "
+                        "it at 60 Å before the local rounds; repeat for several. For species too small to align "
+                        "reference-free (docs/workflow.md). Default: none, reference-free throughout")
     p.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
                    help="tilt range of the data, for the missing-wedge masks (default -60,60)")
     p.add_argument("--no-wedge", action="store_true", help="treat the particles as fully observed")
@@ -100,7 +105,13 @@ def _truth(path, *, vol, vs, box):
                 maps[k] = load_structure_map(name, voxel_size_angstrom=vs, box=box)[0]
             except Exception as exc:  # an unknown name: no FSC for it, said below
                 print(f"  truth: no map for class {k} ({name}): {exc}")
-    return coordinates_xyz(table), np.asarray(cls).astype(int), names, maps
+    from ..backend.geometry import euler_to_matrix
+    from ..io.star_columns import ANGLE_COLUMNS, euler_deg
+
+    rotations = None  # pose errors only where the truth has every angle
+    if all(c in table.data.columns for c in ANGLE_COLUMNS):
+        rotations = euler_to_matrix(euler_deg(table))
+    return coordinates_xyz(table), np.asarray(cls).astype(int), names, maps, rotations
 
 
 def run_workflow(args) -> int:
@@ -131,20 +142,34 @@ def run_workflow(args) -> int:
     for sub in (out, out / "classes", out / "relion5"):
         sub.mkdir(parents=True, exist_ok=True)
     for p in names.values():
-        ensure_not_input(p, args.tomogram, args.labels, args.truth, args.negatives)
+        ensure_not_input(p, args.tomogram, args.labels, args.truth, args.negatives, *(args.class_reference or ()))
         check_output_path(p, overwrite=args.overwrite)
     vol, vs = _read_tomogram(args.tomogram)
     labels = _read_labels(args.labels, vol, vs)
     negatives = _read_labels(args.negatives, vol, vs) if args.negatives else None
     box = default_box(args.diameter, vs) if args.box is None else args.box
     truth = _truth(args.truth, vol=vol, vs=vs, box=box) if args.truth else None
+    class_refs = None
+    if args.class_reference:
+        from ..backend.workflow import reference_to_box
+        from ..io import read_mrc
+        from ..io.mrc import voxel_size_isotropic
+
+        class_refs = []
+        for path in args.class_reference:
+            m = read_mrc(path)
+            try:
+                class_refs.append(reference_to_box(m.data, voxel_size=vs, box=box,
+                                                   map_voxel_size=voxel_size_isotropic(m)))
+            except InputError as exc:
+                raise InputError(exc.expected, path=path, field="--class-reference", got=exc.got) from exc
     print(f"cryoalign workflow: {Path(args.tomogram).name} {tuple(vol.shape)} at {vs:g} Å, {len(labels)} labels, "
           f"diameter {args.diameter:g} Å, box {box}, {args.classes} classes, {torch.get_num_threads()} threads")
 
     t_all = time.perf_counter()
     job = workflow_job(vol.data, labels, diameter_angstrom=args.diameter, voxel_size=vs, n_classes=args.classes,
                        box=box, negatives_xyz=negatives, average_iterations=args.average_iterations,
-                       refine_rounds=args.refine_rounds,
+                       refine_rounds=args.refine_rounds, class_references=class_refs,
                        tilt_range_deg=None if args.no_wedge else tuple(args.tilt_range), seed=args.seed,
                        picker_options=None if args.pick_iterations is None else {"iterations": args.pick_iterations},
                        device=device, path=args.tomogram, labels_path=args.labels)
@@ -177,15 +202,17 @@ def run_workflow(args) -> int:
         extra = ", ".join(f"{k} {v}" for k, v in st.items() if k not in ("step", "seconds"))
         print(f"  {st['step']:<13} {st['seconds']:8.1f} s   {extra}")
     if truth is not None:
-        txyz, tcls, tnames, tmaps = truth
+        txyz, tcls, tnames, tmaps, trot = truth
         sc = score_workflow(res, txyz, tcls, radius_voxels=0.5 * args.diameter / vs, class_maps=tmaps or None,
-                            class_names=tnames, device=device)
+                            class_names=tnames, truth_rotations=trot, device=device)
         summary["score"] = sc.as_dict()
         print(f"  truth: picking P {sc.precision:.3f} R {sc.recall:.3f} F1 {sc.f1:.3f} ({sc.true_particles} "
               f"particles); class accuracy {sc.class_accuracy:.3f} on the correctly picked")
         for c in sc.classes:
             print(f"    class {c.class_number}: {c.particles} particles, mostly {c.species}; FSC vs its true map "
-                  f"0.143 at {c.resolution_0143:.1f} Å, 0.5 at {c.resolution_05:.1f} Å")
+                  f"0.143 at {c.resolution_0143:.1f} Å, 0.5 at {c.resolution_05:.1f} Å"
+                  + (f"; poses: median error {c.pose_median_deg:.1f}°, {c.poses_beyond_20deg} of "
+                     f"{c.poses_scored} beyond 20° (C1)" if c.poses_scored else ""))
     with atomic_write(names["summary"], mode="w", overwrite=args.overwrite) as f:
         json.dump(summary, f, indent=1, default=float)
     print(f"  wrote {out}/ (picks.star, particles.star, average.mrc, classes/, relion5/, workflow.json)")

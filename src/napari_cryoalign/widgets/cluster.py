@@ -194,7 +194,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
                                        angular_step_deg=float(self.angular_step.value),
                                        refine_levels=int(self.refine_levels.value),
                                        search_frequency=float(self.search_frequency.value),
-                                       voxel_size_angstrom=pset.voxel)
+                                       voxel_size_angstrom=pset.voxel, inside_masks=pset.inside_masks)
         self.pset = pset
         self.result = self.classes = self.confidence = self.embedding = self.averages = self.alignment = None
         self._set_editable(False)

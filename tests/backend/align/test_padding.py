@@ -71,3 +71,28 @@ def test_averages_compensate_the_coverage_of_padded_boxes(ribosome32):
     assert contrast(res.average) == pytest.approx(contrast(ref), rel=0.05)
     with pytest.raises(Exception, match="inside masks"):
         wedge_compensated_average(vols, None, inside_masks=inside[:2])
+
+
+def test_cluster_class_averages_compensate_the_coverage(ribosome32):
+    """``cluster_subtomograms_job(inside_masks=...)``: each class average restores the contrast of the
+    planes that half its boxes miss (the ``cryoalign cluster`` command and widget pass them)."""
+    from napari_cryoalign.backend.cluster.classify import cluster_subtomograms_job
+    from napari_cryoalign.backend.jobs import run_job
+
+    cct = load_structure_map("cct", voxel_size_angstrom=12.0, box=32)[0].astype(np.float32)
+    refs = {0: ribosome32, 1: cct}
+    truth = np.repeat([0, 1], 6)
+    vols = np.stack([refs[c] for c in truth]).copy()
+    inside = np.ones_like(vols)
+    for i in (0, 2, 4, 6, 8, 10):  # half of each species lose their top 8 planes
+        inside[i, 24:] = 0.0
+        vols[i, 24:] = vols[i, :24].mean()
+    kw = {"n_classes": 2, "iterations": 1, "voxel_size_angstrom": 12.0, "seed": 0}
+    plain = run_job(cluster_subtomograms_job(vols, **kw), progress=False)
+    comp = run_job(cluster_subtomograms_job(vols, inside_masks=inside, **kw), progress=False)
+    assert np.array_equal(plain.classes, comp.classes)
+    for c in range(2):
+        species = int(np.bincount(truth[comp.classes == c]).argmax())
+        ref, top = refs[species], (slice(24, 32),)
+        assert float(np.std(comp.averages[c][top])) > 0.8 * float(np.std(ref[top]))
+        assert float(np.std(comp.averages[c][top])) > 1.3 * float(np.std(plain.averages[c][top]))

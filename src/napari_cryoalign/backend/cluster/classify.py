@@ -496,6 +496,7 @@ def cluster_subtomograms_job(
     search_frequency: float = SEARCH_FREQUENCY,
     model=None,
     seed: int = 0,
+    inside_masks=None,
     device="cpu",
 ) -> Generator[Progress | Partial, None, ClusterResult]:
     """Job version of :func:`cluster_subtomograms` (yields Progress and the Partials of the module docstring)."""
@@ -521,12 +522,22 @@ def cluster_subtomograms_job(
               "angular_step_deg": angular_step_deg, "refine_levels": refine_levels,
               "max_shift_voxels": max_shift_voxels, "vox": float(voxel_size_angstrom), "n_components": n_components,
               "max_frequency": max_frequency, "max_classes": max_classes, "seed": seed, "device": device, "t0": t0}
+    if inside_masks is not None and np.shape(inside_masks) != p_np.shape:
+        raise InputError(f"inside masks of the particles' shape {p_np.shape}", field="inside_masks",
+                         got=f"{np.shape(inside_masks)}")
     if method == "classical":
-        return (yield from _classical_job(p_np, m_np, **common))
-    cfg = _JointSettings(init=init, model=model, min_class_fraction=float(min_class_fraction),
-                         global_rounds=int(global_rounds), reseed=reseed,
-                         search_frequency=float(search_frequency), **common)
-    return (yield from _joint_job(p_np, m_np, cfg))
+        result = yield from _classical_job(p_np, m_np, **common)
+    else:
+        cfg = _JointSettings(init=init, model=model, min_class_fraction=float(min_class_fraction),
+                             global_rounds=int(global_rounds), reseed=reseed,
+                             search_frequency=float(search_frequency), **common)
+        result = yield from _joint_job(p_np, m_np, cfg)
+    if inside_masks is None:
+        return result
+    # boxes padded at the tomogram's faces: the final class averages divide by each voxel's coverage
+    avgs, _ = _class_averages(p_np, m_np, result.classes, result.alignment, result.averages.shape[0],
+                              vox=float(voxel_size_angstrom), device=device, inside=np.asarray(inside_masks))
+    return replace(result, averages=avgs)
 
 
 def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
@@ -573,6 +584,10 @@ def cluster_subtomograms(particles, **kwargs) -> ClusterResult:
         limit, full box (the behaviour before 2026-12-05)
     model : a trained :class:`.jimnet.JimNet` supplying the first features (joint), or None
     seed : random seed of the mixture starts
+    inside_masks : ``(n, N, N, N)`` masks of the voxels inside the tomogram (boxes padded at its faces,
+        :meth:`.align.extract.Extraction.inside_masks`) or None: the returned class averages are then
+        coverage-compensated (:func:`.align.average.wedge_compensated_average`); the searches need
+        nothing (the padded voxels hold the particle's mean, which no score sees)
     device : torch device
 
     Returns

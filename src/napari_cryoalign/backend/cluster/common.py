@@ -80,8 +80,9 @@ def _masks_for(m, idx):
     return m if m.ndim == 3 or m.shape[0] == 1 else m[idx]
 
 
-def _class_averages(p, m, classes, alignment, k, *, vox, device):
-    """Wedge-compensated average per class under ``alignment`` (K, N, N, N) and its FSC-0.143 resolution (Å)."""
+def _class_averages(p, m, classes, alignment, k, *, vox, device, inside=None):
+    """Wedge-compensated average per class under ``alignment`` (K, N, N, N) and its FSC-0.143 resolution (Å);
+    ``inside``: ``(n, N, N, N)`` masks of the voxels inside the tomogram (coverage-compensated) or None."""
     box = p.shape[-1]
     avgs = np.zeros((k, box, box, box), np.float32)
     res = np.full(k, np.nan)
@@ -91,12 +92,14 @@ def _class_averages(p, m, classes, alignment, k, *, vox, device):
             continue
         sub = AlignmentResult(alignment.rotations[idx], alignment.origins_voxels[idx], alignment.scores[idx],
                               alignment.method)
+        ins = None if inside is None else inside[idx]
         if len(idx) >= 4:
             r = average_particles(p[idx], sub, particle_masks=_masks_for(m, idx), half_maps=True,
-                                  voxel_size_angstrom=vox, device=device)
+                                  voxel_size_angstrom=vox, inside_masks=ins, device=device)
             avgs[c], res[c] = r.average, r.fsc.resolution_0143
         else:
-            avgs[c] = wedge_compensated_average(p[idx], sub, particle_masks=_masks_for(m, idx), device=device)
+            avgs[c] = wedge_compensated_average(p[idx], sub, particle_masks=_masks_for(m, idx), inside_masks=ins,
+                                                device=device)
     return avgs, res
 
 
