@@ -49,7 +49,7 @@ REFERENCE_RESOLUTION = 60.0
 def reference_to_box(volume, *, voxel_size: float, box: int, map_voxel_size: float | None = None) -> np.ndarray:
     """A user's map at the particles' voxel size and box: resampled (Fourier) from ``map_voxel_size``
     (Å; None = already at ``voxel_size``), then centre-cropped or zero-padded to ``box`` voxels. ``(box,)*3``."""
-    from .fourier import resample_voxel_size
+    from .fourier import pad_or_crop, resample_voxel_size
 
     v = np.asarray(volume, dtype=np.float32)
     if v.ndim != 3 or len(set(v.shape)) != 1:
@@ -57,15 +57,7 @@ def reference_to_box(volume, *, voxel_size: float, box: int, map_voxel_size: flo
     if map_voxel_size is not None and abs(float(map_voxel_size) - float(voxel_size)) > 1e-3 * float(voxel_size):
         v = np.asarray(resample_voxel_size(v, from_voxel_angstrom=float(map_voxel_size),
                                            to_voxel_angstrom=float(voxel_size))[0], dtype=np.float32)
-    n = v.shape[0]
-    out = np.zeros((box,) * 3, dtype=np.float32)
-    if n >= box:
-        lo = n // 2 - box // 2
-        out[:] = v[lo:lo + box, lo:lo + box, lo:lo + box]
-    else:
-        lo = box // 2 - n // 2
-        out[lo:lo + n, lo:lo + n, lo:lo + n] = v
-    return out
+    return np.asarray(pad_or_crop(v, (int(box),) * 3), dtype=np.float32)
 
 
 def _assign_references(ext, clu, masks, references, *, voxel_size, device):
