@@ -38,13 +38,10 @@ def test_reference_to_box_resamples_and_centres():
 def test_class_references_go_to_their_class_and_seed_its_poses():
     """Two species as two classes whose poses are lost (random): each map finds its class, the sign of a
     protein-dark copy is found, and the seeded class's poses come out right."""
-    from types import SimpleNamespace
-
     from napari_cryoalign.backend.align.types import AlignmentResult
     from napari_cryoalign.backend.cluster.common import ClusterResult
-    from napari_cryoalign.backend.jobs import run_job
     from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms
-    from napari_cryoalign.backend.workflow import _refine_classes
+    from napari_cryoalign.backend.cluster.refine import refine_classes
 
     s = simulate_subtomograms(["ribosome", "cct"], n_per_class=12, box=24, voxel_size_angstrom=14.0, snr=0.5,
                               defocus_um=None, max_shift_voxels=1.0, seed=3)
@@ -54,9 +51,10 @@ def test_class_references_go_to_their_class_and_seed_its_poses():
     blobs = np.stack([s.volumes[classes == c].mean(0) for c in (0, 1)]).astype(np.float32)
     clu = ClusterResult(classes, np.ones(n), np.zeros((n, 2)), lost, blobs, "joint", np.zeros((n, 1)))
     refs = [-s.references[1], s.references[0]]  # CCT protein-dark first, then the ribosome
-    job = _refine_classes(SimpleNamespace(volumes=s.volumes), clu, s.mask, None, rounds=0, voxel_size=14.0,
-                          device="cpu", total=6, references=refs)
-    out, _, assigned = run_job(job, progress=False)
+    got = refine_classes(s.volumes, clu, particle_masks=s.mask, rounds=0, voxel_size_angstrom=14.0,
+                         references=refs, ab_initio_below=0)
+    out, assigned = got.clusters, got.references
+    assert got.initial_models == {}  # ab_initio_below=0: never
     assert assigned == {0: 1, 1: 0}
     rib = classes == 0
     err = pose_errors_deg(out.alignment.rotations[rib], s.rotations[rib])

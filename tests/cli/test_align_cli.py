@@ -163,24 +163,13 @@ def test_learned_method_with_candidates_writes_poses(tmp_path):
               "--out", str(tmp_path / "x.star"), "--method", "learned", "--candidates", "0"])
 
 
-def test_gui_entry_point_and_cli_give_the_same_poses(tmp_path):
+def test_gui_entry_point_and_cli_give_the_same_poses(tmp_path, one_torch_thread):
     """`align --method learned+refine` and the widget's job (align_average_job) run one computation.
 
     On one thread: with several, float reductions depend on the arrays' memory layout (a memory-mapped
     file against a copy), which moves the refinement's last local step by a few hundredths of a degree.
     The old two compositions differed by 0.05-0.21 degrees on one thread.
     """
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _same_poses(tmp_path)
-    finally:
-        torch.set_num_threads(n)
-
-
-def _same_poses(tmp_path):
     from napari_cryoalign.backend.align.average import align_average_job
     from napari_cryoalign.backend.align.extract import load_particle_set
     from napari_cryoalign.backend.jobs import run_job

@@ -136,3 +136,31 @@ def test_cluster_defaults_are_the_backends_and_the_widgets():
     for cli, be in pairs.items():
         assert getattr(args, cli) == backend[be], (cli, getattr(args, cli), backend[be])
     assert args.search_frequency == SEARCH_FREQUENCY == 0.25
+
+
+def test_cluster_refines_the_classes_with_a_class_reference(sset_files, capsys):
+    """`--refine-rounds` refines each class after the clustering; `--class-reference` (an MRC of another box and
+    voxel size) goes to its species' class; bad values are refused before any work."""
+    from napari_cryoalign.backend.simulate.structures import load_structure_map
+    from napari_cryoalign.io import write_mrc
+
+    d, s, files = sset_files
+    ref = d / "mtor_ref.mrc"
+    write_mrc(ref, load_structure_map("mtor", voxel_size_angstrom=s.voxel_size_angstrom / 2, box=48)[0],
+              voxel_size=s.voxel_size_angstrom / 2, overwrite=True)
+    out = d / "refined.star"
+    assert _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(out),
+                 "--refine-levels", "1", "--iterations", "1", "--init-iterations", "1", "--refine-rounds", "1",
+                 "--class-reference", str(ref), "--ab-initio-below", "0", "--averages-dir", str(d / "refined")]) == 0
+    text = capsys.readouterr().out
+    assert "refined classes" in text and "(reference 1)" in text
+    table = read_particles(out, require=("angles", "origins"))
+    classes = table.data[_cluster.CLASS_COLUMN].to_numpy()
+    mtor_class = int(np.bincount(classes[s.classes == 2]).argmax())  # 1-based
+    import re
+
+    assert re.search(r"(\d+): [\d.]+ Å \(reference 1\)", text).group(1) == str(mtor_class)
+    for bad, flag in ((["--refine-rounds", "-1"], "--refine-rounds"),
+                      (["--ab-initio-below", "-2"], "--ab-initio-below")):
+        with pytest.raises(InputError, match=flag):
+            _run(["cluster", "--particles", str(files["star"]), "--classes", "2", "--out", str(d / "bad.star"), *bad])

@@ -109,6 +109,9 @@ def test_defaults_are_the_clis(make_napari_viewer):
     assert (w.method.value, w.iterations.value, w.angular_step.value, w.refine_levels.value) == \
         (args.method, args.iterations, args.angular_step, args.refine_levels)
     assert w.search_frequency.value == pytest.approx(args.search_frequency)
+    assert w.refine_rounds.value == args.refine_rounds == 0  # the class refinement is off in both
+    assert w.ab_initio.value == (args.ab_initio_below is None)  # both: initial models at the default threshold
+    assert w.class_references.value == () and args.class_reference is None
     assert not w.search_frequency.native.isHidden()  # (the viewer is not shown: ask whether it was hidden)
     w.method.value = "classical"  # the band is the joint method's
     assert w.search_frequency.native.isHidden()
@@ -146,3 +149,41 @@ def test_cluster_files_opened_with_the_reader(make_napari_viewer, qtbot, tmp_pat
     (tmp_path / "clusters_class_001.mrc").unlink()
     assert w.export() is None and "overwrite existing files" in w.status.text()
     assert not (tmp_path / "clusters_class_001.mrc").exists()
+
+
+def test_refine_classes_with_a_class_reference_from_disk(scene, qtbot, tmp_path):
+    """After the clustering each class is refined; a user's map of one species (another voxel size and box,
+    read from an MRC file) goes to that species' class; the status reports the half-set resolutions."""
+    from napari_cryoalign.io import write_mrc
+
+    viewer, w, truth = scene
+    mtor = load_structure_map("mtor", voxel_size_angstrom=6.0, box=48)[0]  # finer and bigger than the particles
+    write_mrc(tmp_path / "mtor.mrc", mtor, voxel_size=6.0)
+    w.points.value, w.tomogram.value = "picks", "tomo"
+    w.box.value, w.n_classes.value, w.iterations.value, w.refine_levels.value = 24, 2, 1, 1
+    w.tilt_min.value, w.tilt_max.value = -90.0, 90.0
+    w.refine_rounds.value = 1
+    w.class_references.value = [str(tmp_path / "mtor.mrc")]
+    assert w.ab_initio.enabled
+    assert w.run() is not None, w.status.text()
+    qtbot.waitUntil(lambda: not w.runner.running and w.result is not None, timeout=180_000)
+    assert w.refined is not None and "refined, half-set FSC 0.143" in w.status.text()
+    classes = viewer.layers["picks"].features[CLASS].to_numpy()
+    mtor_class = int(np.bincount(classes[truth == 2]).argmax()) - 1  # 0-based
+    assert w.refined.references == {mtor_class: 0}
+    assert "(reference 1)" in w.status.text()
+    assert np.all(np.isfinite(w.refined.resolutions))
+    # the refined averages are the ones shown
+    assert np.allclose(viewer.layers[f"class {mtor_class + 1} average"].data, w.refined.clusters.averages[mtor_class])
+
+
+def test_a_bad_class_reference_is_a_message(scene, tmp_path):
+    _viewer, w, _ = scene
+    from napari_cryoalign.io import write_mrc
+
+    write_mrc(tmp_path / "flat.mrc", np.zeros((4, 8, 8), np.float32), voxel_size=12.0)  # not a cube
+    w.points.value, w.tomogram.value = "picks", "tomo"
+    w.box.value = 24
+    w.class_references.value = [str(tmp_path / "flat.mrc")]
+    assert w.run() is None
+    assert "flat.mrc" in w.status.text() and "cubic" in w.status.text()

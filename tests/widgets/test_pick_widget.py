@@ -27,14 +27,8 @@ from napari_cryoalign.widgets.pick import LABEL_AVERAGE, TEMPLATE, PickWidget
 VOXEL = 10.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP threads that spin-wait for each other
-    made a training step ~30x slower (8 s instead of 0.25 s); the widget's wiring is what is tested."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one intra-op thread (tests/conftest.py): the widget's wiring is what is tested
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ The chain a user runs on one tomogram, each step the same backend job its own co
 5. **cluster**: joint alignment and clustering into ``n_classes`` classes
    (:func:`.cluster.classify.cluster_subtomograms_job`, at its defaults);
 6. **refine classes**: each class's particles refined locally at full resolution against their
-   class average and re-averaged with half sets (the class averages written).
+   class average and re-averaged with half sets (the class averages written). A class whose half
+   sets stay below :data:`AB_INITIO_BELOW_VOXELS` is rebuilt from an ab-initio initial model of its
+   own particles (:mod:`.align.ab_initio`) and keeps the better of the two.
 
 :func:`score_workflow` scores every step against a known truth (picking F1, class accuracy on the
 correctly picked particles, FSC of each class average against its true map).
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from .cluster.refine import AB_INITIO_BELOW_VOXELS, REFERENCE_RESOLUTION, reference_to_box  # noqa: F401 (re-exported)
 from .jobs import Partial, Progress, subjob
 
 __all__ = ["ClassScore", "WorkflowResult", "WorkflowScore", "default_box", "pose_errors_deg", "score_workflow",
@@ -39,126 +42,6 @@ __all__ = ["ClassScore", "WorkflowResult", "WorkflowScore", "default_box", "pose
 BOX_DIAMETERS = 1.5
 #: the highest frequency (cycles/voxel) of the reference-free average's searches (the clustering's default band)
 SEARCH_FREQUENCY = 0.25
-
-
-#: the low-pass (Å) of a user's class reference before the global search: coarse enough that a related
-#: structure or another conformation still leads the search, fine enough to orient a ~300 kDa complex
-REFERENCE_RESOLUTION = 60.0
-
-
-def reference_to_box(volume, *, voxel_size: float, box: int, map_voxel_size: float | None = None) -> np.ndarray:
-    """A user's map at the particles' voxel size and box: resampled (Fourier) from ``map_voxel_size``
-    (Å; None = already at ``voxel_size``), then centre-cropped or zero-padded to ``box`` voxels. ``(box,)*3``."""
-    from .fourier import pad_or_crop, resample_voxel_size
-
-    v = np.asarray(volume, dtype=np.float32)
-    if v.ndim != 3 or len(set(v.shape)) != 1:
-        raise InputError("a cubic map (z, y, x)", field="reference", got=f"{v.shape}")
-    if map_voxel_size is not None and abs(float(map_voxel_size) - float(voxel_size)) > 1e-3 * float(voxel_size):
-        v = np.asarray(resample_voxel_size(v, from_voxel_angstrom=float(map_voxel_size),
-                                           to_voxel_angstrom=float(voxel_size))[0], dtype=np.float32)
-    return np.asarray(pad_or_crop(v, (int(box),) * 3), dtype=np.float32)
-
-
-def _assign_references(ext, clu, masks, references, *, voxel_size, device):
-    """Which class each reference belongs to: every class's particles are searched against every reference
-    (low-passed to :data:`REFERENCE_RESOLUTION`) and against their own class average; a pair's affinity is
-    the mean score against the reference over the mean score against the class's own average (particles of
-    a big species score higher against anything); references go to classes by the best affinities (Hungarian),
-    one class per reference. Each reference is tried with both contrast signs (maps are made protein-white,
-    tomograms often protein-dark). Returns ``{class: reference index}``, the affinity matrix ``(K, R)`` and
-    each reference's sign ``(R,)``."""
-    from scipy.optimize import linear_sum_assignment
-
-    from .align.exhaustive import align_exhaustive
-    from .fourier import lowpass
-
-    k, box = clu.averages.shape[0], ext.volumes.shape[-1]
-    fmax = min(SEARCH_FREQUENCY, voxel_size / REFERENCE_RESOLUTION + 2.0 / box)
-    refs = [lowpass(r, REFERENCE_RESOLUTION, voxel_size_angstrom=voxel_size) for r in references]
-    aff = np.zeros((k, len(refs), 2))
-    for c in range(k):
-        idx = np.flatnonzero(clu.classes == c)
-        if len(idx) == 0:
-            continue
-        own = align_exhaustive(ext.volumes[idx], lowpass(clu.averages[c], REFERENCE_RESOLUTION,
-                                                         voxel_size_angstrom=voxel_size),
-                               particle_masks=masks, max_frequency=fmax, crop_to_band=True, device=device)
-        base = max(float(np.mean(own.scores)), 1e-6)
-        for j, ref in enumerate(refs):
-            for si, sign in enumerate((1.0, -1.0)):
-                got = align_exhaustive(ext.volumes[idx], sign * ref, particle_masks=masks, max_frequency=fmax,
-                                       crop_to_band=True, device=device)
-                aff[c, j, si] = float(np.mean(got.scores)) / base
-    signs = np.where(aff[:, :, 0].max(0) >= aff[:, :, 1].max(0), 1.0, -1.0)
-    best = aff.max(2)
-    rows, cols = linear_sum_assignment(-best)
-    return {int(c): int(j) for c, j in zip(rows, cols)}, best, signs
-
-
-def _refine_classes(ext, clu, masks, inside, *, rounds, voxel_size, device, total, references=None):
-    """Step 6: per class, local refinement at the full band up to the class's resolution, then the class's
-    half-set average; returns the ClusterResult with the refined poses and averages, and the resolutions."""
-    import dataclasses
-
-    from .align.average import average_particles
-    from .align.exhaustive import refine_alignment_job
-    from .align.types import AlignmentResult
-    from .fourier import lowpass
-
-    k = clu.averages.shape[0]
-    rot = np.asarray(clu.alignment.rotations, dtype=np.float64).copy()
-    ori = np.asarray(clu.alignment.origins_voxels, dtype=np.float64).copy()
-    sc = np.asarray(clu.alignment.scores, dtype=np.float64).copy()
-    avgs = np.asarray(clu.averages, dtype=np.float32).copy()
-    box = ext.volumes.shape[-1]
-    resolutions = []
-    assigned = {}
-    if references:
-        yield Progress(5, total, f"6/6 matching {len(references)} class reference(s) to the classes")
-        assigned, _, signs = _assign_references(ext, clu, masks, references, voxel_size=voxel_size,
-                                                device=device)
-        references = [s * r for s, r in zip(signs, references)]
-    for c in range(k):
-        idx = np.flatnonzero(clu.classes == c)
-        if len(idx) < 4:
-            resolutions.append(float("nan"))
-            continue
-        sub_inside = None if inside is None else inside[idx]
-        if c in assigned:  # global searches from the user's reference, then the local rounds below
-            from .align.average import iterative_average_job
-
-            job = iterative_average_job(ext.volumes[idx], reference=references[assigned[c]], particle_masks=masks,
-                                        iterations=2, voxel_size_angstrom=voxel_size,
-                                        start_resolution_angstrom=REFERENCE_RESOLUTION, inside_masks=sub_inside,
-                                        max_search_frequency=SEARCH_FREQUENCY, crop_to_band=True, device=device)
-            seeded = yield from subjob(job, at=(5, total), prefix=f"6/6 class {c + 1} from reference "
-                                       f"{assigned[c] + 1}", partials=False)
-            rot[idx] = seeded.alignment.rotations
-            ori[idx] = seeded.alignment.origins_voxels
-            sc[idx] = seeded.alignment.scores
-
-        def average():
-            ali = AlignmentResult(rot[idx], ori[idx], sc[idx], "workflow")
-            return average_particles(ext.volumes[idx], ali, particle_masks=masks, half_maps=True,
-                                     voxel_size_angstrom=voxel_size, inside_masks=sub_inside, device=device)
-
-        res = average()
-        for r in range(int(rounds)):
-            reso = max(float(res.fsc.resolution_0143), 2.0 * voxel_size)
-            ref = lowpass(res.average, reso, voxel_size_angstrom=voxel_size)
-            fmax = min(0.5, voxel_size / reso + 2.0 / box)
-            job = refine_alignment_job(ext.volumes[idx], ref, AlignmentResult(rot[idx], ori[idx], sc[idx], "workflow"),
-                                       particle_masks=masks, max_angle_deg=10.0, levels=2, max_frequency=fmax,
-                                       device=device)
-            ali = yield from subjob(job, at=(5, total), prefix=f"6/6 refine class {c + 1}, round {r + 1}",
-                                    partials=False)
-            rot[idx], ori[idx], sc[idx] = ali.rotations, ali.origins_voxels, ali.scores
-            res = average()
-        avgs[c] = res.average
-        resolutions.append(float(res.fsc.resolution_0143))
-    ali = dataclasses.replace(clu.alignment, rotations=rot, origins_voxels=ori, scores=sc)
-    return dataclasses.replace(clu, alignment=ali, averages=avgs), resolutions, assigned
 
 
 def default_box(diameter_angstrom: float, voxel_size: float, *, minimum: int = 16) -> int:
@@ -209,6 +92,7 @@ def workflow_job(
     average_iterations: int = 2,
     refine_rounds: int = 2,
     class_references=None,
+    ab_initio_below: float | None = None,
     tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
     picker_options: dict | None = None,
     cluster_options: dict | None = None,
@@ -240,6 +124,12 @@ def workflow_job(
         :data:`REFERENCE_RESOLUTION`, two half-set rounds) before the local rounds. For species too small
         to bootstrap from their own particles (reference-free averages of ~40 particles of a ~300 kDa
         complex stay at random poses; ``docs/workflow.md``)
+    ab_initio_below : a class (without a reference) whose half-set FSC 0.143 after the local rounds is worse
+        than this (Å) gets an ab-initio initial model from its own particles
+        (:func:`.align.ab_initio.ab_initio_job`: all of them together, 4-fold cross-validated searches,
+        2 random restarts, a sphere of 0.6 x ``diameter_angstrom``), is searched globally from it (as from a
+        reference) and refined again, and keeps the better half-set resolution. Default (None):
+        :data:`AB_INITIO_BELOW_VOXELS` voxels; 0 never
     tilt_range_deg : the data's tilt range for the missing-wedge masks; None = fully observed
     picker_options, cluster_options : more keywords of :func:`.picking.fit.fit_picker_job` and
         :func:`.cluster.classify.cluster_subtomograms_job`
@@ -253,6 +143,7 @@ def workflow_job(
     from .align.average import iterative_average_job
     from .align.extract import extract_subtomograms
     from .cluster.classify import cluster_subtomograms_job
+    from .cluster.refine import refine_classes_job
     from .picking.fit import fit_picker_job
     from .picking.infer import pick_job
     from .wedge import particle_fourier_mask
@@ -314,19 +205,18 @@ def workflow_job(
           sizes=[int(s) for s in np.bincount(clu.classes, minlength=clu.averages.shape[0])])
 
     t0 = time.perf_counter()
-    refs = None
-    if class_references is not None and len(class_references):
-        refs = [np.asarray(r, dtype=np.float32) for r in class_references]
-        for r in refs:
-            if r.shape != (b,) * 3:
-                raise InputError(f"class references of the box {(b,) * 3}", field="class_references",
-                                 got=f"{r.shape}")
-    clu, class_res, assigned = yield from _refine_classes(ext, clu, masks, inside, rounds=int(refine_rounds),
-                                                          voxel_size=float(voxel_size), device=device, total=total,
-                                                          references=refs)
+    refs = None if class_references is None or not len(class_references) else list(class_references)
+    refined = yield from subjob(refine_classes_job(ext.volumes, clu, particle_masks=masks, inside_masks=inside,
+                                                   voxel_size_angstrom=voxel_size, rounds=int(refine_rounds),
+                                                   references=refs, ab_initio_below=ab_initio_below,
+                                                   mask_radius_voxels=0.6 * float(diameter_angstrom) / voxel_size,
+                                                   seed=seed, device=device, at=(5, total), label="6/6 "),
+                                at=(5, total), partials=False)
+    clu, assigned, models = refined.clusters, refined.references, refined.initial_models
     clock("refine classes", t0, rounds=int(refine_rounds),
-          resolution_0143=[round(float(r), 2) for r in class_res],
-          **({"references": {str(c + 1): j + 1 for c, j in assigned.items()}} if refs else {}))
+          resolution_0143=[round(float(r), 2) for r in refined.resolutions],
+          **({"references": {str(c + 1): j + 1 for c, j in assigned.items()}} if refs else {}),
+          **({"initial_models": {str(c + 1): m for c, m in models.items()}} if models else {}))
     yield Partial("class_averages", clu.averages)
     yield Progress(total, total, "done")
     return WorkflowResult(picker=picker, picks=picks, extraction=ext, average=avg, clusters=clu, box=b,

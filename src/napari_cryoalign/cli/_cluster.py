@@ -32,6 +32,55 @@ def _classes(text: str):
     return k
 
 
+def add_refine_args(p, *, rounds_default: int) -> None:
+    """The flags of the class refinement after clustering (:mod:`..backend.cluster.refine`), shared by
+    ``cryoalign cluster`` (default off) and ``cryoalign workflow`` (default 2 rounds)."""
+    when = (f"default {rounds_default}; 0: the clustering's class averages" if rounds_default else
+            "default 0: the clustering's class averages, unless --class-reference is given")
+    p.add_argument("--refine-rounds", type=int, default=rounds_default, metavar="N",
+                   help="after clustering, refine each class on its own: N rounds of local refinement at the "
+                        f"class's own resolution, then half-set class averages ({when})")
+    p.add_argument("--ab-initio-below", type=float, default=None, metavar="Å",
+                   help="in the refinement, a class (without --class-reference) whose half-set FSC 0.143 is worse "
+                        "than this gets an ab-initio initial model of its own particles (4-fold cross-validated, "
+                        "2 random restarts), is searched globally from it and refined again, and keeps the better "
+                        "resolution (default: 4 voxels, 40 Å at 10 Å/voxel; 0: never)")
+    p.add_argument("--class-reference", action="append", default=None, metavar="MAP.mrc",
+                   help="a map of one expected species (e.g. from a related structure; any box and voxel size, "
+                        "resampled): it goes to the class it fits best, whose particles are searched globally from "
+                        "it at 60 Å before the local rounds; repeat for several. For species too small to align "
+                        "reference-free (docs/workflow.md). Default: none, reference-free throughout")
+
+
+def check_refine_args(args) -> None:
+    from ..errors import InputError
+
+    if args.refine_rounds < 0:
+        raise InputError("an integer >= 0", field="--refine-rounds", got=args.refine_rounds)
+    if args.ab_initio_below is not None and not args.ab_initio_below >= 0:
+        raise InputError("a resolution >= 0 Å (0: never)", field="--ab-initio-below", got=args.ab_initio_below)
+
+
+def read_class_references(paths, *, voxel_size: float, box: int):
+    """``--class-reference`` maps at the particles' voxel size and box (None when none is given)."""
+    if not paths:
+        return None
+    from ..backend.cluster.refine import reference_to_box
+    from ..errors import InputError
+    from ..io import read_mrc
+    from ..io.mrc import voxel_size_isotropic
+
+    refs = []
+    for path in paths:
+        m = read_mrc(path)
+        try:
+            refs.append(reference_to_box(m.data, voxel_size=voxel_size, box=box,
+                                         map_voxel_size=voxel_size_isotropic(m)))
+        except InputError as exc:
+            raise InputError(exc.expected, path=path, field="--class-reference", got=exc.got) from exc
+    return refs
+
+
 def register(sub) -> None:
     p = sub.add_parser("cluster", help="sort subtomograms into classes and align them within each class",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,7 +123,8 @@ def register(sub) -> None:
                    "16^3 box holds), on particles and class averages Fourier-cropped to the smallest box that holds "
                    "it (16 for 32^3), shifts and scores re-measured at full size; 0.5 = full box, up to the class "
                    "averages' resolution (the behaviour before 2026-12-05, ~7x slower)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the mixture starts")
+    add_refine_args(p, rounds_default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the mixture starts and the initial models")
     p.set_defaults(func=run_cluster)
 
 
@@ -92,8 +142,9 @@ def run_cluster(args) -> int:
     from ..io import check_output_path, ensure_not_input, write_mrc
 
     device = resolve_device(args.device)
-    ensure_not_input(args.out, args.particles, args.tomogram)
+    ensure_not_input(args.out, args.particles, args.tomogram, *(args.class_reference or ()))
     check_output_path(args.out, overwrite=args.overwrite)
+    check_refine_args(args)
     for flag, value in (("--iterations", args.iterations), ("--init-iterations", args.init_iterations),
                         ("--global-rounds", args.global_rounds)):
         if value < 1:
@@ -109,6 +160,7 @@ def run_cluster(args) -> int:
                          field="--classes", got=args.classes)
     box = pset.volumes.shape[-1]
     masks = _fourier_masks(args, box, pset.voxel_size)
+    refs = read_class_references(args.class_reference, voxel_size=pset.voxel_size, box=box)
     job = cluster_subtomograms_job(pset.volumes, n_classes=args.classes, method=args.method, particle_masks=masks,
                                    iterations=args.iterations, init=args.init,
                                    init_iterations=args.init_iterations, angular_step_deg=args.angular_step,
@@ -118,6 +170,15 @@ def run_cluster(args) -> int:
                                    reseed=args.reseed, search_frequency=args.search_frequency, seed=args.seed,
                                    inside_masks=pset.inside_masks(), device=device)
     res = run_job(job, progress=show_progress(args), description="cluster")
+    refined = None
+    if args.refine_rounds > 0 or refs:
+        from ..backend.cluster.refine import refine_classes_job
+
+        job = refine_classes_job(pset.volumes, res, particle_masks=masks, inside_masks=pset.inside_masks(),
+                                 voxel_size_angstrom=pset.voxel_size, rounds=args.refine_rounds, references=refs,
+                                 ab_initio_below=args.ab_initio_below, seed=args.seed, device=device)
+        refined = run_job(job, progress=show_progress(args), description="refine classes")
+        res = refined.clusters
     paths = []
     if args.averages_dir:
         paths = _average_paths(args.averages_dir, res.n_classes)
@@ -135,4 +196,12 @@ def run_cluster(args) -> int:
         print(f"cryoalign cluster: {n} particles in {res.n_classes} classes{est} ({args.method}, "
               f"{res.seconds:.1f} s); sizes {sizes}; wrote {out}" + (f" and {len(paths)} averages in "
                                                                    f"{args.averages_dir}" if paths else ""))
+        if refined is not None:
+            ab = refined.initial_models
+            print(f"refined classes ({refined.seconds:.1f} s): half-set FSC 0.143 "
+                  + ", ".join(f"{c + 1}: {r:.1f} Å" + (f" (reference {refined.references[c] + 1})"
+                                                       if c in refined.references else "")
+                              + (f" (initial model {'kept' if ab[c]['kept'] else 'not kept'}, "
+                                 f"{ab[c]['resolution_before']:.1f} -> {ab[c]['resolution_after']:.1f} Å)"
+                                 if c in ab else "") for c, r in enumerate(refined.resolutions)))
     return 0

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from ._args import device_arg, float_pair, resolve_device, show_progress
+from ._cluster import add_refine_args, check_refine_args, read_class_references
 
 
 def register(sub) -> None:
@@ -48,14 +49,7 @@ def register(sub) -> None:
                    help="picker training steps (default: pick train's, 600)")
     p.add_argument("--average-iterations", type=int, default=2, metavar="N",
                    help="rounds of the reference-free average (default 2)")
-    p.add_argument("--refine-rounds", type=int, default=2, metavar="N",
-                   help="rounds of local refinement of each class at full resolution after clustering (default 2; "
-                        "0: the clustering's class averages)")
-    p.add_argument("--class-reference", action="append", default=None, metavar="MAP.mrc",
-                   help="a map of one expected species (e.g. from a related structure; any box and voxel size, "
-                        "resampled): it goes to the class it fits best, whose particles are searched globally from "
-                        "it at 60 Å before the local rounds; repeat for several. For species too small to align "
-                        "reference-free (docs/workflow.md). Default: none, reference-free throughout")
+    add_refine_args(p, rounds_default=2)
     p.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
                    help="tilt range of the data, for the missing-wedge masks (default -60,60)")
     p.add_argument("--no-wedge", action="store_true", help="treat the particles as fully observed")
@@ -118,6 +112,7 @@ def run_workflow(args) -> int:
     import numpy as np
     import torch
 
+    from ..backend.align.extract import relion_origins_angstrom
     from ..backend.geometry import matrix_to_euler
     from ..backend.jobs import run_job
     from ..backend.picking import save_picker
@@ -131,8 +126,7 @@ def run_workflow(args) -> int:
     device = resolve_device(args.device)
     if args.classes < 1:
         raise InputError("a number of classes >= 1", field="--classes", got=args.classes)
-    if args.refine_rounds < 0:
-        raise InputError("an integer >= 0", field="--refine-rounds", got=args.refine_rounds)
+    check_refine_args(args)
     if args.average_iterations < 1:
         raise InputError("an integer >= 1", field="--average-iterations", got=args.average_iterations)
     out = Path(args.out)
@@ -149,20 +143,7 @@ def run_workflow(args) -> int:
     negatives = _read_labels(args.negatives, vol, vs) if args.negatives else None
     box = default_box(args.diameter, vs) if args.box is None else args.box
     truth = _truth(args.truth, vol=vol, vs=vs, box=box) if args.truth else None
-    class_refs = None
-    if args.class_reference:
-        from ..backend.workflow import reference_to_box
-        from ..io import read_mrc
-        from ..io.mrc import voxel_size_isotropic
-
-        class_refs = []
-        for path in args.class_reference:
-            m = read_mrc(path)
-            try:
-                class_refs.append(reference_to_box(m.data, voxel_size=vs, box=box,
-                                                   map_voxel_size=voxel_size_isotropic(m)))
-            except InputError as exc:
-                raise InputError(exc.expected, path=path, field="--class-reference", got=exc.got) from exc
+    class_refs = read_class_references(args.class_reference, voxel_size=vs, box=box)
     print(f"cryoalign workflow: {Path(args.tomogram).name} {tuple(vol.shape)} at {vs:g} Å, {len(labels)} labels, "
           f"diameter {args.diameter:g} Å, box {box}, {args.classes} classes, {torch.get_num_threads()} threads")
 
@@ -170,6 +151,7 @@ def run_workflow(args) -> int:
     job = workflow_job(vol.data, labels, diameter_angstrom=args.diameter, voxel_size=vs, n_classes=args.classes,
                        box=box, negatives_xyz=negatives, average_iterations=args.average_iterations,
                        refine_rounds=args.refine_rounds, class_references=class_refs,
+                       ab_initio_below=args.ab_initio_below,
                        tilt_range_deg=None if args.no_wedge else tuple(args.tilt_range), seed=args.seed,
                        picker_options=None if args.pick_iterations is None else {"iterations": args.pick_iterations},
                        device=device, path=args.tomogram, labels_path=args.labels)
@@ -180,7 +162,7 @@ def run_workflow(args) -> int:
     _write_picks(names["picks"], res.picks, vol=vol, vs=vs, overwrite=args.overwrite)
     ext, clu = res.extraction, res.clusters
     kept = np.asarray(ext.rows)
-    ori = (np.asarray(clu.alignment.origins_voxels) - ext.residual_origins_voxels) * vs
+    ori = relion_origins_angstrom(clu.alignment.origins_voxels, ext.residual_origins_voxels, vs)
     write_particles(names["particles"], coordinates_xyz=res.picks.coordinates_xyz[kept],
                     euler_deg=matrix_to_euler(np.asarray(clu.alignment.rotations)), origins_angstrom=ori,
                     classes=clu.classes + 1, scores=res.picks.scores[kept], tomo_name=Path(args.tomogram).stem,

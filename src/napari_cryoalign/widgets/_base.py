@@ -240,7 +240,11 @@ class JobWidget(QWidget):
         self.on_partial(partial)
 
     def _handle_done(self, result) -> None:
+        before = self.status.text()
         self.on_result(result)
+        after = self.status.text()
+        # the summary on_result wrote stays after the run settles (instead of a bare "done")
+        self._done_text = after if after != before else None
 
     def _run_text(self) -> str:
         """The Run button's text while nothing runs."""
@@ -259,5 +263,8 @@ class JobWidget(QWidget):
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(1 if state.message == "done" else 0)
         if state.message == "failed" and failure.startswith("error:"):
+            return
+        if state.message == "done" and not state.running and getattr(self, "_done_text", None):
+            self.status.setText(self._done_text)
             return
         self.status.setText(state.message or ("running" if state.running else "ready"))

@@ -72,7 +72,10 @@ class ParticleSource:
     def origins_angstrom(self, alignment, keep=None) -> np.ndarray:
         """``(k, 3)`` RELION origins (Å) of the aligned particles (``keep``: indices into the kept ones)."""
         keep = slice(None) if keep is None else keep
-        return (np.asarray(alignment.origins_voxels)[keep] - self.residual_origins[keep]) * self.voxel
+        from ..backend.align.extract import relion_origins_angstrom
+
+        return relion_origins_angstrom(np.asarray(alignment.origins_voxels)[keep], self.residual_origins[keep],
+                                       self.voxel)
 
     def write_star(self, out, alignment, *, keep=None, extra_columns: dict | None = None,
                    overwrite: bool = False) -> Path:

@@ -7,6 +7,12 @@ coloured by class is redrawn, the class averages appear as image layers, and eac
 the layer gets its class and confidence in ``features`` (``rlnClassNumber``,
 ``rlnMaxValueProbDistribution``) and a face colour by class.
 
+"refine rounds" > 0 (or class references given) refines each class on its own after the clustering
+(:mod:`napari_cryoalign.backend.cluster.refine`, as ``cryoalign cluster --refine-rounds`` and step 6 of
+``cryoalign workflow``): local rounds at the class's own resolution and half-set averages; a class that
+stays poor gets an ab-initio initial model of its own particles ("initial model for poor classes"); a
+user's map of an expected species ("class references", any box and voxel size) seeds the class it fits.
+
 The plot and the points layer are linked both ways: a lasso (drag) or a click (shift adds)
 in the plot selects those particles in the layer (``layer.selected_data``); selecting points
 in the viewer highlights them in the plot. A class can be merged into another or discarded;
@@ -135,9 +141,15 @@ class ClusterWidget(ParticleInputs, JobWidget):
         # --search-frequency; backend.cluster.classify.SEARCH_FREQUENCY)
         self.search_frequency = FloatSpinBox(label="search frequency (1/voxel)", value=0.25, min=0.05, max=0.5,
                                              step=0.05)
+        # after the clustering: each class refined on its own (= the CLI's --refine-rounds, --ab-initio-below,
+        # --class-reference; backend.cluster.refine)
+        self.refine_rounds = SpinBox(label="refine rounds (0: off)", value=0, min=0, max=10)
+        self.ab_initio = CheckBox(label="initial model for poor classes", value=True)
+        self.class_references = FileEdit(label="class references", mode="rm", filter="*.mrc *.map *.rec")
         self.form = Container(widgets=[*particle_inputs, self.n_classes,
                                        self.estimate, self.method, self.iterations, self.angular_step,
-                                       self.refine_levels, self.search_frequency, *self._make_tilt_range()])
+                                       self.refine_levels, self.search_frequency, self.refine_rounds,
+                                       self.ab_initio, self.class_references, *self._make_tilt_range()])
         self.form_layout.addWidget(self.form.native)
         self.plot = EmbeddingPlot(on_select=self._plot_selected)
         self.form_layout.addWidget(self.plot)
@@ -158,6 +170,8 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self.source.changed.connect(self._show_inputs)
         self.estimate.changed.connect(self._show_inputs)
         self.method.changed.connect(self._show_inputs)
+        self.refine_rounds.changed.connect(self._show_inputs)
+        self.class_references.changed.connect(self._show_inputs)
         self.merge_button.changed.connect(lambda *_: self.merge_class(self._class_of(self.edit_class.value),
                                                                       self._class_of(self.into_class.value)))
         self.discard_button.changed.connect(lambda *_: self.discard_class(self._class_of(self.edit_class.value)))
@@ -172,6 +186,7 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self.embedding = None
         self.averages = None
         self.alignment = None
+        self.refined = None  # RefinedClasses of the last run with refinement
         self._linked_layer = None
         self._syncing = False
 
@@ -180,6 +195,28 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self._show_particle_inputs()
         self.n_classes.enabled = not self.estimate.value
         self.search_frequency.visible = self.method.value == "joint"
+        self.ab_initio.enabled = self.refine_rounds.value > 0 or bool(self._reference_paths())
+
+    def _reference_paths(self) -> list[Path]:
+        value = self.class_references.value
+        paths = [value] if isinstance(value, (str, Path)) else list(value or ())
+        return [Path(p) for p in paths if str(p) not in ("", ".")]
+
+    def _read_references(self, box: int, voxel: float):
+        """The class references at the particles' box and voxel size (None when none is chosen)."""
+        from ..backend.cluster.refine import reference_to_box
+        from ..errors import InputError
+        from ..io import read_mrc
+        from ..io.mrc import voxel_size_isotropic
+
+        refs = []
+        for path in self._reference_paths():
+            m = read_mrc(path)
+            try:
+                refs.append(reference_to_box(m.data, voxel_size=voxel, box=box, map_voxel_size=voxel_size_isotropic(m)))
+            except InputError as exc:
+                raise InputError(exc.expected, path=path, field="class references", got=exc.got) from exc
+        return refs or None
 
     def make_job(self) -> Job:
         from ..backend.cluster.classify import cluster_subtomograms_job
@@ -195,7 +232,13 @@ class ClusterWidget(ParticleInputs, JobWidget):
                                        refine_levels=int(self.refine_levels.value),
                                        search_frequency=float(self.search_frequency.value),
                                        voxel_size_angstrom=pset.voxel, inside_masks=pset.inside_masks)
+        refs = self._read_references(box, pset.voxel)
+        if int(self.refine_rounds.value) > 0 or refs:
+            job = _cluster_then_refine(job, pset.volumes, particle_masks=mask, inside_masks=pset.inside_masks,
+                                       voxel_size_angstrom=pset.voxel, rounds=int(self.refine_rounds.value),
+                                       references=refs, ab_initio_below=None if self.ab_initio.value else 0.0)
         self.pset = pset
+        self.refined = None
         self.result = self.classes = self.confidence = self.embedding = self.averages = self.alignment = None
         self._set_editable(False)
         self._link_layer(pset.points)
@@ -223,6 +266,8 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self._show_classes()
 
     def on_result(self, result) -> None:
+        if hasattr(result, "clusters"):  # RefinedClasses: the clustering after the class refinement
+            self.refined, result = result, result.clusters
         self.result = result
         self.classes = np.asarray(result.classes, dtype=int).copy()
         self.confidence = np.asarray(result.confidence, dtype=float)
@@ -234,6 +279,12 @@ class ClusterWidget(ParticleInputs, JobWidget):
         self._set_editable(True)
         sizes = ", ".join(f"{c + 1}: {s}" for c, s in enumerate(result.class_sizes))
         msg = f"{len(self.classes)} particles in {result.n_classes} classes ({result.method}); sizes {sizes}"
+        if self.refined is not None:
+            ab = self.refined.initial_models
+            msg += "; refined, half-set FSC 0.143 " + ", ".join(
+                f"{c + 1}: {r:.0f} Å" + (" (initial model)" if c in ab and ab[c]["kept"] else "")
+                + (f" (reference {self.refined.references[c] + 1})" if c in self.refined.references else "")
+                for c, r in enumerate(self.refined.resolutions) if np.isfinite(r))
         skipped = self.pset.skipped if self.pset else []
         if skipped:
             msg += f"; skipped {len(skipped)}: " + "; ".join(f"#{s.row} {s.reason}" for s in skipped[:5])
@@ -429,3 +480,13 @@ class ClusterWidget(ParticleInputs, JobWidget):
             return path
 
         return self.export_files([out, *maps.values()], write, done=f"wrote {out} and {len(maps)} class averages")
+
+
+def _cluster_then_refine(cluster_job, volumes, **refine_options):
+    """The clustering job, then :func:`..backend.cluster.refine.refine_classes_job` on its result; the
+    clustering's events are forwarded as they are, the refinement's after "refine: ". Returns RefinedClasses."""
+    from ..backend.cluster.refine import refine_classes_job
+    from ..backend.jobs import subjob
+
+    clusters = yield from subjob(cluster_job)
+    return (yield from subjob(refine_classes_job(volumes, clusters, **refine_options), prefix="refine"))

@@ -10,6 +10,7 @@ from napari_cryoalign.backend.align.extract import (
     check_box_size,
     extract_subtomograms,
     load_particle_set,
+    relion_origins_angstrom,
     write_aligned_star,
 )
 from napari_cryoalign.errors import InputError
@@ -24,6 +25,11 @@ def test_box_centre_and_residual_origin():
     assert ext.volumes[0, 4, 4, 4] == 1.0  # the rounded coordinate is at N // 2
     # RELION origin of the remainder: true centre = N//2 - origin = 4 + (25.3 - 25) along x
     assert np.allclose(ext.residual_origins_voxels[0], [-0.3, 0.2, 0.0])
+    # an alignment that puts the particle where it is (box-relative origin = the remainder) gives a RELION
+    # origin of 0 (the picked coordinate is the centre); one more voxel of shift along x is 10 Å at 10 Å/voxel
+    found = ext.residual_origins_voxels + [[1.0, 0.0, 0.0]]
+    assert np.allclose(relion_origins_angstrom(ext.residual_origins_voxels, ext.residual_origins_voxels, 10.0), 0)
+    assert np.allclose(relion_origins_angstrom(found, ext.residual_origins_voxels, 10.0), [[10.0, 0.0, 0.0]])
 
 
 def test_outside_and_empty_boxes_are_skipped_and_listed():

@@ -44,12 +44,7 @@ DIAMETER = 320.0  # Å: the ribosome's largest extent (16 voxels)
 BAR = 0.88
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

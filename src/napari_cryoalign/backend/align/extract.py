@@ -34,7 +34,7 @@ FRACTION_INSIDE_COLUMN = "cryoalignFractionInside"  #: STAR column: fraction of 
 
 __all__ = ["FRACTION_INSIDE_COLUMN", "SCORE_COLUMN", "Extraction", "ParticleSet", "Skipped", "check_box_size",
            "extract_subtomograms", "inside_masks_from_bounds", "load_particle_set", "particle_ctf",
-           "write_aligned_star"]
+           "relion_origins_angstrom", "write_aligned_star"]
 
 
 @dataclass(frozen=True)
@@ -285,6 +285,15 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
                        fraction_inside=fraction, inside_bounds=bounds)
 
 
+def relion_origins_angstrom(origins_voxels, extraction_origins_voxels, voxel_size: float) -> np.ndarray:
+    """RELION origins (Å) of aligned particles: the shifts an alignment found, ``(m, 3)`` (x, y, z) voxels
+    relative to the box centre, less the extraction's sub-voxel remainder ``round(c) - c`` (x, y, z voxels,
+    0 for boxes read from files), times the voxel size. The particle's centre is then
+    ``coordinate - origin / voxel_size`` (CONVENTIONS.md)."""
+    return (np.asarray(origins_voxels, dtype=np.float64) - np.asarray(extraction_origins_voxels, dtype=np.float64)) \
+        * float(voxel_size)
+
+
 def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_columns: dict | None = None) -> Path:
     """Write the kept particles with the alignment: every input column kept, angles, origins (Å) and
     ``cryoalignCorrelation`` set; ``rlnImageName`` re-pointed relative to the new file; atomic.
@@ -306,8 +315,7 @@ def write_aligned_star(out, pset, result, *, overwrite: bool = False, extra_colu
     df = df.drop(columns=[c for c in ORIGIN_PIXEL_COLUMNS if c in df.columns])
     eul = result.euler_deg
     # origins found are relative to the box centre; subtract the extraction remainder (tomogram boxes)
-    ori_vox = np.asarray(result.origins_voxels) - pset.extraction_origins_voxels
-    ori = ori_vox * pset.voxel_size
+    ori = relion_origins_angstrom(result.origins_voxels, pset.extraction_origins_voxels, pset.voxel_size)
     for j, c in enumerate(ANGLE_COLUMNS):
         df[c] = eul[:, j]
     for j, c in enumerate(ORIGIN_COLUMNS):
