@@ -211,7 +211,7 @@ def workflow_job(
                                                    references=refs, ab_initio_below=ab_initio_below,
                                                    mask_radius_voxels=0.6 * float(diameter_angstrom) / voxel_size,
                                                    seed=seed, device=device, at=(5, total), label="6/6 "),
-                                at=(5, total), partials=False)
+                                partials=False)
     clu, assigned, models = refined.clusters, refined.references, refined.initial_models
     clock("refine classes", t0, rounds=int(refine_rounds),
           resolution_0143=[round(float(r), 2) for r in refined.resolutions],

@@ -63,22 +63,9 @@ def check_refine_args(args) -> None:
 
 def read_class_references(paths, *, voxel_size: float, box: int):
     """``--class-reference`` maps at the particles' voxel size and box (None when none is given)."""
-    if not paths:
-        return None
-    from ..backend.cluster.refine import reference_to_box
-    from ..errors import InputError
-    from ..io import read_mrc
-    from ..io.mrc import voxel_size_isotropic
+    from ..backend.cluster.refine import read_class_references as read
 
-    refs = []
-    for path in paths:
-        m = read_mrc(path)
-        try:
-            refs.append(reference_to_box(m.data, voxel_size=voxel_size, box=box,
-                                         map_voxel_size=voxel_size_isotropic(m)))
-        except InputError as exc:
-            raise InputError(exc.expected, path=path, field="--class-reference", got=exc.got) from exc
-    return refs
+    return read(paths, voxel_size=voxel_size, box=box, field="--class-reference")
 
 
 def register(sub) -> None:

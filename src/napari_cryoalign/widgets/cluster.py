@@ -204,19 +204,9 @@ class ClusterWidget(ParticleInputs, JobWidget):
 
     def _read_references(self, box: int, voxel: float):
         """The class references at the particles' box and voxel size (None when none is chosen)."""
-        from ..backend.cluster.refine import reference_to_box
-        from ..errors import InputError
-        from ..io import read_mrc
-        from ..io.mrc import voxel_size_isotropic
+        from ..backend.cluster.refine import read_class_references
 
-        refs = []
-        for path in self._reference_paths():
-            m = read_mrc(path)
-            try:
-                refs.append(reference_to_box(m.data, voxel_size=voxel, box=box, map_voxel_size=voxel_size_isotropic(m)))
-            except InputError as exc:
-                raise InputError(exc.expected, path=path, field="class references", got=exc.got) from exc
-        return refs or None
+        return read_class_references(self._reference_paths(), voxel_size=voxel, box=box) or None
 
     def make_job(self) -> Job:
         from ..backend.cluster.classify import cluster_subtomograms_job

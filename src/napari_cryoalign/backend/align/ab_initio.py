@@ -142,14 +142,14 @@ def ab_initio_job(
     total = int(restarts) * len(first) + len(last)
     step = 0
 
-    fold = np.arange(n) % int(folds) if folds > 1 else np.zeros(n, dtype=np.int64)
+    fold = np.arange(n) % int(folds)
 
     def rounds(ali, resolutions, label):
         nonlocal step
         for lp in resolutions:
             fmax = min(float(max_frequency), vox / lp + 2.0 / box)
             rot, ori, sc = ali.rotations.copy(), ali.origins_voxels.copy(), np.zeros(n)
-            for f in range(max(1, int(folds))):
+            for f in range(int(folds)):
                 # with folds: every particle searched against the average of the other folds (its own noise
                 # is not in its reference, so the score it reaches is a cross-validated one)
                 held = np.flatnonzero(fold == f)

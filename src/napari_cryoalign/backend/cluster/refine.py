@@ -36,8 +36,8 @@ from ..jobs import Partial, Progress, subjob
 from .classify import SEARCH_FREQUENCY
 from .common import ClusterResult
 
-__all__ = ["AB_INITIO_BELOW_VOXELS", "REFERENCE_RESOLUTION", "RefinedClasses", "reference_to_box",
-           "refine_classes", "refine_classes_job"]
+__all__ = ["AB_INITIO_BELOW_VOXELS", "REFERENCE_RESOLUTION", "RefinedClasses", "read_class_references",
+           "reference_to_box", "refine_classes", "refine_classes_job"]
 
 #: the low-pass (Å) of a user's class reference before the global search: coarse enough that a related
 #: structure or another conformation still leads the search, fine enough to orient a ~300 kDa complex
@@ -83,6 +83,26 @@ def reference_to_box(volume, *, voxel_size: float, box: int, map_voxel_size: flo
         v = np.asarray(resample_voxel_size(v, from_voxel_angstrom=float(map_voxel_size),
                                            to_voxel_angstrom=float(voxel_size))[0], dtype=np.float32)
     return np.asarray(pad_or_crop(v, (int(box),) * 3), dtype=np.float32)
+
+
+def read_class_references(paths, *, voxel_size: float, box: int, field: str = "class references"):
+    """Users' maps (MRC files, any cubic box and voxel size) at the particles' ``voxel_size`` and ``box``
+    (:func:`reference_to_box`); None when ``paths`` is empty. A bad map's error names its file and ``field``
+    (the CLI flag or the widget input)."""
+    if not paths:
+        return None
+    from ...io import read_mrc
+    from ...io.mrc import voxel_size_isotropic
+
+    refs = []
+    for path in paths:
+        m = read_mrc(path)
+        try:
+            refs.append(reference_to_box(m.data, voxel_size=voxel_size, box=box,
+                                         map_voxel_size=voxel_size_isotropic(m)))
+        except InputError as exc:
+            raise InputError(exc.expected, path=path, field=field, got=exc.got) from exc
+    return refs
 
 
 def _assign_references(volumes, clu, masks, references, *, voxel_size, device):
