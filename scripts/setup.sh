@@ -39,15 +39,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.cryoalign-installed
-want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements/constraints.txt requirements/copick.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing Python packages into .venv (torch==2.13.0 CPU build, napari[pyqt6], test tools)"
+  echo "[setup] installing Python packages into .venv (torch==2.13.0 CPU build, napari[pyqt6], dask distributed, copick, test tools)"
   # (pip's notes about local mirror folders that do not hold a package are noise: filtered)
   {
     .venv/bin/python -m pip install -q --upgrade "pip>=23.2"
     # torch is pinned explicitly: an unpinned torch pulls a multi-GB CUDA build.
     .venv/bin/python -m pip install -q -c requirements/constraints.txt "torch==2.13.0" -e ".[pyqt6,testing]"
+    # copick without its declared dependencies (see requirements/copick.txt)
+    .venv/bin/python -m pip install -q --no-deps -r requirements/copick.txt
   } 2>&1 | { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import torch, napari, napari_cryoalign; print(f'[setup] ok: torch {torch.__version__}, napari {napari.__version__}, napari-cryoalign {napari_cryoalign.__version__}')"
+.venv/bin/python -c "import torch, napari, distributed, napari_cryoalign; from napari_cryoalign.io.copick_project import import_copick; print(f'[setup] ok: torch {torch.__version__}, napari {napari.__version__}, distributed {distributed.__version__}, copick {import_copick().__version__}, napari-cryoalign {napari_cryoalign.__version__}')"

@@ -20,7 +20,7 @@ from .. import __version__
 __all__ = ["main", "build_parser"]
 
 # top-level subcommands, in the order `--help` lists them
-_COMMANDS = ("_info", "_simulate", "_pick", "_align", "_cluster", "_workflow", "_pose", "_markers", "_export", "_demo",
+_COMMANDS = ("_info", "_simulate", "_pick", "_align", "_cluster", "_workflow", "_batch", "_pose", "_markers", "_export", "_demo",
              "_gui")
 
 

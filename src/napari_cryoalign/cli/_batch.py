@@ -1,0 +1,177 @@
+"""cryoalign batch: one step over every tomogram of a project, on Dask distributed.
+
+Inputs: a copick project (``--copick CONFIG.json [--runs A,B]``), a RELION 5 ``tomograms.star``
+(``--tomograms``) or a list of tomogram files (``--tomogram-list``). Each tomogram's outputs go to
+``OUT/<rlnTomoName>/`` (the files the single command writes), then one merged ``OUT/particles.star``
+and ``OUT/tomograms.star``. Rerunning skips finished tomograms; a tomogram that fails is reported
+and the others go on; the exit status is the number that failed (0: all finished). docs/batch.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from ._args import device_arg, show_progress
+
+__all__ = ["register"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
+    return v
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _add_inputs(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--copick", metavar="CONFIG.json", help="a copick project (filesystem configuration)")
+    src.add_argument("--tomograms", metavar="tomograms.star",
+                     help="RELION 5 tomograms.star: rlnTomoName and rlnTomoReconstructedTomogram per tomogram")
+    src.add_argument("--tomogram-list", metavar="LIST.txt",
+                     help="text file, one tomogram (MRC) per line, optionally followed by its name")
+    p.add_argument("--runs", type=_names, default=None, metavar="A,B,...", help="copick: only these runs")
+    p.add_argument("--voxel-spacing", type=float, default=None, metavar="Å",
+                   help="copick: the voxel spacing to use (default the project's smallest)")
+    p.add_argument("--tomo-type", default=None, metavar="TYPE",
+                   help="copick: the tomogram type (default the run's only one, else wbp)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder (made if missing)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:8786, or a scheduler file .json); "
+                   "default: a local cluster of --workers processes")
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="local worker processes (default 2)")
+    p.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="T",
+                   help="threads per worker, and torch threads per task (default 1)")
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("batch", help="run a step on every tomogram of a project (Dask distributed)",
+                            description=__doc__)
+    kinds = parser.add_subparsers(dest="batch_kind", metavar="STEP", required=True)
+    pick = kinds.add_parser("pick", help="picking on every tomogram")
+    steps = pick.add_subparsers(dest="batch_step", metavar="STEP", required=True)
+    p = steps.add_parser("predict", help="apply a trained picker to every tomogram",
+                         description="cryoalign pick predict on every tomogram: OUT/<rlnTomoName>/picks.star, "
+                         "OUT/particles.star, OUT/tomograms.star; for copick also the picks in each run "
+                         "(user cryoalign).")
+    _add_inputs(p)
+    p.add_argument("--model", required=True, metavar="MODEL.pt", help="picker model (cryoalign pick train)")
+    p.add_argument("--threshold", type=float, default=None, metavar="X",
+                   help="minimum score (default: the model's calibrated threshold)")
+    p.add_argument("--min-distance", type=float, default=None, metavar="D_ANGSTROM",
+                   help="minimum distance between picks in Å (default: the particle radius)")
+    p.add_argument("--heatmap", action="store_true", help="also write OUT/<rlnTomoName>/heatmap.mrc")
+    p.add_argument("--object", default=None, metavar="NAME",
+                   help="copick: the pickable object the picks are written as (default: the project's only "
+                   "particle object; with several, required)")
+    p.add_argument("--session-id", default="0", metavar="ID", help="copick: session id of the picks (default 0)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or auto, on each worker")
+    p.set_defaults(func=run_pick_predict)
+
+
+def _inputs(args):
+    from ..backend.batch import tomograms_from_copick, tomograms_from_list, tomograms_from_star
+
+    if args.copick:
+        return tomograms_from_copick(args.copick, runs=args.runs, voxel_size=args.voxel_spacing,
+                                     tomo_type=args.tomo_type)
+    for flag in ("runs", "voxel_spacing", "tomo_type"):
+        if getattr(args, flag) is not None:
+            from ..errors import InputError
+
+            raise InputError("--copick with this flag", field="--" + flag.replace("_", "-"), got="no --copick")
+    if args.tomograms:
+        return tomograms_from_star(args.tomograms)
+    return tomograms_from_list(args.tomogram_list)
+
+
+def _copick_object(args) -> str | None:
+    if not args.copick:
+        return None
+    from ..errors import InputError
+    from ..io.copick_project import open_copick
+
+    objects = [o for o in open_copick(args.copick).config.pickable_objects]
+    if args.object is not None:
+        if args.object not in [o.name for o in objects]:
+            raise InputError("a pickable object of the copick project", path=args.copick, field="--object",
+                             got=f"{args.object!r} (it has: {', '.join(o.name for o in objects) or 'none'})")
+        return args.object
+    particles = [o.name for o in objects if o.is_particle]
+    if len(particles) != 1:
+        raise InputError("--object NAME: the project has " + (f"{len(particles)} particle objects "
+                         f"({', '.join(particles)})" if particles else "no particle object"),
+                         path=args.copick, field="--object", got="none given")
+    return particles[0]
+
+
+def _digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:20]
+
+
+def _check_out(args, *inputs) -> Path:
+    from ..errors import InputError
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("an output folder", path=out, field="--out", got="an existing file")
+    res = out.resolve()
+    for i in inputs:
+        if i and Path(i).resolve() in (res, *res.parents):
+            raise InputError("an output folder that is not an input or holds one", path=out, field="--out",
+                             got=str(i))
+    return out
+
+
+def _run(args, step, task, params, merge) -> int:
+    from ..backend.batch import batch_job
+    from ..backend.jobs import run_job
+
+    inputs = _inputs(args)
+    out = Path(args.out)
+
+    def on_partial(p):
+        if p.name == "dashboard":
+            print(f"Dask dashboard: {p.value}" if p.value else
+                  "Dask: no dashboard (install bokeh>=3.1 for one)", file=sys.stderr)
+        elif p.name == "tomogram" and p.value.status == "failed":
+            print(f"  {p.value.name}: failed: {p.value.error}", file=sys.stderr)
+
+    job = batch_job(step, task, inputs, out, params=params, scheduler=args.scheduler, workers=args.workers,
+                    threads_per_worker=args.threads_per_worker, merge=merge)
+    report = run_job(job, progress=show_progress(args), description=f"batch {step}", on_partial=on_partial,
+                     should_stop=None)
+    done, skipped, failed = report.count("done"), report.count("skipped"), report.count("failed")
+    print(f"batch {step}: {done} done, {skipped} finished before, {failed} failed of {len(report.outcomes)} "
+          f"tomograms in {report.seconds:.1f} s" + (f" on {report.workers} workers" if report.workers else ""))
+    for key, path in report.merged.items():
+        print(f"  wrote {path}")
+    for o in report.failed:
+        print(f"  failed: {o.name}: {o.error}")
+    return min(failed, 125)
+
+
+def run_pick_predict(args) -> int:
+    from ..backend.batch import merge_picks, pick_predict_task
+    from ..backend.picking import load_picker
+
+    _check_out(args, args.model, args.copick, args.tomograms, args.tomogram_list)
+    load_picker(args.model, device="cpu")  # a bad model file fails here, once, not on every worker
+    params = {"model": str(Path(args.model).resolve()), "model_digest": _digest(args.model),
+              "threshold": args.threshold, "min_distance_angstrom": args.min_distance, "heatmap": bool(args.heatmap),
+              "device": args.device, "copick_object": _copick_object(args), "copick_session": args.session_id}
+    return _run(args, "pick predict", pick_predict_task, params, merge_picks)
