@@ -14,7 +14,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from ._args import device_arg, show_progress
+from ._args import device_arg, float_pair, show_progress
 
 __all__ = ["register"]
 
@@ -77,6 +77,29 @@ def register(sub) -> None:
     p.add_argument("--session-id", default="0", metavar="ID", help="copick: session id of the picks (default 0)")
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or auto, on each worker")
     p.set_defaults(func=run_pick_predict)
+
+    a = kinds.add_parser("average", help="average a large subtomogram set, sharded over workers",
+                         description="Average the particles of a subtomogram STAR file (rlnImageName) with their "
+                         "STAR poses: shards of particles on Dask workers, their partial sums reduced. The maps "
+                         "equal `cryoalign average`'s to float precision; no worker holds more than one shard.")
+    a.add_argument("--particles", required=True, metavar="P.star", help="subtomograms (rlnImageName) with poses")
+    a.add_argument("--out", required=True, metavar="MAP.mrc", help="the average")
+    a.add_argument("--half-maps", action="store_true", help="also write the half maps and the FSC (csv, png)")
+    a.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
+                   help="particles per task (default 1000)")
+    a.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
+                   help="tilt range for the missing wedge (default -60,60)")
+    a.add_argument("--no-wedge", action="store_true", help="no missing-wedge compensation")
+    a.add_argument("--ctf", choices=("auto", "none"), default="auto",
+                   help="auto: CTF-corrected when the STAR file has rlnDefocusU (default)")
+    a.add_argument("--symmetry", default="C1", metavar="GROUP", help="point group imposed on the maps (default C1)")
+    a.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler")
+    a.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="local worker processes (default 2)")
+    a.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="T",
+                   help="threads per worker (default 1)")
+    a.add_argument("--device", type=device_arg, default="cpu", help="cpu (default) or cuda, on each worker")
+    a.add_argument("--overwrite", action="store_true")
+    a.set_defaults(func=run_average)
 
 
 def _inputs(args):
@@ -175,3 +198,29 @@ def run_pick_predict(args) -> int:
               "threshold": args.threshold, "min_distance_angstrom": args.min_distance, "heatmap": bool(args.heatmap),
               "device": args.device, "copick_object": _copick_object(args), "copick_session": args.session_id}
     return _run(args, "pick predict", pick_predict_task, params, merge_picks)
+
+
+def run_average(args) -> int:
+    from ..backend.batch.average import DEFAULT_SHARD_SIZE, sharded_average_job
+    from ..backend.jobs import run_job
+    from ..io import check_output_path, ensure_not_input, write_mrc
+    from ._align import half_map_paths, write_half_maps
+
+    out = Path(args.out)
+    ensure_not_input(out, args.particles)
+    for o in [out] + (half_map_paths(out) if args.half_maps else []):
+        check_output_path(o, overwrite=args.overwrite)
+    job = sharded_average_job(args.particles, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+                              tilt_range=None if args.no_wedge else tuple(args.tilt_range), ctf=args.ctf,
+                              symmetry=args.symmetry, scheduler=args.scheduler, workers=args.workers,
+                              threads_per_worker=args.threads_per_worker, device=args.device)
+    res = run_job(job, progress=show_progress(args), description="batch average")
+    write_mrc(out, res.average.average, voxel_size=res.voxel_size, overwrite=args.overwrite)
+    written = [out]
+    if args.half_maps:
+        written += write_half_maps(out, res.average, voxel_size=res.voxel_size, overwrite=args.overwrite)
+    fsc = res.average.fsc
+    print(f"averaged {res.n_particles} particles ({len(res.skipped)} skipped) in {len(res.shards)} shards of at most "
+          f"{res.max_shard_particles} on {res.workers} workers in {res.seconds:.1f} s; half-map FSC 0.143: "
+          f"{fsc.resolution_0143:.1f} Å; wrote " + ", ".join(str(p) for p in written))
+    return 0

@@ -140,7 +140,7 @@ def _read_quiet(p: Path, **kw):
 
 
 def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                      validate: bool = True, rtol: float = 1e-3) -> tuple[np.ndarray, ParticleTable]:
+                      validate: bool = True, rtol: float = 1e-3, rows=None) -> tuple[np.ndarray, ParticleTable]:
     """Read a subtomogram set: a STAR file whose ``rlnImageName`` names one MRC volume per
     particle.
 
@@ -155,10 +155,12 @@ def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLi
     rtol : float
         Allowed relative voxel-size difference between files and against the optics
         block's ``rlnImagePixelSize``.
+    rows : sequence of int, optional
+        Read only these rows' files (a shard of a large set); the table still holds every row.
 
     Returns
     -------
-    volumes : (n, z, y, x) float32
+    volumes : (n, z, y, x) float32 (``(len(rows), ...)`` with ``rows``)
     table : ParticleTable
         With ``voxel_size`` set to the volumes' voxel size (Å).
 
@@ -170,10 +172,15 @@ def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLi
         from the optics block (``field="voxel_size"``).
     """
     star, table, names, ddir = _image_table(star_path, data_dir)
-    n = len(names)
+    which = range(len(names)) if rows is None else [int(r) for r in rows]
+    if rows is not None and any(r < 0 or r >= len(names) for r in which):
+        raise InputError(f"rows between 0 and {len(names) - 1}", path=star, field="rows",
+                         got=f"{min(which)}..{max(which)}")
+    n = len(which)
     out = None
     first = None  # (voxel size, file) of the first header that sets one
-    for i, name in enumerate(names):
+    for k, i in enumerate(which):
+        name = names[i]
         idx, fname = parse_image_name(name, path=star, row=i)
         p = _resolve(fname, star, ddir, i)
         if idx is not None:
@@ -189,7 +196,7 @@ def read_subtomograms(star_path: str | os.PathLike, *, data_dir: str | os.PathLi
         elif data.shape != out.shape[1:]:
             raise InputError(f"subtomograms of one box size {out.shape[1:]} (z, y, x)", path=star,
                              field=IMAGE_COLUMN, got=f"row {i}: {p} has shape {data.shape}")
-        out[i] = data
+        out[k] = data
         if not unset:
             first = _agreeing(first, float(np.mean(vol.voxel_size)), p, star=star, rtol=rtol, what="voxel size",
                               where=f"row {i}: ")

@@ -109,7 +109,7 @@ def test_batch_predict_on_copick_equals_single_runs_and_resumes(project, client,
 
 
 def test_batch_predict_from_tomograms_star_and_list(project, client, tmp_path):
-    d, vols = project.d, project.vols
+    d = project.d
     star = tomograms_from_star(d / "tomograms.star")
     assert [s.name for s in star.sources] == list(RUNS) + ["TS_missing"]
     report = run_job(batch_job("pick predict", pick_predict_task, star, tmp_path / "a", params=_params(d),

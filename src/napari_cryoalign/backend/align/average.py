@@ -304,22 +304,94 @@ def average_particles(particles, alignment: AlignmentResult | None = None, *, pa
             num, w = _sums(p, rot, ori, m, device=device, ctf=ctf)
             cov = _coverage(inside, rot, ori, device=device)
             return AverageResult(sym(_finish(num, w, n, shape, cov)), None, None, None, alignment, half)
-        maps, sums, covs = [], [], []
-        for h in (1, 2):
-            idx = np.flatnonzero(half == h)
-            if len(idx) == 0:
-                raise InputError("particles in both half sets", field="half", got=f"none in half {h}")
-            mh = None if m is None else (m if m.shape[0] == 1 else m[idx])
-            num, w = _sums(p[idx], rot[idx], ori[idx], mh, device=device, ctf=ctf, index=idx)
-            cov = _coverage(_subset(inside, idx), rot[idx], ori[idx], device=device)
-            sums.append((num, w))
-            covs.append(cov)
-            maps.append(sym(_finish(num, w, len(idx), shape, cov)))
-        cov = None if covs[0] is None else covs[0] + covs[1]
-        avg = sym(_finish(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], n, shape, cov))
-        report = fsc_report(maps[0], maps[1], voxel_size_angstrom=voxel_size_angstrom,
-                            mask=default_fsc_mask(shape[0]))
-        return AverageResult(avg, maps[0], maps[1], report, alignment, half)
+        sums = half_sums(p, rot, ori, half, particle_masks=m, ctf=ctf, inside=inside, device=device)
+        return average_from_sums(sums, voxel_size_angstrom=voxel_size_angstrom, symmetry=symmetry,
+                                 alignment=alignment, half=half, device=device)
+
+
+@dataclass
+class HalfSums:
+    """The additive parts of a half-set average (what :func:`half_sums` returns for any subset of
+    the particles; two subsets' sums add with ``+``, so a particle set sharded over processes
+    averages to the same maps as one process, to float precision).
+
+    ``num[h]`` the ``sum M c F`` of half ``h + 1`` ``(N, N, N//2+1)`` complex (rfft layout),
+    ``wsum[h]`` its weights (``sum M`` or ``sum M c²``), ``coverage[h]`` the real-space coverage
+    ``(N, N, N)`` or None (no padded box), ``count[h]`` the number of particles, ``shape`` the box.
+    """
+
+    num: list
+    wsum: list
+    coverage: list
+    count: list
+    shape: tuple
+
+    def __add__(self, other: "HalfSums") -> "HalfSums":
+        if tuple(self.shape) != tuple(other.shape):
+            raise InputError(f"sums of one box {tuple(self.shape)}", field="shape", got=f"{tuple(other.shape)}")
+
+        def add(a, b):
+            return None if a is None and b is None else (b if a is None else (a if b is None else a + b))
+        return HalfSums([a + b for a, b in zip(self.num, other.num)], [a + b for a, b in zip(self.wsum, other.wsum)],
+                        [add(a, b) for a, b in zip(self.coverage, other.coverage)],
+                        [a + b for a, b in zip(self.count, other.count)], self.shape)
+
+    def numpy(self) -> "HalfSums":
+        """The same sums as numpy arrays (to send between processes)."""
+        def conv(v):
+            return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        return HalfSums([conv(v) for v in self.num], [conv(v) for v in self.wsum], [conv(v) for v in self.coverage],
+                        list(self.count), tuple(self.shape))
+
+
+def half_sums(particles, rotations, origins, half, *, particle_masks=None, ctf=None, inside=None,
+              device="cpu") -> HalfSums:
+    """The additive sums of both half sets (:class:`HalfSums`) for ``particles`` ``(n, N, N, N)`` tensor
+    with rotations ``(n, 3, 3)``, origins ``(n, 3)`` voxels and ``half`` ``(n,)`` of 1/2; masks, CTF
+    and inside masks as :func:`wedge_compensated_average`. A half with no particle gets zero sums."""
+    shape = tuple(particles.shape[1:])
+    half = np.asarray(half, dtype=np.int64)
+    out = HalfSums([], [], [], [], shape)
+    for h in (1, 2):
+        idx = np.flatnonzero(half == h)
+        if len(idx) == 0:
+            z = torch.zeros((shape[0], shape[1], shape[2] // 2 + 1), dtype=torch.complex64, device=device)
+            out.num.append(z)
+            out.wsum.append(z.real.clone())
+            out.coverage.append(None)
+            out.count.append(0)
+            continue
+        mh = None if particle_masks is None else (particle_masks if particle_masks.shape[0] == 1
+                                                  else particle_masks[idx])
+        num, w = _sums(particles[idx], rotations[idx], origins[idx], mh, device=device, ctf=ctf, index=idx)
+        out.num.append(num)
+        out.wsum.append(w)
+        out.coverage.append(_coverage(_subset(inside, idx), rotations[idx], origins[idx], device=device))
+        out.count.append(int(len(idx)))
+    return out
+
+
+def average_from_sums(sums: HalfSums, *, voxel_size_angstrom: float = 1.0, symmetry: str = "C1",
+                      alignment: AlignmentResult | None = None, half=None, device="cpu") -> AverageResult:
+    """The average, the half maps and their FSC from :class:`HalfSums` (of one process, or added over
+    shards). ``alignment`` and ``half`` are only carried into the result."""
+    def sym(v):
+        return v if normalize_symmetry(symmetry) == "C1" else symmetrize_volume(v, symmetry)
+
+    def t(v):
+        return None if v is None else torch.as_tensor(v, device=device)
+
+    for h in (0, 1):
+        if sums.count[h] == 0:
+            raise InputError("particles in both half sets", field="half", got=f"none in half {h + 1}")
+    shape = tuple(sums.shape)
+    maps = [sym(_finish(t(sums.num[h]), t(sums.wsum[h]), sums.count[h], shape, t(sums.coverage[h])))
+            for h in (0, 1)]
+    cov = None if sums.coverage[0] is None and sums.coverage[1] is None else \
+        sum(t(c) for c in sums.coverage if c is not None)
+    avg = sym(_finish(t(sums.num[0]) + t(sums.num[1]), t(sums.wsum[0]) + t(sums.wsum[1]), sum(sums.count), shape, cov))
+    report = fsc_report(maps[0], maps[1], voxel_size_angstrom=voxel_size_angstrom, mask=default_fsc_mask(shape[0]))
+    return AverageResult(avg, maps[0], maps[1], report, alignment, half)
 
 
 def iterative_average_job(

@@ -219,7 +219,7 @@ class ParticleSet:
 
 
 def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLike | None = None,
-                      box: int | None = None) -> ParticleSet:
+                      box: int | None = None, rows=None) -> ParticleSet:
     """Load particles for alignment/averaging: from ``rlnImageName`` (one MRC per particle), or cut
     from ``tomogram`` around ``rlnCoordinateX/Y/Z`` with box ``box``.
 
@@ -227,6 +227,9 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
     subtomograms and particles centred outside the tomogram are skipped and listed; an odd or
     missing box, a tomogram whose voxel size differs from the STAR file's, or no particle
     left raise :class:`InputError`.
+
+    ``rows``: load only these rows of the STAR file (a shard of a large set; subtomogram files
+    only); ``ParticleSet.rows`` are then among them.
     """
     from ...io import (
         euler_deg,
@@ -238,6 +241,9 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
     from ...io.mrc import voxel_size_isotropic
 
     if tomogram is not None:
+        if rows is not None:
+            raise InputError("subtomogram files (rlnImageName) to load a subset of rows", path=star_path,
+                             field="rows", got="a tomogram to extract from")
         if box is None:
             raise InputError("a box size (--box N) to extract subtomograms from the tomogram", path=star_path,
                              field="box", got="none")
@@ -257,7 +263,7 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
     else:
         if box is not None:
             check_box_size(box, path=star_path)
-        volumes, table = read_subtomograms(star_path)
+        volumes, table = read_subtomograms(star_path, rows=rows)
         voxel = float(table.voxel_size)
         n_box = volumes.shape[-1]
         if not (volumes.shape[1] == volumes.shape[2] == n_box):
@@ -269,9 +275,10 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
             raise InputError(f"--box equal to the subtomograms' box ({n_box})", path=star_path, field="box",
                              got=box)
         empty = ~volumes.reshape(len(volumes), -1).any(1)
-        skipped = [Skipped(int(i), "subtomogram is all zero") for i in np.flatnonzero(empty)]
-        rows = np.flatnonzero(~empty)
-        volumes = volumes[rows]
+        which = np.arange(len(volumes)) if rows is None else np.asarray(rows, dtype=np.int64)
+        skipped = [Skipped(int(which[i]), "subtomogram is all zero") for i in np.flatnonzero(empty)]
+        volumes = volumes[~empty]
+        rows = which[~empty]
         resid = np.zeros((len(rows), 3))
         fraction, bounds = np.ones(len(rows)), None
         source = "subtomograms"

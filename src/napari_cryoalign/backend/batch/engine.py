@@ -142,15 +142,9 @@ def dask_client(*, scheduler: str | None = None, workers: int = 2, threads_per_w
     if workers < 1 or threads_per_worker < 1:
         raise InputError("at least one worker with at least one thread", field="--workers",
                          got=f"{workers} workers x {threads_per_worker} threads")
-    try:
-        import bokeh  # noqa: F401
-
-        dashboard = ":0"
-    except ImportError:
-        dashboard = None
     with dask.config.set({"distributed.worker.daemon": False, "distributed.admin.system-monitor.gil.enabled": False}):
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=int(threads_per_worker), processes=True,
-                               dashboard_address=dashboard, silence_logs=logging.CRITICAL, memory_limit=memory_limit)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL, memory_limit=memory_limit)
     return Client(cluster), True
 
 
