@@ -78,6 +78,42 @@ def register(sub) -> None:
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or auto, on each worker")
     p.set_defaults(func=run_pick_predict)
 
+    t = steps.add_parser("template", help="template matching on every tomogram",
+                         description="cryoalign pick template --template on every tomogram: OUT/<rlnTomoName>/"
+                         "picks.star (with Euler angles), OUT/particles.star, OUT/tomograms.star; for copick also "
+                         "the picks in each run (user cryoalign, with orientations).")
+    _add_inputs(t)
+    t.add_argument("--template", required=True, metavar="REF.mrc",
+                   help="reference (protein with the tomograms' contrast sign), centred in its box")
+    t.add_argument("--angular-step", type=float, default=30.0, metavar="DEG", help="rotation grid step (default 30)")
+    t.add_argument("--threshold", type=float, default=None, metavar="NCC", help="minimum score (default none)")
+    t.add_argument("--false-positives", type=float, default=None, metavar="K",
+                   help="without --threshold: cut where noise is expected K times per tomogram (try 1)")
+    t.add_argument("--max-picks", type=_positive_int, default=None, metavar="N", help="at most N picks per tomogram")
+    t.add_argument("--min-distance", type=float, default=None, metavar="D_ANGSTROM",
+                   help="minimum distance between picks in Å (default: the template mask radius)")
+    t.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
+                   help="tilt range for the missing wedge (default -60,60)")
+    t.add_argument("--no-wedge", action="store_true", help="no missing wedge on the template")
+    t.add_argument("--lowpass", type=float, default=None, metavar="A", help="low-pass the template to A Å")
+    t.add_argument("--defocus", type=float, default=None, metavar="UM", help="multiply the template by |CTF|")
+    t.add_argument("--heatmap", action="store_true", help="also write OUT/<rlnTomoName>/heatmap.mrc (best NCC)")
+    t.add_argument("--object", default=None, metavar="NAME", help="copick: the pickable object (see pick predict)")
+    t.add_argument("--session-id", default="0", metavar="ID", help="copick: session id of the picks (default 0)")
+    t.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or auto, on each worker")
+    t.set_defaults(func=run_pick_template)
+
+    e = kinds.add_parser("extract", help="subtomograms of every tomogram's particles into one particle set",
+                         description="Cut a box around every particle of a STAR file (rows matched to tomograms "
+                         "by rlnTomoName): OUT/<rlnTomoName>/particles.star and its subtomograms, then one "
+                         "OUT/particles.star over all of them (rlnImageName relative to OUT) for `batch average` "
+                         "or `average`, and OUT/tomograms.star.")
+    _add_inputs(e)
+    e.add_argument("--particles", required=True, metavar="P.star",
+                   help="particles with rlnTomoName and coordinates (e.g. a batch's merged particles.star)")
+    e.add_argument("--box", required=True, type=_positive_int, metavar="N", help="box edge in voxels (even)")
+    e.set_defaults(func=run_extract)
+
     a = kinds.add_parser("average", help="average a large subtomogram set, sharded over workers",
                          description="Average the particles of a subtomogram STAR file (rlnImageName) with their "
                          "STAR poses: shards of particles on Dask workers, their partial sums reduced. The maps "
@@ -224,3 +260,33 @@ def run_average(args) -> int:
           f"{res.max_shard_particles} on {res.workers} workers in {res.seconds:.1f} s; half-map FSC 0.143: "
           f"{fsc.resolution_0143:.1f} Å; wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def run_pick_template(args) -> int:
+    from ..backend.batch import merge_picks
+    from ..backend.batch.tasks import pick_template_task
+    from ..io import read_mrc
+
+    _check_out(args, args.template, args.copick, args.tomograms, args.tomogram_list)
+    read_mrc(args.template)  # a bad template fails here, once
+    params = {"template": str(Path(args.template).resolve()), "template_digest": _digest(args.template),
+              "angular_step_deg": args.angular_step, "threshold": args.threshold,
+              "false_positives": args.false_positives, "max_picks": args.max_picks,
+              "min_distance_angstrom": args.min_distance,
+              "tilt_range": None if args.no_wedge else list(args.tilt_range), "lowpass_angstrom": args.lowpass,
+              "defocus_um": args.defocus, "heatmap": bool(args.heatmap), "device": args.device,
+              "copick_object": _copick_object(args), "copick_session": args.session_id}
+    return _run(args, "pick template", pick_template_task, params, merge_picks)
+
+
+def run_extract(args) -> int:
+    from ..backend.align.extract import check_box_size
+    from ..backend.batch.tasks import extract_task, merge_extracted
+    from ..io import read_star
+
+    _check_out(args, args.particles, args.copick, args.tomograms, args.tomogram_list)
+    check_box_size(args.box, path=args.particles)
+    read_star(args.particles)  # a bad STAR file fails here, once
+    params = {"particles": str(Path(args.particles).resolve()), "particles_digest": _digest(args.particles),
+              "box": int(args.box)}
+    return _run(args, "extract", extract_task, params, merge_extracted)

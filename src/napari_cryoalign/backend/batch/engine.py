@@ -84,11 +84,17 @@ def fingerprint(step: str, source: TomogramSource, params: dict) -> str:
 
 
 def set_task_threads(threads: int) -> None:
-    """Limit torch and the BLAS/OpenMP pools of this process to ``threads`` (every task calls it: a
-    worker process may have run other work before)."""
+    """Prepare a worker process for a task: limit torch and the BLAS/OpenMP pools to ``threads`` (every
+    task calls it: a worker process may have run other work before), and keep freed memory for reuse
+    (:func:`~.._malloc.keep_freed_memory`, what the ``cryoalign`` command does for itself: without it a
+    picker inference in a Dask worker took 2.2x as long, docs/batch.md; ``CRYOALIGN_NO_MALLOC_TUNING=1``
+    turns it off)."""
     import torch
     from threadpoolctl import threadpool_limits
 
+    from .._malloc import keep_freed_memory
+
+    keep_freed_memory()
     threads = max(1, int(threads))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -135,6 +141,10 @@ def dask_client(*, scheduler: str | None = None, workers: int = 2, threads_per_w
     import dask
     from distributed import Client, LocalCluster
 
+    # distributed logs every connection at INFO in this process (its own handler): only warnings, unless the
+    # user asked for informational messages (cryoalign -v sets the root logger to INFO)
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler:
         if str(scheduler).endswith(".json"):
             return Client(scheduler_file=str(scheduler), timeout="30s"), False
