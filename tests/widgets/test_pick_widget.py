@@ -481,3 +481,30 @@ def test_review_loop_one_key_per_uncertain_pick(opened, qtbot, sim):
     qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
     assert w.runner.state.history[-1] == "finished", w.status.text()
     assert w.picker.training["n_negatives"] == 2 and w.picker.training["n_labels"] == 4
+
+
+def test_run_on_all_tomograms(opened, qtbot, sim, tmp_path):
+    """'Run on all tomograms': the current picker on every tomogram of a list (one missing) by the batch job,
+    progress in the widget, the merged picks written; a rerun skips finished tomograms."""
+    from napari_cryoalign.io import read_star
+
+    viewer, w = opened
+    w.batch.button.clicked()  # no picker yet: a message, nothing started
+    assert "picker" in w.batch.status.value and not w.batch.runner.running
+    w.picker = Picker.new(diameter_angstrom=250.0, voxel_size=VOXEL, seed=0)
+    w.threshold.value = 0.05  # an untrained network: low scores, but picks to compare
+    for name in ("tomo_b", "tomo_c"):
+        write_mrc(tmp_path / f"{name}.mrc", sim.tomogram[:, :96, :96], voxel_size=VOXEL)
+    (tmp_path / "all.txt").write_text("tomo_b.mrc\ntomo_c.mrc\nnot_here.mrc\n")
+    w.batch.source.value = str(tmp_path / "all.txt")
+    w.batch.out.value = str(tmp_path / "batch")
+    w.batch.workers.value = 1
+    w.batch.button.clicked()
+    qtbot.waitUntil(lambda: not w.batch.runner.running, timeout=180_000)
+    assert "2 done, 0 finished before, 1 failed of 3 tomograms" in w.batch.status.value
+    assert "not_here" in w.batch.status.value
+    merged = read_star(tmp_path / "batch" / "particles.star")["particles"]
+    assert set(merged["rlnTomoName"]) == {"tomo_b", "tomo_c"} and (merged["rlnAutopickFigureOfMerit"] >= 0.05).all()
+    w.batch.button.clicked()
+    qtbot.waitUntil(lambda: not w.batch.runner.running, timeout=180_000)
+    assert "0 done, 2 finished before, 1 failed" in w.batch.status.value

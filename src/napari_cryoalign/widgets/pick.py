@@ -173,9 +173,13 @@ class PickWidget(PickFileActions, JobWidget):
         self.files_box = Container(widgets=[self.model_file, model_row, self.star_file, self.star_form,
                                             self.make_overwrite_box(), self.export_button, self.labels_star,
                                             self.import_button])
+        from ._pick_batch import BatchRun
+
+        self.batch = BatchRun(self)
         outer = self.layout()
         at = outer.count() - 1  # before the final stretch
-        for w in (self.loss_plot, self.histogram, self.picks_box.native, self.files_box.native):
+        for w in (self.loss_plot, self.histogram, self.picks_box.native, self.files_box.native,
+                  self.batch.box.native):
             outer.insertWidget(at, w)
             at += 1
 
