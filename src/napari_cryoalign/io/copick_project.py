@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["CopickTomogramRef", "import_copick", "open_copick", "copick_tomograms", "read_copick_tomogram",
+__all__ = ["CopickTomogramRef", "CopickRunData", "load_copick_run", "copick_levels", "import_copick", "open_copick", "copick_tomograms", "read_copick_tomogram",
            "copick_voxel_spacings", "write_copick_picks", "read_copick_picks", "new_copick_project",
            "COPICK_USER"]
 
@@ -283,3 +283,44 @@ def new_copick_project(config: str | os.PathLike, overlay_root: str | os.PathLik
             "overlay_fs_args": {"auto_mkdir": True}}
     write_json(p, data)
     return open_copick(p)
+
+
+def copick_levels(ref: CopickTomogramRef) -> list[tuple[str, float]]:
+    """The resolution levels of a run's tomogram: ``[(level name, voxel size Å)]``, finest first (from the
+    OME-Zarr multiscale metadata; level ``i`` at ``voxel_size * 2**i`` where the metadata says nothing)."""
+    import zarr
+
+    group = zarr.open(_tomogram(ref).zarr(), mode="r")
+    out = []
+    try:
+        datasets = group.attrs["multiscales"][0]["datasets"]
+        for d in datasets:
+            scale = [t for t in d.get("coordinateTransformations", []) if t.get("type") == "scale"]
+            out.append((str(d["path"]), float(scale[0]["scale"][-1]) if scale else float("nan")))
+    except (KeyError, IndexError, TypeError):
+        out = [(k, float("nan")) for k in sorted(group.array_keys())]
+    return [(name, v if np.isfinite(v) else ref.voxel_size * 2 ** i) for i, (name, v) in enumerate(out)]
+
+
+@dataclass
+class CopickRunData:
+    """A run opened for viewing: the tomogram at one level ``(z, y, x)`` float32, its voxel size (Å), the
+    level's name, and the run's picks ``[(meta, coordinates_xyz in voxels of the run's voxel spacing,
+    scores)]`` (:func:`read_copick_picks`)."""
+
+    ref: CopickTomogramRef
+    tomogram: np.ndarray
+    voxel_size: float
+    level: str
+    picks: list
+
+
+def load_copick_run(ref: CopickTomogramRef, *, level: int | str = 0) -> CopickRunData:
+    """Read a run's tomogram at resolution ``level`` and all of its picks (what the Copick widget shows)."""
+    levels = dict(copick_levels(ref))
+    name = str(level)
+    if name not in levels:
+        raise InputError(f"a resolution level of the tomogram ({', '.join(levels)})", path=ref.config,
+                         field="level", got=name)
+    data = read_copick_tomogram(ref, level=name)
+    return CopickRunData(ref, data, float(levels[name]), name, read_copick_picks(ref))

@@ -4,7 +4,8 @@ The current picker is applied to every tomogram of a copick project (its configu
 a RELION 5 ``tomograms.star`` or a list of tomogram files (``.txt``), by the same batch job as
 ``cryoalign batch pick predict`` (:func:`~..backend.batch.engine.batch_job` on a local Dask
 cluster), in the widget's own runner so labelling goes on meanwhile. The model is saved first to
-``OUT/model.pt`` (the batch's workers read it from there); the progress line counts tomograms done,
+``OUT/model.pt`` (the batch's workers read it from there; a different model replaces an earlier batch's
+only with the widget's "overwrite existing files" box); the progress line counts tomograms done,
 failed and left; a rerun skips tomograms finished with the same model. For a copick project whose
 one particle object is unambiguous the picks are also written back to each run (user
 ``cryoalign``, session ``0``).
@@ -93,8 +94,13 @@ class BatchRun:
         inputs, obj = batch_inputs(src)
         out.mkdir(parents=True, exist_ok=True)
         model = out / "model.pt"
-        if not _same_model(model, w.picker):  # an unchanged model keeps its file: the rerun skips finished tomograms
-            save_picker(model, w.picker, overwrite=True)
+        # an unchanged model keeps its file (the rerun skips finished tomograms); another one replaces it only
+        # with the widget's "overwrite existing files" box, as every file the widget writes
+        if not _same_model(model, w.picker) and w.export_files(
+                [model], lambda overwrite: save_picker(model, w.picker, overwrite=overwrite),
+                done=f"saved the model for the batch to {model}") is None:
+            raise InputError("the model saved to the batch folder (tick 'overwrite existing files' to replace the "
+                             "model a batch there used)", path=model, field="model", got="not saved")
         import hashlib
 
         params = {"model": str(model.resolve()), "model_digest": hashlib.sha256(model.read_bytes()).hexdigest()[:20],
