@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["CopickTomogramRef", "CopickRunData", "load_copick_run", "copick_levels", "import_copick", "open_copick", "copick_tomograms", "read_copick_tomogram",
+__all__ = ["CopickTomogramRef", "CopickRunData", "load_copick_run", "copick_levels", "import_copick", "open_copick",
+           "copick_tomograms", "read_copick_tomogram",
            "copick_voxel_spacings", "write_copick_picks", "read_copick_picks", "new_copick_project",
            "COPICK_USER"]
 
