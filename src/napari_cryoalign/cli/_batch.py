@@ -54,6 +54,24 @@ def _add_inputs(p) -> None:
                    help="threads per worker, and torch threads per task (default 1)")
 
 
+def _add_average_args(a) -> None:
+    """The options `batch align` and `batch average` share: shards, wedge, CTF, symmetry, the cluster."""
+    a.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
+                   help="particles per task (default 1000)")
+    a.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
+                   help="tilt range for the missing wedge (default -60,60)")
+    a.add_argument("--no-wedge", action="store_true", help="no missing-wedge compensation")
+    a.add_argument("--ctf", choices=("auto", "none"), default="auto",
+                   help="auto: CTF-aware when the STAR file has rlnDefocusU (default)")
+    a.add_argument("--symmetry", default="C1", metavar="GROUP", help="point group (default C1)")
+    a.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler")
+    a.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="local worker processes (default 2)")
+    a.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="T",
+                   help="threads per worker (default 1)")
+    a.add_argument("--device", type=device_arg, default="cpu", help="cpu (default) or cuda, on each worker")
+    a.add_argument("--overwrite", action="store_true")
+
+
 def register(sub) -> None:
     parser = sub.add_parser("batch", help="run a step on every tomogram of a project (Dask distributed)",
                             description=__doc__)
@@ -114,6 +132,27 @@ def register(sub) -> None:
     e.add_argument("--box", required=True, type=_positive_int, metavar="N", help="box edge in voxels (even)")
     e.set_defaults(func=run_extract)
 
+    g = kinds.add_parser("align", help="align a large subtomogram set to a reference, sharded over workers",
+                         description="cryoalign align on the particles of a subtomogram STAR file (rlnImageName), "
+                         "in shards on Dask workers with the reference broadcast; writes the aligned STAR file and, "
+                         "with --average, the average of the aligned particles (summed over the shards). The poses "
+                         "and maps equal the single-process run's.")
+    g.add_argument("--particles", required=True, metavar="P.star", help="subtomograms (rlnImageName)")
+    g.add_argument("--reference", required=True, metavar="R.mrc", help="reference map (same box and voxel size)")
+    g.add_argument("--out", required=True, metavar="ALIGNED.star", help="aligned particles (STAR)")
+    g.add_argument("--average", default=None, metavar="MAP.mrc", help="also write the average of the aligned set")
+    g.add_argument("--half-maps", action="store_true", help="with --average: the half maps and the FSC too")
+    g.add_argument("--method", choices=["exhaustive", "learned", "learned+refine"], default="exhaustive")
+    g.add_argument("--angular-step", type=float, default=30.0, metavar="DEG", help="global grid step (default 30)")
+    g.add_argument("--refine-levels", type=int, default=2, metavar="K", help="local refinement levels (default 2)")
+    g.add_argument("--max-shift", type=float, default=None, metavar="VOX",
+                   help="largest shift searched (default box/4)")
+    g.add_argument("--lowpass", type=float, default=None, metavar="A", help="compare frequencies up to 1/A only")
+    g.add_argument("--model", default=None, metavar="MODEL.pt", help="learned aligner weights (default: shipped)")
+    g.add_argument("--candidates", type=int, default=1, metavar="K", help="learned: grid rotations compared")
+    _add_average_args(g)
+    g.set_defaults(func=run_align)
+
     a = kinds.add_parser("average", help="average a large subtomogram set, sharded over workers",
                          description="Average the particles of a subtomogram STAR file (rlnImageName) with their "
                          "STAR poses: shards of particles on Dask workers, their partial sums reduced. The maps "
@@ -121,20 +160,7 @@ def register(sub) -> None:
     a.add_argument("--particles", required=True, metavar="P.star", help="subtomograms (rlnImageName) with poses")
     a.add_argument("--out", required=True, metavar="MAP.mrc", help="the average")
     a.add_argument("--half-maps", action="store_true", help="also write the half maps and the FSC (csv, png)")
-    a.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
-                   help="particles per task (default 1000)")
-    a.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
-                   help="tilt range for the missing wedge (default -60,60)")
-    a.add_argument("--no-wedge", action="store_true", help="no missing-wedge compensation")
-    a.add_argument("--ctf", choices=("auto", "none"), default="auto",
-                   help="auto: CTF-corrected when the STAR file has rlnDefocusU (default)")
-    a.add_argument("--symmetry", default="C1", metavar="GROUP", help="point group imposed on the maps (default C1)")
-    a.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler")
-    a.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="local worker processes (default 2)")
-    a.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="T",
-                   help="threads per worker (default 1)")
-    a.add_argument("--device", type=device_arg, default="cpu", help="cpu (default) or cuda, on each worker")
-    a.add_argument("--overwrite", action="store_true")
+    _add_average_args(a)
     a.set_defaults(func=run_average)
 
 
@@ -290,3 +316,52 @@ def run_extract(args) -> int:
     params = {"particles": str(Path(args.particles).resolve()), "particles_digest": _digest(args.particles),
               "box": int(args.box)}
     return _run(args, "extract", extract_task, params, merge_extracted)
+
+
+def run_align(args) -> int:
+    from ..backend.align.extract import ParticleSet, write_aligned_star
+    from ..backend.batch.align import sharded_align_job
+    from ..backend.batch.average import DEFAULT_SHARD_SIZE
+    from ..backend.jobs import run_job
+    from ..io import check_output_path, ensure_not_input, read_mrc, write_mrc
+    from ..io.mrc import voxel_size_isotropic
+    from ._align import half_map_paths, write_half_maps
+
+    outs = [Path(args.out)]
+    if args.average:
+        outs += [Path(args.average)] + (half_map_paths(Path(args.average)) if args.half_maps else [])
+    for o in outs:
+        ensure_not_input(o, args.particles, args.reference, args.model)
+        check_output_path(o, overwrite=args.overwrite)
+    ref = read_mrc(args.reference)
+    job = sharded_align_job(args.particles, ref.data, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+                            method=args.method, angular_step_deg=args.angular_step, refine_levels=args.refine_levels,
+                            max_shift_voxels=args.max_shift, lowpass_angstrom=args.lowpass,
+                            tilt_range=None if args.no_wedge else tuple(args.tilt_range), ctf=args.ctf,
+                            symmetry=args.symmetry, model=None if args.model is None else str(Path(args.model)),
+                            candidates=args.candidates, scheduler=args.scheduler, workers=args.workers,
+                            threads_per_worker=args.threads_per_worker, device=args.device)
+    res = run_job(job, progress=show_progress(args), description="batch align")
+    rv = voxel_size_isotropic(ref)
+    if abs(rv - res.voxel_size) > 1e-3 * res.voxel_size:
+        from ..errors import InputError
+
+        raise InputError(f"the particles' voxel size ({res.voxel_size:g} Å)", path=args.reference,
+                         field="voxel_size", got=f"{rv:g} Å")
+    import numpy as np
+
+    n = len(res.rows)
+    pset = ParticleSet(volumes=np.empty((0,)), rows=res.rows, table=res.table, voxel_size=res.voxel_size,
+                       euler_deg=np.zeros((n, 3)), origins_angstrom=np.zeros((n, 3)),
+                       extraction_origins_voxels=np.zeros((n, 3)), skipped=[], source="subtomograms")
+    written = [write_aligned_star(args.out, pset, res.alignment, overwrite=args.overwrite)]
+    if args.average:
+        written.append(write_mrc(args.average, res.average.average, voxel_size=res.voxel_size,
+                                 overwrite=args.overwrite))
+        if args.half_maps:
+            written += write_half_maps(Path(args.average), res.average, voxel_size=res.voxel_size,
+                                       overwrite=args.overwrite)
+    print(f"aligned {n} particles ({len(res.skipped)} skipped) with {res.alignment.method} in {len(res.shards)} "
+          f"shards of at most {res.max_shard_particles} on {res.workers} workers in {res.seconds:.1f} s; half-map "
+          f"FSC 0.143: {res.average.fsc.resolution_0143:.1f} Å; wrote " + ", ".join(str(p) for p in written))
+    return 0

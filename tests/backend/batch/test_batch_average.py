@@ -13,7 +13,7 @@ from napari_cryoalign.backend.jobs import run_job
 from napari_cryoalign.backend.wedge import particle_fourier_mask
 from napari_cryoalign.cli import main
 from napari_cryoalign.errors import InputError
-from napari_cryoalign.io import read_mrc, write_subtomograms
+from napari_cryoalign.io import read_mrc, write_mrc, write_subtomograms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -67,3 +67,39 @@ def test_batch_average_cli(subtomograms, tmp_path, capsys):
     assert main(["-q", "batch", "average", "--particles", str(subtomograms), "--out", str(out)]) == 2  # exists
     with pytest.raises(InputError):
         run_job(sharded_average_job(str(subtomograms), shard_size=0), progress=False)
+
+
+def test_sharded_alignment_equals_one_process(subtomograms, client, tmp_path, capsys):
+    from napari_cryoalign.backend.align.methods import align_job
+    from napari_cryoalign.backend.batch.align import sharded_align_job
+    from napari_cryoalign.backend.simulate.structures import load_structure_map
+    from napari_cryoalign.io import read_star
+
+    ref, _ = load_structure_map("enolase", voxel_size_angstrom=VOXEL, box=BOX)
+    res = run_job(sharded_align_job(str(subtomograms), ref, shard_size=20, angular_step_deg=45.0, refine_levels=1,
+                                    client=client), progress=False)
+    assert len(res.shards) == 3 and list(res.rows) == [r for r in range(N) if r != 7]
+    pset = load_particle_set(subtomograms)
+    masks = particle_fourier_mask(BOX)
+    ctf = particle_ctf(pset)
+    one = run_job(align_job(pset.volumes, ref, particle_masks=masks, angular_step_deg=45.0, refine_levels=1, ctf=ctf),
+                  progress=False)
+    np.testing.assert_allclose(res.alignment.rotations, one.rotations, atol=1e-4)
+    np.testing.assert_allclose(res.alignment.origins_voxels, one.origins_voxels, atol=1e-4)
+    avg = average_particles(pset.volumes, one, particle_masks=masks, voxel_size_angstrom=VOXEL,
+                            half=row_halves(pset.table.data, pset.rows), ctf=ctf)
+    scale = np.abs(avg.average).max()
+    np.testing.assert_allclose(res.average.average, avg.average, atol=1e-4 * scale)
+    np.testing.assert_allclose(res.average.half1, avg.half1, atol=1e-4 * scale)
+    # the command: aligned STAR (every kept row, the poses) and the average
+    out = tmp_path / "aligned.star"
+    write_mrc(tmp_path / "ref.mrc", ref, voxel_size=VOXEL)
+    assert main(["-q", "batch", "align", "--particles", str(subtomograms), "--reference", str(tmp_path / "ref.mrc"),
+                 "--out", str(out), "--average", str(tmp_path / "avg.mrc"), "--angular-step", "45",
+                 "--refine-levels", "1", "--shard-size", "20", "--workers", "2"]) == 0
+    assert "aligned 44 particles (1 skipped)" in capsys.readouterr().out
+    table = read_star(out)["particles"]
+    assert len(table) == 44 and "cryoalignCorrelation" in table
+    got = euler_to_matrix(table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy())
+    np.testing.assert_allclose(got, one.rotations, atol=1e-3)
+    assert read_mrc(tmp_path / "avg.mrc").data.shape == (BOX,) * 3
