@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -174,18 +173,47 @@ def _cluster_start() -> float:
     return t
 
 
-def part_average(work: Path, res: dict, n: int = 20000, box: int = 32) -> None:
-    import torch
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM, MB; per process, unlike ru_maxrss, which a child inherits)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
-    from napari_cryoalign.backend.align.average import average_particles
-    from napari_cryoalign.backend.align.extract import load_particle_set, particle_ctf
-    from napari_cryoalign.backend.align.types import AlignmentResult
-    from napari_cryoalign.backend.batch.average import row_halves, sharded_average_job
-    from napari_cryoalign.backend.geometry import (euler_to_matrix, matrix_to_euler, random_rotations,
+
+_ONE_PROCESS = r"""
+import json, sys, time
+import numpy as np, torch
+from napari_cryoalign.backend._malloc import keep_freed_memory
+keep_freed_memory()
+torch.set_num_threads(2)
+from napari_cryoalign.backend.align.average import average_particles
+from napari_cryoalign.backend.align.extract import load_particle_set, particle_ctf
+from napari_cryoalign.backend.align.types import AlignmentResult
+from napari_cryoalign.backend.batch.average import row_halves
+from napari_cryoalign.backend.geometry import euler_to_matrix
+from napari_cryoalign.backend.wedge import particle_fourier_mask
+star, out, box = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t0 = time.perf_counter()
+pset = load_particle_set(star)
+poses = AlignmentResult(euler_to_matrix(pset.euler_deg), pset.origins_angstrom / pset.voxel_size,
+                        np.full(len(pset.rows), np.nan), "star")
+one = average_particles(pset.volumes, poses, particle_masks=particle_fourier_mask(box), voxel_size_angstrom=pset.voxel_size,
+                        half=row_halves(pset.table.data, pset.rows), ctf=particle_ctf(pset))
+t = time.perf_counter() - t0
+np.savez(out, average=one.average, half1=one.half1, half2=one.half2)
+hwm = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"seconds": t, "peak_rss_mb": hwm, "fsc_0143": one.fsc.resolution_0143}))
+"""
+
+
+def part_average(work: Path, res: dict, n: int = 20000, box: int = 32) -> None:
+
+    from napari_cryoalign.backend.batch.average import sharded_average_job
+    from napari_cryoalign.backend.geometry import (matrix_to_euler, random_rotations,
                                                    transform_reference_to_particle)
     from napari_cryoalign.backend.jobs import run_job
     from napari_cryoalign.backend.simulate.structures import load_structure_map
-    from napari_cryoalign.backend.wedge import particle_fourier_mask
     from napari_cryoalign.io import write_subtomograms
 
     star = work / "avg" / "particles.star"
@@ -204,34 +232,29 @@ def part_average(work: Path, res: dict, n: int = 20000, box: int = 32) -> None:
 
     t0 = time.perf_counter()
     client, _ = dask_client(workers=2, threads_per_worker=1)
-    rss_start = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    rss_start = client.run(_peak_rss_mb)
     sh = run_job(sharded_average_job(str(star), shard_size=1000, client=client, threads_per_worker=1), progress=False)
     t_sharded = time.perf_counter() - t0
-    rss_workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    rss_workers = client.run(_peak_rss_mb)
     cl = client.cluster
     client.close()
     cl.close()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    torch.set_num_threads(2)
-    t0 = time.perf_counter()
-    pset = load_particle_set(star)
-    poses = AlignmentResult(euler_to_matrix(pset.euler_deg), pset.origins_angstrom / pset.voxel_size,
-                            np.full(len(pset.rows), np.nan), "star")
-    one = average_particles(pset.volumes, poses, particle_masks=particle_fourier_mask(box), voxel_size_angstrom=12.0,
-                            half=row_halves(pset.table.data, pset.rows), ctf=particle_ctf(pset))
-    t_one = time.perf_counter() - t0
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = float(np.abs(one.average).max())
+    # one process, as `cryoalign average` runs it, in a fresh interpreter (its own peak memory)
+    one_npz = work / "avg" / "one_process.npz"
+    child = subprocess.run([sys.executable, "-c", _ONE_PROCESS, str(star), str(one_npz), str(box)], check=True,
+                           capture_output=True, text=True)
+    one_info = json.loads(child.stdout.strip().splitlines()[-1])
+    one = np.load(one_npz)
+    scale = float(np.abs(one["average"]).max())
     res["average"] = {
         "particles": int(sh.n_particles), "box": box, "shards": len(sh.shards), "shard_size": 1000,
-        "workers": sh.workers,
-        "sharded_seconds": t_sharded, "one_process_seconds": t_one,
-        "max_abs_difference_relative": {k: float(np.abs(getattr(sh.average, k) - getattr(one, k)).max() / scale)
+        "workers": sh.workers, "sharded_seconds": t_sharded, "one_process_seconds": one_info["seconds"],
+        "max_abs_difference_relative": {k: float(np.abs(getattr(sh.average, k) - one[k]).max() / scale)
                                         for k in ("average", "half1", "half2")},
-        "fsc_0143": [sh.average.fsc.resolution_0143, one.fsc.resolution_0143],
-        "one_process_peak_rss_mb": rss1 / 1024, "bench_process_rss_before_mb": rss0 / 1024,
-        "worker_peak_rss_mb": sorted(rss_workers.values()), "worker_rss_at_start_mb": sorted(rss_start.values()),
-        "all_particles_mb": n * box ** 3 * 4 / 2 ** 20}
+        "fsc_0143": [sh.average.fsc.resolution_0143, one_info["fsc_0143"]],
+        "one_process_peak_rss_mb": one_info["peak_rss_mb"], "worker_peak_rss_mb": sorted(rss_workers.values()),
+        "worker_rss_after_start_mb": sorted(rss_start.values()), "all_particles_mb": n * box ** 3 * 4 / 2 ** 20,
+        "note": "peak RSS = VmHWM of each process (workers: spawned fresh, after all 20 shards)"}
     print(json.dumps(res["average"], indent=1), flush=True)
 
 
