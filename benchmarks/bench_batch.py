@@ -198,8 +198,9 @@ t0 = time.perf_counter()
 pset = load_particle_set(star)
 poses = AlignmentResult(euler_to_matrix(pset.euler_deg), pset.origins_angstrom / pset.voxel_size,
                         np.full(len(pset.rows), np.nan), "star")
-one = average_particles(pset.volumes, poses, particle_masks=particle_fourier_mask(box), voxel_size_angstrom=pset.voxel_size,
-                        half=row_halves(pset.table.data, pset.rows), ctf=particle_ctf(pset))
+one = average_particles(pset.volumes, poses, particle_masks=particle_fourier_mask(box),
+                        voxel_size_angstrom=pset.voxel_size, half=row_halves(pset.table.data, pset.rows),
+                        ctf=particle_ctf(pset))
 t = time.perf_counter() - t0
 np.savez(out, average=one.average, half1=one.half1, half2=one.half2)
 hwm = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
