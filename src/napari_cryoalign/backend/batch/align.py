@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import InputError
 from ..jobs import Job, Progress
 from .average import DEFAULT_SHARD_SIZE, row_halves
-from .engine import dask_client, set_task_threads
+from .engine import cluster_session, n_workers, set_task_threads
 
 __all__ = ["ShardedAlignment", "sharded_align_job", "align_shard_task"]
 
@@ -110,14 +110,12 @@ def sharded_align_job(star: str, reference, *, shard_size: int = DEFAULT_SHARD_S
     n = len(table.data)
     shards = [(a, min(n, a + int(shard_size))) for a in range(0, n, int(shard_size))]
     yield Progress(0, len(shards), f"{n} particles in {len(shards)} shards")
-    owned = False
-    if client is None:
-        client, owned = dask_client(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker)
-    futures, parts = {}, []
-    try:
+    parts = []
+    with cluster_session(client, scheduler=scheduler, workers=workers,
+                         threads_per_worker=threads_per_worker) as (client, futures):
         from distributed import as_completed
 
-        n_workers = len(client.scheduler_info().get("workers", {}))
+        workers_now = n_workers(client)
         ref = client.scatter(np.asarray(reference, dtype=np.float32), broadcast=True)
         opts = {"method": method, "angular_step_deg": angular_step_deg, "refine_levels": refine_levels,
                 "max_shift_voxels": max_shift_voxels, "lowpass_angstrom": lowpass_angstrom, "tilt_range": tilt_range,
@@ -137,15 +135,6 @@ def sharded_align_job(star: str, reference, *, shard_size: int = DEFAULT_SHARD_S
             part["sums"] = None
             parts.append(part)
             yield Progress(i, len(shards), f"{sum(len(p['rows']) for p in parts)} particles aligned")
-    finally:
-        pending = [f for f in futures if not f.done()]
-        if pending:
-            client.cancel(pending)
-        if owned:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
     parts.sort(key=lambda p: p["rows"][0] if len(p["rows"]) else n)
     rows = np.concatenate([p["rows"] for p in parts])
     alignment = AlignmentResult(np.concatenate([p["rotations"] for p in parts]),
@@ -156,4 +145,4 @@ def sharded_align_job(star: str, reference, *, shard_size: int = DEFAULT_SHARD_S
                                 half=row_halves(table.data, rows))
     skipped = sorted(s for p in parts for s in p["skipped"])
     return ShardedAlignment(alignment, rows, average, table, skipped, voxel, shards,
-                            max(b - a for a, b in shards), time.perf_counter() - t0, n_workers)
+                            max(b - a for a, b in shards), time.perf_counter() - t0, workers_now)

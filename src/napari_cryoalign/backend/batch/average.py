@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..jobs import Job, Progress
-from .engine import dask_client, set_task_threads
+from .engine import cluster_session, n_workers, set_task_threads
 
 __all__ = ["ShardedAverage", "sharded_average_job", "shard_sums_task", "row_halves", "DEFAULT_SHARD_SIZE"]
 
@@ -116,15 +116,12 @@ def sharded_average_job(star: str, *, shard_size: int = DEFAULT_SHARD_SIZE, tilt
     n = len(table)
     shards = [(a, min(n, a + int(shard_size))) for a in range(0, n, int(shard_size))]
     yield Progress(0, len(shards), f"{n} particles in {len(shards)} shards")
-    owned = False
-    if client is None:
-        client, owned = dask_client(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker)
-    futures = {}
     total, skipped, voxel, kept = None, [], None, 0
-    try:
+    with cluster_session(client, scheduler=scheduler, workers=workers,
+                         threads_per_worker=threads_per_worker) as (client, futures):
         from distributed import as_completed
 
-        n_workers = len(client.scheduler_info().get("workers", {}))
+        workers_now = n_workers(client)
         for a, b in shards:
             f = client.submit(shard_sums_task, str(star), a, b, tilt_range=tilt_range, ctf=ctf,
                               threads=threads_per_worker, device=device, pure=False)
@@ -144,15 +141,6 @@ def sharded_average_job(star: str, *, shard_size: int = DEFAULT_SHARD_SIZE, tilt
             voxel = vs
             del sums
             yield Progress(i, len(shards), f"{kept} particles")
-    finally:
-        pending = [f for f in futures if not f.done()]
-        if pending:
-            client.cancel(pending)
-        if owned:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
     result = average_from_sums(total, voxel_size_angstrom=voxel, symmetry=symmetry)
     return ShardedAverage(result, kept, sorted(skipped), voxel, shards, max(b - a for a, b in shards),
-                          time.perf_counter() - t0, n_workers)
+                          time.perf_counter() - t0, workers_now)

@@ -13,6 +13,7 @@ rerun elsewhere (Dask's own retry). Tasks are submitted with ``pure=False``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,8 +28,8 @@ from ...errors import InputError
 from ..jobs import Job, Partial, Progress
 from .sources import BatchInputs, TomogramSource
 
-__all__ = ["TaskOutcome", "BatchReport", "batch_job", "dask_client", "marker_path", "fingerprint",
-           "set_task_threads"]
+__all__ = ["TaskOutcome", "BatchReport", "batch_job", "dask_client", "cluster_session", "n_workers", "marker_path",
+           "fingerprint", "set_task_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,33 @@ def dask_client(*, scheduler: str | None = None, workers: int = 2, threads_per_w
     return Client(cluster), True
 
 
+@contextlib.contextmanager
+def cluster_session(client=None, *, scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1):
+    """``with cluster_session(...) as (client, futures):`` - the given client, or one made by
+    :func:`dask_client` (closed with its cluster at the end); every future put into ``futures`` (a
+    dict) that has not finished when the block ends - a job closed half-way, an error - is cancelled."""
+    owned = False
+    if client is None:
+        client, owned = dask_client(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker)
+    futures: dict = {}
+    try:
+        yield client, futures
+    finally:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            client.cancel(pending)
+        if owned:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def n_workers(client) -> int:
+    """The number of workers the client's scheduler has now."""
+    return len(client.scheduler_info().get("workers", {}))
+
+
 def _error_text(err: BaseException) -> str:
     first = f"{type(err).__name__}: {err}".strip()
     return first.splitlines()[0] if first else type(err).__name__
@@ -217,15 +245,12 @@ def batch_job(step: str, task: Callable[..., dict], inputs: BatchInputs, out: st
     yield progress()
     for o in list(outcomes.values()):
         yield Partial("tomogram", o)
-    dashboard, n_workers = None, 0
+    dashboard, workers_now = None, 0
     if todo:
-        owned = False
-        if client is None:
-            client, owned = dask_client(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker)
-        futures = {}
-        try:
+        with cluster_session(client, scheduler=scheduler, workers=workers,
+                             threads_per_worker=threads_per_worker) as (client, futures):
             dashboard = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
-            n_workers = len(client.scheduler_info().get("workers", {}))
+            workers_now = n_workers(client)
             yield Partial("dashboard", dashboard)
             from distributed import as_completed
 
@@ -244,18 +269,9 @@ def batch_job(step: str, task: Callable[..., dict], inputs: BatchInputs, out: st
                 outcomes[s.name] = oc
                 yield Partial("tomogram", oc)
                 yield progress()
-        finally:
-            pending = [f for f in futures if not f.done()]
-            if pending:
-                client.cancel(pending)
-            if owned:
-                cluster = getattr(client, "cluster", None)
-                client.close()
-                if cluster is not None:
-                    cluster.close()
     order = [s.name for s in sources] + [n for n in inputs.missing]
     report = BatchReport(step, out, [outcomes[n] for n in order], dashboard=dashboard,
-                         seconds=time.perf_counter() - t0, workers=n_workers)
+                         seconds=time.perf_counter() - t0, workers=workers_now)
     if merge is not None:
         report.merged = dict(merge(report, inputs) or {})
     return report

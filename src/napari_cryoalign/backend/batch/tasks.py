@@ -226,34 +226,31 @@ def merge_star_tables(paths: list[Path], out: Path, *, block: str = "particles",
     return write_star(out, blocks, overwrite=True)
 
 
-def merge_picks(report: BatchReport, inputs: BatchInputs) -> dict[str, Path]:
-    """``OUT/particles.star`` (every finished tomogram's picks, ``rlnTomoName`` per row) and
-    ``OUT/tomograms.star``."""
+def _merge(report: BatchReport, inputs: BatchInputs, name: str, *, relocate_images: bool) -> dict[str, Path]:
+    """``OUT/particles.star`` from every finished tomogram's ``OUT/<folder>/<name>`` and ``OUT/tomograms.star``."""
+    from ...io.star_images import relocate_image_names
+
     out = {}
-    files = [report.out / o.folder / PICKS_FILE for o in report.finished()]
-    p = merge_star_tables([f for f in files if f.is_file()], report.out / "particles.star")
+    files = [report.out / o.folder / name for o in report.finished()]
+    merged = report.out / "particles.star"
+    relocate = (lambda names, f: relocate_image_names(names, star_path=f, out_path=merged)) if relocate_images \
+        else None
+    p = merge_star_tables([f for f in files if f.is_file()], merged, relocate=relocate)
     if p is not None:
         out["particles"] = p
     t = write_merged_tomograms(report, inputs)
     if t is not None:
         out["tomograms"] = t
     return out
+
+
+def merge_picks(report: BatchReport, inputs: BatchInputs) -> dict[str, Path]:
+    """``OUT/particles.star`` (every finished tomogram's picks, ``rlnTomoName`` per row) and
+    ``OUT/tomograms.star``."""
+    return _merge(report, inputs, PICKS_FILE, relocate_images=False)
 
 
 def merge_extracted(report: BatchReport, inputs: BatchInputs) -> dict[str, Path]:
     """``OUT/particles.star``: every tomogram's subtomograms, ``rlnImageName`` relative to OUT (what
     ``cryoalign batch average`` and ``cryoalign average`` read), and ``OUT/tomograms.star``."""
-    from ...io.star_images import relocate_image_names
-
-    out = {}
-    files = [report.out / o.folder / SUBTOMOGRAMS_FILE for o in report.finished()]
-    files = [f for f in files if f.is_file()]
-    merged = report.out / "particles.star"
-    p = merge_star_tables(files, merged, relocate=lambda names, f: relocate_image_names(
-        names, star_path=f, out_path=merged))
-    if p is not None:
-        out["particles"] = p
-    t = write_merged_tomograms(report, inputs)
-    if t is not None:
-        out["tomograms"] = t
-    return out
+    return _merge(report, inputs, SUBTOMOGRAMS_FILE, relocate_images=True)
