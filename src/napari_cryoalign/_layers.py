@@ -174,3 +174,37 @@ def marker_tiltseries_layers(ts, *, name: str = "marker tilt series") -> list[tu
         (pts, {"name": f"{name} true beads", "scale": (1.0, p, p), "features": feats, "size": max(3.0, 1.6 * bead_px),
                "face_color": "transparent", "border_color": "orange", "border_width": 0.1}, "points"),
     ]
+
+
+def copick_run_layers(data, objects=()) -> list[tuple]:
+    """LayerData for a copick run opened with :func:`~.io.copick_project.load_copick_run`: the tomogram at
+    its level (world units Å; metadata naming the run as ``rlnTomoName`` and the level's voxel size, as
+    the widgets read a tomogram) and one points layer per (object, user, session), named
+    ``"<run> <object> (<user>/<session>)"``. ``objects``: the project's pickable objects (their radius, Å,
+    sets the points' size)."""
+    ref = data.ref
+    sample = data.tomogram[:: max(1, data.tomogram.shape[0] // 8)]
+    lo, hi = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+    meta = {"napari_cryoalign": {"tomo_name": ref.run, "voxel_size_angstrom": (data.voxel_size,) * 3,
+                                 "shape": tuple(int(s) for s in data.tomogram.shape),
+                                 "copick": {"config": ref.config, "run": ref.run, "voxel_spacing": ref.voxel_size,
+                                            "tomo_type": ref.tomo_type, "level": data.level}}}
+    layers = [(data.tomogram, {"name": f"{ref.run} {ref.tomo_type}", "scale": (data.voxel_size,) * 3,
+                               "metadata": meta, "contrast_limits": (lo, hi if hi > lo else lo + 1.0),
+                               "colormap": "gray"}, "image")]
+    radii = {o.name: getattr(o, "radius", None) for o in objects}
+    for m, xyz, scores in data.picks:
+        radius = radii.get(m["object"])
+        layers.append((np.asarray(xyz, dtype=np.float64).reshape(-1, 3)[:, ::-1].copy(), {
+            "name": copick_picks_layer_name(ref.run, m), "scale": (ref.voxel_size,) * 3,
+            "size": 2 * float(radius) / ref.voxel_size if radius else 10.0, "face_color": "transparent",
+            "border_color": "cyan", "projection_mode": "rescale_spherical",
+            "features": pd.DataFrame({"score": np.asarray(scores, dtype=float)}),
+            "metadata": {"napari_cryoalign": {"voxel_size_angstrom": ref.voxel_size, "tomo_name": ref.run,
+                                              "copick": {**m, "run": ref.run}}}}, "points"))
+    return layers
+
+
+def copick_picks_layer_name(run: str, meta: dict) -> str:
+    """The points layer of one (object, user, session) of a copick run."""
+    return f"{run} {meta['object']} ({meta['user_id']}/{meta['session_id']})"

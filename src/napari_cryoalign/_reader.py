@@ -7,6 +7,9 @@
   goes into the metadata as ``tilt_angles_deg``, so "Markers & deformation" finds it.
 * STAR of 2D particle images (``rlnImageName`` = ``index@stack.mrcs``, no coordinates): the
   images as an image layer ``(n, y, x)`` (``role: "particle images"``, for "Pose inference").
+* copick configuration (``.json`` with pickable objects and a root): its first run's tomogram at the
+  finest resolution level of at most 256³ voxels and the run's picks (one points layer per object, user
+  and session); the *Copick project* widget opens the other runs and levels.
 * STAR: a points layer at ``(z, y, x)`` = ``(rlnCoordinateZ, Y, X)`` (0-based voxels), with
   every column of the particle table kept in ``features``. The layer scale is the voxel
   size found in the STAR file (optics/general blocks) or in the header of the tomogram it
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 def get_reader(path):
     """Return a reader function for ``path`` if this plugin can read it, else None."""
+    if isinstance(path, (str, os.PathLike)) and str(path).lower().endswith(".json"):
+        return read_copick_config if _is_copick_config(path) else None
     if isinstance(path, (list, tuple)):
         if not path or any(maybe_kind_of_file(p) not in ("mrc", "star") for p in path):
             return None
@@ -40,6 +45,47 @@ def get_reader(path):
     if maybe_kind_of_file(path) in ("mrc", "star"):
         return read_files
     return None
+
+
+def _is_copick_config(path) -> bool:
+    """A JSON file that looks like a copick project's configuration (pickable objects and a root)."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "pickable_objects" in data and (
+        "overlay_root" in data or "static_root" in data or "config_type" in data)
+
+
+#: File > Open on a copick config shows its first run at the coarsest level with at most this many voxels
+COPICK_OPEN_MAX_VOXELS = 256 ** 3
+
+
+def read_copick_config(path) -> list[tuple]:
+    """File > Open on a copick configuration: its first run's tomogram (the finest resolution level with at
+    most :data:`COPICK_OPEN_MAX_VOXELS` voxels) and its picks; the *Copick project* widget opens the others."""
+    from ._layers import copick_run_layers
+    from .io.copick_project import copick_levels, copick_tomogram_shape, copick_tomograms, load_copick_run, open_copick
+
+    try:
+        refs, missing = copick_tomograms(path)
+        if not refs:
+            raise CryoAlignError(f"no run with a tomogram ({'; '.join(f'{k}: {v}' for k, v in missing.items())})")
+        ref = refs[0]
+        levels = [name for name, _ in copick_levels(ref)]
+        level = next((name for name in levels if np.prod(copick_tomogram_shape(ref, level=name))
+                      <= COPICK_OPEN_MAX_VOXELS), levels[-1])
+        layers = copick_run_layers(load_copick_run(ref, level=level), open_copick(path).config.pickable_objects)
+    except (CryoAlignError, OSError, ValueError) as exc:
+        _notify_error(f"Could not open {path}: {exc}")
+        return [(None,)]
+    n_runs = len(refs) + len(missing)
+    if n_runs > 1:
+        _notify_info(f"{path}: showing run {ref.run} of {n_runs}; the Copick project widget opens the others")
+    return layers
 
 
 def read_files(path) -> list[tuple]:
@@ -220,6 +266,15 @@ def particle_images_layer_data(path: str | os.PathLike) -> tuple:
     kwargs = {"name": path.stem, "scale": (1.0, px, px), "contrast_limits": (lo, hi), "colormap": "gray",
               "metadata": meta, "axis_labels": ("image", "y", "x")}
     return (images, kwargs, "image")
+
+
+def _notify_info(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_info
+
+        show_info(message)
+    except Exception:  # noqa: BLE001 - outside napari
+        log.info(message)
 
 
 def _notify_error(message: str) -> None:

@@ -61,3 +61,17 @@ def test_open_runs_and_save_picks(make_napari_viewer, qtbot, project):
     assert meta == {"object": "ribosome", "user_id": COPICK_USER, "session_id": "7"}
     np.testing.assert_allclose(xyz * VOXEL, np.asarray(new.data)[:, ::-1] * 2 * VOXEL)
     assert "saved 1 picks" in w.status.text()
+
+
+def test_file_open_on_a_copick_config(make_napari_viewer, project, tmp_path):
+    """File > Open on the configuration: the first run at a level of at most 256³ voxels, with its picks; a JSON
+    file that is no copick project is not ours."""
+    from napari_cryoalign._reader import get_reader
+
+    config, _ = project
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(config), plugin="napari-cryoalign")
+    names = [layer.name for layer in layers]
+    assert names[0] == "TS_01 wbp" and viewer.layers["TS_01 wbp"].data.shape == (16, 64, 48)
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    assert get_reader(str(tmp_path / "other.json")) is None

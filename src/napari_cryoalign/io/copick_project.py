@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["CopickTomogramRef", "CopickRunData", "load_copick_run", "copick_levels", "import_copick", "open_copick",
+__all__ = ["CopickTomogramRef", "CopickRunData", "load_copick_run", "copick_levels", "copick_tomogram_shape",
+           "import_copick", "open_copick",
            "copick_tomograms", "read_copick_tomogram",
            "copick_voxel_spacings", "write_copick_picks", "read_copick_picks", "new_copick_project",
            "COPICK_USER"]
@@ -284,6 +285,13 @@ def new_copick_project(config: str | os.PathLike, overlay_root: str | os.PathLik
             "overlay_fs_args": {"auto_mkdir": True}}
     write_json(p, data)
     return open_copick(p)
+
+
+def copick_tomogram_shape(ref: CopickTomogramRef, *, level: int | str = 0) -> tuple[int, int, int]:
+    """The ``(z, y, x)`` shape of a run's tomogram at resolution ``level`` (read from the Zarr metadata only)."""
+    import zarr
+
+    return tuple(int(v) for v in zarr.open(_tomogram(ref).zarr(), mode="r")[str(level)].shape)
 
 
 def copick_levels(ref: CopickTomogramRef) -> list[tuple[str, float]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 
+from .._layers import copick_picks_layer_name
 from ..backend.jobs import as_job
 from ..errors import InputError
 from ._base import JobWidget, handler
@@ -24,9 +25,7 @@ from ._base import JobWidget, handler
 __all__ = ["CopickWidget", "picks_layer_name"]
 
 
-def picks_layer_name(run: str, meta: dict) -> str:
-    """The points layer of one (object, user, session) of a run."""
-    return f"{run} {meta['object']} ({meta['user_id']}/{meta['session_id']})"
+picks_layer_name = copick_picks_layer_name
 
 
 class CopickWidget(JobWidget):
@@ -122,26 +121,12 @@ class CopickWidget(JobWidget):
         return as_job(load_copick_run, self.ref(), level=int(self.level.value), message="reading the run")
 
     def on_result(self, data) -> None:
+        from .._layers import copick_run_layers
         from ._base import add_or_update_layer
 
+        for layer_data in copick_run_layers(data, self.root.config.pickable_objects):
+            add_or_update_layer(self.viewer, layer_data)
         ref = data.ref
-        lo, hi = np.percentile(data.tomogram[:: max(1, data.tomogram.shape[0] // 8)], (0.5, 99.5))
-        meta = {"napari_cryoalign": {"tomo_name": ref.run, "voxel_size_angstrom": (data.voxel_size,) * 3,
-                                     "shape": tuple(int(s) for s in data.tomogram.shape),
-                                     "copick": {"config": ref.config, "run": ref.run, "voxel_spacing": ref.voxel_size,
-                                                "tomo_type": ref.tomo_type, "level": data.level}}}
-        add_or_update_layer(self.viewer, (data.tomogram, {
-            "name": f"{ref.run} {ref.tomo_type}", "scale": (data.voxel_size,) * 3, "metadata": meta,
-            "contrast_limits": (float(lo), float(hi) if hi > lo else float(lo) + 1.0), "colormap": "gray"}, "image"))
-        for m, xyz, scores in data.picks:
-            radius = next((o.radius for o in self.root.config.pickable_objects if o.name == m["object"]), None)
-            size = 2 * float(radius) / ref.voxel_size if radius else 10.0
-            add_or_update_layer(self.viewer, (xyz[:, ::-1].copy(), {
-                "name": picks_layer_name(ref.run, m), "scale": (ref.voxel_size,) * 3, "size": size,
-                "face_color": "transparent", "border_color": "cyan", "projection_mode": "rescale_spherical",
-                "features": {"score": np.asarray(scores, dtype=float)},
-                "metadata": {"napari_cryoalign": {"voxel_size_angstrom": ref.voxel_size, "tomo_name": ref.run,
-                                                  "copick": {**m, "run": ref.run}}}}, "points"))
         self.status.setText(f"{ref.run}: {ref.tomo_type} at {data.voxel_size:g} Å (level {data.level}), "
                             f"{len(data.picks)} pick sets")
 
