@@ -43,6 +43,7 @@ from napari_cryoalign.backend.geometry import (
     random_rotations,
 )
 from napari_cryoalign.backend.jobs import Partial
+from napari_cryoalign.backend.simulate.procedural import HELD_OUT_SEEDS, TRAINING_SEEDS
 from napari_cryoalign.backend.simulate.structures import list_structures
 from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms
 
@@ -65,17 +66,69 @@ GRID_CONFIG = {"head": "grid", "input_box": 16, "grid_step_deg": 30.0, "channels
                "hidden": 512}
 
 
-def _round_data(snr: float, n_per_class: int, seed: int, device="cpu"):
-    s = simulate_subtomograms(STRUCTURES, n_per_class=n_per_class, box=32, snr=snr, seed=seed, device=device)
+# the broad corpus (issue 18): every packaged structure plus new procedural shapes every round, under varied
+# imaging conditions, so that the network learns alignment, not identities or one voxel size
+BROAD_PROCEDURAL_PER_ROUND = 14
+BROAD_VOXELS = (6.0, 8.0, 10.0, 12.0)
+BROAD_TILTS = ((-60.0, 60.0), (-50.0, 50.0), (-60.0, 45.0), (-45.0, 45.0))
+BROAD_DEFOCUS = (None, (2.0, 6.0), 5.0)
+# held-out learning curve: procedural seeds >= 10000 (never trained on), fixed conditions
+CURVE_SEEDS = tuple(range(10100, 10110))
+CURVE_SETS = (("snr100_12A_ctf5", 100.0, 12.0), ("snr0.1_12A_ctf5", 0.1, 12.0), ("snr0.1_8A_ctf5", 0.1, 8.0))
+
+
+def _round_data(snr: float, n_per_class: int, seed: int, device="cpu", corpus: str = "packaged"):
+    if corpus == "broad":
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(len(TRAINING_SEEDS), BROAD_PROCEDURAL_PER_ROUND, replace=False)
+        structures = [f"procedural:{TRAINING_SEEDS[int(i)]}" for i in picks] + list(STRUCTURES)
+        s = simulate_subtomograms(structures, n_per_class=n_per_class, box=32, snr=snr, seed=seed, device=device,
+                                  voxel_size_angstrom=float(rng.choice(BROAD_VOXELS)),
+                                  tilt_range_deg=BROAD_TILTS[int(rng.integers(len(BROAD_TILTS)))],
+                                  defocus_um=BROAD_DEFOCUS[int(rng.integers(len(BROAD_DEFOCUS)))])
+    else:
+        s = simulate_subtomograms(STRUCTURES, n_per_class=n_per_class, box=32, snr=snr, seed=seed, device=device)
     refs = s.references[s.classes - 1]  # each particle's structure (not its pose)
     return s.volumes, refs, s.mask, s.rotations
 
 
+def _curve_sets(per_structure: int = 4):
+    """The fixed held-out sets of the learning curve (built once)."""
+    assert all(x in HELD_OUT_SEEDS for x in CURVE_SEEDS)
+    names = [f"procedural:{x}" for x in CURVE_SEEDS]
+    return {label: simulate_subtomograms(names, n_per_class=per_structure, box=32, voxel_size_angstrom=vox, snr=snr,
+                                         seed=4242, defocus_um=5.0)
+            for label, snr, vox in CURVE_SETS}
+
+
+def held_out_point(model: GumNet, sets: dict) -> dict:
+    """Network alone on the held-out procedural sets: mean / median geodesic error and mean Frobenius."""
+    was_training = model.training
+    out = {}
+    for label, s in sets.items():
+        geo, fro = [], []
+        for c in range(1, len(s.references) + 1):
+            sel = np.flatnonzero(s.classes == c)
+            res = align_learned(s.volumes[sel], s.references[c - 1], particle_masks=s.mask, model=model)
+            geo.append(geodesic_angle_deg(res.rotations, s.rotations[sel]))
+            fro.append(matrix_distance(res.rotations, s.rotations[sel]))
+        g, f = np.concatenate(geo), np.concatenate(fro)
+        out[label] = {"n": int(g.size), "geodesic_mean_deg": float(g.mean()),
+                      "geodesic_median_deg": float(np.median(g)), "frobenius_mean": float(f.mean()),
+                      "fraction_below_30deg": float((g < 30).mean())}
+    model.train(was_training)
+    return out
+
+
 def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: int = 8,
           checkpoint: Path | None = None, supervised: bool = False, head: str = "hypotheses",
-          init: Path | None = None, device="cpu") -> tuple[GumNet, dict]:
+          init: Path | None = None, device="cpu", corpus: str = "packaged", curve_minutes: float = 0.0,
+          curve_path: Path | None = None) -> tuple[GumNet, dict]:
     """Train for ``minutes``; with ``init`` (a model file) continue from those weights with the last
-    stage of the curriculum only (its SNR mix and learning rate) for the whole budget."""
+    stage of the curriculum only (its SNR mix and learning rate) for the whole budget (the broad
+    corpus runs the whole curriculum from ``init`` too). With ``curve_minutes`` > 0, evaluate the
+    network alone on held-out procedural structures every ``curve_minutes`` (``log["curve"]``,
+    also written to ``curve_path`` as it grows)."""
     torch.manual_seed(seed)
     if init is not None:
         model = load_model(init, device=device)
@@ -85,12 +138,26 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
     else:
         model = GumNet(GumNetConfig(box=32, **(GRID_CONFIG if head == "grid" else {}))).to(device)
     log = {"stages": [], "losses": [], "architecture": model.config.to_dict(),
-           "init": None if init is None else str(init)}
+           "init": None if init is None else str(init), "corpus": corpus, "curve": []}
     t_all = time.perf_counter()
     round_seed = 1000 * seed + 1
     stages = GRID_STAGES if head == "grid" else STAGES
-    if init is not None:
+    if init is not None and corpus != "broad":
         stages = [(stages[-1][0], 1.0, *stages[-1][2:])]
+    sets = _curve_sets() if curve_minutes > 0 else None
+    next_curve = 0.0
+
+    def curve_point(stage):
+        point = {"seconds": time.perf_counter() - t_all, "steps": len(log["losses"]), "stage": stage,
+                 **held_out_point(model, sets)}
+        log["curve"].append(point)
+        print("curve " + json.dumps(point), flush=True)
+        if curve_path is not None:
+            tmp = curve_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"corpus": corpus, "held_out_seeds": list(CURVE_SEEDS), "sets": CURVE_SETS,
+                                       "curve": log["curve"]}, indent=1) + "\n")
+            os.replace(tmp, curve_path)
+
     for name, share, snrs, loss_box, lr in stages:
         budget = share * minutes * 60.0
         t0 = time.perf_counter()
@@ -98,8 +165,11 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         rng = np.random.default_rng(round_seed)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         while time.perf_counter() - t0 < budget:
+            if sets is not None and time.perf_counter() - t_all >= next_curve:
+                curve_point(name)
+                next_curve += curve_minutes * 60.0
             snr = float(rng.choice(snrs))
-            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed, device)
+            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed, device, corpus)
             round_seed += 1
             job = train_job(vols, references=refs, particle_masks=mask, model=model, epochs=1,
                             batch_size=batch_size, lr=lr, loss_box=loss_box, optimizer=opt, seed=round_seed,
@@ -124,6 +194,8 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
                   f"t {time.perf_counter() - t_all:.0f}s", flush=True)
         log["stages"].append({"name": name, "snrs": snrs, "loss_box": loss_box, "lr": lr, "rounds": rounds,
                               "steps": steps, "seconds": time.perf_counter() - t0})
+    if sets is not None:
+        curve_point("end")
     log["seconds"] = time.perf_counter() - t_all
     return model, log
 
@@ -205,6 +277,14 @@ def main(argv=None) -> int:
     ap.add_argument("--init", type=Path, default=None,
                     help="continue from these weights (e.g. the shipped default) with the last curriculum stage; "
                     "use another --seed than the first run so that the rounds' data are new")
+    ap.add_argument("--corpus", choices=("packaged", "broad"), default="packaged",
+                    help="packaged: the packaged structures only; broad: plus new procedural training shapes "
+                    "(seeds < 10000) every round, voxel sizes 6-12 A, varied wedges and CTF (issue 18)")
+    ap.add_argument("--curve-minutes", type=float, default=0.0,
+                    help="evaluate on held-out procedural structures (seeds 10100-10109) every N minutes")
+    ap.add_argument("--curve-out", type=Path, default=None, help="write the learning curve (JSON) here")
+    ap.add_argument("--n-per-class", type=int, default=None, help="particles per structure per round "
+                    "(default 24; 4 with --corpus broad)")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
@@ -212,7 +292,9 @@ def main(argv=None) -> int:
     else:
         bs = args.batch_size or (42 if args.head == "grid" else 8)
         model, train_log = train(args.minutes, seed=args.seed, checkpoint=args.checkpoint, supervised=args.supervised,
-                                 head=args.head, batch_size=bs, init=args.init, device=args.device)
+                                 head=args.head, batch_size=bs, init=args.init, device=args.device,
+                                 corpus=args.corpus, curve_minutes=args.curve_minutes, curve_path=args.curve_out,
+                                 n_per_class=args.n_per_class or (4 if args.corpus == "broad" else 24))
         model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
@@ -221,7 +303,14 @@ def main(argv=None) -> int:
                 "unsupervised": not args.supervised, "torch": torch.__version__,
                 "command": f"python scripts/train_gumnet_default.py --minutes {args.minutes:g} --seed {args.seed}"
                 + (" --supervised" if args.supervised else "") + f" --head {args.head} --batch-size {bs}"
-                + f" --device {args.device}" + (f" --init {args.init.name}" if args.init else "")}
+                + f" --device {args.device}" + (f" --init {args.init.name}" if args.init else "")
+                + f" --corpus {args.corpus}"}
+        if args.corpus == "broad":
+            meta["data"].update({"procedural_training_seeds": f"{BROAD_PROCEDURAL_PER_ROUND} new per round from "
+                                 f"[{TRAINING_SEEDS.start}, {TRAINING_SEEDS.stop})",
+                                 "voxel_size_angstrom": list(BROAD_VOXELS), "tilt_range_deg": BROAD_TILTS,
+                                 "defocus_um": BROAD_DEFOCUS,
+                                 "held_out_for_evaluation": f"procedural seeds >= {HELD_OUT_SEEDS.start}"})
         if args.init is not None:  # the provenance of the weights this run started from
             prev = args.init.with_suffix(".json")
             meta["init"] = json.loads(prev.read_text()) if prev.is_file() else {"file": str(args.init)}

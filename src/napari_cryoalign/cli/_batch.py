@@ -33,8 +33,9 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def _add_inputs(p) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
+def _add_sources(p, *, required: bool = True) -> None:
+    """The tomograms of a batch: --copick [--runs --voxel-spacing --tomo-type] | --tomograms | --tomogram-list."""
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--copick", metavar="CONFIG.json", help="a copick project (filesystem configuration)")
     src.add_argument("--tomograms", metavar="tomograms.star",
                      help="RELION 5 tomograms.star: rlnTomoName and rlnTomoReconstructedTomogram per tomogram")
@@ -45,6 +46,10 @@ def _add_inputs(p) -> None:
                    help="copick: the voxel spacing to use (default the project's smallest)")
     p.add_argument("--tomo-type", default=None, metavar="TYPE",
                    help="copick: the tomogram type (default the run's only one, else wbp)")
+
+
+def _add_inputs(p) -> None:
+    _add_sources(p)
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (made if missing)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="an existing Dask scheduler (tcp://host:8786, or a scheduler file .json); "
@@ -55,7 +60,12 @@ def _add_inputs(p) -> None:
 
 
 def _add_average_args(a) -> None:
-    """The options `batch align` and `batch average` share: shards, wedge, CTF, symmetry, the cluster."""
+    """The options `batch align` and `batch average` share: where the particles come from, shards, wedge, CTF,
+    symmetry, the cluster."""
+    _add_sources(a, required=False)
+    a.add_argument("--box", type=_positive_int, default=None, metavar="N",
+                   help="with --tomograms, --tomogram-list or --copick: cut boxes of N voxels (even) around the "
+                   "particles' coordinates, on the workers, from the tomogram each row's rlnTomoName names")
     a.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
                    help="particles per task (default 1000)")
     a.add_argument("--tilt-range", type=float_pair, default=(-60.0, 60.0), metavar="MIN,MAX",
@@ -137,7 +147,8 @@ def register(sub) -> None:
                          "in shards on Dask workers with the reference broadcast; writes the aligned STAR file and, "
                          "with --average, the average of the aligned particles (summed over the shards). The poses "
                          "and maps equal the single-process run's.")
-    g.add_argument("--particles", required=True, metavar="P.star", help="subtomograms (rlnImageName)")
+    g.add_argument("--particles", required=True, metavar="P.star",
+                   help="subtomograms (rlnImageName), or coordinates with rlnTomoName and a tomogram source + --box")
     g.add_argument("--reference", required=True, metavar="R.mrc", help="reference map (same box and voxel size)")
     g.add_argument("--out", required=True, metavar="ALIGNED.star", help="aligned particles (STAR)")
     g.add_argument("--average", default=None, metavar="MAP.mrc", help="also write the average of the aligned set")
@@ -157,7 +168,9 @@ def register(sub) -> None:
                          description="Average the particles of a subtomogram STAR file (rlnImageName) with their "
                          "STAR poses: shards of particles on Dask workers, their partial sums reduced. The maps "
                          "equal `cryoalign average`'s to float precision; no worker holds more than one shard.")
-    a.add_argument("--particles", required=True, metavar="P.star", help="subtomograms (rlnImageName) with poses")
+    a.add_argument("--particles", required=True, metavar="P.star",
+                   help="subtomograms (rlnImageName) with poses, or coordinates with rlnTomoName and poses and a "
+                   "tomogram source + --box")
     a.add_argument("--out", required=True, metavar="MAP.mrc", help="the average")
     a.add_argument("--half-maps", action="store_true", help="also write the half maps and the FSC (csv, png)")
     _add_average_args(a)
@@ -262,6 +275,35 @@ def run_pick_predict(args) -> int:
     return _run(args, "pick predict", pick_predict_task, params, merge_picks)
 
 
+def _particle_sources(args):
+    """The tomograms to cut `batch align` / `batch average` particles from (None: subtomogram files)."""
+    from ..errors import InputError
+
+    if not (args.copick or args.tomograms or args.tomogram_list):
+        if args.box is not None:
+            raise InputError("--box only with a tomogram source (--tomograms, --tomogram-list or --copick)",
+                             field="--box", got=args.box)
+        for flag in ("runs", "voxel_spacing", "tomo_type"):
+            if getattr(args, flag) is not None:
+                raise InputError("--copick with this flag", field="--" + flag.replace("_", "-"), got="no --copick")
+        return None
+    if args.box is None:
+        raise InputError("--box N: the box to cut around each particle from its tomogram", field="--box",
+                         got="none")
+    from ..backend.align.extract import check_box_size
+
+    check_box_size(args.box, path=args.particles)
+    return _inputs(args)
+
+
+def _report_skipped(skipped) -> None:
+    """One line per reason (particles of tomograms not in the batch, boxes outside the tomogram, ...)."""
+    from collections import Counter
+
+    for why, k in Counter(w for _, w in skipped).most_common(5):
+        print(f"skipped {k} particle{'s' if k > 1 else ''}: {why}", file=sys.stderr)
+
+
 def run_average(args) -> int:
     from ..backend.batch.average import DEFAULT_SHARD_SIZE, sharded_average_job
     from ..backend.jobs import run_job
@@ -272,11 +314,13 @@ def run_average(args) -> int:
     ensure_not_input(out, args.particles)
     for o in [out] + (half_map_paths(out) if args.half_maps else []):
         check_output_path(o, overwrite=args.overwrite)
+    sources = _particle_sources(args)
     job = sharded_average_job(args.particles, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
                               tilt_range=None if args.no_wedge else tuple(args.tilt_range), ctf=args.ctf,
-                              symmetry=args.symmetry, scheduler=args.scheduler, workers=args.workers,
-                              threads_per_worker=args.threads_per_worker, device=args.device)
+                              symmetry=args.symmetry, tomograms=sources, box=args.box, scheduler=args.scheduler,
+                              workers=args.workers, threads_per_worker=args.threads_per_worker, device=args.device)
     res = run_job(job, progress=show_progress(args), description="batch average")
+    _report_skipped(res.skipped)
     write_mrc(out, res.average.average, voxel_size=res.voxel_size, overwrite=args.overwrite)
     written = [out]
     if args.half_maps:
@@ -334,14 +378,16 @@ def run_align(args) -> int:
         ensure_not_input(o, args.particles, args.reference, args.model)
         check_output_path(o, overwrite=args.overwrite)
     ref = read_mrc(args.reference)
+    sources = _particle_sources(args)
     job = sharded_align_job(args.particles, ref.data, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
                             method=args.method, angular_step_deg=args.angular_step, refine_levels=args.refine_levels,
                             max_shift_voxels=args.max_shift, lowpass_angstrom=args.lowpass,
                             tilt_range=None if args.no_wedge else tuple(args.tilt_range), ctf=args.ctf,
                             symmetry=args.symmetry, model=None if args.model is None else str(Path(args.model)),
-                            candidates=args.candidates, scheduler=args.scheduler, workers=args.workers,
-                            threads_per_worker=args.threads_per_worker, device=args.device)
+                            candidates=args.candidates, tomograms=sources, box=args.box, scheduler=args.scheduler,
+                            workers=args.workers, threads_per_worker=args.threads_per_worker, device=args.device)
     res = run_job(job, progress=show_progress(args), description="batch align")
+    _report_skipped(res.skipped)
     rv = voxel_size_isotropic(ref)
     if abs(rv - res.voxel_size) > 1e-3 * res.voxel_size:
         from ..errors import InputError
@@ -353,7 +399,8 @@ def run_align(args) -> int:
     n = len(res.rows)
     pset = ParticleSet(volumes=np.empty((0,)), rows=res.rows, table=res.table, voxel_size=res.voxel_size,
                        euler_deg=np.zeros((n, 3)), origins_angstrom=np.zeros((n, 3)),
-                       extraction_origins_voxels=np.zeros((n, 3)), skipped=[], source="subtomograms")
+                       extraction_origins_voxels=res.extraction_origins_voxels, skipped=[],
+                       source="subtomograms" if sources is None else "tomogram")
     written = [write_aligned_star(args.out, pset, res.alignment, overwrite=args.overwrite)]
     if args.average:
         written.append(write_mrc(args.average, res.average.average, voxel_size=res.voxel_size,

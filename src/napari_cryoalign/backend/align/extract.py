@@ -219,7 +219,7 @@ class ParticleSet:
 
 
 def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLike | None = None,
-                      box: int | None = None, rows=None) -> ParticleSet:
+                      box: int | None = None, rows=None, allow_empty: bool = False) -> ParticleSet:
     """Load particles for alignment/averaging: from ``rlnImageName`` (one MRC per particle), or cut
     from ``tomogram`` around ``rlnCoordinateX/Y/Z`` with box ``box``.
 
@@ -228,67 +228,74 @@ def load_particle_set(star_path: str | os.PathLike, *, tomogram: str | os.PathLi
     missing box, a tomogram whose voxel size differs from the STAR file's, or no particle
     left raise :class:`InputError`.
 
-    ``rows``: load only these rows of the STAR file (a shard of a large set; subtomogram files
-    only); ``ParticleSet.rows`` are then among them.
+    ``rows``: load only these rows of the STAR file (a shard of a large set, or one tomogram's
+    particles); ``ParticleSet.rows`` are then among them. ``allow_empty``: return an empty set
+    (every row skipped) instead of raising.
     """
-    from ...io import (
-        euler_deg,
-        origins_angstrom,
-        read_mrc,
-        read_particles,
-        read_subtomograms,
-    )
+    from ...io import read_mrc, read_subtomograms
     from ...io.mrc import voxel_size_isotropic
 
     if tomogram is not None:
-        if rows is not None:
-            raise InputError("subtomogram files (rlnImageName) to load a subset of rows", path=star_path,
-                             field="rows", got="a tomogram to extract from")
         if box is None:
             raise InputError("a box size (--box N) to extract subtomograms from the tomogram", path=star_path,
                              field="box", got="none")
         vol = read_mrc(tomogram, mmap=True, validate=False)
-        tvox = voxel_size_isotropic(vol)
-        table = read_particles(star_path, tomogram_shape=vol.shape, require=("coordinates3d",))
-        if table.voxel_size is not None and abs(table.voxel_size - tvox) > 1e-3 * tvox:
-            raise InputError(f"a tomogram with the STAR file's voxel size ({table.voxel_size:g} Å)",
-                             path=tomogram, field="voxel_size", got=f"{tvox:g} Å")
-        from ...io import coordinates_xyz
+        return particles_from_volume(star_path, vol.data, voxel_size_isotropic(vol), box=box, rows=rows,
+                                     path=tomogram, allow_empty=allow_empty)
+    if box is not None:
+        check_box_size(box, path=star_path)
+    volumes, table = read_subtomograms(star_path, rows=rows)
+    n_box = volumes.shape[-1]
+    if not (volumes.shape[1] == volumes.shape[2] == n_box):
+        raise InputError("cubic subtomograms", path=star_path, field="rlnImageName",
+                         got=f"shape {volumes.shape[1:]}")
+    if n_box % 2:
+        raise InputError("subtomograms of an even box size", path=star_path, field="box", got=n_box)
+    if box is not None and int(box) != n_box:
+        raise InputError(f"--box equal to the subtomograms' box ({n_box})", path=star_path, field="box",
+                         got=box)
+    empty = ~volumes.reshape(len(volumes), -1).any(1)
+    which = np.arange(len(volumes)) if rows is None else np.asarray(rows, dtype=np.int64)
+    skipped = [Skipped(int(which[i]), "subtomogram is all zero") for i in np.flatnonzero(empty)]
+    kept = which[~empty]
+    return _particle_set(star_path, table, volumes[~empty], kept, float(table.voxel_size), np.zeros((len(kept), 3)),
+                         skipped, "subtomograms", np.ones(len(kept)), None, allow_empty)
 
-        ext = extract_subtomograms(vol.data, coordinates_xyz(table), box, path=tomogram)
-        volumes, rows, resid, skipped = ext.volumes, ext.rows, ext.residual_origins_voxels, list(ext.skipped)
-        fraction, bounds = ext.fraction_inside, ext.inside_bounds
-        voxel = tvox
-        source = "tomogram"
-    else:
-        if box is not None:
-            check_box_size(box, path=star_path)
-        volumes, table = read_subtomograms(star_path, rows=rows)
-        voxel = float(table.voxel_size)
-        n_box = volumes.shape[-1]
-        if not (volumes.shape[1] == volumes.shape[2] == n_box):
-            raise InputError("cubic subtomograms", path=star_path, field="rlnImageName",
-                             got=f"shape {volumes.shape[1:]}")
-        if n_box % 2:
-            raise InputError("subtomograms of an even box size", path=star_path, field="box", got=n_box)
-        if box is not None and int(box) != n_box:
-            raise InputError(f"--box equal to the subtomograms' box ({n_box})", path=star_path, field="box",
-                             got=box)
-        empty = ~volumes.reshape(len(volumes), -1).any(1)
-        which = np.arange(len(volumes)) if rows is None else np.asarray(rows, dtype=np.int64)
-        skipped = [Skipped(int(which[i]), "subtomogram is all zero") for i in np.flatnonzero(empty)]
-        volumes = volumes[~empty]
-        rows = which[~empty]
-        resid = np.zeros((len(rows), 3))
-        fraction, bounds = np.ones(len(rows)), None
-        source = "subtomograms"
-    if len(rows) == 0:
+
+def particles_from_volume(star_path: str | os.PathLike, tomogram, voxel_size: float, *, box: int, rows=None,
+                          path=None, allow_empty: bool = False) -> ParticleSet:
+    """Particles of ``star_path`` (all rows, or ``rows``) cut from an opened tomogram ``(z, y, x)`` of
+    voxel size ``voxel_size`` Å with box ``box`` (:func:`load_particle_set`'s tomogram path, for a
+    tomogram that is already in memory or memory-mapped, e.g. a copick run's). ``path`` names the
+    tomogram in messages. Centred RELION 5 coordinates are converted with this tomogram's shape, so
+    ``rows`` must be particles of this tomogram."""
+    from ...io import coordinates_xyz, read_particles
+
+    check_box_size(box, path=star_path)
+    tvox = float(voxel_size)
+    table = read_particles(star_path, tomogram_shape=np.shape(tomogram), require=("coordinates3d",))
+    if table.voxel_size is not None and abs(table.voxel_size - tvox) > 1e-3 * tvox:
+        raise InputError(f"a tomogram with the STAR file's voxel size ({table.voxel_size:g} Å)",
+                         path=path, field="voxel_size", got=f"{tvox:g} Å")
+    which = np.arange(len(table)) if rows is None else np.asarray(rows, dtype=np.int64)
+    ext = extract_subtomograms(tomogram, coordinates_xyz(table)[which], int(box), path=path)
+    skipped = [Skipped(int(which[sk.row]), sk.reason) for sk in ext.skipped]
+    return _particle_set(star_path, table, ext.volumes, which[np.asarray(ext.rows, dtype=np.int64)], tvox,
+                         ext.residual_origins_voxels, skipped, "tomogram", ext.fraction_inside, ext.inside_bounds,
+                         allow_empty)
+
+
+def _particle_set(star_path, table, volumes, rows, voxel, resid, skipped, source, fraction, bounds,
+                  allow_empty=False) -> ParticleSet:
+    from ...io import euler_deg, origins_angstrom
+
+    if len(rows) == 0 and not allow_empty:
         raise InputError("at least one usable particle", path=star_path, field="particles",
-                         got=f"all {len(table)} skipped: " + "; ".join(f"row {s.row}: {s.reason}" for s in skipped[:3]))
-    eul = euler_deg(table)[rows]
-    ori = origins_angstrom(table)[rows]
-    return ParticleSet(volumes=volumes, rows=rows, table=table, voxel_size=voxel, euler_deg=eul,
-                       origins_angstrom=ori, extraction_origins_voxels=resid, skipped=skipped, source=source,
+                         got=f"all {len(skipped)} skipped: " + "; ".join(f"row {s.row}: {s.reason}"
+                                                                        for s in skipped[:3]))
+    return ParticleSet(volumes=volumes, rows=np.asarray(rows, dtype=np.int64), table=table, voxel_size=float(voxel),
+                       euler_deg=euler_deg(table)[rows], origins_angstrom=origins_angstrom(table)[rows],
+                       extraction_origins_voxels=np.asarray(resid, dtype=np.float64), skipped=skipped, source=source,
                        fraction_inside=fraction, inside_bounds=bounds)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..jobs import Job, Progress
-from .average import DEFAULT_SHARD_SIZE, row_halves
+from .average import DEFAULT_SHARD_SIZE, load_shard, plan_shards, row_halves
 from .engine import cluster_session, n_workers, set_task_threads
 
 __all__ = ["ShardedAlignment", "sharded_align_job", "align_shard_task"]
@@ -42,26 +42,34 @@ class ShardedAlignment:
     max_shard_particles: int
     seconds: float
     workers: int = 0
+    extraction_origins_voxels: np.ndarray | None = None
 
 
-def align_shard_task(star: str, start: int, stop: int, reference, *, method: str = "exhaustive",
+def align_shard_task(star: str, shard, reference, *, box: int | None = None, method: str = "exhaustive",
                      angular_step_deg: float = 30.0, refine_levels: int = 2, max_shift_voxels: float | None = None,
                      lowpass_angstrom: float | None = None, tilt_range: tuple | None = (-60.0, 60.0),
                      ctf: str = "auto", symmetry: str = "C1", model: str | None = None, candidates: int = 1,
                      threads: int = 1, device: str = "cpu") -> dict:
-    """One shard, on a worker: rows ``[start, stop)`` read, aligned to ``reference`` ``(N, N, N)``, and the
-    half-set sums of the aligned particles. Returns ``{rows, rotations, origins_voxels, scores, method,
-    sums, skipped, voxel_size}``."""
+    """One shard (:class:`~.average.Shard`), on a worker: its rows read (or cut from its tomogram with
+    ``box``), aligned to ``reference`` ``(N, N, N)``, and the half-set sums of the aligned particles. Returns
+    ``{rows, rotations, origins_voxels, extraction_origins_voxels, scores, method, sums (None when every row
+    was skipped), skipped, voxel_size}``."""
     import torch
 
     from ..align.average import _prepare, half_sums
-    from ..align.extract import load_particle_set, particle_ctf
+    from ..align.extract import particle_ctf
     from ..align.methods import align_job, learned_aligner
     from ..jobs import run_job
     from ..wedge import particle_fourier_mask
 
     set_task_threads(threads)
-    pset = load_particle_set(star, rows=range(int(start), int(stop)))
+    pset = load_shard(star, shard, box=box)
+    skipped = [(int(s.row), s.reason) for s in pset.skipped]
+    if len(pset.rows) == 0:
+        empty = np.zeros((0, 3))
+        return {"rows": np.zeros(0, np.int64), "rotations": np.zeros((0, 3, 3)), "origins_voxels": empty,
+                "extraction_origins_voxels": empty, "scores": np.zeros(0), "method": method, "sums": None,
+                "skipped": skipped, "voxel_size": float(pset.voxel_size)}
     box = pset.volumes.shape[-1]
     ref = np.asarray(reference, dtype=np.float32)
     if ref.shape != (box,) * 3:
@@ -80,8 +88,8 @@ def align_shard_task(star: str, start: int, stop: int, reference, *, method: str
                          row_halves(pset.table.data, pset.rows), particle_masks=m, ctf=c, inside=pset.inside_masks(),
                          device=device)
     return {"rows": np.asarray(pset.rows), "rotations": np.asarray(res.rotations), "origins_voxels":
-            np.asarray(res.origins_voxels), "scores": np.asarray(res.scores), "method": res.method,
-            "sums": sums.numpy(), "skipped": [(int(s.row), s.reason) for s in pset.skipped],
+            np.asarray(res.origins_voxels), "extraction_origins_voxels": np.asarray(pset.extraction_origins_voxels),
+            "scores": np.asarray(res.scores), "method": res.method, "sums": sums.numpy(), "skipped": skipped,
             "voxel_size": float(pset.voxel_size)}
 
 
@@ -89,27 +97,37 @@ def sharded_align_job(star: str, reference, *, shard_size: int = DEFAULT_SHARD_S
                       angular_step_deg: float = 30.0, refine_levels: int = 2, max_shift_voxels: float | None = None,
                       lowpass_angstrom: float | None = None, tilt_range: tuple | None = (-60.0, 60.0),
                       ctf: str = "auto", symmetry: str = "C1", model: str | None = None, candidates: int = 1,
-                      client=None, scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1,
+                      tomograms=None, box: int | None = None, client=None, scheduler: str | None = None,
+                      workers: int = 2, threads_per_worker: int = 1,
                       device: str = "cpu") -> Job[ShardedAlignment]:
     """Align the particles of ``star`` to ``reference`` ``(N, N, N)`` sharded over Dask workers (module
     docstring). The alignment options are :func:`~..align.methods.align_job`'s (``lowpass_angstrom``: compare
-    frequencies up to 1/Å); ``client`` ... ``threads_per_worker`` as :func:`~.engine.batch_job`.
+    frequencies up to 1/Å); ``tomograms`` (:class:`~.sources.BatchInputs`) and ``box``: cut the particles
+    of a coordinate STAR file from their tomograms; ``client`` ... ``threads_per_worker`` as
+    :func:`~.engine.batch_job`.
 
     Yields ``Progress(shards done, shards)``; returns :class:`ShardedAlignment`. A failed shard fails
     the job, naming its rows."""
-    from ...io import read_subtomograms
+    from ...io import read_particles, read_subtomograms
     from ..align.average import average_from_sums
     from ..align.types import AlignmentResult
     from ..symmetry import normalize_symmetry
 
     symmetry = normalize_symmetry(symmetry)
-    if shard_size < 1:
-        raise InputError("at least one particle per shard", field="--shard-size", got=shard_size)
     t0 = time.perf_counter()
-    _, table = read_subtomograms(star, rows=[0])  # the table (every row) and the voxel size, one file read
-    n = len(table.data)
-    shards = [(a, min(n, a + int(shard_size))) for a in range(0, n, int(shard_size))]
-    yield Progress(0, len(shards), f"{n} particles in {len(shards)} shards")
+    if tomograms is not None and box is None:
+        raise InputError("a box size (--box N) to cut the particles from the tomograms", path=star, field="box",
+                         got="none")
+    if tomograms is None:
+        shards, skipped = plan_shards(star, shard_size=shard_size)
+        _, table = read_subtomograms(star, rows=[0])  # the table (every row) and the voxel size, one file read
+    else:
+        table = read_particles(star, require=())
+        shards, skipped = plan_shards(star, shard_size=shard_size, tomograms=tomograms, table=table.data)
+    if not shards:
+        raise InputError("at least one particle of the given tomograms", path=star, field="rlnTomoName",
+                         got=f"none ({skipped[0][1]})" if skipped else "no rows")
+    yield Progress(0, len(shards), f"{sum(len(sh) for sh in shards)} particles in {len(shards)} shards")
     parts = []
     with cluster_session(client, scheduler=scheduler, workers=workers,
                          threads_per_worker=threads_per_worker) as (client, futures):
@@ -120,29 +138,39 @@ def sharded_align_job(star: str, reference, *, shard_size: int = DEFAULT_SHARD_S
         opts = {"method": method, "angular_step_deg": angular_step_deg, "refine_levels": refine_levels,
                 "max_shift_voxels": max_shift_voxels, "lowpass_angstrom": lowpass_angstrom, "tilt_range": tilt_range,
                 "ctf": ctf, "symmetry": symmetry, "model": model, "candidates": candidates,
-                "threads": threads_per_worker, "device": device}
-        for a, b in shards:
-            futures[client.submit(align_shard_task, str(star), a, b, ref, pure=False, **opts)] = (a, b)
+                "threads": threads_per_worker, "device": device, "box": box}
+        for sh in shards:
+            futures[client.submit(align_shard_task, str(star), sh, ref, pure=False, **opts)] = sh
         total = None
         for i, f in enumerate(as_completed(list(futures)), 1):
-            a, b = futures[f]
+            sh = futures[f]
             try:
                 part = f.result()
             except Exception as err:
-                raise InputError(f"every shard aligned (rows {a}..{b - 1} failed: {type(err).__name__}: {err})",
+                raise InputError(f"every shard aligned ({sh.describe()} failed: {type(err).__name__}: {err})",
                                  path=star, field="particles", got="a failed shard") from err
-            total = part["sums"] if total is None else total + part["sums"]
+            if part["sums"] is not None:
+                total = part["sums"] if total is None else total + part["sums"]
             part["sums"] = None
             parts.append(part)
             yield Progress(i, len(shards), f"{sum(len(p['rows']) for p in parts)} particles aligned")
-    parts.sort(key=lambda p: p["rows"][0] if len(p["rows"]) else n)
+    skipped = sorted(skipped + [s for p in parts for s in p["skipped"]])
+    parts = [p for p in parts if len(p["rows"])]
+    if total is None or not parts:
+        raise InputError("at least one usable particle", path=star, field="particles",
+                         got=f"all {len(skipped)} skipped: " + "; ".join(f"row {r}: {w}" for r, w in skipped[:3]))
     rows = np.concatenate([p["rows"] for p in parts])
-    alignment = AlignmentResult(np.concatenate([p["rotations"] for p in parts]),
-                                np.concatenate([p["origins_voxels"] for p in parts]),
-                                np.concatenate([p["scores"] for p in parts]), parts[0]["method"])
+    order = np.argsort(rows, kind="stable")  # STAR row order (shards of tomograms interleave rows)
+    alignment = AlignmentResult(np.concatenate([p["rotations"] for p in parts])[order],
+                                np.concatenate([p["origins_voxels"] for p in parts])[order],
+                                np.concatenate([p["scores"] for p in parts])[order], parts[0]["method"])
+    rows = rows[order]
+    resid = np.concatenate([p["extraction_origins_voxels"] for p in parts])[order]
     voxel = parts[0]["voxel_size"]
+    if any(abs(p["voxel_size"] - voxel) > 1e-3 * voxel for p in parts):
+        raise InputError(f"one voxel size ({voxel:g} Å)", path=star, field="voxel_size",
+                         got=", ".join(sorted({f"{p['voxel_size']:g} Å" for p in parts})))
     average = average_from_sums(total, voxel_size_angstrom=voxel, symmetry=symmetry, alignment=alignment,
                                 half=row_halves(table.data, rows))
-    skipped = sorted(s for p in parts for s in p["skipped"])
     return ShardedAlignment(alignment, rows, average, table, skipped, voxel, shards,
-                            max(b - a for a, b in shards), time.perf_counter() - t0, workers_now)
+                            max(len(sh) for sh in shards), time.perf_counter() - t0, workers_now, resid)

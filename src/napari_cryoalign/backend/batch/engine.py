@@ -162,11 +162,13 @@ def dask_client(*, scheduler: str | None = None, workers: int = 2, threads_per_w
 @contextlib.contextmanager
 def cluster_session(client=None, *, scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1):
     """``with cluster_session(...) as (client, futures):`` - the given client, or one made by
-    :func:`dask_client` (closed with its cluster at the end); every future put into ``futures`` (a
-    dict) that has not finished when the block ends - a job closed half-way, an error - is cancelled."""
-    owned = False
+    :func:`dask_client` (closed at the end, with its cluster when it made a local one; an external
+    scheduler is left running); every future put into ``futures`` (a dict) that has not finished when
+    the block ends - a job closed half-way, an error - is cancelled."""
+    owned = made = False
     if client is None:
         client, owned = dask_client(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker)
+        made = True
     futures: dict = {}
     try:
         yield client, futures
@@ -174,8 +176,8 @@ def cluster_session(client=None, *, scheduler: str | None = None, workers: int =
         pending = [f for f in futures if not f.done()]
         if pending:
             client.cancel(pending)
-        if owned:
-            cluster = getattr(client, "cluster", None)
+        if made:
+            cluster = getattr(client, "cluster", None) if owned else None
             client.close()
             if cluster is not None:
                 cluster.close()
