@@ -68,6 +68,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="align train: epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="align train: batch size (default 16)")
     p.add_argument("--lr", type=float, default=1e-4, help="align train: learning rate (default 1e-4)")
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="align train: stop after M minutes of training (default: all epochs)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_align)
 
@@ -241,8 +243,19 @@ def _run_train(args, device: str) -> int:
             model = learned.load_default_model(device=device)
         except (InputError, OSError):  # no shipped weights: train from scratch
             model = None
-    job = train_job(pset.volumes, particle_masks=masks, model=model, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, device=device, seed=args.seed)
+    ref = None
+    if args.reference:  # pairs (particle, reference) instead of random particle pairs
+        from ..io import read_mrc
+
+        ref = read_mrc(args.reference).data
+        if ref.shape != (box,) * 3:
+            raise InputError(f"a reference of the particles' box {(box,) * 3}", path=args.reference, field="shape",
+                             got=f"{ref.shape}")
+    if args.minutes is not None and not args.minutes > 0:
+        raise InputError("a positive number of minutes", field="--minutes", got=args.minutes)
+    job = train_job(pset.volumes, references=ref, particle_masks=masks, model=model, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed,
+                    max_seconds=None if args.minutes is None else 60.0 * args.minutes)
     res = run_job(job, progress=show_progress(args), description="train")
     path = learned.save_model(res.model, args.out, metadata={"particles": str(args.particles)},
                               overwrite=args.overwrite)

@@ -70,6 +70,9 @@ def register(sub) -> None:
                    help="pixel size in nm (default: from the MRC header)")
     p.add_argument("--preprocess", default="anscombe", choices=("anscombe", "log", "none", "off"),
                    help="transform before normalisation (default anscombe; off: data are already the marker image)")
+    p.add_argument("--no-linear-polish", action="store_true",
+                   help="keep the positions found on the Anscombe-transformed stack (default: re-fit them and the "
+                   "deformation on the Beer-Lambert image -log(I/I0), where overlapping beads add up exactly)")
     p.add_argument("--max-markers", type=int, default=100, metavar="N", help="at most N markers (default 100)")
     p.add_argument("--min-weight", type=float, default=0.3, metavar="W",
                    help="stop adding markers whose weight would be below W (default 0.3)")
@@ -121,7 +124,7 @@ def run(args) -> int:
                            acquisition_order=order, sigma_nm=args.sigma, preprocess=preprocess,
                            thickness_nm=args.thickness, degree=args.degree, levels=args.levels,
                            time_degree=args.time_degree, components=args.components, max_markers=args.max_markers,
-                           min_weight=args.min_weight, device=args.device)
+                           min_weight=args.min_weight, polish_linear=not args.no_linear_polish, device=args.device)
     result = run_job(job, progress=not getattr(args, "quiet", False), description="markers")
     paths = write_results(out, result, acquisition_order=order, overwrite=args.overwrite,
                           tomo_name=ts_path.stem,

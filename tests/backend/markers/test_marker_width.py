@@ -104,3 +104,25 @@ def test_merge_distance_and_too_many_markers_warning():
     assert len(w) == 1 and "30 markers" in w[0]
     w = marker_warnings(6, est, sigma_nm=30.0, source="given")
     assert len(w) == 1 and "differs from the width measured" in w[0]
+
+
+def test_positions_polished_on_the_beer_lambert_image():
+    """Wide, strong, bright beads (1.5 D) that overlap: in the Anscombe domain their images are not a sum of
+    Gaussians, which pulls the markers off; the polish on -log(2 - I/I0) fixes them, adding or removing none."""
+    ts = _small(22.5, noise="none", n_markers=8, n_tilts=21, seed=3)
+    counts = ts.tilt_series.astype(np.float64)
+    counts = 2.0 * np.median(counts) - counts  # bright beads
+    kw = dict(bead_diameter_nm=15.0, pixel_size_nm=ts.pixel_size_nm, acquisition_order=ts.acquisition_order,
+              thickness_nm=80.0, degree=1, levels="1")
+    plain = find_markers(counts, ts.tilt_angles_deg, polish_linear=False, **kw)
+    polished = find_markers(counts, ts.tilt_angles_deg, **kw)
+    errs = [match_markers(r.positions_nm, ts.bead_positions_nm, pixel_size_nm=ts.pixel_size_nm, max_distance_nm=15)
+            for r in (plain, polished)]
+    assert [(m.n_missed, m.n_spurious) for m in errs] == [(0, 0), (0, 0)]
+    assert polished.n_markers == plain.n_markers == 8
+    assert errs[1].max_error_px < 0.25 and errs[1].max_error_px < errs[0].max_error_px - 0.2, \
+        (errs[0].max_error_px, errs[1].max_error_px)
+    assert polished.params["polished_on_linear"]["mean_shift_nm"] > 0
+    assert "polished_on_linear" not in plain.params
+    # the weights and the reprojection stay in the domain the markers were found in
+    assert polished.reprojection.shape == polished.data.shape and polished.weights.max() <= 1.0 + 1e-9

@@ -97,6 +97,7 @@ def train_job(
     correlation_weight: float = 1.0,
     grid_candidates: int = 4,
     max_steps: int | None = None,
+    max_seconds: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     device="cpu",
     seed: int = 0,
@@ -139,6 +140,8 @@ def train_job(
     correlation_weight : head ``"grid"``: weight of the unsupervised expected-correlation term
     grid_candidates : head ``"grid"``: candidates of that term per pair
     max_steps : stop after this many steps (None = run all epochs)
+    max_seconds : stop after the step that passes this wall time (None = no limit); the result
+        is returned as after the last epoch
     optimizer : an optimiser over ``model``'s parameters to continue with (keeps Adam's
         moments across calls); None = a new Adam with ``lr``
     device : torch device
@@ -211,7 +214,7 @@ def train_job(
             partner = rng.permutation(n)
             ep = []
             for s in range(steps_per_epoch):
-                if step >= total:
+                if step >= total or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds):
                     break
                 idx = order[s * batch_size:(s + 1) * batch_size]
                 moving = standardize(parts[idx].to(device))
@@ -246,7 +249,7 @@ def train_job(
                 yield Progress(step, total, f"epoch {epoch + 1}/{epochs} loss {lv:.4f}")
             if ep:
                 epoch_losses.append(float(np.mean(ep)))
-            if step >= total:
+            if step >= total or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds):
                 break
     finally:
         model.eval()

@@ -26,7 +26,7 @@ import numpy as np
 from ...errors import InputError
 from ..deformation import times_from_order
 from ..jobs import Job, Partial, Progress, run_job
-from .adcg import SparseAlignResult, sparse_align_job
+from .adcg import SparseAlignResult, polish_markers, sparse_align_job
 from .forward import MarkerGeometry, default_sigma_nm
 from .preprocess import linear_marker_image, preprocess_tiltseries
 from .profile import estimate_marker_width
@@ -84,6 +84,7 @@ def find_markers_job(
     thickness_nm: float | None = None,
     degree: int = 2,
     levels="auto",
+    polish_linear: bool = True,
     device="cpu",
     **options,
 ) -> Job[SparseAlignResult]:
@@ -107,6 +108,10 @@ def find_markers_job(
         quarter of the field of view on each side
     degree : polynomial degree of the deformation in space
     levels : coarse-to-fine levels (``"auto"``, ``"1/16,1/8,1/4,1/2"``, ...)
+    polish_linear : after the markers are found (on the Anscombe-transformed stack, as in the paper),
+        re-fit their positions and the deformation on the stack taken back to the Beer-Lambert domain
+        (:func:`~.adcg.polish_markers`), where a sum of Gaussians models overlapping beads exactly;
+        only for intensity data (``preprocess`` ``"anscombe"`` or ``"log"``)
     device : torch device
     **options : passed to :func:`~.adcg.sparse_align_job` (``time_degree``, ``components``,
         ``variables``, ``max_markers``, ``min_weight``, ...)
@@ -140,10 +145,11 @@ def find_markers_job(
     if preprocess is None:
         data = np.asarray(ts, dtype=np.float32)
         pre_info = None
-        linear = data
+        linear, kind = data, "given"
     else:
         data, pre_info, pre = _pre(pre_sigma_px)
-        linear = linear_marker_image(pre)  # the width of the recorded bead image, not of its transform
+        # the width of the recorded bead image, not of its transform
+        linear, kind = linear_marker_image(pre, with_kind=True)
     yield Progress(0, None, "measuring the marker width")
     width = estimate_marker_width(linear, pixel_size_nm, tilt_angles_deg=angles, nominal_sigma_nm=nominal,
                                   line_detector=line)
@@ -164,6 +170,9 @@ def find_markers_job(
     z_range = None if thickness_nm is None else 0.5 * float(thickness_nm)
     result = yield from sparse_align_job(data, geometry, degree=degree, levels=levels, z_range_nm=z_range,
                                          device=device, **options)
+    if polish_linear and kind == "beer-lambert" and result.n_markers:
+        yield Progress(0, None, "polishing the markers on the Beer-Lambert image")
+        result = polish_markers(result, _unit_peak(linear, result.projected_px), device=device)
     result.params.update(preprocess=pre_info, bead_diameter_nm=float(bead_diameter_nm),
                          acquisition_order=order.tolist(), thickness_nm=thickness_nm, marker_sigma_source=source,
                          nominal_sigma_nm=nominal)
@@ -171,6 +180,18 @@ def find_markers_job(
     for w in warnings:
         log.warning("markers: %s", w)
     return dataclasses.replace(result, marker_width=width_info, warnings=tuple(warnings))
+
+
+def _unit_peak(linear: np.ndarray, projected_px: np.ndarray) -> np.ndarray:
+    """``linear`` scaled so that the median value at the markers' projected centres is 1 (the scale the
+    forward model's weights are bounded for)."""
+    t, m = projected_px.shape[:2]
+    u = np.rint(projected_px[..., 0]).astype(int)
+    v = np.rint(projected_px[..., 1]).astype(int) if linear.shape[1] > 1 else np.zeros_like(u)
+    ok = (u >= 0) & (u < linear.shape[2]) & (v >= 0) & (v < linear.shape[1])
+    ti = np.broadcast_to(np.arange(t)[:, None], (t, m))
+    peak = float(np.median(linear[ti[ok], v[ok], u[ok]])) if ok.any() else 0.0
+    return linear / peak if peak > 0 else linear
 
 
 def merge_distance_for(bead_diameter_nm: float, sigma_nm: float) -> float:

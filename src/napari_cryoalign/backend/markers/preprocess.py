@@ -162,7 +162,7 @@ def preprocess_tiltseries(tilt_series, *, transform: str = "anscombe", polarity:
     return PreprocessedStack(data, background, float(bead_intensity), pol, transform, float(thr), n_peaks, offset)
 
 
-def linear_marker_image(pre: PreprocessedStack) -> np.ndarray:
+def linear_marker_image(pre: PreprocessedStack, *, with_kind: bool = False):
     """The pre-processed stack taken back to a domain linear in the beads' projected density.
 
     A bead's recorded image is ``I = I0 exp(-c Psi)`` (Beer-Lambert; ``Psi`` the Gaussian of the
@@ -177,8 +177,10 @@ def linear_marker_image(pre: PreprocessedStack) -> np.ndarray:
     * anything else (values <= 0 in the input, ``transform="none"``): ``I - I0`` with the sign
       that makes beads bright.
 
-    Returns ``(T, ny, nx)`` float32, beads bright, background about 0. The marker width is
-    measured on it (:func:`~.profile.estimate_marker_width`).
+    Returns ``(T, ny, nx)`` float32, beads bright, background about 0 (with ``with_kind``, also
+    ``"beer-lambert"`` or ``"difference"``: which of the two it is). The marker width is measured on
+    it (:func:`~.profile.estimate_marker_width`), and the markers' positions are polished on it
+    (:func:`~.adcg.polish_markers`) when it is Beer-Lambert.
     """
     z = np.asarray(pre.data, dtype=np.float64) * float(pre.bead_intensity)
     t = pre.background[:, None, None] + (z if pre.polarity == "bright" else -z)  # the transformed input
@@ -189,9 +191,11 @@ def linear_marker_image(pre: PreprocessedStack) -> np.ndarray:
     else:
         raw = t
     i0 = np.median(raw.reshape(raw.shape[0], -1), axis=1)[:, None, None]
-    if pre.transform in ("anscombe", "log") and pre.input_offset == 0.0 and float(i0.min()) > 0:
+    beer_lambert = pre.transform in ("anscombe", "log") and pre.input_offset == 0.0 and float(i0.min()) > 0
+    if beer_lambert:
         ratio = raw / i0 if pre.polarity == "dark" else 2.0 - raw / i0
         out = -np.log(np.clip(ratio, 0.02, None))
     else:
         out = raw - i0 if pre.polarity == "bright" else i0 - raw
-    return out.astype(np.float32)
+    out = out.astype(np.float32)
+    return (out, "beer-lambert" if beer_lambert else "difference") if with_kind else out
