@@ -196,3 +196,22 @@ def test_gui_entry_point_and_cli_give_the_same_poses(tmp_path, one_torch_thread)
     assert ang.max() < 1e-3, ang
     np.testing.assert_allclose(origins_angstrom(table) / s.voxel_size_angstrom, gui.alignment.origins_voxels, atol=1e-3)
     np.testing.assert_allclose(table.data[_align.SCORE_COLUMN], gui.alignment.scores, atol=1e-4)
+
+
+def test_align_train_with_reference_and_time_budget(tmp_path, capsys):
+    """`align train --reference R --minutes M`: pairs (particle, reference), stopped by the time budget."""
+    from napari_cryoalign.backend.align.learned import load_model
+
+    s = simulate_subtomograms(["procedural:10400"], n_per_class=8, box=32, snr=1.0, seed=3)
+    files = write_subtomogram_set(s, tmp_path / "set")
+    out = tmp_path / "tuned.pt"
+    assert _run(["align", "train", "--particles", str(files["star"]), "--reference", str(files["references"][0]),
+                 "--out", str(out), "--minutes", "0.002", "--epochs", "1000", "--batch-size", "4"]) == 0
+    text = capsys.readouterr().out
+    steps = int(text.split("trained ")[1].split(" steps")[0])
+    assert 1 <= steps < 1000 * 2  # the time budget, not the 1000 epochs, ended it
+    assert load_model(out).config.box == 32
+    write_mrc(tmp_path / "small.mrc", np.zeros((24, 24, 24), np.float32), voxel_size=s.voxel_size_angstrom)
+    with pytest.raises(InputError, match="box"):
+        _run(["align", "train", "--particles", str(files["star"]), "--reference", str(tmp_path / "small.mrc"),
+              "--out", str(tmp_path / "x.pt")])
