@@ -257,8 +257,11 @@ def main():
         # 64-px box is 192 Å. The ribosome (~300 Å across) does not fit 192 Å: 6 Å/px as in the full preset.
         common = {"n": 8000, "box": 64, "snr": 0.1, "epochs": 30, "grid_level": 3, "refine_n": 0,
                   "defocus": (1.0, 2.5), "max_shift": 2.0, "bfactor": 30.0, "astigmatism": 0.1, "maps": False}
+        # procedural:10522 (held-out seed, 152.7 kDa, 132 Å across, no symmetry, 8 Å envelope at 3 Å/px): the
+        # asked-for ~150 kDa, which no packaged structure is; not among the maps anything here was tuned on
         sets = [("ruvab_C1_snr0.1_3A", "ruvab", "C1", {**common, "pixel": 3.0}),
-                ("ribosome_C1_snr0.1_6A", "ribosome", "C1", {**common, "pixel": 6.0})]
+                ("ribosome_C1_snr0.1_6A", "ribosome", "C1", {**common, "pixel": 6.0}),
+                ("procedural_153kDa_C1_snr0.1_3A", "procedural:10522", "C1", {**common, "pixel": 3.0})]
     elif args.reduced:
         sets = [("ribosome_C1_snr0.1", "ribosome", "C1", dict(n=2000, box=32, pixel=12.0, snr=0.1, epochs=10,
                                                                 grid_level=2, refine_n=200)),

@@ -114,6 +114,9 @@ def test_seed_half_sets_and_bad_input():
     assert sorted(np.bincount(a.random_subset)[1:]) == [4, 5]
     with pytest.raises(InputError, match="structure"):
         simulate_particles("nope", n=2)
+    # a procedural structure (held-out seed) as well as the packaged ones
+    p = simulate_particles("procedural:10522", n=2, box=24, pixel_size_angstrom=8.0, snr=None, seed=1)
+    assert p.images.shape == (2, 24, 24) and np.isfinite(p.images).all() and p.images.std() > 0
     with pytest.raises(InputError, match="max_shift"):
         simulate_particles("cct", n=2, box=16, max_shift_pixels=20)
 

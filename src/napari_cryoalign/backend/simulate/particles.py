@@ -47,6 +47,7 @@ from .common import (
     _optics,
     _simulate_batches,
 )
+from .procedural import is_procedural_name
 from .structures import list_structures, load_structure_map
 
 __all__ = [
@@ -145,8 +146,9 @@ def project(volume, rotations, *, shifts_pixels=None, interpolation: str = "line
 
 
 def _check(structure, n, box, pixel, snr, max_shift, defocus, astig):
-    if structure not in list_structures():
-        raise InputError(f"one of {list_structures()}", field="structure", got=repr(structure))
+    if structure not in list_structures() and not is_procedural_name(structure):
+        raise InputError(f"one of {list_structures()} or 'procedural:<seed>'", field="structure",
+                         got=repr(structure))
     if int(n) != n or n < 1:
         raise InputError("an integer >= 1", field="n", got=n)
     if int(box) != box or box < 8:
