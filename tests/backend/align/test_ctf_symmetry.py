@@ -124,7 +124,7 @@ def test_procedural_structures_are_deterministic_and_distinct():
 
 
 def test_learned_refine_falls_back_where_the_network_has_not_seen_the_structure(unseen):
-    """The shipped network is at chance on a new structure; the grid's second opinion rescues every particle."""
+    """The shipped network is at chance on a new structure; its start never pulls a particle off the grid's answer."""
     s = unseen
     ctf = ParticleCTF(s.defocus_um, voxel_size_angstrom=s.voxel_size_angstrom)
     net = run_job(align_job(s.volumes, s.references[0], particle_masks=s.mask, method="learned"))

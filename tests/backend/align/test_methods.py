@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_cryoalign.backend.align.exhaustive import align_exhaustive, refine_alignment
+from napari_cryoalign.backend.align.exhaustive import DEFAULT_CANDIDATES, align_exhaustive
 from napari_cryoalign.backend.align.learned import align_learned
 from napari_cryoalign.backend.align.methods import METHODS, align_job, learned_aligner
 from napari_cryoalign.backend.geometry import geodesic_angle_deg
@@ -32,21 +32,38 @@ def test_each_method_is_the_documented_composition(sset, default_model):
     job = align_job(s.volumes, s.references[0], method="learned+refine", angular_step_deg=30.0, refine_levels=0,
                     model=default_model, candidates=2, **kw)
     both = run_job(job, progress=False)
+    # the network's pose takes the place of the grid's last candidate start (refine_levels 0 counts as 1)
     first = align_learned(s.volumes, s.references[0], particle_masks=s.mask, model=default_model, candidates=2)
-    refined = refine_alignment(s.volumes, s.references[0], first, max_angle_deg=30.0 * 0.67, levels=1, **kw)
-    # ... then the second opinion of the global grid: where it disagrees by > one step, the particle gets the
-    # full exhaustive search and the higher correlation wins
-    grid = align_exhaustive(s.volumes, s.references[0], angular_step_deg=30.0, refine_levels=0, **kw)
-    off = np.flatnonzero(geodesic_angle_deg(grid.rotations, refined.rotations) > 30.0)
-    want_rot, want_score = refined.rotations.copy(), np.array(refined.scores)
-    if len(off):
-        other = align_exhaustive(s.volumes[off], s.references[0], angular_step_deg=30.0, refine_levels=0, **kw)
-        better = other.scores > want_score[off]
-        want_rot[off[better]] = other.rotations[better]
-        want_score[off[better]] = other.scores[better]
-    assert both.method == "learned+refine" == refined.method
-    np.testing.assert_allclose(both.rotations, want_rot, atol=1e-6)
-    np.testing.assert_allclose(both.scores, want_score, atol=1e-5)
+    want = align_exhaustive(s.volumes, s.references[0], angular_step_deg=30.0, refine_levels=1,
+                            candidates=DEFAULT_CANDIDATES - 1, extra_candidates=first.rotations, **kw)
+    assert both.method == "learned+refine"
+    np.testing.assert_allclose(both.rotations, want.rotations, atol=1e-6)
+    np.testing.assert_allclose(both.scores, want.scores, atol=1e-5)
+    np.testing.assert_allclose(both.origins_voxels, want.origins_voxels, atol=1e-5)
+
+
+def test_an_extra_start_wins_only_where_it_scores_better(sset):
+    """``extra_candidates``: the true pose as a start rescues a grid too coarse to find it; random starts
+    change nothing where the grid is right; a wrong shape is refused."""
+    s = sset
+    kw = {"particle_masks": s.mask, "max_shift_voxels": 4.0, "candidates": 1}
+    coarse = align_exhaustive(s.volumes, s.references[0], angular_step_deg=90.0, refine_levels=1, **kw)
+    helped = align_exhaustive(s.volumes, s.references[0], angular_step_deg=90.0, refine_levels=1,
+                              extra_candidates=s.rotations, **kw)
+    assert np.median(geodesic_angle_deg(coarse.rotations, s.rotations)) > 20.0  # a 90 degree grid misses
+    assert geodesic_angle_deg(helped.rotations, s.rotations).max() < 15.0
+    assert np.all(helped.scores >= coarse.scores - 1e-6)
+    plain = align_exhaustive(s.volumes, s.references[0], refine_levels=2, **kw)
+    rng = np.random.default_rng(1)
+    from scipy.spatial.transform import Rotation
+
+    noisy = align_exhaustive(s.volumes, s.references[0], refine_levels=2,
+                             extra_candidates=Rotation.random(len(s.volumes), random_state=rng).as_matrix(), **kw)
+    assert geodesic_angle_deg(plain.rotations, s.rotations).max() < 5.0
+    assert geodesic_angle_deg(noisy.rotations, s.rotations).max() < 5.0
+    with pytest.raises(InputError) as err:
+        align_exhaustive(s.volumes, s.references[0], extra_candidates=np.eye(3)[None])
+    assert err.value.field == "extra_candidates"
 
 
 def test_closing_the_job_stops_the_learned_aligner_between_batches(sset, default_model):

@@ -42,6 +42,10 @@ _DIMS = (-3, -2, -1)
 
 
 # ----------------------------------------------------------------------------- inputs
+#: distinct grid optima refined per particle (``candidates`` of :func:`align_exhaustive`)
+DEFAULT_CANDIDATES = 3
+
+
 def _check_volumes(particles, reference, particle_masks, reference_mask, device):
     p = _tensor(particles, device=device)
     if p.ndim == 3:
@@ -273,6 +277,16 @@ def _distinct_candidates(grid: np.ndarray, idx: np.ndarray, *, k: int, min_angle
     return out
 
 
+def _best_per_particle(owner: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
+    """For each of ``n`` particles, the index of its highest-scoring row (``owner[j]`` = row j's particle)."""
+    best = np.full(n, -np.inf)
+    pick = np.zeros(n, dtype=np.int64)
+    for j, (o, sc) in enumerate(zip(owner, score)):
+        if sc > best[o]:
+            best[o], pick[o] = sc, j
+    return pick
+
+
 def _local_search(prob: _Problem, centers: np.ndarray, *, max_angle: float, step: float, pairs: int,
                   final: bool, progress_cb, owner: np.ndarray | None = None):
     """Per particle, the best rotation on a local grid around ``centers`` (n, 3, 3).
@@ -359,10 +373,11 @@ def align_exhaustive_job(
     max_shift_voxels: float | None = None,
     max_frequency: float = 0.5,
     coarse_bin: bool = True,
-    candidates: int = 3,
+    candidates: int = DEFAULT_CANDIDATES,
     symmetry: str = "C1",
     batch_size: int = 256,
     crop_to_band: bool = False,
+    extra_candidates=None,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AlignmentResult]:
     """Job version of :func:`align_exhaustive`: yields :class:`Progress` per batch of rotations."""
@@ -374,6 +389,12 @@ def align_exhaustive_job(
                                                   device=device)
         box = p.shape[-1]
         pairs = _pairs_per_batch(box, batch_size)
+    extra = None
+    if extra_candidates is not None:
+        extra = np.asarray(extra_candidates, dtype=np.float64)
+        if extra.shape != (p.shape[0], 3, 3):
+            raise InputError(f"one rotation matrix per particle, shape ({p.shape[0]}, 3, 3)",
+                             field="extra_candidates", got=extra.shape)
     small = band_box(box, max_frequency) if crop_to_band else box
     if small < box:  # the whole search on the cropped band, then shift and score at full size
         with torch.no_grad():
@@ -382,7 +403,7 @@ def align_exhaustive_job(
             ps, rs, particle_masks=pms, reference_mask=rms, angular_step_deg=angular_step_deg,
             refine_levels=refine_levels, max_shift_voxels=max_shift * small / box,
             max_frequency=min(0.5, max_frequency * box / small), coarse_bin=coarse_bin, candidates=candidates,
-            symmetry=symmetry, batch_size=batch_size, device=device)
+            symmetry=symmetry, batch_size=batch_size, extra_candidates=extra, device=device)
         with torch.no_grad():
             score, shift = _polish(p, r, pm, rm, inner.rotations, max_frequency=max_frequency, max_shift=max_shift,
                                    pairs=pairs, device=device)
@@ -417,28 +438,30 @@ def align_exhaustive_job(
                 break
             yield Progress(ev.step, total, f"global search: {ev.message}")
         chosen = _distinct_candidates(grid, ranked, k=k, min_angle=1.5 * float(angular_step_deg))
-        owner = np.concatenate([[i] * len(c) for i, c in enumerate(chosen)]).astype(np.int64)
-        rot = grid[np.concatenate(chosen)]
+        starts = [grid[c] for c in chosen]
+        if extra is not None:  # e.g. the learned aligner's pose: one more start per particle
+            starts = [np.concatenate([g, extra[i][None]]) for i, g in enumerate(starts)]
+        owner = np.concatenate([[i] * len(g) for i, g in enumerate(starts)]).astype(np.int64)
+        rot = np.concatenate(starts)
 
         prob = _Problem(p, r, pm, rm, max_frequency=max_frequency, max_shift=max_shift, device=device)
         step = float(angular_step_deg)
         for level in range(levels):
             final = level == levels - 1
             if refine_levels == 0:  # just the translation at the grid rotation (and the score)
+                several = len(owner) > p.shape[0]
                 rot, score, shift = _local_search(prob, rot, max_angle=1e-6, step=1.0, pairs=pairs, final=True,
-                                                  progress_cb=lambda i, k: None)
+                                                  progress_cb=lambda i, k: None, owner=owner if several else None)
+                if several:  # each particle's best start
+                    pick = _best_per_particle(owner, score, p.shape[0])
+                    rot, score, shift = rot[pick], score[pick], shift[pick]
             else:
                 step /= 3.0
                 if level == 0 and len(owner) > p.shape[0]:
                     # refine every distinct candidate one level, keep each particle's best (pseudo-symmetric
                     # structures have several near-equal basins on a coarse grid)
                     rot_c, score_c, _ = _climb(prob, rot, step=step, pairs=pairs, final=False, owner=owner)
-                    best = np.full(p.shape[0], -np.inf)
-                    pick = np.zeros(p.shape[0], dtype=np.int64)
-                    for j, (o, sc) in enumerate(zip(owner, score_c)):
-                        if sc > best[o]:
-                            best[o], pick[o] = sc, j
-                    rot = rot_c[pick]
+                    rot = rot_c[_best_per_particle(owner, score_c, p.shape[0])]
                     if final:
                         rot, score, shift = _climb(prob, rot, step=step, pairs=pairs, final=True, max_climbs=1)
                 else:
@@ -474,6 +497,9 @@ def align_exhaustive(particles, reference, **kwargs) -> AlignmentResult:
         covers only its asymmetric unit (about ``1 / |G|`` of the rotations); the pose returned is
         one of the equivalent mates ``A g``
     batch_size : particle x rotation pairs per FFT batch at 32³ (scaled for other boxes)
+    extra_candidates : ``(n, 3, 3)`` rotations or None: one more start per particle (e.g. the
+        learned aligner's pose), refined beside the grid's candidates; the best-scoring basin wins,
+        so a wrong start cannot lower the score reached from the grid
     crop_to_band : run the whole search (grid and refinement) on volumes and masks Fourier-cropped
         to the smallest even box that holds ``max_frequency`` (:func:`band_box`; the same
         frequencies compared, the references rotated at the smaller box), then the sub-voxel

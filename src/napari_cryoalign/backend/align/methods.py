@@ -7,12 +7,14 @@ everywhere:
 * ``"exhaustive"`` -- :func:`.exhaustive.align_exhaustive_job`: a global rotation grid of
   ``angular_step_deg``, then ``refine_levels`` local levels;
 * ``"learned"`` -- :func:`.learned.align_learned_job` (Gum-Net, one forward pass per particle);
-* ``"learned+refine"`` -- the learned alignment, then :func:`.exhaustive.refine_alignment_job`
-  around it: local search within ``max(angular_step_deg, 15) * 0.67`` degrees (about the
-  learned aligner's typical error at a 30 degree grid step), ``refine_levels`` levels (0: one);
-  then a second opinion from the exhaustive search's global grid (:func:`_second_opinion`):
-  where the two disagree by more than a grid step, the particle gets the full exhaustive search
-  and the better correlation wins, so an unsure or wrong network falls back to the exhaustive answer.
+* ``"learned+refine"`` -- the learned alignment, then the exhaustive search with the network's
+  pose in place of the grid's last candidate start (``candidates=DEFAULT_CANDIDATES - 1`` plus
+  ``extra_candidates``): the grid's candidates and the network's pose are refined side by side
+  and the best-scoring basin wins. A network that knows the structure adds the right basin
+  where the grid misses it (pseudo-symmetric mates, low SNR); one that does not (chance-level
+  poses on a structure it never saw) cannot pull a particle away from the grid's best answer.
+  Cost: one exhaustive search plus the network's pass (issue 18: "never worse than exhaustive
+  at the same cost"; measured in docs/align.md).
 
 The learned aligner is optional: :func:`learned_aligner` gives its module, or an
 :class:`~napari_cryoalign.errors.InputError` naming the method when it is not installed.
@@ -29,8 +31,7 @@ import numpy as np
 from ...errors import InputError
 from ..ctf import ctf_premultiply
 from ..jobs import Partial, Progress, subjob
-from ..symmetry import symmetric_angle_deg
-from .exhaustive import align_exhaustive_job, refine_alignment_job
+from .exhaustive import DEFAULT_CANDIDATES, align_exhaustive_job
 from .types import AlignmentResult
 
 __all__ = ["METHODS", "align_job", "learned_aligner"]
@@ -80,10 +81,9 @@ def align_job(
     method : ``"exhaustive"``, ``"learned"`` or ``"learned+refine"`` (module docstring)
     particle_masks : observed Fourier masks, fftshift-ed (DC at ``N // 2``), ``(N, N, N)`` shared
         or ``(n, N, N, N)``; None = fully observed
-    angular_step_deg : exhaustive: global grid step (degrees); learned+refine: sets the local
-        search range ``max(angular_step_deg, 15) * 0.67`` degrees
-    refine_levels : exhaustive: local levels after the grid; learned+refine: local levels
-        (0 counts as 1)
+    angular_step_deg : exhaustive and learned+refine: global grid step (degrees)
+    refine_levels : exhaustive: local levels after the grid; learned+refine: the same (0 counts
+        as 1: the network's start needs at least one level to compete)
     max_shift_voxels : largest shift searched by the exhaustive search and the refinement
         (voxels; default N / 4); the learned aligner searches ``model.config.max_shift``
     max_frequency : highest frequency compared by the exhaustive search and the refinement,
@@ -100,7 +100,7 @@ def align_job(
 
     Yields
     ------
-    Progress of the running stage (``"learned: ..."``, ``"refine: ..."`` for the learned
+    Progress of the running stage (``"learned: ..."``, ``"search: ..."`` for the learned
     methods); closing the job stops it between batches.
 
     Returns
@@ -129,52 +129,17 @@ def align_job(
                                                          model=model, candidates=candidates, device=device),
                                prefix="learned")
     if method == "learned+refine":
-        job = refine_alignment_job(scored, reference, result, particle_masks=particle_masks,
-                                   max_angle_deg=max(float(angular_step_deg), 15.0) * 0.67,
-                                   levels=refine_levels or 1, max_shift_voxels=max_shift_voxels,
-                                   max_frequency=max_frequency, device=device)
-        result = yield from subjob(job, prefix="refine")
-        result = yield from _second_opinion(scored, reference, result, particle_masks=particle_masks,
-                                            angular_step_deg=angular_step_deg, refine_levels=refine_levels,
-                                            max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
-                                            symmetry=symmetry, device=device)
+        # the network's pose takes the place of the grid's last candidate start (the same number of
+        # starts, so the same cost): where the network is right its basin scores best, where it is
+        # unsure or wrong the grid's candidates win
+        t0 = time.perf_counter()
+        job = align_exhaustive_job(scored, reference, particle_masks=particle_masks,
+                                   angular_step_deg=angular_step_deg, refine_levels=max(1, int(refine_levels)),
+                                   max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
+                                   candidates=max(1, DEFAULT_CANDIDATES - 1), symmetry=symmetry,
+                                   extra_candidates=result.rotations, device=device)
+        searched = yield from subjob(job, prefix="search")
+        seconds = (result.seconds if np.isfinite(result.seconds) else 0.0) + time.perf_counter() - t0
+        result = AlignmentResult(searched.rotations, searched.origins_voxels, searched.scores, "learned+refine",
+                                 seconds=seconds)
     return result
-
-
-def _second_opinion(particles, reference, refined: AlignmentResult, *, particle_masks, angular_step_deg, refine_levels,
-                    max_shift_voxels, max_frequency, symmetry, device):
-    """``learned+refine``'s safety net: never worse than the exhaustive search where the network is wrong.
-
-    The exhaustive search's global grid (on 2x binned volumes: the cheap part) gives each
-    particle a second pose. Where it agrees with the refined network pose (within one grid step,
-    up to the symmetry) the refined pose stands. Where it does not, those particles get the full
-    exhaustive search (its candidates and refinement) and the pose of higher constrained
-    correlation wins. A network that has never seen
-    the structure (chance-level poses) thus costs about one exhaustive search, not a wrong answer.
-    Returns the merged :class:`AlignmentResult` (``method="learned+refine"``).
-    """
-    t0 = time.perf_counter()
-    grid = yield from subjob(align_exhaustive_job(particles, reference, particle_masks=particle_masks,
-                                                  angular_step_deg=angular_step_deg, refine_levels=0,
-                                                  max_shift_voxels=max_shift_voxels, max_frequency=max_frequency,
-                                                  symmetry=symmetry, device=device), prefix="check")
-    off = np.flatnonzero(symmetric_angle_deg(grid.rotations, refined.rotations, symmetry) > float(angular_step_deg))
-    rot = np.array(refined.rotations, dtype=np.float64)
-    ori = np.array(refined.origins_voxels, dtype=np.float64)
-    score = np.array(refined.scores, dtype=np.float64)
-    if len(off):
-        p = particles[off]
-        mk = particle_masks
-        if mk is not None and np.ndim(mk) == 4 and np.shape(mk)[0] == np.shape(particles)[0]:
-            mk = mk[off]
-        other = yield from subjob(align_exhaustive_job(p, reference, particle_masks=mk,
-                                                       angular_step_deg=angular_step_deg, refine_levels=refine_levels,
-                                                       max_shift_voxels=max_shift_voxels,
-                                                       max_frequency=max_frequency, symmetry=symmetry, device=device),
-                                  prefix="check")
-        better = np.asarray(other.scores) > score[off]
-        rot[off[better]] = other.rotations[better]
-        ori[off[better]] = other.origins_voxels[better]
-        score[off[better]] = np.asarray(other.scores)[better]
-    seconds = (refined.seconds if np.isfinite(refined.seconds) else 0.0) + time.perf_counter() - t0
-    return AlignmentResult(rot, ori, score, refined.method, seconds=seconds)
