@@ -41,6 +41,7 @@ from napari_cryoalign.backend.geometry import (
     geodesic_angle_deg,
     matrix_distance,
     random_rotations,
+    transform_reference_to_particle,
 )
 from napari_cryoalign.backend.jobs import Partial
 from napari_cryoalign.backend.simulate.procedural import HELD_OUT_SEEDS, TRAINING_SEEDS
@@ -77,7 +78,8 @@ CURVE_SEEDS = tuple(range(10100, 10110))
 CURVE_SETS = (("snr100_12A_ctf5", 100.0, 12.0), ("snr0.1_12A_ctf5", 0.1, 12.0), ("snr0.1_8A_ctf5", 0.1, 8.0))
 
 
-def _round_data(snr: float, n_per_class: int, seed: int, device="cpu", corpus: str = "packaged"):
+def _round_data(snr: float, n_per_class: int, seed: int, device="cpu", corpus: str = "packaged",
+                rotate_references: bool = False):
     if corpus == "broad":
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(TRAINING_SEEDS), BROAD_PROCEDURAL_PER_ROUND, replace=False)
@@ -89,7 +91,24 @@ def _round_data(snr: float, n_per_class: int, seed: int, device="cpu", corpus: s
     else:
         s = simulate_subtomograms(STRUCTURES, n_per_class=n_per_class, box=32, snr=snr, seed=seed, device=device)
     refs = s.references[s.classes - 1]  # each particle's structure (not its pose)
-    return s.volumes, refs, s.mask, s.rotations
+    rots = s.rotations
+    if rotate_references:
+        refs, rots = rotated_references(refs, rots, seed=seed)
+    return s.volumes, refs, s.mask, rots
+
+
+def rotated_references(refs, rotations, *, seed: int):
+    """Each pair's reference turned by its own uniform random rotation ``G``; the target becomes ``A G^T``.
+
+    With the reference always in its canonical pose, a structure's reference is the same in every
+    pair, so the network can read the pose off the particle alone and never compare the two inputs:
+    it learns identities (the issue-18 diagnosis, ``docs/align_learned.md``). Turned references
+    make the comparison the only way to the answer. ``transform_reference_to_particle(ref, G)``
+    then ``(..., A G^T)`` is ``(ref, A)`` (the composition is pinned in tests/backend/test_geometry.py).
+    """
+    g = random_rotations(len(refs), seed=seed + 7)
+    turned = transform_reference_to_particle(np.asarray(refs, np.float32), g.astype(np.float32))
+    return np.asarray(turned, np.float32), np.asarray(rotations) @ np.transpose(g, (0, 2, 1))
 
 
 def _curve_sets(per_structure: int = 4):
@@ -123,7 +142,7 @@ def held_out_point(model: GumNet, sets: dict) -> dict:
 def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: int = 8,
           checkpoint: Path | None = None, supervised: bool = False, head: str = "hypotheses",
           init: Path | None = None, device="cpu", corpus: str = "packaged", curve_minutes: float = 0.0,
-          curve_path: Path | None = None) -> tuple[GumNet, dict]:
+          curve_path: Path | None = None, rotate_references: bool = False) -> tuple[GumNet, dict]:
     """Train for ``minutes``; with ``init`` (a model file) continue from those weights with the last
     stage of the curriculum only (its SNR mix and learning rate) for the whole budget (the broad
     corpus runs the whole curriculum from ``init`` too). With ``curve_minutes`` > 0, evaluate the
@@ -138,7 +157,8 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
     else:
         model = GumNet(GumNetConfig(box=32, **(GRID_CONFIG if head == "grid" else {}))).to(device)
     log = {"stages": [], "losses": [], "architecture": model.config.to_dict(),
-           "init": None if init is None else str(init), "corpus": corpus, "curve": []}
+           "init": None if init is None else str(init), "corpus": corpus, "curve": [],
+           "rotate_references": rotate_references}
     t_all = time.perf_counter()
     round_seed = 1000 * seed + 1
     stages = GRID_STAGES if head == "grid" else STAGES
@@ -169,7 +189,7 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
                 curve_point(name)
                 next_curve += curve_minutes * 60.0
             snr = float(rng.choice(snrs))
-            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed, device, corpus)
+            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed, device, corpus, rotate_references)
             round_seed += 1
             job = train_job(vols, references=refs, particle_masks=mask, model=model, epochs=1,
                             batch_size=batch_size, lr=lr, loss_box=loss_box, optimizer=opt, seed=round_seed,
@@ -285,6 +305,9 @@ def main(argv=None) -> int:
     ap.add_argument("--curve-out", type=Path, default=None, help="write the learning curve (JSON) here")
     ap.add_argument("--n-per-class", type=int, default=None, help="particles per structure per round "
                     "(default 24; 4 with --corpus broad)")
+    ap.add_argument("--rotate-references", action="store_true",
+                    help="turn each pair's reference by a random rotation (the target becomes A G^T), so that the "
+                    "network must compare particle and reference instead of recognising the structure")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
@@ -294,7 +317,8 @@ def main(argv=None) -> int:
         model, train_log = train(args.minutes, seed=args.seed, checkpoint=args.checkpoint, supervised=args.supervised,
                                  head=args.head, batch_size=bs, init=args.init, device=args.device,
                                  corpus=args.corpus, curve_minutes=args.curve_minutes, curve_path=args.curve_out,
-                                 n_per_class=args.n_per_class or (4 if args.corpus == "broad" else 24))
+                                 n_per_class=args.n_per_class or (4 if args.corpus == "broad" else 24),
+                                 rotate_references=args.rotate_references)
         model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
@@ -304,7 +328,7 @@ def main(argv=None) -> int:
                 "command": f"python scripts/train_gumnet_default.py --minutes {args.minutes:g} --seed {args.seed}"
                 + (" --supervised" if args.supervised else "") + f" --head {args.head} --batch-size {bs}"
                 + f" --device {args.device}" + (f" --init {args.init.name}" if args.init else "")
-                + f" --corpus {args.corpus}"}
+                + f" --corpus {args.corpus}" + (" --rotate-references" if args.rotate_references else "")}
         if args.corpus == "broad":
             meta["data"].update({"procedural_training_seeds": f"{BROAD_PROCEDURAL_PER_ROUND} new per round from "
                                  f"[{TRAINING_SEEDS.start}, {TRAINING_SEEDS.stop})",

@@ -200,3 +200,20 @@ def test_nearest_rotation_projects_float32_matrices_onto_so3():
     reflected = r.copy()
     reflected[:, :, 2] *= -1  # det -1: the nearest proper rotation, not the reflection
     assert np.allclose(np.linalg.det(g.nearest_rotation(reflected)), 1.0)
+
+
+def test_transforms_compose_right_to_left():
+    """Turning a reference by G, then by A G^T, is turning it by A (quarter turns: exact on the lattice).
+
+    The Gum-Net training pairs with turned references (scripts/train_gumnet_default.py
+    --rotate-references) rely on this order."""
+    rng = np.random.default_rng(3)
+    ref = np.zeros((16, 16, 16), np.float32)
+    ref[1:, 1:, 1:] = rng.random((15, 15, 15))  # offsets -7..7 about the centre 8: closed under quarter turns
+    a = np.rint(Rotation.from_euler("zyx", [90, 0, 90], degrees=True).as_matrix())
+    t = np.rint(Rotation.from_euler("zyx", [0, 90, 180], degrees=True).as_matrix())
+    turned = g.transform_reference_to_particle(ref, t)
+    np.testing.assert_allclose(g.transform_reference_to_particle(turned, a @ t.T),
+                               g.transform_reference_to_particle(ref, a), atol=1e-4)
+    wrong_order = g.transform_reference_to_particle(turned, t.T @ a)
+    assert np.abs(wrong_order - g.transform_reference_to_particle(ref, a)).max() > 0.1

@@ -1,0 +1,135 @@
+"""Why the learned aligner memorised its training structures (issue 18): the fixed reference.
+
+The shipped Gum-Net weights were trained on pairs (particle, the reference map of its structure)
+with the reference always in its canonical pose. A structure's reference is then the same
+in every pair, so the network can read the pose off the particle alone, by recognising the
+structure, and never has to compare the two inputs. This toy measures that directly, with
+the package's own network and training job (``GumNet``, ``train_job``, supervised grid head):
+
+* 16³ boxes at 12 Å, noise-free, no wedge; particles are turned by rotations of the model's
+  24-rotation grid (``rotation_grid(90)``), so a guess among them is right 1/24 = 4.2 % of the
+  time (a uniformly random rotation is within 45° 2.5 % of the time);
+* ``--structures`` procedural shapes with **training** seeds ``0..S-1`` are trained on for
+  ``--steps`` steps (batch 32, Adam ``--lr``), once with **fixed** references (canonical pose,
+  the shipped weights' scheme) and once with **turned** references (each pair's reference
+  turned by its own random grid rotation ``G``, target ``A G^T``, in general between grid
+  rotations: what
+  ``scripts/train_gumnet_default.py --rotate-references`` does);
+* judged on 96 pairs of the training shapes and 96 pairs of six **held-out** shapes (seeds
+  ``10600..10605``, never trained on), each with the reference in its canonical pose (what a
+  user gives) and turned; the score is the fraction within 45° (= the right grid rotation).
+
+Run (about 5 minutes per mode on one idle thread)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diag_reference_identity.py [--steps 1200] [--structures 20]
+
+Writes ``docs/benchmarks/learned_reference_identity.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig
+from napari_cryoalign.backend.align.learned import align_learned
+from napari_cryoalign.backend.align.learned_train import train_job
+from napari_cryoalign.backend.geometry import geodesic_angle_deg, transform_reference_to_particle
+from napari_cryoalign.backend.jobs import run_job
+from napari_cryoalign.backend.simulate.procedural import procedural_structure
+from napari_cryoalign.io import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "benchmarks" / "learned_reference_identity.json"
+HELD_OUT = tuple(range(10600, 10606))
+
+
+def toy_model(seed: int = 0, channels: int = 8) -> GumNet:
+    """The small grid-head Gum-Net of this toy: 16³ input, the 24 rotations of a 90° grid."""
+    torch.manual_seed(seed)
+    c = channels
+    return GumNet(GumNetConfig(box=16, head="grid", grid_step_deg=90.0, channels=(c, 2 * c, 4 * c, 4 * c, 8 * c),
+                               hidden=32 * c, input_box=16))
+
+
+def toy_maps(seeds) -> np.ndarray:
+    """Noise-free procedural maps ``(len(seeds), 16, 16, 16)`` at 12 Å."""
+    return np.stack([np.asarray(procedural_structure(int(s), voxel_size_angstrom=12.0, box=16)[0], np.float32)
+                     for s in seeds])
+
+
+def toy_pairs(maps: np.ndarray, grid: np.ndarray, n: int, rng: np.random.Generator, *, turned: bool):
+    """``n`` pairs: particle = map turned by ``A``; reference = map turned by ``G`` (identity unless
+    ``turned``); returns particles, references (n, 16, 16, 16) and the targets ``A G^T`` (n, 3, 3)."""
+    which = rng.integers(0, len(maps), n)
+    a = grid[rng.integers(0, len(grid), n)]
+    g = grid[rng.integers(0, len(grid), n)] if turned else np.broadcast_to(np.eye(3), (n, 3, 3))
+    src = torch.as_tensor(maps[which])
+    vols = transform_reference_to_particle(src, torch.as_tensor(a, dtype=torch.float32))
+    refs = transform_reference_to_particle(src, torch.as_tensor(np.ascontiguousarray(g), dtype=torch.float32))
+    return (np.asarray(vols, np.float32), np.asarray(refs, np.float32), a @ np.transpose(g, (0, 2, 1)))
+
+
+def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: float = 1e-3, seed: int = 0,
+              batch_size: int = 32) -> dict:
+    """Supervised grid-head training on ``maps`` (a fresh draw of pairs every 10 batches)."""
+    grid = np.asarray(model.grid, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    done, losses, t0 = 0, [], time.perf_counter()
+    while done < steps:
+        v, r, t = toy_pairs(maps, grid, batch_size * min(10, steps - done), rng, turned=turned)
+        res = run_job(train_job(v, references=r, model=model, epochs=1, batch_size=batch_size, lr=lr, loss_box=None,
+                                true_rotations=t, correlation_weight=0.0, optimizer=opt, seed=seed + done),
+                      progress=False)
+        done += res.steps
+        losses.extend(np.asarray(res.losses, dtype=float).tolist())
+    model.eval()
+    return {"steps": done, "seconds": time.perf_counter() - t0, "loss_first50": float(np.mean(losses[:50])),
+            "loss_last50": float(np.mean(losses[-50:]))}
+
+
+def toy_judge(model: GumNet, maps: np.ndarray, *, n: int = 96, turned: bool, seed: int = 1) -> dict:
+    """Fraction of ``n`` pairs within 45° (the right grid rotation) and the median error."""
+    grid = np.asarray(model.grid, dtype=np.float64)
+    v, r, t = toy_pairs(maps, grid, n, np.random.default_rng(seed), turned=turned)
+    est = np.concatenate([align_learned(v[i:i + 1], r[i], model=model).rotations for i in range(n)])
+    g = geodesic_angle_deg(est, t)
+    return {"n": n, "within_45deg": float((g < 45).mean()), "median_deg": float(np.median(g))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--structures", type=int, default=20, help="training shapes (procedural seeds 0..S-1)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    train_maps, test_maps = toy_maps(range(args.structures)), toy_maps(HELD_OUT)
+    doc = {"command": f"OMP_NUM_THREADS=1 python benchmarks/diag_reference_identity.py --steps {args.steps} "
+                      f"--structures {args.structures} --lr {args.lr:g}",
+           "chance_within_45deg": 1 / 24, "training_seeds": f"procedural 0..{args.structures - 1}",
+           "held_out_seeds": list(HELD_OUT), "torch_threads": torch.get_num_threads(), "modes": {}}
+    for mode in ("fixed", "turned"):
+        model = toy_model()
+        log = toy_train(model, train_maps, steps=args.steps, turned=mode == "turned", lr=args.lr)
+        row = {"training": log}
+        for label, maps in (("training_shapes", train_maps), ("held_out_shapes", test_maps)):
+            for ref in ("canonical", "turned"):
+                row[f"{label}_{ref}_reference"] = toy_judge(model, maps, turned=ref == "turned")
+        doc["modes"][mode] = row
+        print(mode, json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, doc, overwrite=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
