@@ -183,7 +183,11 @@ def symmetrize_volume(volume, symmetry: str, *, interpolation: str = "linear"):
 
     group = point_group(symmetry)
     was_np = not isinstance(volume, torch.Tensor)
-    vol = torch.as_tensor(np.asarray(volume, dtype=np.float32)) if was_np else volume.float()
+    if was_np:
+        arr = np.asarray(volume, dtype=np.float32)
+        vol = torch.as_tensor(arr if arr.flags.writeable else arr.copy())  # e.g. a cached, read-only map
+    else:
+        vol = volume.float()
     if len(group) == 1:
         out = vol.clone()
     else:
