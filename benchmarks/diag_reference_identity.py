@@ -50,12 +50,13 @@ OUT = ROOT / "docs" / "benchmarks" / "learned_reference_identity.json"
 HELD_OUT = tuple(range(10600, 10606))
 
 
-def toy_model(seed: int = 0, channels: int = 8) -> GumNet:
-    """The small grid-head Gum-Net of this toy: 16³ input, the 24 rotations of a 90° grid."""
+def toy_model(seed: int = 0, channels: int = 8, grid_step_deg: float = 90.0) -> GumNet:
+    """The small grid-head Gum-Net of this toy: 16³ input, the rotations of ``rotation_grid(grid_step_deg)``
+    (24 at 90°, 78 at 60°, 192 at 45°, 636 at 30°: the full-size head)."""
     torch.manual_seed(seed)
     c = channels
-    return GumNet(GumNetConfig(box=16, head="grid", grid_step_deg=90.0, channels=(c, 2 * c, 4 * c, 4 * c, 8 * c),
-                               hidden=32 * c, input_box=16))
+    return GumNet(GumNetConfig(box=16, head="grid", grid_step_deg=grid_step_deg,
+                               channels=(c, 2 * c, 4 * c, 4 * c, 8 * c), hidden=32 * c, input_box=16))
 
 
 def toy_maps(seeds) -> np.ndarray:
@@ -77,11 +78,12 @@ def toy_pairs(maps: np.ndarray, grid: np.ndarray, n: int, rng: np.random.Generat
 
 
 def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: float = 1e-3, seed: int = 0,
-              batch_size: int = 32) -> dict:
-    """Supervised grid-head training on ``maps`` (a fresh draw of pairs every 10 batches)."""
+              batch_size: int = 32, optimizer=None, rng=None) -> dict:
+    """Supervised grid-head training on ``maps`` (a fresh draw of pairs every 10 batches); pass the same
+    ``optimizer`` and ``rng`` to continue a run in chunks."""
     grid = np.asarray(model.grid, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed) if rng is None else rng
+    opt = torch.optim.Adam(model.parameters(), lr=lr) if optimizer is None else optimizer
     done, losses, t0 = 0, [], time.perf_counter()
     while done < steps:
         v, r, t = toy_pairs(maps, grid, batch_size * min(10, steps - done), rng, turned=turned)
@@ -90,7 +92,7 @@ def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: 
                       progress=False)
         done += res.steps
         losses.extend(np.asarray(res.losses, dtype=float).tolist())
-    model.eval()
+    model.eval()  # train_job leaves it so too
     return {"steps": done, "seconds": time.perf_counter() - t0, "loss_first50": float(np.mean(losses[:50])),
             "loss_last50": float(np.mean(losses[-50:]))}
 
@@ -109,18 +111,42 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--structures", type=int, default=20, help="training shapes (procedural seeds 0..S-1)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--grid-step", type=float, default=90.0, help="the head's rotation grid (degrees)")
+    ap.add_argument("--modes", default="fixed,turned")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="also judge the held-out shapes every N steps (the plateau's length)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     train_maps, test_maps = toy_maps(range(args.structures)), toy_maps(HELD_OUT)
+    n_grid = len(toy_model(grid_step_deg=args.grid_step).grid)
     doc = {"command": f"OMP_NUM_THREADS=1 python benchmarks/diag_reference_identity.py --steps {args.steps} "
-                      f"--structures {args.structures} --lr {args.lr:g}",
-           "chance_within_45deg": 1 / 24, "training_seeds": f"procedural 0..{args.structures - 1}",
+                      f"--structures {args.structures} --lr {args.lr:g} --grid-step {args.grid_step:g} "
+                      f"--modes {args.modes} --curve-every {args.curve_every}",
+           "grid_rotations": n_grid, "chance_within_45deg": max(1 / n_grid, 0.025),
+           "training_seeds": f"procedural 0..{args.structures - 1}",
            "held_out_seeds": list(HELD_OUT), "torch_threads": torch.get_num_threads(), "modes": {}}
-    for mode in ("fixed", "turned"):
-        model = toy_model()
-        log = toy_train(model, train_maps, steps=args.steps, turned=mode == "turned", lr=args.lr)
-        row = {"training": log}
+    for mode in args.modes.split(","):
+        model = toy_model(grid_step_deg=args.grid_step)
+        turned = mode == "turned"
+        chunk = args.curve_every if args.curve_every > 0 else args.steps
+        opt, rng = torch.optim.Adam(model.parameters(), lr=args.lr), np.random.default_rng(0)
+        done, curve, t0, first = 0, [], 0.0, float("nan")
+        while done < args.steps:
+            log = toy_train(model, train_maps, steps=min(chunk, args.steps - done), turned=turned, lr=args.lr,
+                            seed=done, optimizer=opt, rng=rng)
+            if done == 0:
+                first = log["loss_first50"]
+            done, t0 = done + log["steps"], t0 + log["seconds"]
+            if args.curve_every > 0:
+                point = {"steps": done, "seconds": t0, "loss_last50": log["loss_last50"],
+                         **toy_judge(model, test_maps, turned=False)}
+                curve.append(point)
+                print(mode, json.dumps(point), flush=True)
+            model.train()
+        model.eval()
+        log.update(steps=done, seconds=t0, loss_first50=first)
+        row = {"training": log, "held_out_curve": curve}
         for label, maps in (("training_shapes", train_maps), ("held_out_shapes", test_maps)):
             for ref in ("canonical", "turned"):
                 row[f"{label}_{ref}_reference"] = toy_judge(model, maps, turned=ref == "turned")
