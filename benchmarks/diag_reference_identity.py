@@ -39,7 +39,7 @@ import torch
 
 from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig
 from napari_cryoalign.backend.align.learned import align_learned
-from napari_cryoalign.backend.align.learned_train import train_job
+from napari_cryoalign.backend.align.learned_train import train_job, turned_references
 from napari_cryoalign.backend.geometry import geodesic_angle_deg, transform_reference_to_particle
 from napari_cryoalign.backend.jobs import run_job
 from napari_cryoalign.backend.simulate.procedural import procedural_structure
@@ -71,10 +71,9 @@ def toy_pairs(maps: np.ndarray, grid: np.ndarray, n: int, rng: np.random.Generat
     which = rng.integers(0, len(maps), n)
     a = grid[rng.integers(0, len(grid), n)]
     g = grid[rng.integers(0, len(grid), n)] if turned else np.broadcast_to(np.eye(3), (n, 3, 3))
-    src = torch.as_tensor(maps[which])
-    vols = transform_reference_to_particle(src, torch.as_tensor(a, dtype=torch.float32))
-    refs = transform_reference_to_particle(src, torch.as_tensor(np.ascontiguousarray(g), dtype=torch.float32))
-    return (np.asarray(vols, np.float32), np.asarray(refs, np.float32), a @ np.transpose(g, (0, 2, 1)))
+    vols = transform_reference_to_particle(maps[which], a.astype(np.float32))
+    refs, targets = turned_references(maps[which], a, g)
+    return np.asarray(vols, np.float32), refs, targets
 
 
 def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: float = 1e-3, seed: int = 0,
@@ -92,7 +91,6 @@ def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: 
                       progress=False)
         done += res.steps
         losses.extend(np.asarray(res.losses, dtype=float).tolist())
-    model.eval()  # train_job leaves it so too
     return {"steps": done, "seconds": time.perf_counter() - t0, "loss_first50": float(np.mean(losses[:50])),
             "loss_last50": float(np.mean(losses[-50:]))}
 
@@ -143,8 +141,6 @@ def main(argv=None) -> int:
                          **toy_judge(model, test_maps, turned=False)}
                 curve.append(point)
                 print(mode, json.dumps(point), flush=True)
-            model.train()
-        model.eval()
         log.update(steps=done, seconds=t0, loss_first50=first)
         row = {"training": log, "held_out_curve": curve}
         for label, maps in (("training_shapes", train_maps), ("held_out_shapes", test_maps)):

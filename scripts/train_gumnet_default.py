@@ -36,12 +36,11 @@ from napari_cryoalign.backend.align.learned import (
     load_model,
     save_model,
 )
-from napari_cryoalign.backend.align.learned_train import train_job
+from napari_cryoalign.backend.align.learned_train import train_job, turned_references
 from napari_cryoalign.backend.geometry import (
     geodesic_angle_deg,
     matrix_distance,
     random_rotations,
-    transform_reference_to_particle,
 )
 from napari_cryoalign.backend.jobs import Partial
 from napari_cryoalign.backend.simulate.procedural import HELD_OUT_SEEDS, TRAINING_SEEDS
@@ -98,17 +97,9 @@ def _round_data(snr: float, n_per_class: int, seed: int, device="cpu", corpus: s
 
 
 def rotated_references(refs, rotations, *, seed: int):
-    """Each pair's reference turned by its own uniform random rotation ``G``; the target becomes ``A G^T``.
-
-    With the reference always in its canonical pose, a structure's reference is the same in every
-    pair, so the network can read the pose off the particle alone and never compare the two inputs:
-    it learns identities (the issue-18 diagnosis, ``docs/align_learned.md``). Turned references
-    make the comparison the only way to the answer. ``transform_reference_to_particle(ref, G)``
-    then ``(..., A G^T)`` is ``(ref, A)`` (the composition is pinned in tests/backend/test_geometry.py).
-    """
-    g = random_rotations(len(refs), seed=seed + 7)
-    turned = transform_reference_to_particle(np.asarray(refs, np.float32), g.astype(np.float32))
-    return np.asarray(turned, np.float32), np.asarray(rotations) @ np.transpose(g, (0, 2, 1))
+    """Each pair's reference turned by its own uniform random rotation ``G``; the target becomes ``A G^T``
+    (:func:`~napari_cryoalign.backend.align.learned_train.turned_references`: why, and the order)."""
+    return turned_references(refs, rotations, random_rotations(len(refs), seed=seed + 7))
 
 
 def _curve_sets(per_structure: int = 4):

@@ -179,15 +179,11 @@ def symmetrize_volume(volume, symmetry: str, *, interpolation: str = "linear"):
     """
     import torch
 
+    from ._tensor import as_tensor, to_caller
     from .geometry import rotate_volume
 
     group = point_group(symmetry)
-    was_np = not isinstance(volume, torch.Tensor)
-    if was_np:
-        arr = np.asarray(volume, dtype=np.float32)
-        vol = torch.as_tensor(arr if arr.flags.writeable else arr.copy())  # e.g. a cached, read-only map
-    else:
-        vol = volume.float()
+    vol, was_np = as_tensor(volume, dtype=torch.float32)  # copies read-only arrays (cached maps)
     if len(group) == 1:
         out = vol.clone()
     else:
@@ -197,7 +193,7 @@ def symmetrize_volume(volume, symmetry: str, *, interpolation: str = "linear"):
             r = rots[start:start + 12]
             out += rotate_volume(vol[None].expand(len(r), *vol.shape), r, interpolation=interpolation).sum(0)
         out /= len(group)
-    return out.cpu().numpy() if was_np else out
+    return to_caller(out, was_np)
 
 
 def reduce_rotation_grid(rotations: np.ndarray, symmetry: str) -> np.ndarray:

@@ -43,7 +43,6 @@ def test_brief_training_on_procedural_shapes_beats_chance_on_unseen_shapes(diag,
     assert held["within_45deg"] >= 12 / 96, held  # measured: 17 of 96 after 450 steps, 21 after 600
 
 
-
 def test_turned_pairs_keep_the_target_consistent(diag):
     """The pairs the training sees: particle = T(map, A), reference = T(map, G), target A G^T; turning the
     reference by the target gives the particle."""
@@ -57,5 +56,5 @@ def test_turned_pairs_keep_the_target_consistent(diag):
     for i in range(4):
         c = np.corrcoef(back[i].ravel(), v[i].ravel())[0, 1]
         assert c > 0.95, (i, c)
-    _, r0, t0 = diag.toy_pairs(maps, grid, 4, np.random.default_rng(0), turned=False)
+    _, r0, _ = diag.toy_pairs(maps, grid, 4, np.random.default_rng(0), turned=False)
     assert np.allclose(r0, maps[np.random.default_rng(0).integers(0, 2, 4)], atol=1e-5)

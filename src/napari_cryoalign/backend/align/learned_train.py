@@ -21,14 +21,40 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from ..geometry import transform_reference_to_particle
 from ..jobs import Partial, Progress, run_job
 from .gumnet import GumNet, GumNetConfig, standardize
 from .learned import _grid_candidate_losses, _hypothesis_losses, _masks, _pick, _volumes
 
-__all__ = ["GRID_TARGET_SIGMA", "TrainResult", "grid_targets", "train", "train_job"]
+__all__ = ["GRID_TARGET_SIGMA", "TrainResult", "grid_targets", "train", "train_job", "turned_references"]
 
 #: width of the soft grid targets, in grid steps (a Gaussian in the geodesic angle)
 GRID_TARGET_SIGMA = 0.6
+
+
+def turned_references(references, rotations, turns) -> tuple[np.ndarray, np.ndarray]:
+    """Supervised training pairs without the fixed-reference shortcut (issue 18).
+
+    With each structure's reference always in its canonical pose, the reference is the same in
+    every pair of that structure, so a network can read the pose off the particle alone and never
+    compare the two inputs (it learns identities: docs/align_learned.md). Turning each pair's
+    reference by its own rotation ``G`` makes the comparison the only way to the answer.
+
+    Parameters
+    ----------
+    references : ``(n, N, N, N)`` (z, y, x), each pair's reference in its canonical pose
+    rotations : ``(n, 3, 3)`` the particles' poses ``A`` (reference -> particle)
+    turns : ``(n, 3, 3)`` the rotations ``G`` applied to the references
+
+    Returns
+    -------
+    The turned references ``(n, N, N, N)`` float32 and the targets ``A G^T`` ``(n, 3, 3)``:
+    ``transform_reference_to_particle(turned, A G^T)`` is ``transform_reference_to_particle(ref, A)``
+    (the order is pinned in tests/backend/test_geometry.py).
+    """
+    turns = np.asarray(turns, dtype=np.float64)
+    turned = transform_reference_to_particle(np.asarray(references, np.float32), turns.astype(np.float32))
+    return np.asarray(turned, np.float32), np.asarray(rotations) @ np.transpose(turns, (0, 2, 1))
 
 
 def grid_targets(grid: torch.Tensor, rotations: torch.Tensor, sigma_deg: float) -> torch.Tensor:
