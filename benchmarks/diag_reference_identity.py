@@ -65,19 +65,91 @@ def toy_maps(seeds) -> np.ndarray:
                      for s in seeds])
 
 
-def toy_pairs(maps: np.ndarray, grid: np.ndarray, n: int, rng: np.random.Generator, *, turned: bool):
+#: the conditions of the full-size training data that ``--world`` adds to the toy, one at a time
+WORLD_KEYS = ("snr", "wedge", "shift", "continuous", "centre")
+
+
+def parse_world(text: str) -> dict:
+    """``"snr=1,wedge,shift=2,continuous"`` -> ``{"snr": 1.0, "wedge": 60.0, "shift": 2.0, "continuous": 1.0}``
+    (``wedge`` alone: ±60°; ``""``: the clean toy). ``centre`` is no condition of the data but a remedy:
+    each particle is re-centred before the network sees it (:func:`_centre`)."""
+    world = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in WORLD_KEYS:
+            raise SystemExit(f"--world: unknown condition {key!r} (known: {', '.join(WORLD_KEYS)})")
+        world[key] = float(value) if value else {"wedge": 60.0}.get(key, 1.0)
+    return world
+
+
+def _degrade(vols: np.ndarray, world: dict, rng: np.random.Generator) -> np.ndarray:
+    """The particles as the full-size data has them: shifted by up to ``shift`` voxels (each axis),
+    observed within ±``wedge``° (tilt about y: the Fourier wedge zeroed), with white noise at ``snr``
+    (signal variance over noise variance, per particle, measured before the wedge)."""
+    out = np.asarray(vols, np.float32).copy()
+    n = len(out)
+    if world.get("shift"):
+        s = float(world["shift"])
+        from napari_cryoalign.backend.geometry import shift_volume
+        out = np.asarray(shift_volume(out, rng.uniform(-s, s, (n, 3)).astype(np.float32)), np.float32)
+    if world.get("wedge"):
+        from napari_cryoalign.backend.wedge import particle_fourier_mask
+        w = float(world["wedge"])
+        mask = np.fft.ifftshift(particle_fourier_mask(out.shape[-1], tilt_range_deg=(-w, w)))
+        out = np.real(np.fft.ifftn(np.fft.fftn(out, axes=(1, 2, 3)) * mask, axes=(1, 2, 3))).astype(np.float32)
+    if world.get("snr"):
+        var = np.asarray(vols, np.float64).reshape(n, -1).var(1)
+        noise = rng.standard_normal(out.shape).astype(np.float32)
+        out = out + noise * np.sqrt(var / float(world["snr"])).astype(np.float32)[:, None, None, None]
+    return out
+
+
+def _centre(vols: np.ndarray, refs: np.ndarray, max_shift: int) -> np.ndarray:
+    """Each particle shifted (whole voxels, periodic) so that it best matches its reference's *rotational
+    average* - a shift estimate that needs no pose: the peak of the cross-correlation with the spherically
+    averaged reference within ``max_shift`` voxels per axis."""
+    n, b = len(vols), vols.shape[-1]
+    c = b // 2
+    z, y, x = np.meshgrid(*[np.arange(b) - c] * 3, indexing="ij")
+    r = np.rint(np.sqrt(z ** 2 + y ** 2 + x ** 2)).astype(int)
+    out = np.empty_like(vols)
+    for i in range(n):
+        prof = np.bincount(r.ravel(), refs[i].ravel()) / np.maximum(np.bincount(r.ravel()), 1)
+        avg = prof[r]
+        cc = np.real(np.fft.ifftn(np.fft.fftn(vols[i]) * np.conj(np.fft.fftn(avg))))
+        cc = np.fft.fftshift(cc)  # index c = zero shift
+        win = cc[c - max_shift:c + max_shift + 1, c - max_shift:c + max_shift + 1, c - max_shift:c + max_shift + 1]
+        dz, dy, dx = (np.array(np.unravel_index(np.argmax(win), win.shape)) - max_shift)
+        out[i] = np.roll(vols[i], (-dz, -dy, -dx), axis=(0, 1, 2))
+    return out
+
+
+def toy_pairs(maps: np.ndarray, grid: np.ndarray, n: int, rng: np.random.Generator, *, turned: bool,
+              world: dict | None = None):
     """``n`` pairs: particle = map turned by ``A``; reference = map turned by ``G`` (identity unless
-    ``turned``); returns particles, references (n, 16, 16, 16) and the targets ``A G^T`` (n, 3, 3)."""
+    ``turned``); returns particles, references (n, 16, 16, 16) and the targets ``A G^T`` (n, 3, 3).
+    ``world`` (:func:`parse_world`): ``continuous`` draws ``A`` and ``G`` uniformly instead of from the
+    grid; the other conditions degrade the particles (:func:`_degrade`), never the reference (a map)."""
+    from napari_cryoalign.backend.geometry import random_rotations
+
+    world = world or {}
     which = rng.integers(0, len(maps), n)
-    a = grid[rng.integers(0, len(grid), n)]
-    g = grid[rng.integers(0, len(grid), n)] if turned else np.broadcast_to(np.eye(3), (n, 3, 3))
+    if world.get("continuous"):
+        a = random_rotations(n, seed=rng)
+        g = random_rotations(n, seed=rng) if turned else np.broadcast_to(np.eye(3), (n, 3, 3))
+    else:
+        a = grid[rng.integers(0, len(grid), n)]
+        g = grid[rng.integers(0, len(grid), n)] if turned else np.broadcast_to(np.eye(3), (n, 3, 3))
     vols = transform_reference_to_particle(maps[which], a.astype(np.float32))
     refs, targets = turned_references(maps[which], a, g)
-    return np.asarray(vols, np.float32), refs, targets
+    vols = _degrade(np.asarray(vols, np.float32), world, rng)
+    if world.get("centre"):
+        vols = _centre(vols, np.asarray(refs, np.float32), int(np.ceil(world.get("shift", 0.0))) + 1)
+    return vols, refs, targets
 
 
 def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: float = 1e-3, seed: int = 0,
-              batch_size: int = 32, optimizer=None, rng=None) -> dict:
+              batch_size: int = 32, optimizer=None, rng=None, world: dict | None = None) -> dict:
     """Supervised grid-head training on ``maps`` (a fresh draw of pairs every 10 batches); pass the same
     ``optimizer`` and ``rng`` to continue a run in chunks."""
     grid = np.asarray(model.grid, dtype=np.float64)
@@ -85,7 +157,8 @@ def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: 
     opt = torch.optim.Adam(model.parameters(), lr=lr) if optimizer is None else optimizer
     done, losses, t0 = 0, [], time.perf_counter()
     while done < steps:
-        v, r, t = toy_pairs(maps, grid, batch_size * min(10, steps - done), rng, turned=turned)
+        v, r, t = toy_pairs(maps, grid, batch_size * min(10, steps - done), rng, turned=turned,
+                             world=world)
         res = run_job(train_job(v, references=r, model=model, epochs=1, batch_size=batch_size, lr=lr, loss_box=None,
                                 true_rotations=t, correlation_weight=0.0, optimizer=opt, seed=seed + done),
                       progress=False)
@@ -95,10 +168,11 @@ def toy_train(model: GumNet, maps: np.ndarray, *, steps: int, turned: bool, lr: 
             "loss_last50": float(np.mean(losses[-50:]))}
 
 
-def toy_judge(model: GumNet, maps: np.ndarray, *, n: int = 96, turned: bool, seed: int = 1) -> dict:
+def toy_judge(model: GumNet, maps: np.ndarray, *, n: int = 96, turned: bool, seed: int = 1,
+              world: dict | None = None) -> dict:
     """Fraction of ``n`` pairs within 45° (the right grid rotation) and the median error."""
     grid = np.asarray(model.grid, dtype=np.float64)
-    v, r, t = toy_pairs(maps, grid, n, np.random.default_rng(seed), turned=turned)
+    v, r, t = toy_pairs(maps, grid, n, np.random.default_rng(seed), turned=turned, world=world)
     est = np.concatenate([align_learned(v[i:i + 1], r[i], model=model).rotations for i in range(n)])
     g = geodesic_angle_deg(est, t)
     return {"n": n, "within_45deg": float((g < 45).mean()), "median_deg": float(np.median(g))}
@@ -113,14 +187,20 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="fixed,turned")
     ap.add_argument("--curve-every", type=int, default=0,
                     help="also judge the held-out shapes every N steps (the plateau's length)")
+    ap.add_argument("--world", default="",
+                    help="conditions of the full-size data added to training and judging pairs, e.g. "
+                         "'snr=1', 'wedge' (±60°), 'shift=2' (voxels), 'continuous' (uniform rotations)")
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    world = parse_world(args.world)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     train_maps, test_maps = toy_maps(range(args.structures)), toy_maps(HELD_OUT)
     n_grid = len(toy_model(grid_step_deg=args.grid_step).grid)
     doc = {"command": f"OMP_NUM_THREADS=1 python benchmarks/diag_reference_identity.py --steps {args.steps} "
                       f"--structures {args.structures} --lr {args.lr:g} --grid-step {args.grid_step:g} "
-                      f"--modes {args.modes} --curve-every {args.curve_every}",
+                      f"--modes {args.modes} --curve-every {args.curve_every} --world '{args.world}' "
+                      f"--batch-size {args.batch_size}", "world": world,
            "grid_rotations": n_grid, "chance_within_45deg": max(1 / n_grid, 0.025),
            "training_seeds": f"procedural 0..{args.structures - 1}",
            "held_out_seeds": list(HELD_OUT), "torch_threads": torch.get_num_threads(), "modes": {}}
@@ -132,20 +212,20 @@ def main(argv=None) -> int:
         done, curve, t0, first = 0, [], 0.0, float("nan")
         while done < args.steps:
             log = toy_train(model, train_maps, steps=min(chunk, args.steps - done), turned=turned, lr=args.lr,
-                            seed=done, optimizer=opt, rng=rng)
+                            seed=done, optimizer=opt, rng=rng, world=world, batch_size=args.batch_size)
             if done == 0:
                 first = log["loss_first50"]
             done, t0 = done + log["steps"], t0 + log["seconds"]
             if args.curve_every > 0:
                 point = {"steps": done, "seconds": t0, "loss_last50": log["loss_last50"],
-                         **toy_judge(model, test_maps, turned=False)}
+                         **toy_judge(model, test_maps, turned=False, world=world)}
                 curve.append(point)
                 print(mode, json.dumps(point), flush=True)
         log.update(steps=done, seconds=t0, loss_first50=first)
         row = {"training": log, "held_out_curve": curve}
         for label, maps in (("training_shapes", train_maps), ("held_out_shapes", test_maps)):
             for ref in ("canonical", "turned"):
-                row[f"{label}_{ref}_reference"] = toy_judge(model, maps, turned=ref == "turned")
+                row[f"{label}_{ref}_reference"] = toy_judge(model, maps, turned=ref == "turned", world=world)
         doc["modes"][mode] = row
         print(mode, json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

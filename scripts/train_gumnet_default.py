@@ -133,7 +133,8 @@ def held_out_point(model: GumNet, sets: dict) -> dict:
 def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: int = 8,
           checkpoint: Path | None = None, supervised: bool = False, head: str = "hypotheses",
           init: Path | None = None, device="cpu", corpus: str = "packaged", curve_minutes: float = 0.0,
-          curve_path: Path | None = None, rotate_references: bool = False) -> tuple[GumNet, dict]:
+          curve_path: Path | None = None, rotate_references: bool = False,
+          centre_moving: bool = False) -> tuple[GumNet, dict]:
     """Train for ``minutes``; with ``init`` (a model file) continue from those weights with the last
     stage of the curriculum only (its SNR mix and learning rate) for the whole budget (the broad
     corpus runs the whole curriculum from ``init`` too). With ``curve_minutes`` > 0, evaluate the
@@ -146,7 +147,8 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         if model.config.head != head:
             raise SystemExit(f"--init {init}: a {model.config.head!r}-head model, but --head {head}")
     else:
-        model = GumNet(GumNetConfig(box=32, **(GRID_CONFIG if head == "grid" else {}))).to(device)
+        model = GumNet(GumNetConfig(box=32, centre_moving=centre_moving,
+                                    **(GRID_CONFIG if head == "grid" else {}))).to(device)
     log = {"stages": [], "losses": [], "architecture": model.config.to_dict(),
            "init": None if init is None else str(init), "corpus": corpus, "curve": [],
            "rotate_references": rotate_references}
@@ -299,6 +301,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rotate-references", action="store_true",
                     help="turn each pair's reference by a random rotation (the target becomes A G^T), so that the "
                     "network must compare particle and reference instead of recognising the structure")
+    ap.add_argument("--centre-moving", action="store_true",
+                    help="a new network re-centres each particle on the reference's spherical average before "
+                    "it sees it (GumNetConfig.centre_moving): with shifted particles the grid head otherwise "
+                    "stays at chance (benchmarks/diag_reference_identity.py --world shift=2)")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
@@ -309,7 +315,7 @@ def main(argv=None) -> int:
                                  head=args.head, batch_size=bs, init=args.init, device=args.device,
                                  corpus=args.corpus, curve_minutes=args.curve_minutes, curve_path=args.curve_out,
                                  n_per_class=args.n_per_class or (4 if args.corpus == "broad" else 24),
-                                 rotate_references=args.rotate_references)
+                                 rotate_references=args.rotate_references, centre_moving=args.centre_moving)
         model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
@@ -319,7 +325,8 @@ def main(argv=None) -> int:
                 "command": f"python scripts/train_gumnet_default.py --minutes {args.minutes:g} --seed {args.seed}"
                 + (" --supervised" if args.supervised else "") + f" --head {args.head} --batch-size {bs}"
                 + f" --device {args.device}" + (f" --init {args.init.name}" if args.init else "")
-                + f" --corpus {args.corpus}" + (" --rotate-references" if args.rotate_references else "")}
+                + f" --corpus {args.corpus}" + (" --rotate-references" if args.rotate_references else "")
+                + (" --centre-moving" if args.centre_moving else "")}
         if args.corpus == "broad":
             meta["data"].update({"procedural_training_seeds": f"{BROAD_PROCEDURAL_PER_ROUND} new per round from "
                                  f"[{TRAINING_SEEDS.start}, {TRAINING_SEEDS.stop})",

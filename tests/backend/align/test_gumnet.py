@@ -264,3 +264,31 @@ def test_grid_head_gives_logits_over_the_rotation_grid_and_reuses_one_reference(
         GumNetConfig(head="euler")
     with pytest.raises(ValueError, match="input_box"):
         GumNetConfig(input_box=64)
+
+
+def test_centring_on_the_spherical_average_undoes_a_shift_whatever_the_pose():
+    """``centre_on_rotational_average`` finds a particle's displacement without its pose (the reference
+    is given in another orientation), within ``max_shift``; a network with ``centre_moving`` gives the
+    same output for a particle and its shifted copy."""
+    from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig, centre_on_rotational_average
+    from napari_cryoalign.backend.geometry import random_rotations, transform_reference_to_particle
+    from napari_cryoalign.backend.simulate.procedural import procedural_structure
+
+    m = np.asarray(procedural_structure(3, voxel_size_angstrom=12.0, box=24)[0], np.float32)
+    rots = random_rotations(4, seed=1).astype(np.float32)
+    parts = np.asarray(transform_reference_to_particle(np.stack([m] * 4), rots))
+    shifts = [(2, -1, 0), (0, 3, -2), (-3, -3, 1), (0, 0, 0)]
+    moved = np.stack([np.roll(p, s, axis=(0, 1, 2)) for p, s in zip(parts, shifts)])
+    ref = np.asarray(transform_reference_to_particle(m, random_rotations(1, seed=9)[0].astype(np.float32)))
+    back = centre_on_rotational_average(torch.from_numpy(moved), torch.from_numpy(ref)[None], 3).numpy()
+    np.testing.assert_allclose(back, parts, atol=1e-6)
+    # beyond max_shift the displacement is not searched: (0, 3, -2) with max_shift 2 is not undone
+    part = centre_on_rotational_average(torch.from_numpy(moved[1:2]), torch.from_numpy(ref)[None], 2).numpy()
+    assert np.abs(part - parts[1:2]).max() > 1e-3
+    torch.manual_seed(0)
+    net = GumNet(GumNetConfig(box=24, head="grid", grid_step_deg=90.0, input_box=16, centre_moving=True)).eval()
+    with torch.no_grad():
+        a = net(torch.from_numpy(parts), torch.from_numpy(ref)[None])
+        b = net(torch.from_numpy(moved), torch.from_numpy(ref)[None])
+    torch.testing.assert_close(a, b)
+    assert GumNetConfig.from_dict(net.config.to_dict()).centre_moving and not GumNetConfig().centre_moving

@@ -109,6 +109,10 @@ class GumNetConfig:
     grid_step_deg : head ``"grid"``: spacing of the rotation grid, degrees
     input_box : the network's own input edge; volumes of ``box`` are Fourier-cropped to it
         (:func:`fourier_crop`) and standardised before the feature extractor. None = ``box``
+    centre_moving : re-centre each moving volume on the fixed one's spherical average (within
+        ``max_shift``, :func:`centre_on_rotational_average`) before the network sees it; the rotation
+        does not change, the origin is still found afterwards on the volume as given. False for the
+        shipped weights (trained without it)
     """
 
     box: int = 32
@@ -121,6 +125,7 @@ class GumNetConfig:
     head: str = "hypotheses"
     grid_step_deg: float = 30.0
     input_box: int | None = None
+    centre_moving: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -278,6 +283,8 @@ class GumNet(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         b = moving.shape[0]
+        if self.config.centre_moving:
+            moving = centre_on_rotational_average(moving, fixed, int(np.ceil(self.config.max_shift)))
         moving, fixed = self._net_input(moving), self._net_input(fixed)
         if fixed.shape[0] == 1 and b > 1 and not self.training:
             fm = self.features(moving.unsqueeze(1))
@@ -454,6 +461,47 @@ def imputed_correlation_map(warped: torch.Tensor, fixed: torch.Tensor, mask_half
     e_wm = (wgt * (wm.real ** 2 + wm.imag ** 2)).sum(dims) / nvox
     denom = torch.sqrt(((e_wm + e_miss) * e_f).clamp(min=1e-20))
     return (cc + e_miss.view(-1, 1, 1, 1)) / denom.view(-1, 1, 1, 1)
+
+
+def centre_on_rotational_average(moving: torch.Tensor, fixed: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """``moving`` shifted by whole voxels (periodic) to best match the *spherical average* of ``fixed``.
+
+    A centring that needs no pose: a rotation leaves the spherical average unchanged, so the peak of
+    the cross-correlation of ``moving`` with it, searched within ``max_shift`` voxels per axis, is the
+    particle's displacement whatever its orientation. Gum-Net's grid head learns nothing while the
+    particles of its training pairs are shifted and does learn once they are centred like this
+    (``benchmarks/diag_reference_identity.py --world shift=2`` / ``shift=2,centre``, docs/align_learned.md).
+
+    Parameters
+    ----------
+    moving : ``(B, n, n, n)``
+    fixed : ``(B, n, n, n)`` or ``(1, n, n, n)``
+    max_shift : largest displacement searched per axis, voxels
+
+    Returns
+    -------
+    ``(B, n, n, n)``, ``moving`` rolled by minus the displacement found (no gradient flows through the
+    choice of the shift; the values themselves are only permuted).
+    """
+    b, n = moving.shape[0], moving.shape[-1]
+    dev = moving.device
+    with torch.no_grad():
+        ax = torch.arange(n, device=dev) - n // 2
+        zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
+        r = torch.sqrt((zz ** 2 + yy ** 2 + xx ** 2).to(torch.float32)).round().long().reshape(-1)
+        f = fixed.reshape(fixed.shape[0], -1).to(torch.float32)
+        sums = torch.zeros(fixed.shape[0], int(r.max()) + 1, device=dev).scatter_add_(1, r.expand_as(f), f)
+        counts = torch.bincount(r, minlength=sums.shape[1]).clamp(min=1).to(torch.float32)
+        avg = (sums / counts)[:, r].reshape(fixed.shape[0], n, n, n)
+        dims = (1, 2, 3)
+        cc = torch.fft.irfftn(torch.fft.rfftn(moving.to(torch.float32), dim=dims)
+                              * torch.fft.rfftn(avg, dim=dims).conj(), s=(n, n, n), dim=dims)
+        d = torch.fft.fftfreq(n, device=dev) * n  # index -> signed displacement
+        far = (d.abs() > max_shift)
+        cc = cc.masked_fill(far.view(1, n, 1, 1) | far.view(1, 1, n, 1) | far.view(1, 1, 1, n), float("-inf"))
+        k = cc.reshape(b, -1).argmax(1)
+        shifts = torch.stack([d[k // (n * n)], d[(k // n) % n], d[k % n]], 1).long()  # (z, y, x)
+    return torch.stack([torch.roll(moving[i], tuple((-shifts[i]).tolist()), dims=(0, 1, 2)) for i in range(b)])
 
 
 def origin_from_peak(rotations: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
