@@ -230,6 +230,8 @@ def main() -> int:
                     f"tomogram become known negatives and training continues {NEGATIVE_STEPS} steps (plus a control "
                     "without them)")
     ap.add_argument("--skip-inference", action="store_true", help="no 200x512x512 inference timing")
+    ap.add_argument("--save-models", type=Path, default=None, metavar="DIR",
+                    help="also write each trained picker to DIR (<scenario>_<fraction>[_removal|_control].pt)")
     ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="clean",
                     help="simulated data: clean (particles in ice, default), cellular (+ vesicles, membranes, "
                     "gold, lower dose), lookalike (heterogeneous ribosomes among a sub-complex and two species of "
@@ -407,6 +409,11 @@ def main() -> int:
             per_tomo.append(ev)
         return per_tomo, t_inf
 
+    def keep_model(picker, name):
+        if args.save_models is not None:
+            args.save_models.mkdir(parents=True, exist_ok=True)
+            save_picker(args.save_models / f"{args.scenario}_{name}.pt", picker, overwrite=True)
+
     def removal_round(picker, labels, frac):
         """What a user does next in the widget: remove the K highest-scoring wrong picks shown on the
         training tomogram and press Train again (continue, NEGATIVE_STEPS steps, removed picks as known
@@ -425,6 +432,7 @@ def main() -> int:
             r = train(labels, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
             t = time.perf_counter() - t0
             per_tomo, _ = evaluate_picker(r.picker)
+            keep_model(r.picker, f"{frac:g}_{'removal' if key == 'with_negatives' else key}")
             out[key] = {"train_seconds": t, **mean_over(per_tomo), "per_tomogram": per_tomo}
             m = out[key]
             print(f"  + {len(negs)} removed picks ({key}): F1@calibrated {m['threshold_calibrated']:.3f}: "
@@ -459,6 +467,7 @@ def main() -> int:
               f"mAP r2 {row['map_r2']:.3f} r5 {row['map_r5']:.3f} | look-alikes learnt as negatives: "
               f"{row['lookalike_negatives']} of {row['lookalike_candidates']}", flush=True)
         last_model = res.picker
+        keep_model(res.picker, f"{frac:g}")
         if args.negatives:
             results.setdefault("removal_round", []).append(removal_round(res.picker, labels, frac))
         save()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -173,10 +174,15 @@ def run_train(args) -> int:
           + f" for {res.iterations} steps in {time.perf_counter() - t0:.1f} s "
           f"(final loss {last:.4f}); wrote {args.out}")
     tr = res.picker.training
-    if "lookalike_negatives" in tr:
+    if tr.get("lookalike_reused"):
+        print(f"  look-alike rejection: the {len(tr['lookalike_negatives_xyz'])} look-alikes found by an earlier "
+              "training of this model were learnt as negatives again (no new search)")
+    elif "lookalike_negatives" in tr:
+        above = tr.get("lookalike_cut_above", float("nan"))
         print(f"  look-alike rejection: {tr['lookalike_negatives']} of {tr['lookalike_candidates']} candidates fit "
-              f"the labels' average worse than {tr['lookalike_cut']:.3f}" + (f" ({tr['lookalike_reason']})"
-                                                                               if tr.get("lookalike_reason") else ""))
+              f"the labels' average worse than {tr['lookalike_cut']:.3f}"
+              + (f" or better than {above:.3f}" if math.isfinite(above) else "")
+              + (f" ({tr['lookalike_reason']})" if tr.get("lookalike_reason") else ""))
     rule = tr.get("threshold_rule", "calibrated on the labels")
     print(f"  default threshold {res.picker.default_threshold:.3f} ({rule})")
     return 0

@@ -576,7 +576,8 @@ class PickWidget(PickFileActions, JobWidget):
             "translate": tuple(tomo.translate), "size": self._marker_size(), "symbol": "x",
             "face_color": "magenta", "border_color": "magenta", "visible": bool(len(pts)),
             "metadata": {"napari_cryoalign": {"role": "look-alikes", "tomogram": tomo.name}}}, "points"))
-        note = found.reason or f"{len(pts)} of {len(found.candidates_xyz)} candidates fit the labels' average worse"
+        note = found.reason or (f"{len(pts)} of {len(found.candidates_xyz)} candidates fit the labels' average "
+                                "unlike the labels (worse, or far better: gold)")
         self.status.setText(f"look-alike rejection: {note}")
 
     def on_result(self, result: PickOutcome) -> None:

@@ -69,12 +69,52 @@ def test_two_groups_split_and_separation():
 
     rng = np.random.default_rng(0)
     two = np.concatenate([rng.normal(0.13, 0.005, 20), rng.normal(0.17, 0.008, 60)])
-    cut, d, low = _two_groups(two)
-    assert 0.14 < cut < 0.16 and d > 3 and abs(low - 0.13) < 0.005
+    cut, d, low, high = _two_groups(two)
+    assert 0.14 < cut < 0.16 and d > 3 and abs(low - 0.13) < 0.005 and abs(high - 0.17) < 0.005
     one = [_two_groups(np.random.default_rng(s).normal(0.16, 0.01, 80)) for s in range(8)]
-    assert max(d for _, d, _ in one) < 3  # one spread-out group: no clear split
-    assert all(low > 0.16 - 1.28 * 0.01 for _, _, low in one)  # and its lower part is no lower than its 10 %
+    assert max(d for _, d, _, _ in one) < 3  # one spread-out group: no clear split
+    assert all(low > 0.16 - 1.28 * 0.01 for _, _, low, _ in one)  # and its lower part is no lower than its 10 %
     assert np.isnan(_two_groups([0.1, 0.2])[1])
+
+
+def test_far_too_good_a_fit_is_a_negative_even_at_the_faces(monkeypatch):
+    """Gold beads (small, far denser than the target) correlate with any blob of the right size better than
+    a noisy copy of the target does: a group fitting far better than the labels becomes negatives. Beads
+    touching the tomogram's faces (as at the ice surfaces) are scored on padded boxes, not skipped."""
+    lset = lookalike_species(VOXEL, n_partial=0)
+    full = lset.maps["ribosome"][0]
+    b, h = full.shape[0], full.shape[0] // 2
+    rng = np.random.default_rng(5)
+    step, cols, n_rib, n_gold = b + 2, 6, 12, 6
+    tomo = np.zeros((b + 4, 3 * step + 4, cols * step + 4), np.float32)
+    centres = np.array([[step // 2 + 2 + step * (i % cols), step // 2 + 2 + step * (i // cols), tomo.shape[0] // 2]
+                        for i in range(n_rib + n_gold)], dtype=float)
+    for (x, y, z), r in zip(centres[:n_rib].astype(int), random_rotations(n_rib, seed=6)):
+        tomo[z - h:z - h + b, y - h:y - h + b, x - h:x - h + b] += transform_reference_to_particle(full, r)
+    gold = centres[n_rib:].copy()
+    gold[:3, 2] = 3.0  # three beads on a face: their boxes are 60-70 % inside
+    zz, yy, xx = np.mgrid[: tomo.shape[0], : tomo.shape[1], : tomo.shape[2]]
+    for x, y, z in gold:  # 2.5-voxel beads (10 nm at 20 Å), ten times the ribosome's peak density
+        tomo[(xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2 <= 2.5 ** 2] += 10 * float(np.abs(full).max())
+    tomo += rng.normal(0, 0.6 * float(np.abs(full).max()), tomo.shape).astype(np.float32)
+    labels, candidates = centres[:6], np.concatenate([centres[6:n_rib], gold])
+
+    def fake_pick_job(picker, tomogram, **kwargs):
+        yield from ()
+        return Picks(candidates, np.full(len(candidates), 0.9)), None
+
+    import napari_cryoalign.backend.picking.infer as infer
+
+    monkeypatch.setattr(infer, "pick_job", fake_pick_job)
+    picker = Picker.new(diameter_angstrom=390.0, voxel_size=VOXEL)
+    found = run_job(lookalike_negatives_job(picker, tomo, labels, voxel_size=VOXEL, tilt_range_deg=None),
+                    progress=False)
+    assert np.isfinite(found.candidate_fit).all()  # the beads on the face were scored (padded boxes)
+    assert np.min(found.candidate_fit[6:]) > np.max(found.label_fit)  # every bead fits better than any label
+    assert np.isfinite(found.cut_above) and "far better" in found.reason
+    got = {tuple(p) for p in found.negatives_xyz}
+    assert all(tuple(p) in got for p in gold)  # every bead, on a face or not
+    assert not any(tuple(p) in got for p in centres[6:n_rib])  # no ribosome
 
 
 def test_too_few_labels_skip_the_search(planted):
@@ -98,7 +138,7 @@ def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
     def fake_search(picker, tomogram, labels_xyz, **kwargs):
         seen["labels"] = len(labels_xyz)
         yield from ()
-        return LookalikeNegatives(fake_negatives, candidates_xyz=np.zeros((7, 3)), cut=0.2)
+        return LookalikeNegatives(fake_negatives, candidates_xyz=np.zeros((7, 3)), cut=0.2, template=object())
 
     monkeypatch.setattr(fit, "lookalike_negatives_job", fake_search)
     partials = []
@@ -109,6 +149,20 @@ def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
     assert res.iterations == 5 and tr["iterations_done"] == 5 and len(res.losses) == 5
     assert tr["n_negatives"] == 2 and tr["lookalike_negatives"] == 2 and tr["lookalike_candidates"] == 7
     assert res.picker.default_threshold == 0.5 and tr["threshold_rule"].startswith("Bayes cut")
+    assert np.allclose(tr["lookalike_negatives_xyz"], fake_negatives)  # kept with the model (and its file)
+    # Train again (continue) with one removed pick: the look-alikes found are reused, no second search;
+    # a look-alike the user has since labelled is dropped
+    seen.clear()
+    removed = np.array([[60.0, 60.0, 20.0]])
+    more_labels = np.concatenate([labels, fake_negatives[1:] + 0.5])
+    again = run_job(fit.fit_picker_job(sim.tomogram, more_labels, picker=res.picker, iterations=2,
+                                       voxel_size=float(sim.voxel_size), negatives_xyz=removed),
+                    progress=False, on_partial=partials.append)
+    assert not seen and again.iterations == 2 and again.picker.training["lookalike_reused"]
+    assert again.picker.training["n_negatives"] == 2  # the removed pick + the look-alike not labelled since
+    assert np.allclose(again.picker.training["lookalike_negatives_xyz"], fake_negatives[:1])
+    assert partials[-1].name == "lookalikes" and "reused" in partials[-1].value.reason
+    assert again.picker.default_threshold == 0.5
     # without the search: one training run, nothing recorded about look-alikes
     plain = run_job(fit.fit_picker_job(sim.tomogram, labels, diameter_angstrom=250.0,
                                        voxel_size=float(sim.voxel_size), iterations=3, reject_lookalikes=False),

@@ -26,9 +26,19 @@ the user, from what the labels say about the particle's *shape*:
    of another shape fall there even when the picker scores them like the target; the target's
    own heterogeneous copies (another conformation, a missing subunit) mostly stay above it.
    Developed on the look-alike scenario's training tomogram (seed 11; docs/picking.md).
+5. **Too good a fit.** Before step 4, the same split is made for a group that fits far *better*
+   than the labels (its mean above the labels' ``100 - label_quantile``-th percentile): objects of
+   much higher contrast than the target - gold fiducials, dense aggregates - correlate with any
+   blob of the right size better than a noisy copy of the target can. Those candidates are
+   negatives too, and step 4 runs on the rest. Found on the cellular scenario's training
+   tomogram (seed 11), where gold beads at the ice surfaces fit 0.25-0.32 and the ribosomes
+   0.09-0.16 (labels 0.12-0.14); the look-alike scenarios have no such group, so their rule is
+   unchanged.
 
-Boxes reaching outside the tomogram are left out (no score: never a negative). The caller
-continues training with the negatives (:func:`~.fit.fit_picker_job`).
+Boxes that cross the tomogram's faces are padded with their mean (thin tomograms put most
+particles near a face: gold beads sit on the ice surfaces); a box less than ``MIN_INSIDE``
+inside the tomogram gets no score (never a negative). The caller continues training with the
+negatives (:func:`~.fit.fit_picker_job`).
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ from .label_template import ALIGNED, MIN_ALIGNED, LabelTemplate, label_template_
 
 __all__ = ["LookalikeNegatives", "lookalike_negatives_job"]
 
+#: the least fraction of a box inside the tomogram for its fit to count (the rest is padded)
+MIN_INSIDE = 0.5
+
 
 @dataclass(frozen=True, eq=False)
 class LookalikeNegatives:
@@ -54,10 +67,13 @@ class LookalikeNegatives:
     negatives_xyz : ``(m, 3)`` voxel coordinates (x, y, z) of the candidates taken as negatives
     candidates_xyz : ``(k, 3)`` every candidate examined, highest picker score first
     candidate_scores : ``(k,)`` their picker scores
-    candidate_fit : ``(k,)`` their fit to the labels' template (NaN: box outside the tomogram)
-    label_fit : ``(l,)`` the labels' own fit (labels whose box fits in the tomogram)
-    cut : the fit below which a candidate is a negative (NaN: no negatives, see ``reason``)
-    separation : Ashman's D of the candidates' two groups of fits (NaN when not computed)
+    candidate_fit : ``(k,)`` their fit to the labels' template (NaN: box less than :data:`MIN_INSIDE`
+        inside the tomogram)
+    label_fit : ``(l,)`` the labels' own fit (labels whose box is at least :data:`MIN_INSIDE` inside)
+    cut : the fit below which a candidate is a negative (NaN: no such negatives, see ``reason``)
+    separation : Ashman's D of the candidates' two groups of fits (NaN when not computed), after
+        the ones above ``cut_above`` are set aside
+    cut_above : the fit above which a candidate is a negative (module docstring, step 5; NaN: none)
     template : the labels' :class:`~.label_template.LabelTemplate`, or None (too few labels)
     reason : why no search was made, or ""
     """
@@ -69,6 +85,7 @@ class LookalikeNegatives:
     label_fit: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cut: float = float("nan")
     separation: float = float("nan")
+    cut_above: float = float("nan")
     template: LabelTemplate | None = None
     reason: str = ""
 
@@ -79,7 +96,8 @@ def _skipped(reason: str) -> LookalikeNegatives:
 
 def _box_fit(tomogram, xyz, reference: np.ndarray, *, tilt_range_deg, angular_step_deg, device,
              prefix: str) -> Job[np.ndarray]:
-    """The aligned correlation of the box around each point with ``reference`` (NaN outside the volume)."""
+    """The aligned correlation of the box around each point with ``reference`` (NaN for a box less than
+    :data:`MIN_INSIDE` inside the volume; boxes crossing its faces are padded with their mean)."""
     from ..align.extract import extract_subtomograms
     from ..align.methods import align_job
     from ..wedge import particle_fourier_mask
@@ -88,13 +106,14 @@ def _box_fit(tomogram, xyz, reference: np.ndarray, *, tilt_range_deg, angular_st
     box = reference.shape[0]
     if not len(xyz):
         return fit
-    ext = extract_subtomograms(tomogram, xyz, box, pad=False)
-    if len(ext.rows):
+    ext = extract_subtomograms(tomogram, xyz, box, pad=True)
+    keep = np.flatnonzero(np.asarray(ext.fraction_inside) >= MIN_INSIDE)
+    if len(keep):
         mask = particle_fourier_mask(box, tilt_range_deg=tilt_range_deg)
-        res = yield from subjob(align_job(ext.volumes, reference, method="exhaustive", particle_masks=mask,
+        res = yield from subjob(align_job(ext.volumes[keep], reference, method="exhaustive", particle_masks=mask,
                                           angular_step_deg=angular_step_deg, refine_levels=1, device=device),
                                 prefix=prefix, partials=False)
-        fit[ext.rows] = np.asarray(res.scores, dtype=np.float64)
+        fit[np.asarray(ext.rows)[keep]] = np.asarray(res.scores, dtype=np.float64)
     return fit
 
 
@@ -137,7 +156,8 @@ def lookalike_negatives_job(
     candidate_threshold : lowest picker score of a candidate
     max_candidates : candidates examined at most (highest scores first)
     min_separation : Ashman's D the candidates' two groups of fits need for negatives
-    label_quantile : percentile of the labels' fits that a negative must fit worse than
+    label_quantile : percentile of the labels' fits that a negative must fit worse than (and
+        ``100 - label_quantile``: the percentile a too-good fit must exceed, step 5)
     tilt_range_deg : the tomogram's tilt range, for the missing wedge (None: fully sampled)
     angular_step_deg : rotation grid of the fits, degrees (refined one level)
     device : torch device
@@ -177,9 +197,15 @@ def lookalike_negatives_job(
     fit = yield from _box_fit(tomogram, xyz, template.half_maps[0], prefix="candidates", **fit_options)
     label_fit = label_fit[np.isfinite(label_fit)]
     yield Progress(3, 4, "choosing negatives")
-    split, separation, lower_mean = _two_groups(fit[np.isfinite(fit)])
-    reason = ""
+    reason, cut_above = "", float("nan")
     low = float(np.percentile(label_fit, label_quantile)) if len(label_fit) else float("nan")
+    high = float(np.percentile(label_fit, 100.0 - label_quantile)) if len(label_fit) else float("nan")
+    finite = fit[np.isfinite(fit)]
+    split, separation, lower_mean, upper_mean = _two_groups(finite)
+    if separation >= min_separation and upper_mean > high:  # step 5: far too good a fit
+        cut_above = max(split, high)
+        finite = finite[finite <= cut_above]
+        split, separation, lower_mean, _ = _two_groups(finite)
     if not len(label_fit):
         cut, reason = float("nan"), "no label box fits in the tomogram"
     elif not separation >= min_separation:
@@ -189,25 +215,30 @@ def lookalike_negatives_job(
                                      f"(their {label_quantile:g}th percentile {low:.3f})")
     else:
         cut = min(split, low)
-    neg = np.isfinite(fit) & (fit < cut)
+    neg = np.isfinite(fit) & ((fit < cut) | (fit > cut_above))
+    if np.isfinite(cut_above):
+        above = f"{int(np.sum(fit > cut_above))} fit far better than the labels (above {cut_above:.3f})"
+        reason = above if not reason else f"{above}; {reason}"
     yield Progress(4, 4, f"{int(neg.sum())} look-alikes of {len(xyz)} candidates")
     return LookalikeNegatives(negatives_xyz=xyz[neg], candidates_xyz=xyz, candidate_scores=scores, candidate_fit=fit,
-                              label_fit=label_fit, cut=cut, separation=separation, template=template, reason=reason)
+                              label_fit=label_fit, cut=cut, separation=separation, cut_above=cut_above,
+                              template=template, reason=reason)
 
 
-def _two_groups(values) -> tuple[float, float, float]:
-    """Two Gaussian groups fitted to 1-D ``values``: the cut between them, their separation, the lower mean.
+def _two_groups(values) -> tuple[float, float, float, float]:
+    """Two Gaussian groups fitted to 1-D ``values``: the cut between them, their separation, the lower and
+    the upper mean.
 
     A two-component Gaussian mixture (EM, started from Otsu's split: the cut that maximises the
     between-group variance); the cut is where both components are equally likely, between the
     means; the separation is Ashman's D of the fitted components,
     ``sqrt(2) |m1 - m2| / sqrt(s1² + s2²)`` (about 1 or less for one normal population, > 2 for two
-    clearly apart; EM on a few dozen values of one normal population can reach 2.5). NaN, NaN, NaN
-    for fewer than 6 values.
+    clearly apart; EM on a few dozen values of one normal population can reach 2.5). All NaN for
+    fewer than 6 values.
     """
     x = np.sort(np.asarray(values, dtype=np.float64))
     if x.size < 6:
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan")
     i = np.arange(3, x.size - 2)  # Otsu's split, at least 3 values in each group
     csum = np.cumsum(x)
     m1, m2 = csum[i - 1] / i, (csum[-1] - csum[i - 1]) / (x.size - i)
@@ -227,4 +258,4 @@ def _two_groups(values) -> tuple[float, float, float]:
     dens = w / np.sqrt(2 * np.pi * var) * np.exp(-0.5 * (grid[:, None] - mu) ** 2 / var)
     cut = float(grid[np.argmin(np.abs(dens[:, lo] - dens[:, hi]))])
     d = np.sqrt(2.0) * abs(mu[hi] - mu[lo]) / np.sqrt(var[lo] + var[hi])
-    return cut, float(d), float(mu[lo])
+    return cut, float(d), float(mu[lo]), float(mu[hi])
