@@ -37,12 +37,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig
+from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig, centre_on_rotational_average
 from napari_cryoalign.backend.align.learned import align_learned
 from napari_cryoalign.backend.align.learned_train import train_job, turned_references
-from napari_cryoalign.backend.geometry import geodesic_angle_deg, transform_reference_to_particle
+from napari_cryoalign.backend.geometry import (
+    geodesic_angle_deg,
+    random_rotations,
+    shift_volume,
+    transform_reference_to_particle,
+)
 from napari_cryoalign.backend.jobs import run_job
 from napari_cryoalign.backend.simulate.procedural import procedural_structure
+from napari_cryoalign.backend.wedge import particle_fourier_mask
 from napari_cryoalign.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +78,8 @@ WORLD_KEYS = ("snr", "wedge", "shift", "continuous", "centre")
 def parse_world(text: str) -> dict:
     """``"snr=1,wedge,shift=2,continuous"`` -> ``{"snr": 1.0, "wedge": 60.0, "shift": 2.0, "continuous": 1.0}``
     (``wedge`` alone: ±60°; ``""``: the clean toy). ``centre`` is no condition of the data but a remedy:
-    each particle is re-centred before the network sees it (:func:`_centre`)."""
+    each particle is re-centred before the network sees it
+    (:func:`~napari_cryoalign.backend.align.gumnet.centre_on_rotational_average`)."""
     world = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, _, value = item.partition("=")
@@ -90,10 +97,8 @@ def _degrade(vols: np.ndarray, world: dict, rng: np.random.Generator) -> np.ndar
     n = len(out)
     if world.get("shift"):
         s = float(world["shift"])
-        from napari_cryoalign.backend.geometry import shift_volume
         out = np.asarray(shift_volume(out, rng.uniform(-s, s, (n, 3)).astype(np.float32)), np.float32)
     if world.get("wedge"):
-        from napari_cryoalign.backend.wedge import particle_fourier_mask
         w = float(world["wedge"])
         mask = np.fft.ifftshift(particle_fourier_mask(out.shape[-1], tilt_range_deg=(-w, w)))
         out = np.real(np.fft.ifftn(np.fft.fftn(out, axes=(1, 2, 3)) * mask, axes=(1, 2, 3))).astype(np.float32)
@@ -104,34 +109,12 @@ def _degrade(vols: np.ndarray, world: dict, rng: np.random.Generator) -> np.ndar
     return out
 
 
-def _centre(vols: np.ndarray, refs: np.ndarray, max_shift: int) -> np.ndarray:
-    """Each particle shifted (whole voxels, periodic) so that it best matches its reference's *rotational
-    average* - a shift estimate that needs no pose: the peak of the cross-correlation with the spherically
-    averaged reference within ``max_shift`` voxels per axis."""
-    n, b = len(vols), vols.shape[-1]
-    c = b // 2
-    z, y, x = np.meshgrid(*[np.arange(b) - c] * 3, indexing="ij")
-    r = np.rint(np.sqrt(z ** 2 + y ** 2 + x ** 2)).astype(int)
-    out = np.empty_like(vols)
-    for i in range(n):
-        prof = np.bincount(r.ravel(), refs[i].ravel()) / np.maximum(np.bincount(r.ravel()), 1)
-        avg = prof[r]
-        cc = np.real(np.fft.ifftn(np.fft.fftn(vols[i]) * np.conj(np.fft.fftn(avg))))
-        cc = np.fft.fftshift(cc)  # index c = zero shift
-        win = cc[c - max_shift:c + max_shift + 1, c - max_shift:c + max_shift + 1, c - max_shift:c + max_shift + 1]
-        dz, dy, dx = (np.array(np.unravel_index(np.argmax(win), win.shape)) - max_shift)
-        out[i] = np.roll(vols[i], (-dz, -dy, -dx), axis=(0, 1, 2))
-    return out
-
-
 def toy_pairs(maps: np.ndarray, grid: np.ndarray, n: int, rng: np.random.Generator, *, turned: bool,
               world: dict | None = None):
     """``n`` pairs: particle = map turned by ``A``; reference = map turned by ``G`` (identity unless
     ``turned``); returns particles, references (n, 16, 16, 16) and the targets ``A G^T`` (n, 3, 3).
     ``world`` (:func:`parse_world`): ``continuous`` draws ``A`` and ``G`` uniformly instead of from the
     grid; the other conditions degrade the particles (:func:`_degrade`), never the reference (a map)."""
-    from napari_cryoalign.backend.geometry import random_rotations
-
     world = world or {}
     which = rng.integers(0, len(maps), n)
     if world.get("continuous"):
@@ -143,8 +126,9 @@ def toy_pairs(maps: np.ndarray, grid: np.ndarray, n: int, rng: np.random.Generat
     vols = transform_reference_to_particle(maps[which], a.astype(np.float32))
     refs, targets = turned_references(maps[which], a, g)
     vols = _degrade(np.asarray(vols, np.float32), world, rng)
-    if world.get("centre"):
-        vols = _centre(vols, np.asarray(refs, np.float32), int(np.ceil(world.get("shift", 0.0))) + 1)
+    if world.get("centre"):  # the network's own centring (GumNetConfig.centre_moving), on the toy's pairs
+        vols = centre_on_rotational_average(torch.from_numpy(vols), torch.from_numpy(np.asarray(refs, np.float32)),
+                                            int(np.ceil(world.get("shift", 0.0))) + 1).numpy()
     return vols, refs, targets
 
 
