@@ -14,8 +14,8 @@ does again in the widget after the user removed picks) reuses the look-alikes fo
 (``picker.training["lookalike_negatives_xyz"]``) as known negatives, together with the removed
 picks, and trains once (``iterations`` steps): no second search. A second search would look at
 the candidates of a model that has already pushed the look-alikes down, so its candidates are
-mostly targets, and without the first negatives the model forgets them (measured on the cellular
-scenario: recall 0.95 -> 0.77 at the default threshold after a removal round that searched again).
+mostly targets, and without the first negatives the model forgets them (on the cellular scenario
+a removal round that searched again lost much of its recall at the default threshold).
 
 With the recipe, a model trained with known negatives - found here or removed by the user - has
 learnt from both classes (positive, unlabelled and known negative data: PNU), so its default

@@ -31,9 +31,9 @@ the user, from what the labels say about the particle's *shape*:
    much higher contrast than the target - gold fiducials, dense aggregates - correlate with any
    blob of the right size better than a noisy copy of the target can. Those candidates are
    negatives too, and step 4 runs on the rest. Found on the cellular scenario's training
-   tomogram (seed 11), where gold beads at the ice surfaces fit 0.25-0.32 and the ribosomes
-   0.09-0.16 (labels 0.12-0.14); the look-alike scenarios have no such group, so their rule is
-   unchanged.
+   tomogram (seed 11), where every gold bead at the ice surfaces fitted better than every
+   ribosome and label (tests/backend/picking/test_lookalikes.py plants such beads); the
+   look-alike scenarios have no such group, so their rule is unchanged.
 
 Boxes that cross the tomogram's faces are padded with their mean (thin tomograms put most
 particles near a face: gold beads sit on the ice surfaces); a box less than ``MIN_INSIDE``
