@@ -6,4 +6,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 PYTHON=.venv/bin/python bash scripts/fetch_test_data.sh
 # GUI tests run on a virtual screen (pytest-xvfb starts Xvfb); napari's settings go to temporary folders.
-exec .venv/bin/python -m pytest "$@"
+# the 30 slowest tests are listed at the end: the whole CI run (.ci/run) must stay under 20 minutes
+exec .venv/bin/python -m pytest --durations=30 "$@"
