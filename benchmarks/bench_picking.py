@@ -240,6 +240,8 @@ def main() -> int:
                     help="comma-separated seeds of the test tomograms (default 12, 13, ...: --test-tomograms of them)")
     ap.add_argument("--no-lookalike-rejection", action="store_true",
                     help="train the picker without the look-alike rejection (the default recipe has it)")
+    ap.add_argument("--fit-candidates", type=int, default=None, metavar="K",
+                    help="grid optima refined per box in the look-alike search's fits (default: the search's, 3)")
     ap.add_argument("--out-prefix", default=None,
                     help="output JSON/PNG prefix (default docs/benchmarks/picking, picking_cellular for --scenario cellular)")
     ap.add_argument("--measure-inference", default=None, metavar="MODEL.pt",
@@ -289,6 +291,7 @@ def main() -> int:
         measure_training(args.scenario, args.measure_training)
         return 0
 
+    from napari_cryoalign.backend.picking.lookalikes import DEFAULT_FIT_CANDIDATES
     from napari_cryoalign.backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
     from napari_cryoalign.backend.simulate.structures import load_structure_map
 
@@ -321,10 +324,12 @@ def main() -> int:
         + (f" --negatives {args.negatives}" if args.negatives else "")
         + (f" --scenario {args.scenario}" if args.scenario != "clean" else "")
         + (f" --test-seeds {args.test_seeds}" if args.test_seeds else "")
-        + (" --no-lookalike-rejection" if args.no_lookalike_rejection else ""),
+        + (" --no-lookalike-rejection" if args.no_lookalike_rejection else "")
+        + (f" --fit-candidates {args.fit_candidates}" if args.fit_candidates else ""),
         "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE,
         "voxel_size": VOXEL, "species": sp.get("abundance_by_name") or dict(zip(SPECIES, ABUNDANCE)),
         "targets": sp["targets"], "n_particles": 320, "lookalike_rejection": not args.no_lookalike_rejection,
+        "fit_candidates": args.fit_candidates or DEFAULT_FIT_CANDIDATES,
         "train_seed": 11, "test_seeds": test_seeds, "match_radius_voxels": radius, "diameter_angstrom": diameter,
         "threshold": THRESHOLD, "class_prior": DEFAULT_CLASS_PRIOR, "iterations": iterations,
         "template_lowpass_angstrom": TM_LOWPASS, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -392,7 +397,8 @@ def main() -> int:
         """The picker as a user trains it: the default recipe (PU training, then look-alike rejection)."""
         job = fit_picker_job(train_sim.tomogram, labels, diameter_angstrom=None if picker else diameter,
                              picker=picker, voxel_size=VOXEL, iterations=iterations, seed=seed,
-                             negatives_xyz=negatives, reject_lookalikes=not args.no_lookalike_rejection)
+                             negatives_xyz=negatives, reject_lookalikes=not args.no_lookalike_rejection,
+                             lookalike_options={"fit_candidates": args.fit_candidates} if args.fit_candidates else None)
         return run_job(job, progress=False)
 
     def evaluate_picker(picker):

@@ -105,11 +105,41 @@ def search_by_species(found, sim, scenario: str, radius: float, *, seconds: floa
                       "fit_min": float(np.min(f)) if len(f) else None, "fit_max": float(np.max(f)) if len(f) else None,
                       "picker_score_mean": float(np.mean(found.candidate_scores[sel]))}
     lf = found.label_fit
-    return {"seconds": round(seconds, 2), "stage_seconds": stage_seconds, "candidates": int(len(what)),
+    target = np.array([fits[n]["target"] for n in what], dtype=bool) if len(what) else np.zeros(0, bool)
+    return {"fit_auc_target_vs_rest": fit_auc(found.candidate_fit, target), "seconds": round(seconds, 2),
+            "stage_seconds": stage_seconds, "candidates": int(len(what)),
             "negatives": int(neg.sum()), "cut": found.cut, "cut_above": found.cut_above,
             "separation": found.separation, "reason": found.reason,
             "label_fit_percentiles_10_50_90": [float(np.percentile(lf, q)) for q in (10, 50, 90)] if len(lf) else None,
             "by_species": fits}
+
+
+def fit_auc(fit, target) -> float | None:
+    """Area under the ROC curve of the fits, targets against the rest (ties count half; boxes without a
+    fit left out): the chance that a target candidate fits better than a non-target one."""
+    fit, target = np.asarray(fit, dtype=np.float64), np.asarray(target, dtype=bool)
+    ok = np.isfinite(fit)
+    pos, neg = fit[ok & target], fit[ok & ~target]
+    if not len(pos) or not len(neg):
+        return None
+    return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
+
+
+def compare_fits(found, sim, scenario: str, radius: float, candidates=(1, 3)) -> dict:
+    """The search's candidates fitted again to the same half map, refining 1 or 3 grid optima per box
+    (``fit_candidates`` of the search): seconds and the AUC of the fits, targets against the rest."""
+    from napari_cryoalign.backend.picking.lookalikes import _box_fit
+
+    target = np.isin(species_of(sim, found.candidates_xyz, radius), B.species(scenario)["targets"])
+    out = {}
+    for k in candidates:
+        t0 = time.perf_counter()
+        fit = run_job(_box_fit(sim.tomogram, found.candidates_xyz, found.template.half_maps[0],
+                               tilt_range_deg=(-60.0, 60.0), angular_step_deg=30.0, fit_candidates=k, device="cpu",
+                               prefix="candidates"), progress=False)
+        out[str(k)] = {"seconds": round(time.perf_counter() - t0, 2), "boxes": int(np.isfinite(fit).sum()),
+                       "fit_auc_target_vs_rest": fit_auc(fit, target)}
+    return out
 
 
 class _Stages:
@@ -145,6 +175,11 @@ def main() -> int:
     ap.add_argument("--search", action="store_true",
                     help="with --model: also search for look-alikes again with that model on the training tomogram "
                     "(seed 11) and the same labels (without --model the recipe's own search is always reported)")
+    ap.add_argument("--compare-fits", action="store_true",
+                    help="fit the search's candidates again refining 1 and 3 grid optima per box (fit_candidates): "
+                    "time and AUC of each")
+    ap.add_argument("--fit-candidates", type=int, default=None, metavar="K",
+                    help="without --model: grid optima refined per box in the recipe's fits (default: the search's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
@@ -174,8 +209,10 @@ def main() -> int:
                 kept.append(p.value)
                 stages.last = time.perf_counter() - stages.t0 if stages.last is None else stages.last
 
+        options = {"fit_candidates": args.fit_candidates} if args.fit_candidates else None
         res = run_job(fit_picker_job(train_sim.tomogram, labels, diameter_angstrom=2 * radius * B.VOXEL,
-                                     voxel_size=B.VOXEL, seed=0), progress=False, on_progress=stages,
+                                     voxel_size=B.VOXEL, seed=0, lookalike_options=options), progress=False,
+                      on_progress=stages,
                       on_partial=on_partial)
         picker, found = res.picker, (kept[0] if kept else None)
         out["train_seconds"] = time.perf_counter() - stages.t0
@@ -210,6 +247,12 @@ def main() -> int:
                 f"fit {f['fit_mean']:.3f} ({f['fit_min']:.3f} to {f['fit_max']:.3f})"
             print(f"  {name:28s} {'target' if f['target'] else '      '} {f['candidates']:3d} candidates, "
                   f"{f['negatives']:3d} negatives, {rng}", flush=True)
+        print(f"  AUC of the fits, targets against the rest: {s['fit_auc_target_vs_rest']}", flush=True)
+        if args.compare_fits and found.template is not None:
+            s["compare_fit_candidates"] = compare_fits(found, train_sim, args.scenario, radius)
+            for k, c in s["compare_fit_candidates"].items():
+                print(f"  fits refining {k} grid optima per box: {c['seconds']:.1f} s for {c['boxes']} boxes, "
+                      f"AUC {c['fit_auc_target_vs_rest']}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".json.tmp")
