@@ -483,6 +483,15 @@ def centre_on_rotational_average(moving: torch.Tensor, fixed: torch.Tensor, max_
     ``(B, n, n, n)``, ``moving`` rolled by minus the displacement found (no gradient flows through the
     choice of the shift; the values themselves are only permuted).
     """
+    shifts = rotational_average_shift(moving, fixed, max_shift)
+    return torch.stack([torch.roll(moving[i], tuple((-shifts[i]).tolist()), dims=(0, 1, 2))
+                        for i in range(moving.shape[0])])
+
+
+def rotational_average_shift(moving: torch.Tensor, fixed: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """``(B, 3)`` long, (z, y, x): the whole-voxel displacement of each ``moving`` from the centre, the peak of
+    its cross-correlation with the spherical average of ``fixed`` within ``max_shift`` voxels per axis
+    (:func:`centre_on_rotational_average`; shapes as there)."""
     b, n = moving.shape[0], moving.shape[-1]
     dev = moving.device
     with torch.no_grad():
@@ -500,8 +509,7 @@ def centre_on_rotational_average(moving: torch.Tensor, fixed: torch.Tensor, max_
         far = (d.abs() > max_shift)
         cc = cc.masked_fill(far.view(1, n, 1, 1) | far.view(1, 1, n, 1) | far.view(1, 1, 1, n), float("-inf"))
         k = cc.reshape(b, -1).argmax(1)
-        shifts = torch.stack([d[k // (n * n)], d[(k // n) % n], d[k % n]], 1).long()  # (z, y, x)
-    return torch.stack([torch.roll(moving[i], tuple((-shifts[i]).tolist()), dims=(0, 1, 2)) for i in range(b)])
+        return torch.stack([d[k // (n * n)], d[(k // n) % n], d[k % n]], 1).long()  # (z, y, x)
 
 
 def origin_from_peak(rotations: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
