@@ -65,14 +65,16 @@ def toy_model(seed: int = 0, channels: int = 8, grid_step_deg: float = 90.0) -> 
                                channels=(c, 2 * c, 4 * c, 4 * c, 8 * c), hidden=32 * c, input_box=16))
 
 
-def toy_maps(seeds) -> np.ndarray:
-    """Noise-free procedural maps ``(len(seeds), 16, 16, 16)`` at 12 Å."""
-    return np.stack([np.asarray(procedural_structure(int(s), voxel_size_angstrom=12.0, box=16)[0], np.float32)
-                     for s in seeds])
+def toy_maps(seeds, voxel_size: float = 12.0) -> np.ndarray:
+    """Noise-free procedural maps ``(len(seeds), 16, 16, 16)`` at ``voxel_size`` Å (12 by default; at 24 Å the
+    shapes span as many voxels as they do in the full-size network's input, 32³ at 12 Å cropped to 16³)."""
+    return np.stack([np.asarray(procedural_structure(int(s), voxel_size_angstrom=float(voxel_size), box=16)[0],
+                                np.float32) for s in seeds])
 
 
 #: the conditions of the full-size training data that ``--world`` adds to the toy, one at a time
-WORLD_KEYS = ("snr", "wedge", "shift", "continuous", "centre")
+#: (``voxel=24``: the maps at 24 Å per voxel, half as many voxels across as at the default 12 Å)
+WORLD_KEYS = ("snr", "wedge", "shift", "continuous", "centre", "voxel")
 
 
 def parse_world(text: str) -> dict:
@@ -85,7 +87,7 @@ def parse_world(text: str) -> dict:
         key, _, value = item.partition("=")
         if key not in WORLD_KEYS:
             raise SystemExit(f"--world: unknown condition {key!r} (known: {', '.join(WORLD_KEYS)})")
-        world[key] = float(value) if value else {"wedge": 60.0}.get(key, 1.0)
+        world[key] = float(value) if value else {"wedge": 60.0, "voxel": 24.0}.get(key, 1.0)
     return world
 
 
@@ -173,13 +175,15 @@ def main(argv=None) -> int:
                     help="also judge the held-out shapes every N steps (the plateau's length)")
     ap.add_argument("--world", default="",
                     help="conditions of the full-size data added to training and judging pairs, e.g. "
-                         "'snr=1', 'wedge' (±60°), 'shift=2' (voxels), 'continuous' (uniform rotations)")
+                         "'snr=1', 'wedge' (±60°), 'shift=2' (voxels), 'continuous' (uniform rotations), "
+                         "'voxel=24' (the maps at 24 Å per voxel)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     world = parse_world(args.world)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    train_maps, test_maps = toy_maps(range(args.structures)), toy_maps(HELD_OUT)
+    voxel = world.get("voxel", 12.0)
+    train_maps, test_maps = toy_maps(range(args.structures), voxel), toy_maps(HELD_OUT, voxel)
     n_grid = len(toy_model(grid_step_deg=args.grid_step).grid)
     doc = {"command": f"OMP_NUM_THREADS=1 python benchmarks/diag_reference_identity.py --steps {args.steps} "
                       f"--structures {args.structures} --lr {args.lr:g} --grid-step {args.grid_step:g} "

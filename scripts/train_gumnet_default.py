@@ -134,7 +134,7 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
           checkpoint: Path | None = None, supervised: bool = False, head: str = "hypotheses",
           init: Path | None = None, device="cpu", corpus: str = "packaged", curve_minutes: float = 0.0,
           curve_path: Path | None = None, rotate_references: bool = False,
-          centre_moving: bool = False) -> tuple[GumNet, dict]:
+          centre_moving: bool = False, input_crop: str = "fourier") -> tuple[GumNet, dict]:
     """Train for ``minutes``; with ``init`` (a model file) continue from those weights with the last
     stage of the curriculum only (its SNR mix and learning rate) for the whole budget (the broad
     corpus runs the whole curriculum from ``init`` too). With ``curve_minutes`` > 0, evaluate the
@@ -147,7 +147,7 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         if model.config.head != head:
             raise SystemExit(f"--init {init}: a {model.config.head!r}-head model, but --head {head}")
     else:
-        model = GumNet(GumNetConfig(box=32, centre_moving=centre_moving,
+        model = GumNet(GumNetConfig(box=32, centre_moving=centre_moving, input_crop=input_crop,
                                     **(GRID_CONFIG if head == "grid" else {}))).to(device)
     log = {"stages": [], "losses": [], "architecture": model.config.to_dict(),
            "init": None if init is None else str(init), "corpus": corpus, "curve": [],
@@ -305,6 +305,10 @@ def main(argv=None) -> int:
                     help="a new network re-centres each particle on the reference's spherical average before "
                     "it sees it (GumNetConfig.centre_moving): with shifted particles the grid head otherwise "
                     "stays at chance (benchmarks/diag_reference_identity.py --world shift=2)")
+    ap.add_argument("--input-crop", choices=("fourier", "centre"), default="fourier",
+                    help="a new grid network's input: the 32³ box Fourier-cropped to 16³ (fourier, the shipped "
+                    "weights') or its central 16³ voxels (centre: the particle at its own voxel size, twice as many "
+                    "voxels across; use with --centre-moving; benchmarks/diag_reference_identity.py --world voxel=24)")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
@@ -315,7 +319,8 @@ def main(argv=None) -> int:
                                  head=args.head, batch_size=bs, init=args.init, device=args.device,
                                  corpus=args.corpus, curve_minutes=args.curve_minutes, curve_path=args.curve_out,
                                  n_per_class=args.n_per_class or (4 if args.corpus == "broad" else 24),
-                                 rotate_references=args.rotate_references, centre_moving=args.centre_moving)
+                                 rotate_references=args.rotate_references, centre_moving=args.centre_moving,
+                                 input_crop=args.input_crop)
         model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
@@ -326,7 +331,8 @@ def main(argv=None) -> int:
                 + (" --supervised" if args.supervised else "") + f" --head {args.head} --batch-size {bs}"
                 + f" --device {args.device}" + (f" --init {args.init.name}" if args.init else "")
                 + f" --corpus {args.corpus}" + (" --rotate-references" if args.rotate_references else "")
-                + (" --centre-moving" if args.centre_moving else "")}
+                + (" --centre-moving" if args.centre_moving else "")
+                + (f" --input-crop {args.input_crop}" if args.input_crop != "fourier" else "")}
         if args.corpus == "broad":
             meta["data"].update({"procedural_training_seeds": f"{BROAD_PROCEDURAL_PER_ROUND} new per round from "
                                  f"[{TRAINING_SEEDS.start}, {TRAINING_SEEDS.stop})",

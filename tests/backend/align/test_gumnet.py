@@ -292,3 +292,22 @@ def test_centring_on_the_spherical_average_undoes_a_shift_whatever_the_pose():
         b = net(torch.from_numpy(moved), torch.from_numpy(ref)[None])
     torch.testing.assert_close(a, b)
     assert GumNetConfig.from_dict(net.config.to_dict()).centre_moving and not GumNetConfig().centre_moving
+
+
+def test_centre_crop_input_keeps_the_particle_at_its_own_voxel_size():
+    """``input_crop="centre"``: the network sees the central ``input_box``³ voxels (standardised), not the
+    whole box Fourier-cropped; the choice survives the model file's config, and an unknown one is refused."""
+    from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig, standardize
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 24, 24)
+    crop = GumNet(GumNetConfig(box=24, head="grid", grid_step_deg=90.0, input_box=16, input_crop="centre"))
+    torch.testing.assert_close(crop._net_input(x), standardize(x[:, 4:20, 4:20, 4:20]))
+    whole = GumNet(GumNetConfig(box=24, head="grid", grid_step_deg=90.0, input_box=16))
+    assert whole._net_input(x).shape == (2, 16, 16, 16)
+    assert not torch.allclose(whole._net_input(x), crop._net_input(x))  # the default still low-passes the box
+    assert GumNetConfig.from_dict(crop.config.to_dict()).input_crop == "centre"
+    assert GumNetConfig.from_dict({k: v for k, v in whole.config.to_dict().items() if k != "input_crop"}).input_crop \
+        == "fourier"  # model files from before the option
+    with pytest.raises(ValueError, match="input_crop"):
+        GumNetConfig(input_crop="middle")

@@ -107,8 +107,13 @@ class GumNetConfig:
         correlation) or ``"grid"`` (a probability for every rotation of
         ``geometry.rotation_grid(grid_step_deg)``: a classification over SO(3))
     grid_step_deg : head ``"grid"``: spacing of the rotation grid, degrees
-    input_box : the network's own input edge; volumes of ``box`` are Fourier-cropped to it
-        (:func:`fourier_crop`) and standardised before the feature extractor. None = ``box``
+    input_box : the network's own input edge; volumes of ``box`` are cropped to it (``input_crop``)
+        and standardised before the feature extractor. None = ``box``
+    input_crop : how: ``"fourier"`` (:func:`fourier_crop`: the whole box at a coarser voxel, the
+        shipped weights') or ``"centre"`` (the central ``input_box``³ voxels at the data's own voxel
+        size, after the centring when ``centre_moving``: the particle spans twice as many voxels for
+        32 -> 16; a 30° rotation of a particle only 4-5 voxels across is hard to learn,
+        ``benchmarks/diag_reference_identity.py --world voxel=24``)
     centre_moving : re-centre each moving volume on the fixed one's spherical average (within
         ``max_shift``, :func:`centre_on_rotational_average`) before the network sees it; the rotation
         does not change, the origin is still found afterwards on the volume as given. False for the
@@ -126,6 +131,7 @@ class GumNetConfig:
     grid_step_deg: float = 30.0
     input_box: int | None = None
     centre_moving: bool = False
+    input_crop: str = "fourier"
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -137,6 +143,8 @@ class GumNetConfig:
             raise ValueError("GumNetConfig needs 5 channel counts and 4 pooling sizes")
         if self.head not in ("hypotheses", "grid"):
             raise ValueError(f"head must be 'hypotheses' or 'grid', got {self.head!r}")
+        if self.input_crop not in ("fourier", "centre"):
+            raise ValueError(f"input_crop must be 'fourier' or 'centre', got {self.input_crop!r}")
         if not 8 <= self.net_box() <= int(self.box):
             raise ValueError(f"input_box must be between 8 and box ({self.box}), got {self.input_box}")
 
@@ -278,8 +286,13 @@ class GumNet(nn.Module):
             self.out.bias.copy_(torch.from_numpy(bias.reshape(-1)).float())
 
     def _net_input(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.config.net_box()
-        return x if n == x.shape[-1] else standardize(fourier_crop(x, n))
+        n, big = self.config.net_box(), x.shape[-1]
+        if n == big:
+            return x
+        if self.config.input_crop == "centre":
+            lo = (big - n) // 2
+            return standardize(x[..., lo:lo + n, lo:lo + n, lo:lo + n])
+        return standardize(fourier_crop(x, n))
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         b = moving.shape[0]
