@@ -57,8 +57,8 @@ __all__ = ["DEFAULT_FIT_CANDIDATES", "LookalikeNegatives", "lookalike_negatives_
 #: the least fraction of a box inside the tomogram for its fit to count (the rest is padded)
 MIN_INSIDE = 0.5
 #: grid optima of the exhaustive search refined per box in the fits (the search's own default). With 1 the
-#: fits take a third of the time and their AUC (targets against the rest) is about the same, but the negatives
-#: chosen differ and the picker lost F1 on the ribosome look-alike scenario (docs/picking.md)
+#: fits take a third to two fifths of the time and their AUC (targets against the rest) is about the same,
+#: but the negatives chosen differ and the picker lost F1 on the ribosome look-alike scenario (docs/picking.md)
 DEFAULT_FIT_CANDIDATES = 3
 
 
