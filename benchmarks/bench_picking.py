@@ -128,10 +128,14 @@ def simulate(seed: int, scenario: str = "clean"):
                                  seed=seed, keep_potential=False, **SCENARIOS[scenario])
 
 
+def species_names(sim) -> np.ndarray:
+    """``(n,)`` object: the species name of each particle of ``sim``'s truth."""
+    return np.asarray(sim.truth.class_names, dtype=object)[np.asarray(sim.truth.classes) - 1]
+
+
 def is_target(sim, scenario: str) -> np.ndarray:
     """``(n,)`` bool: which particles of ``sim``'s truth are the scenario's target."""
-    names = np.asarray(sim.truth.class_names, dtype=object)[np.asarray(sim.truth.classes) - 1]
-    return np.isin(names, species(scenario)["targets"])
+    return np.isin(species_names(sim), species(scenario)["targets"])
 
 
 def evaluate(picks_xyz, scores, truth_xyz, radius, threshold=None):

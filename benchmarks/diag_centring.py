@@ -28,10 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_cryoalign.backend.align.gumnet import rotational_average_shift  # noqa: E402
+from napari_cryoalign.backend.align.gumnet import GumNetConfig, rotational_average_shift  # noqa: E402
 from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms  # noqa: E402
 
 SEEDS = tuple(range(10100, 10110))  # the learning curve's held-out procedural shapes
+MAX_SHIFT = int(np.ceil(GumNetConfig().max_shift))  # what the network's centring searches
 #: (label, SNR, voxel size Å, defocus µm or None, tilt range or None)
 CONDITIONS = (
     ("clean: no CTF, no wedge, SNR 100", 100.0, 12.0, None, None),
@@ -44,7 +45,7 @@ CONDITIONS = (
 )
 
 
-def centring_errors(snr: float, voxel: float, defocus, tilt, *, per_shape: int, max_shift: int = 4) -> dict:
+def centring_errors(snr: float, voxel: float, defocus, tilt, *, per_shape: int, max_shift: int = MAX_SHIFT) -> dict:
     """Whole-voxel shift found against the true displacement: the error's distribution (voxels)."""
     s = simulate_subtomograms([f"procedural:{x}" for x in SEEDS], n_per_class=per_shape, box=32,
                               voxel_size_angstrom=voxel, snr=snr, seed=4242, defocus_um=defocus,
@@ -65,7 +66,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = {"command": "python benchmarks/diag_centring.py " + " ".join(sys.argv[1:]), "shapes": list(SEEDS),
-           "box": 32, "max_shift_searched": 4, "true_shifts": "uniform in ±3 voxels per axis", "conditions": {}}
+           "box": 32, "max_shift_searched": MAX_SHIFT, "true_shifts": "uniform in ±3 voxels per axis", "conditions": {}}
     t0 = time.perf_counter()
     for label, snr, voxel, defocus, tilt in CONDITIONS:
         r = centring_errors(snr, voxel, defocus, tilt, per_shape=args.per_shape)

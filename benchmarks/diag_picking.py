@@ -51,7 +51,7 @@ def species_of(sim, xyz, radius: float) -> np.ndarray:
     """``(n,)`` what lies at each point: a species name of the simulator's truth (within ``radius`` voxels of
     its centre), ``"gold"`` (within ``radius`` of a gold bead) or ``"nothing"``."""
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    names = np.asarray(sim.truth.class_names, dtype=object)[np.asarray(sim.truth.classes) - 1]
+    names = B.species_names(sim)
     out = np.full(len(xyz), "nothing", dtype=object)
     if not len(xyz):
         return out
@@ -69,7 +69,7 @@ def picks_by_species(picker, sim, scenario: str, radius: float, threshold: float
     picks, _ = pick(picker, sim.tomogram, threshold=threshold)
     xyz, scores = picks.coordinates_xyz, picks.scores
     target = B.is_target(sim, scenario)
-    names = np.asarray(sim.truth.class_names, dtype=object)[np.asarray(sim.truth.classes) - 1]
+    names = B.species_names(sim)
     what = species_of(sim, xyz, radius)
     right = np.isin(what, B.species(scenario)["targets"])
     found = set()
