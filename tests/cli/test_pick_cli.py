@@ -46,7 +46,7 @@ def data(tmp_path_factory):
     return d, pos
 
 
-def test_train_predict_template_end_to_end(data):
+def test_train_predict_template_end_to_end(data, capsys):
     d, pos = data
     assert _run(["pick", "train", "--tomogram", str(d / "tomo.mrc"), "--labels", str(d / "labels.star"),
                  "--diameter", "80", "--out", str(d / "model.pt"), "--iterations", "40", "--device", "cpu",
@@ -81,6 +81,25 @@ def test_train_predict_template_end_to_end(data):
     heat = read_mrc(d / "heat.mrc")
     assert heat.data.shape == (24, 64, 64) and heat.voxel_size[0] == pytest.approx(VOXEL)
     assert 0.0 <= float(heat.data.min()) and float(heat.data.max()) <= 1.0
+    # a model with a shape reference (the recipe keeps one when the search had >= 5 labels): predict weighs each
+    # pick by its fit to the reference, unless --no-shape-check
+    from napari_cryoalign.backend.picking import save_picker
+    from napari_cryoalign.backend.picking.shape_check import ShapeReference
+
+    shaped = load_picker(d / "model.pt")
+    shaped.shape_reference = ShapeReference(map=read_mrc(d / "ref.mrc").data, voxel_size=VOXEL, centre=0.2,
+                                            scale=0.05, tilt_range_deg=None)
+    save_picker(d / "model_shape.pt", shaped)
+    scores = {}
+    for flag in ([], ["--no-shape-check"]):
+        capsys.readouterr()
+        out = d / f"picks_shape{len(flag)}.star"
+        assert _run(["pick", "predict", "--tomogram", str(d / "tomo.mrc"), "--model", str(d / "model_shape.pt"),
+                     "--out", str(out), "--threshold", "0.05", "--min-distance", "60", *flag]) == 0
+        assert ("shape-checked" in capsys.readouterr().out) == (not flag)
+        scores[len(flag)] = read_particles(out).data["rlnAutopickFigureOfMerit"].to_numpy()
+    assert np.allclose(scores[1], sc)  # --no-shape-check: the network's scores, as the model without a reference
+    assert len(scores[0]) != len(scores[1]) or not np.allclose(scores[0], scores[1])
     # template matching finds the planted copies
     assert _run(["pick", "template", "--tomogram", str(d / "tomo.mrc"), "--template", str(d / "ref.mrc"),
                  "--out", str(d / "tm.star"), "--angular-step", "60", "--max-picks", "8",

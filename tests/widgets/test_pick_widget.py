@@ -152,6 +152,10 @@ def test_click_labels_train_threshold_export(opened, qtbot, sim, tomo_file, tmp_
     assert w.picker is not None and w.picker.training["iterations_done"] == 4
     picks_layer = viewer.layers["tomo_a.mrc picks"]
     assert len(w.picks) > 0
+    # the recipe kept the labels' average with the model: the candidates that could reach 0.5 were shape-checked
+    assert w.picker.shape_reference is not None and w.shape_check.value
+    check = w.candidates.shape_check
+    assert check is not None and len(check.coordinates_xyz) > 0 and check.fit.shape == check.delta.shape
 
     # the threshold filters the kept candidates: no new job
     runs = len(w.runner.state.history)

@@ -56,6 +56,9 @@ def register(sub) -> None:
     p.add_argument("--min-distance", type=float, default=None, metavar="D_ANGSTROM",
                    help="minimum distance between picks in Å (default: the particle radius)")
     p.add_argument("--heatmap", default=None, metavar="PATH", help="also write the heatmap (MRC, tomogram grid)")
+    p.add_argument("--no-shape-check", action="store_true",
+                   help="keep the network's scores: do not weigh each pick by its fit to the labels' average kept "
+                   "in the model (models trained with look-alike rejection have one)")
     p.add_argument("--device", type=device_arg, default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_predict)
@@ -206,13 +209,15 @@ def run_predict(args) -> int:
     vol, vs = _read_tomogram(args.tomogram)
     t0 = time.perf_counter()
     threshold = picker.default_threshold if args.threshold is None else args.threshold
+    checked = picker.shape_reference is not None and not args.no_shape_check
     job = pick_job(picker, vol.data, threshold=threshold, min_distance_angstrom=args.min_distance,
-                   voxel_size=vs, path=args.tomogram)
+                   voxel_size=vs, path=args.tomogram, shape_check=checked)
     picks, heat = run_job(job, progress=show_progress(args), description="predict")
     _write_picks(args.out, picks, vol=vol, vs=vs, overwrite=args.overwrite)
     if args.heatmap:
         write_mrc(args.heatmap, heatmap_to_input_grid(heat, vol.shape), voxel_size=vs, overwrite=args.overwrite)
     how = " calibrated on the model's labels" if args.threshold is None else ""
+    how += ", shape-checked against the labels' average" if checked else ""
     print(f"{len(picks)} picks (score >= {threshold:g}{how}) in {time.perf_counter() - t0:.1f} s; wrote {args.out}"
           + (f" and {args.heatmap}" if args.heatmap else ""))
     return 0

@@ -55,19 +55,23 @@ class CandidateView:
         self.best_rotation = None  #: template: rotation index per voxel
         self.euler_grid = None  #: template: angles of the rotation grid
         self.method = None  #: "picker" or "template": what made the current candidates
+        self.shape_check = None  #: picker: the shape check's fits (ShapeCheck), reused when the peaks are found again
         self._updating = False
 
     def reset(self, picks: PickSet | None = None) -> None:
         """Forget the candidates and the score map (a new tomogram); ``picks``: known verdicts to keep."""
         self.picks = PickSet.empty() if picks is None else picks
-        self.score_map = self.best_rotation = self.euler_grid = self.method = None
+        self.score_map = self.best_rotation = self.euler_grid = self.method = self.shape_check = None
         self.histogram.set_scores([])
         self.info.value = "no picks yet"
 
     # ------------------------------------------------------------------ score map
-    def show_score_map(self, method: str, score_map, tomogram, *, best_rotation=None, euler_grid=None) -> None:
-        """Keep ``score_map`` and show it on ``tomogram`` (the layer the job ran on)."""
+    def show_score_map(self, method: str, score_map, tomogram, *, best_rotation=None, euler_grid=None,
+                       shape_check=None) -> None:
+        """Keep ``score_map`` (and the picker's ``shape_check``) and show it on ``tomogram`` (the layer the job ran
+        on)."""
         self.score_map, self.best_rotation, self.euler_grid = score_map, best_rotation, euler_grid
+        self.shape_check = shape_check
         if tomogram is None or score_map is None:
             return
         vs = np.asarray(tomogram.scale, dtype=np.float64)

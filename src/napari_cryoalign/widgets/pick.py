@@ -116,6 +116,11 @@ class PickWidget(PickFileActions, JobWidget):
             text="reject look-alikes (shape of the labels' average)", value=True,
             tooltip="after training, candidates that fit the labels' average clearly worse than the labels are "
                     "learnt as negatives (300 more steps; needs at least 5 labels)")
+        self.shape_check = CheckBox(
+            text="shape check (fit of each pick to the labels' average)", value=True,
+            tooltip="each pick that could reach 0.5 is aligned to the labels' average kept with the model, and its "
+                    "score moves by how well it fits compared with the labels (models trained with look-alike "
+                    "rejection)")
         self.labels_info = Label(value="labels: 0")
         self.undo_button = PushButton(text="Undo label")
         self.redo_button = PushButton(text="Redo label")
@@ -133,7 +138,8 @@ class PickWidget(PickFileActions, JobWidget):
         self.tilt_min = FloatSpinBox(label="tilt min (°)", value=-60.0, min=-90.0, max=0.0, step=5.0)
         self.tilt_max = FloatSpinBox(label="tilt max (°)", value=60.0, min=0.0, max=90.0, step=5.0)
         self._picker_widgets = [self.class_prior, self.iterations, self.preview_s, self.continue_training,
-                                self.learn_negatives, self.reject_lookalikes, self.labels_info, labels_row]
+                                self.learn_negatives, self.reject_lookalikes, self.shape_check, self.labels_info,
+                                labels_row]
         self._template_widgets = [self.reference, self.reference_file, self.angular_step, self.wedge,
                                   self.tilt_min, self.tilt_max, self.template_file, self.save_template_button]
         self._label_widgets = [self.labels_info, labels_row]  # also shown for the average of the labels
@@ -407,7 +413,7 @@ class PickWidget(PickFileActions, JobWidget):
         return self.peaks_runner.start(as_job(find_candidates, view.score_map, method=method,
                                               min_distance_voxels=self._min_distance_voxels(),
                                               best_rotation=view.best_rotation, euler_grid=view.euler_grid,
-                                              message="finding peaks"))
+                                              shape_check=view.shape_check, message="finding peaks"))
 
     def _on_candidates(self, picks) -> None:
         self._set_candidates(picks, self._peaks_method)
@@ -487,7 +493,8 @@ class PickWidget(PickFileActions, JobWidget):
                 diameter_angstrom=None if picker is not None else float(self.diameter.value),
                 class_prior=float(self.class_prior.value), iterations=int(self.iterations.value),
                 preview_every_s=float(self.preview_s.value), preview_threshold=PICKER_SCORE_FLOOR,
-                device=self.device.value, reject_lookalikes=bool(self.reject_lookalikes.value))
+                device=self.device.value, reject_lookalikes=bool(self.reject_lookalikes.value),
+                shape_check=bool(self.shape_check.value))
         self._job_layer = self.tomogram_layer
         return job
 
@@ -504,7 +511,8 @@ class PickWidget(PickFileActions, JobWidget):
             raise InputError("a trained or loaded model (press Train or Load model first)", field="model", got="none")
         self._job_layer = self.tomogram_layer
         return pick_with_model_job(self.picker, tomo.data, min_distance_angstrom=self._min_distance_angstrom(),
-                                   voxel_size=tomo.voxel_size, path=tomo.path, device=self.device.value)
+                                   voxel_size=tomo.voxel_size, path=tomo.path, device=self.device.value,
+                                   shape_check=bool(self.shape_check.value))
 
     def _reference(self):
         from pathlib import Path
@@ -585,7 +593,8 @@ class PickWidget(PickFileActions, JobWidget):
         if result.picker is not None:
             self.picker = result.picker
         self.candidates.show_score_map(result.method, result.score_map, self._job_layer,
-                                       best_rotation=result.best_rotation, euler_grid=result.euler_grid)
+                                       best_rotation=result.best_rotation, euler_grid=result.euler_grid,
+                                       shape_check=result.shape_check)
         calibrated = ""
         if result.method == "picker" and result.picker is not None:
             # the model's threshold, calibrated on its labels at the end of training

@@ -38,24 +38,33 @@ def planted():
     return tomo, xyz, kinds, 390.0  # the ribosome's diameter, Å
 
 
-def test_candidates_of_another_shape_become_negatives(planted, monkeypatch):
+@pytest.fixture(scope="module")
+def search(planted):
+    """The look-alike search on ``planted``: 6 labelled ribosomes; the other 6 and the 6 sub-complexes are the
+    candidates, all scored 0.9 by the picker (it cannot tell)."""
     tomo, xyz, kinds, diameter = planted
     ribosomes = np.flatnonzero(kinds == 0)
     labels = xyz[ribosomes[:6]]
     candidates = np.concatenate([xyz[ribosomes[6:]], xyz[kinds == 1]])
     truth = np.array([0] * 6 + [1] * int(np.sum(kinds == 1)))
 
-    def fake_pick_job(picker, tomogram, **kwargs):  # the picker scores every candidate alike (it cannot tell)
+    def fake_pick_job(picker, tomogram, **kwargs):
         yield from ()
         return Picks(candidates, np.full(len(candidates), 0.9)), None
 
     import napari_cryoalign.backend.picking.infer as infer
 
-    monkeypatch.setattr(infer, "pick_job", fake_pick_job)
     picker = Picker.new(diameter_angstrom=diameter, voxel_size=VOXEL)
-    # one grid optimum refined per box (the default refines 3): the same rule, a third of the time in CI
-    found = run_job(lookalike_negatives_job(picker, tomo, labels, voxel_size=VOXEL, tilt_range_deg=None,
-                                            fit_candidates=1), progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer, "pick_job", fake_pick_job)
+        # one grid optimum refined per box (the default refines 3): the same rule, a third of the time in CI
+        found = run_job(lookalike_negatives_job(picker, tomo, labels, voxel_size=VOXEL, tilt_range_deg=None,
+                                                fit_candidates=1), progress=False)
+    return found, candidates, truth
+
+
+def test_candidates_of_another_shape_become_negatives(search):
+    found, candidates, truth = search
     assert found.template is not None and found.template.n_used == 6
     assert np.isfinite(found.cut) and len(found.candidates_xyz) == len(candidates)
     got = {tuple(p) for p in found.negatives_xyz}
@@ -64,6 +73,53 @@ def test_candidates_of_another_shape_become_negatives(planted, monkeypatch):
     assert not is_neg[truth == 0].any()  # no ribosome
     # the fits separate the kinds: every ribosome fits better than every sub-complex's median
     assert np.min(found.candidate_fit[truth == 0]) > np.median(found.candidate_fit[truth == 1])
+
+
+def test_shape_check_lowers_lookalikes_and_keeps_targets(planted, search, tmp_path):
+    """The shape check at inference: picks the network scores alike (0.6) are weighed by their fit to the labels'
+    average; the sub-complexes fall below 0.5, the ribosomes stay above; the reference survives the model file."""
+    from napari_cryoalign.backend.picking import load_picker, save_picker
+    from napari_cryoalign.backend.picking.shape_check import (apply_shape_check, shape_check_job,
+                                                               shape_reference_from_search)
+
+    tomo, xyz, kinds, diameter = planted
+    found, candidates, truth = search
+    ref = shape_reference_from_search(found, tilt_range_deg=None)
+    assert ref is not None and ref.map.shape == found.template.map.shape and ref.scale > 0
+    assert np.isclose(ref.centre, np.median(found.label_fit)) and 0.1 < ref.floor < 0.13
+    low = np.array([[3.0, 3.0, 3.0]])  # a pick below the floor: not checked, score kept
+    picks = Picks(np.concatenate([candidates, low]), np.array([0.6] * len(candidates) + [0.05]))
+    events = []
+    checked, check = run_job(shape_check_job(picks, tomo, ref, voxel_size=VOXEL), progress=False,
+                             on_progress=events.append)
+    assert len(check.coordinates_xyz) == len(candidates) and np.all(np.isfinite(check.fit))
+    score = {tuple(p): s for p, s in zip(checked.coordinates_xyz, checked.scores)}
+    ribo = np.array([score[tuple(p)] for p in candidates[truth == 0]])
+    sub = np.array([score[tuple(p)] for p in candidates[truth == 1]])
+    assert np.all(ribo >= 0.5) and np.sum(sub < 0.5) >= 4 and ribo.min() > np.median(sub)
+    assert score[tuple(low[0])] == 0.05 and np.all(np.diff(checked.scores) <= 0)  # sorted again
+    assert np.isnan(check.threshold) and check.centre == ref.centre  # all above 0.5: the labels' median is the centre
+    # the usual case: the picker's threshold says how many (here 6 of 12 reach 0.5), the fit says which
+    mixed = np.where(np.arange(len(candidates)) % 2 == 0, 0.6, 0.45)
+    kept, kcheck = run_job(shape_check_job(Picks(candidates, mixed), tomo, ref, threshold=0.5, voxel_size=VOXEL,
+                                           known=check), progress=False)
+    assert kcheck.threshold == 0.5 and np.sum(kept.scores >= 0.5) == np.sum(mixed >= 0.5) == 6
+    top = {tuple(p) for p in kept.coordinates_xyz[kept.scores >= 0.5]}
+    assert sum(tuple(p) in top for p in candidates[truth == 0]) >= 5  # the ribosomes, whatever the network said
+    # fits already made are reused, not fitted again
+    again, check2 = run_job(shape_check_job(picks, tomo, ref, voxel_size=VOXEL, known=check), progress=False,
+                            on_progress=events.append)
+    assert np.allclose(again.scores, checked.scores) and "fitting 0 picks" in events[-2].message
+    # the widget's peaks found again at the same places get the checked scores
+    assert np.allclose(apply_shape_check(picks, check).scores, checked.scores)
+    assert apply_shape_check(picks, None) is picks
+    # a picker model file keeps the reference; another voxel size is refused
+    picker = Picker.new(diameter_angstrom=diameter, voxel_size=VOXEL)
+    picker.shape_reference = ref
+    back = load_picker(save_picker(tmp_path / "m.pt", picker)).shape_reference
+    assert np.array_equal(back.map, ref.map) and back.centre == ref.centre and back.tilt_range_deg is None
+    with pytest.raises(InputError, match="voxel_size"):
+        run_job(shape_check_job(picks, tomo, ref, voxel_size=2 * VOXEL), progress=False)
 
 
 def test_two_groups_split_and_separation():

@@ -52,3 +52,19 @@ def test_pick_with_model_job_returns_every_candidate_and_shows_the_heatmap():
     assert out.method == "picker" and out.picker is picker
     assert [p.name for p in partials] == ["heatmap"] and isinstance(partials[0], Partial)
     assert np.all(out.picks.scores >= PICKER_SCORE_FLOOR) and out.score_map is partials[0].value
+
+
+def test_find_candidates_again_keep_the_shape_check_of_the_places_it_checked():
+    """After a new minimum distance the widget finds the peaks again: a peak at a checked place gets its checked
+    score (here pushed below the other), a place never checked keeps the network's."""
+    from napari_cryoalign.backend.picking.shape_check import ShapeCheck
+
+    data = _blobs((8, 16, 16), [(3, 4, 4), (4, 12, 12)], [0.8, 0.6])
+    heat = Heatmap(data, (1, 2, 2))
+    plain = find_candidates(heat, method="picker", min_distance_voxels=3.0)
+    first = plain.coordinates_xyz[0]
+    check = ShapeCheck(coordinates_xyz=first[None], fit=np.array([0.1]), delta=np.array([-3.0]))
+    picks = find_candidates(heat, method="picker", min_distance_voxels=3.0, shape_check=check)
+    assert np.allclose(picks.coordinates_xyz[-1], first)  # moved down: sigmoid(logit(0.8) - 3) = 0.18
+    assert np.isclose(picks.scores[-1], 1 / (1 + np.exp(-(np.log(0.8 / 0.2) - 3))), atol=0.02)
+    assert np.isclose(picks.scores[0], plain.scores[1])  # the unchecked peak keeps its score

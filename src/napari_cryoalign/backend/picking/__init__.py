@@ -8,6 +8,8 @@
 * :mod:`.metrics` - precision / recall / F1 with greedy matching, average precision
 * :mod:`.template` - FFT template matching over a rotation grid (the classical baseline)
 * :mod:`.label_template` - a template averaged from the labelled particles (no map needed)
+* :mod:`.lookalikes` - look-alikes found by their fit to the labels' average (the default recipe, :mod:`.fit`)
+* :mod:`.shape_check` - each pick weighed by its fit to the labels' average at inference
 * :mod:`.modelio` - model files (``torch.save`` + header, ``weights_only`` loading)
 """
 

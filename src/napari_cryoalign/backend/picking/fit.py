@@ -7,7 +7,9 @@
    high-scoring candidates of the training tomogram that fit the labels' average clearly worse
    than the labels do;
 3. training continues ``lookalike_steps`` steps with them as known negatives (as if the user had
-   removed them).
+   removed them);
+4. the labels' average of step 2 and the spread of the labels' fits to it are kept with the model
+   (``picker.shape_reference``) for the shape check at inference (:mod:`.shape_check`).
 
 **Continuing** a model that has been through steps 2-3 on the same tomogram (``picker=``, what Train
 does again in the widget after the user removed picks) reuses the look-alikes found then
@@ -36,6 +38,7 @@ import numpy as np
 
 from ..jobs import Job, Partial, subjob
 from .lookalikes import LookalikeNegatives, lookalike_negatives_job
+from .shape_check import shape_reference_from_search
 from .train import TrainResult, train_picker_job
 
 __all__ = ["BAYES_CUT", "DEFAULT_LOOKALIKE_STEPS", "fit_picker_job"]
@@ -94,6 +97,11 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
         picker.training["lookalike_negatives_xyz"] = np.asarray(found.negatives_xyz).round(2).tolist()
     else:
         picker.training.pop("lookalike_negatives_xyz", None)
+    opts = lookalike_options or {}
+    picker.shape_reference = shape_reference_from_search(
+        found, tilt_range_deg=opts.get("tilt_range_deg", (-60.0, 60.0)),
+        angular_step_deg=opts.get("angular_step_deg", 30.0))
+    picker.training["shape_check"] = picker.shape_reference is not None
     if not len(found.negatives_xyz):
         return _with_threshold(first, negatives_xyz)
     known = _merge(negatives_xyz, found.negatives_xyz)

@@ -268,8 +268,13 @@ def pick_job(
     voxel_size: float | None = None,
     path=None,
     device=None,
+    shape_check: bool = True,
 ) -> Generator[Event, None, tuple[Picks, Heatmap]]:
     """Predict the heatmap and pick particles (a job: ``Progress`` per tile, then ``Partial("picks")``).
+
+    A picker with a shape reference (the default recipe's, :mod:`.shape_check`) has each pick that
+    could reach 0.5 fitted to the labels' average and its score moved by the fit; ``shape_check=False``
+    gives the network's heatmap values.
 
     Parameters
     ----------
@@ -283,6 +288,7 @@ def pick_job(
     voxel_size : the tomogram's voxel size in Å (default the picker's); a mismatch of more
         than 10 % with the training voxel size warns, since the network is size-specific
     path : tomogram file name for error messages
+    shape_check : check the picks' shapes when the picker has a reference (the heatmap is the network's)
 
     Returns
     -------
@@ -296,8 +302,20 @@ def pick_job(
     md = (0.5 * picker.diameter_angstrom if min_distance_angstrom is None else float(min_distance_angstrom)) / vs
     t0 = time.perf_counter()
     heat = yield from predict_heatmap_job(picker, tomogram, tile=tile, halo=halo, device=device)
-    xyz, sc = find_peaks(heat, min_distance=md, threshold=threshold, max_picks=max_picks)
-    picks = Picks(xyz, sc)
+    ref = picker.shape_reference if shape_check else None
+    if ref is None:
+        xyz, sc = find_peaks(heat, min_distance=md, threshold=threshold, max_picks=max_picks)
+        picks = Picks(xyz, sc)
+    else:
+        from .shape_check import shape_check_job
+
+        xyz, sc = find_peaks(heat, min_distance=md, threshold=min(threshold, ref.floor))
+        picks, _ = yield from shape_check_job(Picks(xyz, sc), tomogram, ref, threshold=picker.default_threshold,
+                                              voxel_size=vs,
+                                              device=picker.device if device is None else device)
+        picks = picks.above(threshold)
+        if max_picks is not None:
+            picks = Picks(picks.coordinates_xyz[:max_picks], picks.scores[:max_picks])
     yield Partial("picks", picks)
     yield Progress(1, 1, f"{len(picks)} picks in {time.perf_counter() - t0:.1f} s")
     return picks, heat

@@ -192,7 +192,8 @@ def lookalike_negatives_job(
         return _skipped(f"only {template.n_used} labels fit in the tomogram: no aligned average")
     yield Progress(1, 4, "candidates on the training tomogram")
     picks, _ = yield from subjob(pick_job(picker, tomogram, threshold=candidate_threshold, voxel_size=voxel_size,
-                                          path=path, device=device), progress=False, partials=False)
+                                          path=path, device=device, shape_check=False), progress=False,
+                                 partials=False)
     xyz, scores = picks.coordinates_xyz, picks.scores
     known = labels if negatives_xyz is None or not len(negatives_xyz) else \
         np.concatenate([labels, np.asarray(negatives_xyz, dtype=np.float64).reshape(-1, 3)])

@@ -5,7 +5,8 @@ A model file is a ``torch.save`` of a plain dict (loaded back with
 
     {"format": "napari-cryoalign-picker", "version": 1,
      "header": {diameter_angstrom, voxel_size, class_prior, net_config, training, created},
-     "state_dict": {...}, "optimizer_state": {...} or None}
+     "state_dict": {...}, "optimizer_state": {...} or None,
+     "shape_reference": {map, voxel_size, centre, scale, ...} or absent}
 
 Anything else - another tool's checkpoint, a truncated or corrupted file, a newer version -
 raises :class:`~napari_cryoalign.errors.InputError` naming the file and what is wrong.
@@ -36,8 +37,11 @@ def _model_file(picker: Picker) -> dict:
         "net_config": picker.net_config.to_dict(),
         "training": picker.training,
     }
+    extra = {"optimizer_state": picker.optimizer_state}
+    if picker.shape_reference is not None:
+        extra["shape_reference"] = picker.shape_reference.to_dict()
     return {"format_name": FORMAT_NAME, "version": FORMAT_VERSION, "header": header,
-            "state_dict": picker.net.state_dict(), "extra": {"optimizer_state": picker.optimizer_state}}
+            "state_dict": picker.net.state_dict(), "extra": extra}
 
 
 def picker_to_bytes(picker: Picker) -> bytes:
@@ -59,8 +63,10 @@ def load_picker(path: str | os.PathLike, *, device="cpu") -> Picker:
         ``field="path"`` missing file; ``"file"`` not a readable torch file (corrupted,
         truncated, or pickled code that ``weights_only`` refuses); ``"format"`` a file from
         another tool; ``"version"`` a newer format; ``"state_dict"`` weights that do not fit
-        the network described by the header.
+        the network described by the header; ``"shape_reference"`` a malformed shape reference.
     """
+    from .shape_check import ShapeReference
+
     p = Path(path)
     obj = read_model_file(p, format_name=FORMAT_NAME, max_version=FORMAT_VERSION, what="picker model")
     header, state = obj["header"], obj["state_dict"]
@@ -76,5 +82,7 @@ def load_picker(path: str | os.PathLike, *, device="cpu") -> Picker:
         msg = " ".join(str(err).split())[:200]
         raise InputError("weights matching the network described in the header", path=p,
                          field="state_dict", got=f"{type(err).__name__}: {msg}") from None
+    if obj.get("shape_reference") is not None:
+        picker.shape_reference = ShapeReference.from_dict(obj["shape_reference"], path=p)
     net.eval()
     return picker.to(resolve_device(device))

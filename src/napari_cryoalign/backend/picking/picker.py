@@ -36,6 +36,8 @@ class Picker:
     class_prior : PU class prior used in training
     training : parameters and counters of training (JSON-like; ``iterations_done`` etc.)
     optimizer_state : Adam state, so that training can continue smoothly (or None)
+    shape_reference : the labels' average and the spread of the labels' fits to it, for the shape
+        check at inference (:class:`~.shape_check.ShapeReference`; made by the default recipe), or None
     """
 
     net: PickerNet
@@ -44,6 +46,7 @@ class Picker:
     class_prior: float = 0.02
     training: dict[str, Any] = field(default_factory=dict)
     optimizer_state: dict | None = None
+    shape_reference: Any = None
 
     @property
     def net_config(self) -> NetConfig:

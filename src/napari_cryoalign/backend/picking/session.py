@@ -8,8 +8,8 @@ peak finder on the kept score map (:func:`find_candidates`). Each job returns a
 
 * :func:`train_and_pick_job` - train (or continue training) the picker on the labels with the
   default recipe (:func:`~.fit.fit_picker_job`: look-alike rejection after the PU training),
-  then tiled inference and peaks on the whole tomogram;
-* :func:`pick_with_model_job` - inference and peaks with a given (loaded) picker;
+  then tiled inference, peaks and the shape check (:mod:`.shape_check`) on the whole tomogram;
+* :func:`pick_with_model_job` - inference, peaks and the shape check with a given (loaded) picker;
 * :func:`template_candidates_job` - template matching, with the rotation of each peak;
 * :func:`label_template_candidates_job` - a template averaged from the labels
   (:func:`~.label_template.label_template_job`), then template matching with it.
@@ -59,6 +59,8 @@ class PickOutcome:
     euler_grid : ``(n_rotations, 3)`` RELION angles (degrees) of the rotation grid (template) or None
     picker : the trained / used :class:`~.picker.Picker` or None
     suggested_threshold : template: the NCC that noise exceeds once in the search, else None
+    shape_check : picker: the fits of the shape check (:class:`~.shape_check.ShapeCheck`; the picks'
+        scores include it), or None (no reference in the model)
     """
 
     method: str
@@ -68,10 +70,29 @@ class PickOutcome:
     euler_grid: np.ndarray | None = None
     picker: Any = None
     suggested_threshold: float | None = None
+    shape_check: Any = None
+
+
+def _picker_candidates_job(picker, tomogram, *, min_distance_angstrom, voxel_size, path, device=None,
+                           shape_check: bool = True):
+    """Every candidate above the floor, then the shape check of those that could reach 0.5 (when the picker has
+    a reference): ``(Picks, Heatmap, ShapeCheck or None)``."""
+    picks, heat = yield from subjob(pick_job(picker, tomogram, threshold=PICKER_SCORE_FLOOR, voxel_size=voxel_size,
+                                             min_distance_angstrom=min_distance_angstrom, max_picks=MAX_CANDIDATES,
+                                             path=path, device=device, shape_check=False), partials=False)
+    check = None
+    if shape_check and picker.shape_reference is not None:
+        from .shape_check import shape_check_job
+
+        yield Partial("heatmap", heat)
+        picks, check = yield from shape_check_job(picks, tomogram, picker.shape_reference,
+                                                  threshold=picker.default_threshold, voxel_size=voxel_size,
+                                                  device=picker.device if device is None else device)
+    return picks, heat, check
 
 
 def train_and_pick_job(tomogram, labels_xyz, *, picker=None, min_distance_angstrom: float | None = None,
-                       voxel_size: float, path=None, **train_kwargs) -> Job[PickOutcome]:
+                       voxel_size: float, path=None, shape_check: bool = True, **train_kwargs) -> Job[PickOutcome]:
     """Train the picker on ``labels_xyz`` (or continue ``picker``), then find every candidate in ``tomogram``.
 
     Parameters
@@ -82,6 +103,8 @@ def train_and_pick_job(tomogram, labels_xyz, *, picker=None, min_distance_angstr
     min_distance_angstrom : minimum distance between candidates in Å (None: the particle radius)
     voxel_size : Å per voxel of the tomogram
     path : the tomogram's file, for messages
+    shape_check : weigh the candidates by their fit to the labels' average when the trained model has one
+        (:mod:`.shape_check`)
     train_kwargs : the options of :func:`~.fit.fit_picker_job` (look-alike rejection) and
         :func:`~.train.train_picker_job` (diameter, iterations, device, ...)
 
@@ -93,21 +116,22 @@ def train_and_pick_job(tomogram, labels_xyz, *, picker=None, min_distance_angstr
     res = yield from fit_picker_job(tomogram, labels_xyz, picker=picker, voxel_size=voxel_size, path=path,
                                     **train_kwargs)
     yield Progress(0, None, "picking with the trained model")
-    picks, heat = yield from subjob(pick_job(res.picker, tomogram, threshold=PICKER_SCORE_FLOOR, voxel_size=voxel_size,
-                                             min_distance_angstrom=min_distance_angstrom, max_picks=MAX_CANDIDATES,
-                                             path=path), partials=False)
+    picks, heat, check = yield from _picker_candidates_job(res.picker, tomogram, voxel_size=voxel_size, path=path,
+                                                           min_distance_angstrom=min_distance_angstrom,
+                                                           shape_check=shape_check)
     yield Partial("heatmap", heat)
-    return PickOutcome("picker", picks, heat, picker=res.picker)
+    return PickOutcome("picker", picks, heat, picker=res.picker, shape_check=check)
 
 
 def pick_with_model_job(picker, tomogram, *, min_distance_angstrom: float | None = None, voxel_size: float,
-                        path=None, device=None) -> Job[PickOutcome]:
-    """Tiled inference of ``picker`` on ``tomogram`` and every candidate above the floor (no training)."""
-    picks, heat = yield from subjob(pick_job(picker, tomogram, threshold=PICKER_SCORE_FLOOR, voxel_size=voxel_size,
-                                             min_distance_angstrom=min_distance_angstrom, max_picks=MAX_CANDIDATES,
-                                             path=path, device=device), partials=False)
+                        path=None, device=None, shape_check: bool = True) -> Job[PickOutcome]:
+    """Tiled inference of ``picker`` on ``tomogram`` and every candidate above the floor (no training), shape-checked
+    when the model has a reference and ``shape_check``."""
+    picks, heat, check = yield from _picker_candidates_job(picker, tomogram, voxel_size=voxel_size, path=path,
+                                                           min_distance_angstrom=min_distance_angstrom, device=device,
+                                                           shape_check=shape_check)
     yield Partial("heatmap", heat)
-    return PickOutcome("picker", picks, heat, picker=picker)
+    return PickOutcome("picker", picks, heat, picker=picker, shape_check=check)
 
 
 def template_candidates_job(tomogram, template, **kwargs) -> Job[PickOutcome]:
@@ -159,7 +183,7 @@ def label_template_candidates_job(tomogram, labels_xyz, *, voxel_size: float, di
 
 
 def find_candidates(score_map, *, method: str, min_distance_voxels: float, best_rotation=None,
-                    euler_grid=None) -> Picks:
+                    euler_grid=None, shape_check=None) -> Picks:
     """The candidates of a kept score map at a new minimum distance (only the peak finder reruns).
 
     Parameters
@@ -168,10 +192,16 @@ def find_candidates(score_map, *, method: str, min_distance_voxels: float, best_
     min_distance_voxels : minimum distance between candidates, tomogram voxels
     best_rotation, euler_grid : template matching's rotation index per voxel and grid angles, to give
         each candidate its orientation
+    shape_check : picker: the session's :class:`~.shape_check.ShapeCheck`; candidates at places it checked get
+        their checked scores (a peak that a shorter distance brings up afresh keeps the network's score)
     """
     floor = PICKER_SCORE_FLOOR if method == "picker" else TEMPLATE_SCORE_FLOOR
     xyz, sc = find_peaks(score_map, min_distance=min_distance_voxels, threshold=floor, max_picks=MAX_CANDIDATES)
-    if method == "picker" or best_rotation is None:
+    if method == "picker":
+        from .shape_check import apply_shape_check
+
+        return apply_shape_check(Picks(xyz, sc), shape_check)
+    if best_rotation is None:
         return Picks(xyz, sc)
     ii = np.round(xyz).astype(np.int64).reshape(-1, 3)
     return Picks(xyz, sc, np.asarray(euler_grid)[best_rotation[ii[:, 2], ii[:, 1], ii[:, 0]]].reshape(-1, 3))
