@@ -255,6 +255,9 @@ def main() -> int:
     ap.add_argument("--no-shape-check", action="store_true",
                     help="judge the network's own scores (pick predict --no-shape-check); by default the picks of a "
                     "model with a shape reference are checked, and the network's own scores are reported beside them")
+    ap.add_argument("--shape-check-centre", choices=("count", "labels"), default="count",
+                    help="the shape check's centre: per tomogram, keeping the count of picks at the model's threshold "
+                    "(count, what pick predict does) or the labels' median fit (labels, the first rule tried)")
     ap.add_argument("--out-prefix", default=None,
                     help="output JSON/PNG prefix (default docs/benchmarks/picking, picking_cellular for --scenario cellular)")
     ap.add_argument("--measure-inference", default=None, metavar="MODEL.pt",
@@ -339,7 +342,8 @@ def main() -> int:
         + (f" --test-seeds {args.test_seeds}" if args.test_seeds else "")
         + (" --no-lookalike-rejection" if args.no_lookalike_rejection else "")
         + (f" --fit-candidates {args.fit_candidates}" if args.fit_candidates else "")
-        + (" --no-shape-check" if args.no_shape_check else ""),
+        + (" --no-shape-check" if args.no_shape_check else "")
+        + (f" --shape-check-centre {args.shape_check_centre}" if args.shape_check_centre != "count" else ""),
         "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE,
         "voxel_size": VOXEL, "species": sp.get("abundance_by_name") or dict(zip(SPECIES, ABUNDANCE)),
         "targets": sp["targets"], "n_particles": 320, "lookalike_rejection": not args.no_lookalike_rejection,
@@ -426,7 +430,8 @@ def main() -> int:
             picks = raw
             if picker.shape_reference is not None and not args.no_shape_check:
                 picks, _ = run_job(shape_check_job(raw, s.tomogram, picker.shape_reference,
-                                                   threshold=picker.default_threshold, voxel_size=VOXEL),
+                                                   threshold=picker.default_threshold
+                                                   if args.shape_check_centre == "count" else None, voxel_size=VOXEL),
                                    progress=False)
             t_inf.append(time.perf_counter() - t1)
             ev = evaluate(picks.coordinates_xyz, picks.scores, target(s), radius, threshold=THRESHOLD)

@@ -68,3 +68,21 @@ def test_find_candidates_again_keep_the_shape_check_of_the_places_it_checked():
     assert np.allclose(picks.coordinates_xyz[-1], first)  # moved down: sigmoid(logit(0.8) - 3) = 0.18
     assert np.isclose(picks.scores[-1], 1 / (1 + np.exp(-(np.log(0.8 / 0.2) - 3))), atol=0.02)
     assert np.isclose(picks.scores[0], plain.scores[1])  # the unchecked peak keeps its score
+
+
+def test_shape_check_checks_at_most_twice_the_picks_at_the_threshold_plus_100():
+    """Thousands of weak peaks above the floor are not all fitted: the highest 2 n + 100 (n at the threshold)."""
+    from napari_cryoalign.backend.picking.infer import Picks
+    from napari_cryoalign.backend.picking.shape_check import ShapeCheck, ShapeReference, shape_check_job
+
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(0, 50, (400, 3))
+    scores = np.sort(np.concatenate([np.full(20, 0.9), rng.uniform(0.13, 0.45, 380)]))[::-1]
+    ref = ShapeReference(map=np.ones((8, 8, 8), np.float32), voxel_size=10.0, centre=0.2, scale=0.05)
+    known = ShapeCheck(coordinates_xyz=xyz, fit=rng.uniform(0.1, 0.3, 400), delta=np.zeros(400))
+    picks, check = run_job(shape_check_job(Picks(xyz, scores), np.zeros((4, 4, 4), np.float32), ref, threshold=0.5,
+                                           voxel_size=10.0, known=known), progress=False)
+    assert len(check.coordinates_xyz) == 2 * 20 + 100 and len(picks) == 400
+    assert np.sum(picks.scores >= 0.5) == 20  # as many at the threshold as before
+    top = set(map(tuple, xyz[:140]))
+    assert all(tuple(p) in top for p in check.coordinates_xyz)  # the highest scores were checked

@@ -98,10 +98,11 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     else:
         picker.training.pop("lookalike_negatives_xyz", None)
     opts = lookalike_options or {}
-    picker.shape_reference = shape_reference_from_search(
+    picker.shape_reference, why_not = shape_reference_from_search(
         found, tilt_range_deg=opts.get("tilt_range_deg", (-60.0, 60.0)),
         angular_step_deg=opts.get("angular_step_deg", 30.0))
     picker.training["shape_check"] = picker.shape_reference is not None
+    picker.training["shape_check_reason"] = why_not
     if not len(found.negatives_xyz):
         return _with_threshold(first, negatives_xyz)
     known = _merge(negatives_xyz, found.negatives_xyz)
