@@ -155,7 +155,10 @@ def test_click_labels_train_threshold_export(opened, qtbot, sim, tomo_file, tmp_
     # the recipe kept the labels' average with the model: the candidates that could reach 0.5 were shape-checked
     assert w.picker.shape_reference is not None and w.shape_check.value
     check = w.candidates.shape_check
-    assert check is not None and len(check.coordinates_xyz) > 0 and check.fit.shape == check.delta.shape
+    assert check is not None and check.fit.shape == check.delta.shape == (len(check.coordinates_xyz),)
+    for p in check.coordinates_xyz:  # every checked place is one of the candidates
+        assert np.any(np.all(np.isclose(w.picks.coordinates_xyz, p), axis=1))
+    assert f"shape-checked {len(check.coordinates_xyz)} picks" in w.status.text()
 
     # the threshold filters the kept candidates: no new job
     runs = len(w.runner.state.history)

@@ -601,6 +601,10 @@ class PickWidget(PickFileActions, JobWidget):
             self.threshold.range = (0.0, 1.0)
             self.threshold.value = round(result.picker.default_threshold, 2)
             calibrated = f" (threshold {self.threshold.value:.2f}, calibrated on the labels)"
+            if result.shape_check is not None:
+                calibrated += f"; shape-checked {len(result.shape_check.coordinates_xyz)} picks"
+            elif result.picker.training.get("shape_check_reason"):
+                calibrated += f"; no shape check: {result.picker.training['shape_check_reason']}"
         self._set_candidates(result.picks, result.method)
         thr = self.template_cutoff = result.suggested_threshold
         if result.method == "template" and thr is not None and np.isfinite(thr):
