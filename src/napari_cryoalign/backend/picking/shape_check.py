@@ -24,9 +24,10 @@ that could reach the default threshold, and adds what the fit says to the picker
 
 Picks scoring below ``sigmoid(-weight * Z_MAX)`` (0.12 at the default weight) cannot reach 0.5 and
 are not checked (their score is kept), nor are those beyond the ``CHECK_PER_PICK * n + CHECK_EXTRA``
-highest scores, ``n`` the picks at the threshold (a picker unsure of thousands of weak peaks). The reference is made by the default recipe
-(:func:`~.fit.fit_picker_job`) from the look-alike search's labels' average and kept in the model
-file (:class:`ShapeReference`); a model without one is not checked: trained with
+highest scores, ``n`` the picks at the threshold (a picker unsure of thousands of weak peaks). The
+reference is made by the default recipe (:func:`~.fit.fit_picker_job`) from the look-alike search's
+labels' average and kept in the model file (:class:`ShapeReference`); a model without one is not
+checked: trained with
 ``reject_lookalikes=False``, too few labels for an aligned average, or an average whose two half
 averages correlate less than :data:`MIN_HALF_MAP_CORRELATION` (too noisy to judge shapes).
 
@@ -44,8 +45,9 @@ from scipy.spatial import cKDTree
 from ...errors import InputError
 from ..jobs import Job, Progress
 
-__all__ = ["DEFAULT_WEIGHT", "MIN_HALF_MAP_CORRELATION", "MIN_LABEL_FITS", "half_map_correlation", "Z_MAX", "Z_MIN", "ShapeCheck", "ShapeReference", "apply_shape_check",
-           "shape_check_job", "shape_reference_from_search"]
+__all__ = ["CHECK_EXTRA", "CHECK_PER_PICK", "DEFAULT_WEIGHT", "MIN_HALF_MAP_CORRELATION", "MIN_LABEL_FITS", "Z_MAX",
+           "Z_MIN", "ShapeCheck", "ShapeReference", "apply_shape_check", "half_map_correlation", "shape_check_job",
+           "shape_reference_from_search"]
 
 #: log-odds per standard deviation of the labels' fits
 DEFAULT_WEIGHT = 1.0
