@@ -496,7 +496,9 @@ def main() -> int:
         row = {"fraction": frac, "n_labels": k, "train_seconds": t_train, "iterations": iterations,
                "lookalike_negatives": tr.get("lookalike_negatives"), "lookalike_candidates": tr.get("lookalike_candidates"),
                "lookalike_cut": tr.get("lookalike_cut"), "threshold_rule": tr.get("threshold_rule", "labels"),
-               "label_scores": tr.get("label_scores"),
+               "label_scores": tr.get("label_scores"), "shape_check_reason": tr.get("shape_check_reason"),
+               "half_map_correlation": None if res.picker.shape_reference is None
+               else res.picker.shape_reference.half_map_correlation,
                "inference_seconds_256x256x64": float(np.mean(t_inf)), **mean_over(per_tomo), "per_tomogram": per_tomo}
         results["picker"].append(row)
         print(f"{frac * 100:4.0f} % ({k:3d} labels): train {t_train:5.1f} s | F1@{THRESHOLD} {row['f1']:.3f} "
