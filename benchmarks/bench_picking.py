@@ -144,6 +144,14 @@ def is_target(sim, scenario: str) -> np.ndarray:
     return np.isin(species_names(sim), species(scenario)["targets"])
 
 
+def training_labels(sim, scenario: str, fraction: float = 0.1) -> np.ndarray:
+    """``(n, 3)`` the labels of the benchmark at ``fraction``: the first of the targets in the permutation of
+    ``default_rng(0)`` (at least 3), voxels (x, y, z)."""
+    all_targets = sim.truth.coordinates_xyz[is_target(sim, scenario)]
+    perm = np.random.default_rng(0).permutation(len(all_targets))
+    return all_targets[perm[: max(3, int(round(fraction * len(all_targets))))]]
+
+
 def evaluate(picks_xyz, scores, truth_xyz, radius, threshold=None):
     prf = precision_recall_f1(picks_xyz, scores, truth_xyz, radius=radius, threshold=threshold) \
         if threshold is not None else None

@@ -48,9 +48,7 @@ def main() -> int:
         t0 = time.perf_counter()
         sim = B.simulate(11, scenario)
         target = B.is_target(sim, scenario)
-        all_targets = sim.truth.coordinates_xyz[target]
-        labels = all_targets[np.random.default_rng(0).permutation(len(all_targets))[: max(3, int(round(
-            0.1 * len(all_targets))))]]
+        labels = B.training_labels(sim, scenario)
         radius = float(np.max(sim.truth.radii_voxels[target]))
         lt = label_template(sim.tomogram, labels, voxel_size=B.VOXEL, diameter_angstrom=2 * radius * B.VOXEL,
                             tilt_range_deg=(-60.0, 60.0))

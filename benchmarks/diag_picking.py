@@ -187,9 +187,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     train_sim = B.simulate(11, args.scenario)
     target = B.is_target(train_sim, args.scenario)
-    all_targets = train_sim.truth.coordinates_xyz[target]
-    perm = np.random.default_rng(0).permutation(len(all_targets))
-    labels = all_targets[perm[: max(3, int(round(0.1 * len(all_targets))))]]
+    labels = B.training_labels(train_sim, args.scenario)
     radius = float(np.max(train_sim.truth.radii_voxels[target]))
     out = {"command": "python benchmarks/diag_picking.py " + " ".join(sys.argv[1:]), "scenario": args.scenario,
            "labels": int(len(labels)), "match_radius_voxels": radius, "threads": torch.get_num_threads(),
