@@ -84,7 +84,7 @@ def test_shape_check_lowers_lookalikes_and_keeps_targets(planted, search, tmp_pa
 
     tomo, xyz, kinds, diameter = planted
     found, candidates, truth = search
-    ref, why_not = shape_reference_from_search(found, tilt_range_deg=None)
+    ref, why_not = shape_reference_from_search(found)
     assert ref is not None and why_not == "" and ref.map.shape == found.template.map.shape and ref.scale > 0
     assert ref.half_map_correlation > 0.3  # 0.40 here (3 noisy labels per half)
     # half averages that do not agree (here: independent noise) give no reference, and say why
@@ -92,7 +92,7 @@ def test_shape_check_lowers_lookalikes_and_keeps_targets(planted, search, tmp_pa
 
     rng = np.random.default_rng(0)
     noisy = replace(found.template, half_maps=tuple(rng.normal(size=found.template.map.shape) for _ in range(2)))
-    none, why_not = shape_reference_from_search(replace(found, template=noisy), tilt_range_deg=None)
+    none, why_not = shape_reference_from_search(replace(found, template=noisy))
     assert none is None and "too noisy" in why_not
     assert np.isclose(ref.centre, np.median(found.label_fit)) and 0.1 < ref.floor < 0.13
     low = np.array([[3.0, 3.0, 3.0]])  # a pick below the floor: not checked, score kept

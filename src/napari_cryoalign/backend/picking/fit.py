@@ -97,10 +97,7 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
         picker.training["lookalike_negatives_xyz"] = np.asarray(found.negatives_xyz).round(2).tolist()
     else:
         picker.training.pop("lookalike_negatives_xyz", None)
-    opts = lookalike_options or {}
-    picker.shape_reference, why_not = shape_reference_from_search(
-        found, tilt_range_deg=opts.get("tilt_range_deg", (-60.0, 60.0)),
-        angular_step_deg=opts.get("angular_step_deg", 30.0))
+    picker.shape_reference, why_not = shape_reference_from_search(found)
     picker.training["shape_check"] = picker.shape_reference is not None
     picker.training["shape_check_reason"] = why_not
     if not len(found.negatives_xyz):

@@ -80,6 +80,7 @@ class LookalikeNegatives:
     cut_above : the fit above which a candidate is a negative (module docstring, step 5; NaN: none)
     template : the labels' :class:`~.label_template.LabelTemplate`, or None (too few labels)
     reason : why no search was made, or ""
+    tilt_range_deg, angular_step_deg : the fits' missing wedge (None: fully sampled) and rotation grid, degrees
     """
 
     negatives_xyz: np.ndarray
@@ -92,6 +93,8 @@ class LookalikeNegatives:
     cut_above: float = float("nan")
     template: LabelTemplate | None = None
     reason: str = ""
+    tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0)
+    angular_step_deg: float = 30.0
 
 
 def _skipped(reason: str) -> LookalikeNegatives:
@@ -233,7 +236,9 @@ def lookalike_negatives_job(
     yield Progress(4, 4, f"{int(neg.sum())} look-alikes of {len(xyz)} candidates")
     return LookalikeNegatives(negatives_xyz=xyz[neg], candidates_xyz=xyz, candidate_scores=scores, candidate_fit=fit,
                               label_fit=label_fit, cut=cut, separation=separation, cut_above=cut_above,
-                              template=template, reason=reason)
+                              template=template, reason=reason,
+                              tilt_range_deg=None if tilt_range_deg is None else tuple(tilt_range_deg),
+                              angular_step_deg=float(angular_step_deg))
 
 
 def _two_groups(values) -> tuple[float, float, float, float]:

@@ -75,16 +75,16 @@ class PickOutcome:
 
 def _picker_candidates_job(picker, tomogram, *, min_distance_angstrom, voxel_size, path, device=None,
                            shape_check: bool = True):
-    """Every candidate above the floor, then the shape check of those that could reach 0.5 (when the picker has
-    a reference): ``(Picks, Heatmap, ShapeCheck or None)``."""
+    """Every candidate above the floor (``Partial("heatmap")`` as soon as the network has run), then the shape
+    check of those that could reach 0.5 (when the picker has a reference): ``(Picks, Heatmap, ShapeCheck or None)``."""
     picks, heat = yield from subjob(pick_job(picker, tomogram, threshold=PICKER_SCORE_FLOOR, voxel_size=voxel_size,
                                              min_distance_angstrom=min_distance_angstrom, max_picks=MAX_CANDIDATES,
                                              path=path, device=device, shape_check=False), partials=False)
+    yield Partial("heatmap", heat)
     check = None
     if shape_check and picker.shape_reference is not None:
         from .shape_check import shape_check_job
 
-        yield Partial("heatmap", heat)
         picks, check = yield from shape_check_job(picks, tomogram, picker.shape_reference,
                                                   threshold=picker.default_threshold, voxel_size=voxel_size,
                                                   device=picker.device if device is None else device)
@@ -108,8 +108,8 @@ def train_and_pick_job(tomogram, labels_xyz, *, picker=None, min_distance_angstr
     train_kwargs : the options of :func:`~.fit.fit_picker_job` (look-alike rejection) and
         :func:`~.train.train_picker_job` (diameter, iterations, device, ...)
 
-    Yields the training jobs' events (with ``Partial("lookalikes")``), ``Partial("heatmap")`` at the
-    end; returns a :class:`PickOutcome`.
+    Yields the training jobs' events (with ``Partial("lookalikes")``), ``Partial("heatmap")`` once the
+    network has run on the whole tomogram (before the shape check); returns a :class:`PickOutcome`.
     """
     from .fit import fit_picker_job
 
@@ -119,7 +119,6 @@ def train_and_pick_job(tomogram, labels_xyz, *, picker=None, min_distance_angstr
     picks, heat, check = yield from _picker_candidates_job(res.picker, tomogram, voxel_size=voxel_size, path=path,
                                                            min_distance_angstrom=min_distance_angstrom,
                                                            shape_check=shape_check)
-    yield Partial("heatmap", heat)
     return PickOutcome("picker", picks, heat, picker=res.picker, shape_check=check)
 
 
@@ -130,7 +129,6 @@ def pick_with_model_job(picker, tomogram, *, min_distance_angstrom: float | None
     picks, heat, check = yield from _picker_candidates_job(picker, tomogram, voxel_size=voxel_size, path=path,
                                                            min_distance_angstrom=min_distance_angstrom, device=device,
                                                            shape_check=shape_check)
-    yield Partial("heatmap", heat)
     return PickOutcome("picker", picks, heat, picker=picker, shape_check=check)
 
 

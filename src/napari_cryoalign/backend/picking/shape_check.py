@@ -163,10 +163,9 @@ def half_map_correlation(template) -> float:
     return float(np.corrcoef(h1, h2)[0, 1])
 
 
-def shape_reference_from_search(found, *, tilt_range_deg=(-60.0, 60.0),
-                                angular_step_deg: float = 30.0) -> tuple[ShapeReference | None, str]:
-    """The reference of a look-alike search (:class:`~.lookalikes.LookalikeNegatives`): its labels' average and
-    the spread of the labels' fits, and ``""``; or None and why not: no aligned average, fewer than
+def shape_reference_from_search(found) -> tuple[ShapeReference | None, str]:
+    """The reference of a look-alike search (:class:`~.lookalikes.LookalikeNegatives`): its labels' average, the
+    spread of the labels' fits and the fits' settings, and ``""``; or None and why not: no aligned average, fewer than
     :data:`MIN_LABEL_FITS` label fits (or no spread), half averages correlating below
     :data:`MIN_HALF_MAP_CORRELATION`."""
     if found is None or found.template is None:
@@ -182,8 +181,8 @@ def shape_reference_from_search(found, *, tilt_range_deg=(-60.0, 60.0),
                       "noisy to judge shapes")
     return ShapeReference(map=np.asarray(t.map, dtype=np.float32), voxel_size=float(t.voxel_size),
                           centre=float(np.median(lf)), scale=float(np.std(lf)),
-                          tilt_range_deg=None if tilt_range_deg is None else tuple(tilt_range_deg),
-                          angular_step_deg=float(angular_step_deg), half_map_correlation=rho), ""
+                          tilt_range_deg=found.tilt_range_deg, angular_step_deg=float(found.angular_step_deg),
+                          half_map_correlation=rho), ""
 
 
 def _delta(fit: np.ndarray, ref: ShapeReference, centre: float) -> np.ndarray:
@@ -257,11 +256,12 @@ def shape_check_job(picks, tomogram, reference: ShapeReference, *, threshold: fl
         raise InputError(f"a tomogram at the model's voxel size ({reference.voxel_size:g} Å) for the shape check",
                          field="voxel_size", got=vs)
     xyz = np.asarray(picks.coordinates_xyz, dtype=np.float64).reshape(-1, 3)
-    todo = np.flatnonzero(np.asarray(picks.scores) >= reference.floor)
+    scores = np.asarray(picks.scores, dtype=np.float64).copy()
+    todo = np.flatnonzero(scores >= reference.floor)
     if threshold is not None:
-        limit = CHECK_PER_PICK * int(np.sum(np.asarray(picks.scores) >= threshold)) + CHECK_EXTRA
+        limit = CHECK_PER_PICK * int(np.sum(scores >= threshold)) + CHECK_EXTRA
         if len(todo) > limit:
-            todo = np.sort(todo[np.argsort(-np.asarray(picks.scores)[todo], kind="stable")[:limit]])
+            todo = np.sort(todo[np.argsort(-scores[todo], kind="stable")[:limit]])
     fit = np.full(len(todo), np.nan)
     need = np.ones(len(todo), dtype=bool)
     if known is not None and len(known.coordinates_xyz) and len(todo):
@@ -275,7 +275,6 @@ def shape_check_job(picks, tomogram, reference: ShapeReference, *, threshold: fl
                                         tilt_range_deg=reference.tilt_range_deg,
                                         angular_step_deg=reference.angular_step_deg, fit_candidates=1,
                                         device=device, prefix="shape check")
-    scores = np.asarray(picks.scores, dtype=np.float64).copy()
     centre = None if threshold is None else _count_keeping_centre(scores[todo], fit, reference, float(threshold))
     check = ShapeCheck(coordinates_xyz=xyz[todo], fit=fit,
                        delta=_delta(fit, reference, reference.centre if centre is None else centre),
