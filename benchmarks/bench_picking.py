@@ -79,6 +79,7 @@ SCENARIOS = {
     "lookalike": {"dose": 100.0},
     "lookalike-cct": {"dose": 100.0},
     "lookalike-mtor": {"dose": 100.0},
+    "lookalike-dengue": {"dose": 100.0},
 }
 #: "lookalike": what makes picking hard on real data (issue 17). The targets are heterogeneous ribosomes
 #: (backend.simulate.lookalikes.lookalike_species): the full map, a second conformation (the smaller domain
@@ -92,8 +93,12 @@ LOOKALIKE_ANGLE = 20.0
 #: "lookalike-mtor": a second held-out target, added after the shape check was developed on the ribosome and CCT
 #: (2026-12-07): heterogeneous mTOR (294 kDa, about 5 voxels across at 20 Å), with two species of similar mass
 #: (the dengue E-Fab complex, 221 kDa; RuvAB, 212 kDa) as the other species.
+#: "lookalike-dengue": the third held-out target, added to test the shape check's gate (MIN_HALF_MAP_CORRELATION,
+#: set after mTOR) on a target it was not set on (2026-12-07): the elongated dengue E-Fab complex (221 kDa), with
+#: RuvAB (212 kDa) and mTOR (294 kDa) as the other species.
 LOOKALIKE_TARGET = {"lookalike": ("ribosome", ("cct", "mtor")), "lookalike-cct": ("cct", ("mtor", "dengue_e_fab")),
-                    "lookalike-mtor": ("mtor", ("dengue_e_fab", "ruvab"))}
+                    "lookalike-mtor": ("mtor", ("dengue_e_fab", "ruvab")),
+                    "lookalike-dengue": ("dengue_e_fab", ("ruvab", "mtor"))}
 
 
 def lookalikes(scenario: str = "lookalike"):
@@ -263,6 +268,10 @@ def main() -> int:
     ap.add_argument("--no-shape-check", action="store_true",
                     help="judge the network's own scores (pick predict --no-shape-check); by default the picks of a "
                     "model with a shape reference are checked, and the network's own scores are reported beside them")
+    ap.add_argument("--shape-check-sure", action="store_true",
+                    help="also run the check that fits the sure picks (shape_check_job(sure=True), the rule before "
+                    "2026-12-07) on the same picks, reported as sure_*: the same picks at the threshold, its time and "
+                    "best F1")
     ap.add_argument("--shape-check-centre", choices=("count", "labels"), default="count",
                     help="the shape check's centre: per tomogram, keeping the count of picks at the model's threshold "
                     "(count, what pick predict does) or the labels' median fit (labels, the first rule tried)")
@@ -335,8 +344,8 @@ def main() -> int:
     target = lambda s: s.truth.coordinates_xyz[is_target(s, args.scenario)]  # noqa: E731
     radius = float(np.max(train_sim.truth.radii_voxels[is_target(train_sim, args.scenario)]))
     diameter = 2 * radius * VOXEL
-    print(f"simulated {1 + len(tests)} tomograms {SHAPE}; target ribosome radius {radius:.2f} voxels; "
-          f"train tomogram has {len(target(train_sim))} ribosomes of {len(train_sim.truth)} particles", flush=True)
+    print(f"simulated {1 + len(tests)} tomograms {SHAPE}; target radius {radius:.2f} voxels; "
+          f"train tomogram has {len(target(train_sim))} targets of {len(train_sim.truth)} particles", flush=True)
     setup = {
         "command": "python benchmarks/bench_picking.py" + (" --quick" if args.quick else "")
         + (f" --fractions {args.fractions}" if args.fractions else "")
@@ -351,7 +360,8 @@ def main() -> int:
         + (" --no-lookalike-rejection" if args.no_lookalike_rejection else "")
         + (f" --fit-candidates {args.fit_candidates}" if args.fit_candidates else "")
         + (" --no-shape-check" if args.no_shape_check else "")
-        + (f" --shape-check-centre {args.shape_check_centre}" if args.shape_check_centre != "count" else ""),
+        + (f" --shape-check-centre {args.shape_check_centre}" if args.shape_check_centre != "count" else "")
+        + (" --shape-check-sure" if args.shape_check_sure else ""),
         "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE,
         "voxel_size": VOXEL, "species": sp.get("abundance_by_name") or dict(zip(SPECIES, ABUNDANCE)),
         "targets": sp["targets"], "n_particles": 320, "lookalike_rejection": not args.no_lookalike_rejection,
@@ -453,6 +463,17 @@ def main() -> int:
                 rp = precision_recall_f1(raw.coordinates_xyz, raw.scores, target(s), radius=radius, threshold=cal)
                 ev.update(raw_f1_calibrated=rp.f1, raw_precision_calibrated=rp.precision,
                           raw_recall_calibrated=rp.recall, raw_best_f1=rb.f1, raw_best_threshold=rthr)
+            if picks is not raw and args.shape_check_sure:  # the check that fits the sure picks too, beside it
+                t2 = time.perf_counter()
+                sp, _ = run_job(shape_check_job(raw, s.tomogram, picker.shape_reference, sure=True,
+                                                threshold=picker.default_threshold
+                                                if args.shape_check_centre == "count" else None, voxel_size=VOXEL),
+                                progress=False)
+                sb, sthr = best_f1(sp.coordinates_xyz, sp.scores, target(s), radius=radius)
+                spr = precision_recall_f1(sp.coordinates_xyz, sp.scores, target(s), radius=radius, threshold=cal)
+                ev.update(sure_f1_calibrated=spr.f1, sure_precision_calibrated=spr.precision,
+                          sure_recall_calibrated=spr.recall, sure_best_f1=sb.f1, sure_best_threshold=sthr,
+                          sure_shape_check_seconds=time.perf_counter() - t2)
             per_tomo.append(ev)
         return per_tomo, t_inf
 
@@ -471,9 +492,18 @@ def main() -> int:
         d, _ = cKDTree(target(train_sim)).query(picks.coordinates_xyz)
         wrong = np.flatnonzero(d > radius)[: args.negatives]  # picks are sorted by score
         negs = picks.coordinates_xyz[wrong]
+        xyz_all, names = train_sim.truth.coordinates_xyz, species_names(train_sim)
+        other = ~is_target(train_sim, args.scenario)
+        d_other = (cKDTree(xyz_all[other]).query(negs)[0] if other.any() and len(negs) else np.full(len(negs), np.inf))
+        near = cKDTree(xyz_all).query(negs)[1] if len(negs) else []
         out = {"fraction": frac, "n_labels": int(len(labels)), "n_negatives": int(len(negs)),
                "n_wrong_shown_before": int(np.sum(d > radius)), "extra_iterations": NEGATIVE_STEPS,
-               "negative_z": [round(float(z), 1) for z in negs[:, 2]]}
+               "negative_z": [round(float(z), 1) for z in negs[:, 2]],
+               # what each removed pick is: its distance to the nearest target and to the nearest other particle
+               # (in target radii), and the species of the nearest particle
+               "negative_target_distance_radii": [round(float(v) / radius, 2) for v in d[wrong]],
+               "negative_other_distance_radii": [round(float(v) / radius, 2) for v in d_other],
+               "negative_nearest_species": [str(names[i]) for i in near]}
         for key, kw in (("with_negatives", {"negatives": negs}), ("control", {})):
             t0 = time.perf_counter()
             r = train(labels, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
@@ -519,6 +549,11 @@ def main() -> int:
             print(f"      without the shape check: F1@calibrated {row['raw_f1_calibrated']:.3f} "
                   f"(P {row['raw_precision_calibrated']:.3f} R {row['raw_recall_calibrated']:.3f}) | best F1 "
                   f"{row['raw_best_f1']:.3f}; the check took {row['shape_check_seconds']:.1f} s per tomogram",
+                  flush=True)
+        if "sure_f1_calibrated" in row:
+            print(f"      the check fitting the sure picks too: F1@calibrated {row['sure_f1_calibrated']:.3f} "
+                  f"(P {row['sure_precision_calibrated']:.3f} R {row['sure_recall_calibrated']:.3f}) | best F1 "
+                  f"{row['sure_best_f1']:.3f}; it took {row['sure_shape_check_seconds']:.1f} s per tomogram",
                   flush=True)
         last_model = res.picker
         keep_model(res.picker, f"{frac:g}")

@@ -23,6 +23,9 @@ Run (about 5 minutes per mode on one idle thread)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diag_reference_identity.py [--steps 1200] [--structures 20]
 
+``--refine-at N --refine-to 30`` is the curriculum: the ``--grid-step`` head (e.g. 60°) for ``N`` steps,
+then the finer head (:func:`~napari_cryoalign.backend.align.gumnet.refine_grid_head`) for the rest.
+
 Writes ``docs/benchmarks/learned_reference_identity.json`` (``--out``).
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -37,7 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig, centre_on_rotational_average
+from napari_cryoalign.backend.align.gumnet import (
+    GumNet,
+    GumNetConfig,
+    centre_on_rotational_average,
+    refine_grid_head,
+)
 from napari_cryoalign.backend.align.learned import align_learned
 from napari_cryoalign.backend.align.learned_train import train_job, turned_references
 from napari_cryoalign.backend.geometry import (
@@ -178,6 +187,10 @@ def main(argv=None) -> int:
                          "'snr=1', 'wedge' (±60°), 'shift=2' (voxels), 'continuous' (uniform rotations), "
                          "'voxel=24' (the maps at 24 Å per voxel)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--refine-at", type=int, default=0,
+                    help="the curriculum: after this many steps with --grid-step, refine the head to --refine-to "
+                         "(gumnet.refine_grid_head) and go on with a fresh optimizer (0: no curriculum)")
+    ap.add_argument("--refine-to", type=float, default=30.0, help="the finer grid step of --refine-at (degrees)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     world = parse_world(args.world)
@@ -188,7 +201,9 @@ def main(argv=None) -> int:
     doc = {"command": f"OMP_NUM_THREADS=1 python benchmarks/diag_reference_identity.py --steps {args.steps} "
                       f"--structures {args.structures} --lr {args.lr:g} --grid-step {args.grid_step:g} "
                       f"--modes {args.modes} --curve-every {args.curve_every} --world '{args.world}' "
-                      f"--batch-size {args.batch_size}", "world": world,
+                      f"--batch-size {args.batch_size}"
+                      + (f" --refine-at {args.refine_at} --refine-to {args.refine_to:g}" if args.refine_at else ""),
+           "world": world,
            "grid_rotations": n_grid, "chance_within_45deg": max(1 / n_grid, 0.025),
            "training_seeds": f"procedural 0..{args.structures - 1}",
            "held_out_seeds": list(HELD_OUT), "torch_threads": torch.get_num_threads(), "modes": {}}
@@ -196,16 +211,23 @@ def main(argv=None) -> int:
         model = toy_model(grid_step_deg=args.grid_step)
         turned = mode == "turned"
         chunk = args.curve_every if args.curve_every > 0 else args.steps
+        if args.refine_at:
+            chunk = math.gcd(chunk, args.refine_at)
         opt, rng = torch.optim.Adam(model.parameters(), lr=args.lr), np.random.default_rng(0)
         done, curve, t0, first = 0, [], 0.0, float("nan")
         while done < args.steps:
+            if 0 < args.refine_at <= done and model.config.grid_step_deg != args.refine_to:
+                model = refine_grid_head(model, args.refine_to)
+                opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+                print(mode, f"refined the head to {len(model.grid)} rotations at {done} steps", flush=True)
             log = toy_train(model, train_maps, steps=min(chunk, args.steps - done), turned=turned, lr=args.lr,
                             seed=done, optimizer=opt, rng=rng, world=world, batch_size=args.batch_size)
             if done == 0:
                 first = log["loss_first50"]
             done, t0 = done + log["steps"], t0 + log["seconds"]
-            if args.curve_every > 0:
+            if args.curve_every > 0 and (done % args.curve_every == 0 or done >= args.steps):
                 point = {"steps": done, "seconds": t0, "loss_last50": log["loss_last50"],
+                         "grid_rotations": len(model.grid),
                          **toy_judge(model, test_maps, turned=False, world=world)}
                 curve.append(point)
                 print(mode, json.dumps(point), flush=True)

@@ -311,3 +311,31 @@ def test_centre_crop_input_keeps_the_particle_at_its_own_voxel_size():
         == "fourier"  # model files from before the option
     with pytest.raises(ValueError, match="input_crop"):
         GumNetConfig(input_crop="middle")
+
+
+def test_refine_grid_head_starts_where_the_coarse_head_stopped():
+    """The curriculum's head refinement (60° -> 30° grid): the fine head's probabilities summed over each
+    coarse cell equal the coarse head's, for any input; every fine rotation belongs to its nearest coarse
+    cell; the rest of the network is copied; a non-grid model is refused."""
+    from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig, refine_grid_head
+    from napari_cryoalign.backend.geometry import geodesic_angle_deg
+
+    torch.manual_seed(0)
+    coarse = GumNet(GumNetConfig(box=16, head="grid", grid_step_deg=60.0, channels=(4, 4, 8, 8, 8), hidden=32))
+    with torch.no_grad():  # a head that is not uniform, as after training
+        coarse.out.weight.normal_(0.0, 0.5)
+        coarse.out.bias.normal_(0.0, 1.0)
+    coarse.eval()
+    fine = refine_grid_head(coarse, 30.0).eval()
+    assert fine.config.grid_step_deg == 30.0 and len(fine.grid) > 4 * len(coarse.grid)
+    a, b = torch.randn(3, 16, 16, 16), torch.randn(3, 16, 16, 16)
+    with torch.no_grad():
+        pc, pf = coarse(a, b).softmax(1).numpy(), fine(a, b).softmax(1).numpy()
+    g_c, g_f = coarse.grid.numpy().astype(np.float64), fine.grid.numpy().astype(np.float64)
+    cell = np.argmin(geodesic_angle_deg(g_f[:, None], g_c[None]), axis=1)
+    summed = np.stack([np.bincount(cell, weights=p, minlength=len(g_c)) for p in pf])
+    np.testing.assert_allclose(summed, pc, rtol=1e-4, atol=1e-6)
+    assert geodesic_angle_deg(g_f, g_c[cell]).max() < 60.0
+    torch.testing.assert_close(fine.head[0].weight, coarse.head[0].weight)
+    with pytest.raises(ValueError, match="head='grid'"):
+        refine_grid_head(GumNet(GumNetConfig(box=16, channels=(4, 4, 8, 8, 8), hidden=32)), 30.0)

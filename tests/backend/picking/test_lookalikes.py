@@ -114,6 +114,20 @@ def test_shape_check_lowers_lookalikes_and_keeps_targets(planted, search, tmp_pa
     assert kcheck.threshold == 0.5 and np.sum(kept.scores >= 0.5) == np.sum(mixed >= 0.5) == 6
     top = {tuple(p) for p in kept.coordinates_xyz[kept.scores >= 0.5]}
     assert sum(tuple(p) in top for p in candidates[truth == 0]) >= 5  # the ribosomes, whatever the network said
+    # picks that reach the threshold whatever their fit are not fitted and keep their score; sure=True fits them
+    # too: the same picks reach the threshold either way
+    assert 0.98 < ref.ceiling(0.5) < 0.985
+    sure_scores = np.where(np.arange(len(candidates)) % 3 == 0, 0.995, mixed)
+    fast, fcheck = run_job(shape_check_job(Picks(candidates, sure_scores), tomo, ref, threshold=0.5, voxel_size=VOXEL,
+                                           known=check), progress=False)
+    slow, scheck = run_job(shape_check_job(Picks(candidates, sure_scores), tomo, ref, threshold=0.5, voxel_size=VOXEL,
+                                           known=check, sure=True), progress=False)
+    assert len(fcheck.coordinates_xyz) == np.sum(sure_scores < 0.995) and len(scheck.coordinates_xyz) == len(candidates)
+    fast_score = {tuple(p): s for p, s in zip(fast.coordinates_xyz, fast.scores)}
+    assert all(fast_score[tuple(p)] == 0.995 for p in candidates[sure_scores == 0.995])
+    assert np.isclose(fcheck.centre, scheck.centre)
+    assert {tuple(p) for p in fast.coordinates_xyz[fast.scores >= 0.5]} == \
+        {tuple(p) for p in slow.coordinates_xyz[slow.scores >= 0.5]}
     # fits already made are reused, not fitted again
     again, check2 = run_job(shape_check_job(picks, tomo, ref, voxel_size=VOXEL, known=check), progress=False,
                             on_progress=events.append)

@@ -315,6 +315,37 @@ class GumNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def refine_grid_head(model: GumNet, grid_step_deg: float) -> GumNet:
+    """A copy of a grid-head ``model`` whose head classifies over the finer ``rotation_grid(grid_step_deg)``.
+
+    The curriculum of issue 18 (``docs/align_learned.md``): a coarse head learns first (78 rotations at
+    60°), then the grid is refined. Every layer but the output is copied; each fine rotation's output
+    row (weight and bias) is the row of its nearest coarse rotation, with ``log k`` taken off the bias
+    where ``k`` fine rotations share that coarse one. The refined model then starts where the coarse one
+    stopped: the probability it gives to the fine rotations of one coarse cell sums to the coarse
+    model's probability of that cell (exactly, for every input), spread evenly within the cell.
+    """
+    if model.config.head != "grid":
+        raise ValueError(f"refine_grid_head needs a model with head='grid', got head={model.config.head!r}")
+    from dataclasses import replace
+
+    from ..geometry import geodesic_angle_deg
+
+    fine = GumNet(replace(model.config, grid_step_deg=float(grid_step_deg)))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("out.")}
+    fine.load_state_dict(state, strict=False)
+    coarse_grid = model.grid.detach().cpu().numpy().astype(np.float64)
+    fine_grid = fine.grid.detach().cpu().numpy().astype(np.float64)
+    nearest = np.argmin(geodesic_angle_deg(fine_grid[:, None], coarse_grid[None]), axis=1)
+    counts = np.bincount(nearest, minlength=len(coarse_grid)).astype(np.float64)
+    idx = torch.from_numpy(nearest)
+    with torch.no_grad():
+        fine.out.weight.copy_(model.out.weight.detach()[idx])
+        fine.out.bias.copy_(model.out.bias.detach()[idx] - torch.from_numpy(np.log(counts[nearest])).float())
+    fine.train(model.training)
+    return fine.to(next(model.parameters()).device)
+
+
 # ------------------------------------------------------------------------- warp + imputation
 def standardize(x: torch.Tensor) -> torch.Tensor:
     """Per-volume zero mean and unit standard deviation, ``(B, z, y, x)``."""

@@ -24,7 +24,11 @@ that could reach the default threshold, and adds what the fit says to the picker
 
 Picks scoring below ``sigmoid(-weight * Z_MAX)`` (0.12 at the default weight) cannot reach 0.5 and
 are not checked (their score is kept), nor are those beyond the ``CHECK_PER_PICK * n + CHECK_EXTRA``
-highest scores, ``n`` the picks at the threshold (a picker unsure of thousands of weak peaks). The
+highest scores, ``n`` the picks at the threshold (a picker unsure of thousands of weak peaks). Nor,
+where the check is anchored at a threshold, are picks so sure that no fit could take them below it
+(log-odds at least ``weight * Z_MIN`` above the threshold's; :attr:`ShapeReference.ceiling`): which
+picks reach the threshold is then the same as if they had been fitted, at a fraction of the cost,
+but their scores above the threshold are not reordered by fit (``sure=True`` fits them too). The
 reference is made by the default recipe (:func:`~.fit.fit_picker_job`) from the look-alike search's
 labels' average and kept in the model file (:class:`ShapeReference`); a model without one is not
 checked: trained with
@@ -98,6 +102,11 @@ class ShapeReference:
     def floor(self) -> float:
         """The lowest picker score that the check can lift to 0.5: lower scores are not checked."""
         return 1.0 / (1.0 + math.exp(self.weight * Z_MAX))
+
+    def ceiling(self, threshold: float) -> float:
+        """The lowest picker score that no fit can take below ``threshold`` (log-odds ``weight * Z_MIN`` above it)."""
+        t = min(max(float(threshold), 1e-6), 1 - 1e-6)
+        return 1.0 / (1.0 + math.exp(-(math.log(t / (1 - t)) + self.weight * Z_MIN)))
 
     def to_dict(self) -> dict:
         """A plain dict for the model file (``map`` as a float32 tensor: ``torch.load(weights_only=True)``)."""
@@ -190,12 +199,14 @@ def _delta(fit: np.ndarray, ref: ShapeReference, centre: float) -> np.ndarray:
     return np.where(np.isfinite(z), ref.weight * z, 0.0)
 
 
-def _count_keeping_centre(scores: np.ndarray, fit: np.ndarray, ref: ShapeReference, threshold: float) -> float | None:
-    """The lowest centre at which no more of ``scores`` (the checked picks) reach ``threshold`` after the check than
-    before (bisection; the count only falls as the centre rises); None where that count is 0 or all of them."""
+def _count_keeping_centre(scores: np.ndarray, fit: np.ndarray, ref: ShapeReference, threshold: float, *,
+                          sure: int = 0) -> float | None:
+    """The lowest centre at which no more of ``scores`` (the fitted picks) reach ``threshold`` after the check than
+    before (bisection; the count only falls as the centre rises); None where no pick or every pick reaches it,
+    counting the ``sure`` picks that were not fitted because they reach it whatever their fit."""
     n = int(np.sum(scores >= threshold))
     ok = np.isfinite(fit)
-    if n == 0 or n == len(scores) or not ok.any() or not threshold > ref.floor:
+    if n + sure == 0 or n == len(scores) or not ok.any() or not threshold > ref.floor:
         return None
     lo = float(np.min(fit[ok])) - (Z_MAX + 1.0) * ref.scale
     hi = float(np.max(fit[ok])) + (Z_MIN + 1.0) * ref.scale
@@ -229,7 +240,8 @@ def apply_shape_check(picks, check: ShapeCheck | None):
 
 
 def shape_check_job(picks, tomogram, reference: ShapeReference, *, threshold: float | None = 0.5,
-                    voxel_size: float | None = None, known: ShapeCheck | None = None, device="cpu") -> Job[tuple]:
+                    voxel_size: float | None = None, known: ShapeCheck | None = None, sure: bool = False,
+                    device="cpu") -> Job[tuple]:
     """Check ``picks`` against ``reference`` (module docstring): a job.
 
     Parameters
@@ -242,6 +254,10 @@ def shape_check_job(picks, tomogram, reference: ShapeReference, *, threshold: fl
     voxel_size : the tomogram's Å per voxel (default: the reference's); more than 10 % off the
         reference's refuses (the fit compares shapes voxel by voxel)
     known : fits already made at some of these places (reused, not fitted again)
+    sure : also fit the picks that reach ``threshold`` whatever their fit (scoring at least
+        :meth:`ShapeReference.ceiling`): their order above the threshold then follows their fit too, at the
+        cost of their fits. False (the default): they keep their scores; which picks reach the threshold is
+        the same either way
     device : torch device of the fits
 
     Returns
@@ -262,6 +278,10 @@ def shape_check_job(picks, tomogram, reference: ShapeReference, *, threshold: fl
         limit = CHECK_PER_PICK * int(np.sum(scores >= threshold)) + CHECK_EXTRA
         if len(todo) > limit:
             todo = np.sort(todo[np.argsort(-scores[todo], kind="stable")[:limit]])
+    n_sure = 0
+    if threshold is not None and not sure:
+        above = scores[todo] >= reference.ceiling(float(threshold))
+        n_sure, todo = int(above.sum()), todo[~above]
     fit = np.full(len(todo), np.nan)
     need = np.ones(len(todo), dtype=bool)
     if known is not None and len(known.coordinates_xyz) and len(todo):
@@ -275,7 +295,8 @@ def shape_check_job(picks, tomogram, reference: ShapeReference, *, threshold: fl
                                         tilt_range_deg=reference.tilt_range_deg,
                                         angular_step_deg=reference.angular_step_deg, fit_candidates=1,
                                         device=device, prefix="shape check")
-    centre = None if threshold is None else _count_keeping_centre(scores[todo], fit, reference, float(threshold))
+    centre = None if threshold is None else _count_keeping_centre(scores[todo], fit, reference, float(threshold),
+                                                                  sure=n_sure)
     check = ShapeCheck(coordinates_xyz=xyz[todo], fit=fit,
                        delta=_delta(fit, reference, reference.centre if centre is None else centre),
                        centre=reference.centre if centre is None else centre,
@@ -283,5 +304,5 @@ def shape_check_job(picks, tomogram, reference: ShapeReference, *, threshold: fl
     scores[todo] = _rescore(scores[todo], check.delta)
     order = np.argsort(-scores, kind="stable")
     out = Picks(xyz[order], scores[order], None if picks.euler_deg is None else picks.euler_deg[order])
-    yield Progress(1, 1, f"shape check: {len(todo)} picks checked (centre {check.centre:.3f})")
+    yield Progress(1, 1, f"shape check: {len(todo)} picks checked, {n_sure} sure ones kept (centre {check.centre:.3f})")
     return out, check
