@@ -272,6 +272,9 @@ def main() -> int:
                     help="also run the check that fits the sure picks (shape_check_job(sure=True), the rule before "
                     "2026-12-07) on the same picks, reported as sure_*: the same picks at the threshold, its time and "
                     "best F1")
+    ap.add_argument("--shape-check-gate", type=float, default=None, metavar="RHO",
+                    help="the least half-map correlation for a shape reference in this run (default: the package's "
+                    "shape_check.MIN_HALF_MAP_CORRELATION; 0 checks every model: to test the gate)")
     ap.add_argument("--shape-check-centre", choices=("count", "labels"), default="count",
                     help="the shape check's centre: per tomogram, keeping the count of picks at the model's threshold "
                     "(count, what pick predict does) or the labels' median fit (labels, the first rule tried)")
@@ -288,6 +291,10 @@ def main() -> int:
                     help="merge result files of partial runs (e.g. fractions run in parallel) into --out-prefix; "
                     "for a fraction in several files the last one given wins")
     args = ap.parse_args()
+    if args.shape_check_gate is not None:  # read by shape_reference_from_search at each training
+        import napari_cryoalign.backend.picking.shape_check as shape_check_module
+
+        shape_check_module.MIN_HALF_MAP_CORRELATION = float(args.shape_check_gate)
     if args.out_prefix is None:
         args.out_prefix = str(ROOT / "docs" / "benchmarks" / ("picking" if args.scenario == "clean"
                                                               else f"picking_{args.scenario}"))
@@ -361,7 +368,8 @@ def main() -> int:
         + (f" --fit-candidates {args.fit_candidates}" if args.fit_candidates else "")
         + (" --no-shape-check" if args.no_shape_check else "")
         + (f" --shape-check-centre {args.shape_check_centre}" if args.shape_check_centre != "count" else "")
-        + (" --shape-check-sure" if args.shape_check_sure else ""),
+        + (" --shape-check-sure" if args.shape_check_sure else "")
+        + (f" --shape-check-gate {args.shape_check_gate:g}" if args.shape_check_gate is not None else ""),
         "scenario": args.scenario, "scenario_settings": SCENARIOS[args.scenario], "shape_zyx": SHAPE,
         "voxel_size": VOXEL, "species": sp.get("abundance_by_name") or dict(zip(SPECIES, ABUNDANCE)),
         "targets": sp["targets"], "n_particles": 320, "lookalike_rejection": not args.no_lookalike_rejection,

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig
+from napari_cryoalign.backend.align.gumnet import GumNet, GumNetConfig, refine_grid_head
 from napari_cryoalign.backend.align.learned import (
     align_learned,
     load_model,
@@ -135,13 +135,17 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
           init: Path | None = None, device="cpu", corpus: str = "packaged", curve_minutes: float = 0.0,
           curve_path: Path | None = None, rotate_references: bool = False,
           centre_moving: bool = False, input_crop: str = "fourier",
-          clean_share: float | None = None) -> tuple[GumNet, dict]:
+          clean_share: float | None = None, coarse_grid_step: float | None = None,
+          coarse_minutes: float = 0.0) -> tuple[GumNet, dict]:
     """Train for ``minutes``; with ``init`` (a model file) continue from those weights with the last
     stage of the curriculum only (its SNR mix and learning rate) for the whole budget (the broad
     corpus runs the whole curriculum from ``init`` too). With ``curve_minutes`` > 0, evaluate the
     network alone on held-out procedural structures every ``curve_minutes`` (``log["curve"]``,
     also written to ``curve_path`` as it grows). ``clean_share`` (grid head only) replaces the
-    high-SNR stage's share of the budget (0.4), the mixed stage taking the rest."""
+    high-SNR stage's share of the budget (0.4), the mixed stage taking the rest. ``coarse_grid_step``
+    (a new grid model only) is the curriculum of the head: the model starts with that grid (e.g. 60°, 78
+    rotations) and is refined to the 30° grid (:func:`~napari_cryoalign.backend.align.gumnet.refine_grid_head`)
+    at the first round after ``coarse_minutes``, with a fresh optimizer."""
     if clean_share is not None and not 0.0 < clean_share <= 1.0:
         raise SystemExit(f"--clean-share {clean_share}: expected a fraction in (0, 1]")
     torch.manual_seed(seed)
@@ -151,8 +155,13 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         if model.config.head != head:
             raise SystemExit(f"--init {init}: a {model.config.head!r}-head model, but --head {head}")
     else:
-        model = GumNet(GumNetConfig(box=32, centre_moving=centre_moving, input_crop=input_crop,
-                                    **(GRID_CONFIG if head == "grid" else {}))).to(device)
+        cfg = dict(GRID_CONFIG if head == "grid" else {})
+        if coarse_grid_step is not None:
+            if head != "grid":
+                raise SystemExit("--coarse-grid-step applies to --head grid only")
+            cfg["grid_step_deg"] = float(coarse_grid_step)
+        model = GumNet(GumNetConfig(box=32, centre_moving=centre_moving, input_crop=input_crop, **cfg)).to(device)
+    fine_step = float(GRID_CONFIG["grid_step_deg"])
     log = {"stages": [], "losses": [], "architecture": model.config.to_dict(),
            "init": None if init is None else str(init), "corpus": corpus, "curve": [],
            "rotate_references": rotate_references}
@@ -170,6 +179,7 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
 
     def curve_point(stage):
         point = {"seconds": time.perf_counter() - t_all, "steps": len(log["losses"]), "stage": stage,
+                 "grid_rotations": None if model.grid is None else int(len(model.grid)),
                  **held_out_point(model, sets)}
         log["curve"].append(point)
         print("curve " + json.dumps(point), flush=True)
@@ -186,6 +196,13 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         rng = np.random.default_rng(round_seed)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         while time.perf_counter() - t0 < budget:
+            if (model.config.head == "grid" and model.config.grid_step_deg != fine_step and coarse_grid_step is not None
+                    and time.perf_counter() - t_all >= coarse_minutes * 60.0):
+                model = refine_grid_head(model, fine_step)
+                opt = torch.optim.Adam(model.parameters(), lr=lr)
+                log["refined"] = {"seconds": time.perf_counter() - t_all, "steps": len(log["losses"]),
+                                  "rotations": int(len(model.grid))}
+                print(f"refined the head to {len(model.grid)} rotations at {len(log['losses'])} steps", flush=True)
             if sets is not None and time.perf_counter() - t_all >= next_curve:
                 curve_point(name)
                 next_curve += curve_minutes * 60.0
@@ -320,6 +337,10 @@ def main(argv=None) -> int:
     ap.add_argument("--clean-share", type=float, default=None,
                     help="--head grid: the share of the budget spent at high SNR (100/10) before the mixed stage "
                     "(default 0.4); the toy's 636-class head needed about 2000 clean steps before it rose")
+    ap.add_argument("--coarse-grid-step", type=float, default=None,
+                    help="--head grid: start with this grid (e.g. 60: 78 rotations) and refine it to the 30° grid "
+                    "after --coarse-minutes (gumnet.refine_grid_head): the toy's curriculum")
+    ap.add_argument("--coarse-minutes", type=float, default=0.0, help="minutes with the --coarse-grid-step head")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
@@ -331,7 +352,8 @@ def main(argv=None) -> int:
                                  corpus=args.corpus, curve_minutes=args.curve_minutes, curve_path=args.curve_out,
                                  n_per_class=args.n_per_class or (4 if args.corpus == "broad" else 24),
                                  rotate_references=args.rotate_references, centre_moving=args.centre_moving,
-                                 input_crop=args.input_crop, clean_share=args.clean_share)
+                                 input_crop=args.input_crop, clean_share=args.clean_share,
+                                 coarse_grid_step=args.coarse_grid_step, coarse_minutes=args.coarse_minutes)
         model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
@@ -343,7 +365,10 @@ def main(argv=None) -> int:
                 + f" --device {args.device}" + (f" --init {args.init.name}" if args.init else "")
                 + f" --corpus {args.corpus}" + (" --rotate-references" if args.rotate_references else "")
                 + (" --centre-moving" if args.centre_moving else "")
-                + (f" --input-crop {args.input_crop}" if args.input_crop != "fourier" else "")}
+                + (f" --input-crop {args.input_crop}" if args.input_crop != "fourier" else "")
+                + (f" --clean-share {args.clean_share:g}" if args.clean_share is not None else "")
+                + (f" --coarse-grid-step {args.coarse_grid_step:g} --coarse-minutes {args.coarse_minutes:g}"
+                   if args.coarse_grid_step is not None else "")}
         if args.corpus == "broad":
             meta["data"].update({"procedural_training_seeds": f"{BROAD_PROCEDURAL_PER_ROUND} new per round from "
                                  f"[{TRAINING_SEEDS.start}, {TRAINING_SEEDS.stop})",
