@@ -237,6 +237,9 @@ def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
     seen.clear()
     removed = np.array([[60.0, 60.0, 20.0]])
     more_labels = np.concatenate([labels, fake_negatives[1:] + 0.5])
+    import copy
+
+    old = copy.deepcopy(res.picker)  # Train again changes the model in place
     again = run_job(fit.fit_picker_job(sim.tomogram, more_labels, picker=res.picker, iterations=2,
                                        voxel_size=float(sim.voxel_size), negatives_xyz=removed),
                     progress=False, on_partial=partials.append)
@@ -244,7 +247,20 @@ def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
     assert again.picker.training["n_negatives"] == 2  # the removed pick + the look-alike not labelled since
     assert np.allclose(again.picker.training["lookalike_negatives_xyz"], fake_negatives[:1])
     assert partials[-1].name == "lookalikes" and "reused" in partials[-1].value.reason
-    assert again.picker.default_threshold == 0.5
+    # Train again keeps the count the corrections imply: the picks at the old default threshold, less the removed
+    # ones among them, plus the labels none of them found; the new default threshold gives that many picks
+    from napari_cryoalign.backend.picking.infer import pick_job
+
+    count = again.picker.training["corrected_count"]
+    before, _ = run_job(pick_job(old, sim.tomogram, threshold=count["threshold_before"], shape_check=False),
+                        progress=False)
+    assert count["before"] == len(before) and count["target"] == max(1, len(before) - count["removed"]
+                                                                      + count["added"])
+    assert count["added"] >= 1  # the two look-alike places just labelled are no picks of the old model
+    after, _ = run_job(pick_job(again.picker, sim.tomogram, threshold=again.picker.default_threshold,
+                                shape_check=False), progress=False)
+    assert len(after) == count["target"] or again.picker.default_threshold == fit.COUNT_FLOOR
+    assert again.picker.training["threshold_rule"].startswith("the count the corrections imply")
     # without the search: one training run, nothing recorded about look-alikes
     plain = run_job(fit.fit_picker_job(sim.tomogram, labels, diameter_angstrom=250.0,
                                        voxel_size=float(sim.voxel_size), iterations=3, reject_lookalikes=False),
@@ -264,3 +280,31 @@ def _nothing_found():
 
     yield from ()
     return LookalikeNegatives(np.zeros((0, 3)), reason="nothing")
+
+
+def test_train_again_count_rule(monkeypatch):
+    """The count Train again keeps: the picks the user reviewed, less those removed, plus the particles labelled
+    that no pick found; the new threshold lies between the scores that give exactly that many picks."""
+    import napari_cryoalign.backend.picking.fit as fit
+
+    xyz = np.array([[10.0 * i, 10.0, 10.0] for i in range(1, 11)])
+    shown = {"picks": Picks(xyz, np.linspace(0.9, 0.6, 10))}
+
+    def fake_picks(picker, tomogram, threshold, **kwargs):
+        yield from ()
+        p = shown["picks"]
+        keep = p.scores >= threshold
+        return Picks(p.coordinates_xyz[keep], p.scores[keep])
+
+    monkeypatch.setattr(fit, "_picks", fake_picks)
+    picker = Picker.new(diameter_angstrom=8 * VOXEL, voxel_size=VOXEL)  # 8 voxels: "near" is within 4
+    removed = np.array([[20.0, 11.0, 10.0], [50.0, 10.0, 12.0], [300.0, 300.0, 5.0]])  # 2 picks, 1 elsewhere
+    labels = np.array([[30.0, 10.0, 10.0], [40.0, 9.0, 10.0], [60.0, 10.0, 10.0], [200.0, 200.0, 10.0]])
+    count = run_job(fit._corrected_count(picker, None, labels, removed, voxel_size=VOXEL, device="cpu"),
+                    progress=False)
+    assert (count["before"], count["removed"], count["added"], count["target"]) == (10, 2, 1, 9)
+    shown["picks"] = Picks(np.concatenate([xyz, xyz + 100]), np.linspace(0.95, 0.05, 20))  # the retrained model
+    run_job(fit._keep_corrected_count(picker, None, count, voxel_size=VOXEL, device="cpu"), progress=False)
+    s = np.linspace(0.95, 0.05, 20)
+    assert np.isclose(picker.default_threshold, 0.5 * (s[8] + s[9])) and np.sum(s >= picker.default_threshold) == 9
+    assert picker.training["corrected_count"]["target"] == 9
