@@ -33,7 +33,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--class-prior", type=float, default=None, metavar="PI",
                    help="PU class prior (default 0.02; raise it for very crowded samples)")
-    p.add_argument("--continue-from", default=None, metavar="MODEL.pt", help="continue training this model")
+    p.add_argument("--continue-from", default=None, metavar="MODEL.pt",
+                   help="continue training this model (Train again; on the tomogram its look-alike search ran on, the "
+                   "new default threshold keeps the count of its picks, less those in --negatives, plus the labels "
+                   "they missed)")
     p.add_argument("--negatives", default=None, metavar="N.star",
                    help="places that are NOT the particle (e.g. removed picks: gold, membranes, look-alikes), "
                    "STAR like --labels; trained as known negatives")
