@@ -42,6 +42,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -126,7 +127,8 @@ def _acryo():
     return run, acryo.__version__
 
 
-def bench(*, n_per_class: int, snrs, acryo_per_class: int, threads: int, seed: int, learned: bool) -> dict:
+def bench(*, n_per_class: int, snrs, acryo_per_class: int, threads: int, seed: int, learned: bool,
+          model: str | None = None) -> dict:
     torch.set_num_threads(threads)
     acryo_fn, acryo_version = _acryo()
     if acryo_fn is None:
@@ -143,8 +145,10 @@ def bench(*, n_per_class: int, snrs, acryo_per_class: int, threads: int, seed: i
                 variants = [("exhaustive (defaults: CTF from the STAR file)", []),
                             ("exhaustive --ctf none", ["--ctf", "none"])]
                 if learned and abs(snr - 0.1) < 1e-9:
-                    variants += [("learned (shipped weights)", ["--method", "learned"]),
-                                 ("learned+refine (shipped weights)", ["--method", "learned+refine"])]
+                    which = "shipped weights" if model is None else f"weights {Path(model).name}"
+                    extra = [] if model is None else ["--model", str(model)]
+                    variants += [(f"learned ({which})", ["--method", "learned", *extra]),
+                                 (f"learned+refine ({which})", ["--method", "learned+refine", *extra])]
                 for label, extra in variants:
                     rot, ori, dt = _cli_align(files["star"], ref, d / f"out_{len(rows)}.star", extra)
                     rows.append({"snr": snr, "structure": name, "method": label, "seconds": dt, "n": s.n,
@@ -229,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the goal's setting)")
     ap.add_argument("--no-learned", action="store_true", help="skip the learned rows")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, metavar="MODEL.pt",
+                    help="the learned rows with these weights (cryoalign align --model) instead of the shipped ones")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--table", action="store_true", help="print the table of --out")
     args = ap.parse_args(argv)
@@ -239,9 +245,9 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     doc = bench(n_per_class=args.n_per_class, snrs=[float(x) for x in args.snrs.split(",") if x],
                 acryo_per_class=args.acryo_per_class, threads=args.threads, seed=args.seed,
-                learned=not args.no_learned)
+                learned=not args.no_learned, model=args.model)
     doc.update({
-        "command": "python benchmarks/bench_align_held_out.py " + " ".join(argv if argv is not None else []),
+        "command": "python benchmarks/bench_align_held_out.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "protocol": {"structures": HELD_OUT, "held_out": "procedural seeds >= 10000: never trained or tuned on",
                      "tuned_on": "procedural:1..5 and the packaged structures (ribosome, mtor, dengue_e_fab)",
                      "box": 32, "voxel_size_angstrom": 6.0, "tilt_range_deg": [-60, 60], "defocus_um": 5.0,
