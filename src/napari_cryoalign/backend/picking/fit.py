@@ -25,7 +25,7 @@ among them, plus the labels none of them found. After training, the default thre
 the retrained model gives that many picks there. A few removed picks can otherwise shift every score:
 on the ribosome look-alike scenario 4 removed picks moved the best threshold to 0.29 and the recall at
 0.5 from 0.98 to 0.84; on the dengue scenario 10 removed picks took it from 0.97 to 0.71 (docs/picking.md,
-the removal round). The two extra passes of the network over the training tomogram take seconds.
+the removal round). It costs two more passes of the network over the training tomogram.
 
 With the recipe, a model trained with known negatives - found here or removed by the user - has
 learnt from both classes (positive, unlabelled and known negative data: PNU), so its default
