@@ -217,6 +217,18 @@ def test_click_labels_train_threshold_export(opened, qtbot, sim, tomo_file, tmp_
     w.overwrite.value = True
     assert w.export_picks() is not None
 
+    # Train again with the removed picks: the new threshold keeps the count the corrections imply, and says so
+    w.iterations.value = 2
+    qtbot.mouseClick(w.run_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
+    assert w.runner.state.history[-1] == "finished", (w.runner.state, w.status.text())
+    tr = w.picker.training
+    count = tr["corrected_count"]
+    assert tr["threshold_rule"].startswith("the count the corrections imply") and tr["n_negatives"] >= 2
+    assert count["target"] == max(1, count["before"] - count["removed"] + count["added"])
+    assert w.threshold.value == pytest.approx(round(w.picker.default_threshold, 2))
+    assert "the count your corrections imply" in w.status.text()
+
     # save the model (continuing training is tested with Cancel below)
     w.model_file.value = tmp_path / "model.pt"
     assert w.save_model() is not None and (tmp_path / "model.pt").is_file()

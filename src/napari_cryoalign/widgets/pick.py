@@ -600,11 +600,16 @@ class PickWidget(PickFileActions, JobWidget):
             # the model's threshold, calibrated on its labels at the end of training
             self.threshold.range = (0.0, 1.0)
             self.threshold.value = round(result.picker.default_threshold, 2)
-            calibrated = f" (threshold {self.threshold.value:.2f}, calibrated on the labels)"
+            rule = str(result.picker.training.get("threshold_rule", ""))
+            how = ("the count your corrections imply" if rule.startswith("the count")
+                   else "calibrated on the labels")
+            calibrated = f" (threshold {self.threshold.value:.2f}, {how})"
             if result.shape_check is not None:
                 calibrated += f"; shape-checked {len(result.shape_check.coordinates_xyz)} picks"
             elif result.picker.training.get("shape_check_reason"):
                 calibrated += f"; no shape check: {result.picker.training['shape_check_reason']}"
+                if "too noisy" in result.picker.training["shape_check_reason"]:
+                    calibrated += " (on such data removed picks did not help in our tests: docs/picking.md)"
         self._set_candidates(result.picks, result.method)
         thr = self.template_cutoff = result.suggested_threshold
         if result.method == "template" and thr is not None and np.isfinite(thr):
