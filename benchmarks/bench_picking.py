@@ -454,11 +454,10 @@ def main() -> int:
             raw, _ = pick(picker, s.tomogram, threshold=0.02, shape_check=False)
             t_net = time.perf_counter() - t1
             picks = raw
+            anchor = picker.default_threshold if args.shape_check_centre == "count" else None
             if picker.shape_reference is not None and not args.no_shape_check:
-                picks, _ = run_job(shape_check_job(raw, s.tomogram, picker.shape_reference,
-                                                   threshold=picker.default_threshold
-                                                   if args.shape_check_centre == "count" else None, voxel_size=VOXEL),
-                                   progress=False)
+                picks, _ = run_job(shape_check_job(raw, s.tomogram, picker.shape_reference, threshold=anchor,
+                                                   voxel_size=VOXEL), progress=False)
             t_inf.append(time.perf_counter() - t1)
             ev = evaluate(picks.coordinates_xyz, picks.scores, target(s), radius, threshold=THRESHOLD)
             cal = picker.default_threshold  # calibrated on the labels at the end of training
@@ -473,10 +472,8 @@ def main() -> int:
                           raw_recall_calibrated=rp.recall, raw_best_f1=rb.f1, raw_best_threshold=rthr)
             if picks is not raw and args.shape_check_sure:  # the check that fits the sure picks too, beside it
                 t2 = time.perf_counter()
-                sp, _ = run_job(shape_check_job(raw, s.tomogram, picker.shape_reference, sure=True,
-                                                threshold=picker.default_threshold
-                                                if args.shape_check_centre == "count" else None, voxel_size=VOXEL),
-                                progress=False)
+                sp, _ = run_job(shape_check_job(raw, s.tomogram, picker.shape_reference, sure=True, threshold=anchor,
+                                                voxel_size=VOXEL), progress=False)
                 sb, sthr = best_f1(sp.coordinates_xyz, sp.scores, target(s), radius=radius)
                 spr = precision_recall_f1(sp.coordinates_xyz, sp.scores, target(s), radius=radius, threshold=cal)
                 ev.update(sure_f1_calibrated=spr.f1, sure_precision_calibrated=spr.precision,

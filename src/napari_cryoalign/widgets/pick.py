@@ -600,8 +600,7 @@ class PickWidget(PickFileActions, JobWidget):
             # the model's threshold, calibrated on its labels at the end of training
             self.threshold.range = (0.0, 1.0)
             self.threshold.value = round(result.picker.default_threshold, 2)
-            rule = str(result.picker.training.get("threshold_rule", ""))
-            how = ("the count your corrections imply" if rule.startswith("the count")
+            how = ("the count your corrections imply" if "corrected_count" in result.picker.training
                    else "calibrated on the labels")
             calibrated = f" (threshold {self.threshold.value:.2f}, {how})"
             if result.shape_check is not None:

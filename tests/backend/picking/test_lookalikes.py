@@ -261,6 +261,12 @@ def test_fit_picker_learns_the_lookalikes_found_as_negatives(monkeypatch):
                                 shape_check=False), progress=False)
     assert len(after) == count["target"] or again.picker.default_threshold == fit.COUNT_FLOOR
     assert again.picker.training["threshold_rule"].startswith("the count the corrections imply")
+    # a later training without the recipe's continuing path leaves no stale rule behind
+    later = run_job(fit.fit_picker_job(sim.tomogram, more_labels, picker=again.picker, iterations=1,
+                                       voxel_size=float(sim.voxel_size), reject_lookalikes=False), progress=False)
+    assert later.picker.training["threshold_rule"] == "calibrated on the labels"
+    assert "corrected_count" not in later.picker.training
+    assert later.picker.default_threshold == later.picker.training["suggested_threshold"]
     # without the search: one training run, nothing recorded about look-alikes
     plain = run_job(fit.fit_picker_job(sim.tomogram, labels, diameter_angstrom=250.0,
                                        voxel_size=float(sim.voxel_size), iterations=3, reject_lookalikes=False),

@@ -92,7 +92,7 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
         yield Partial("lookalikes", LookalikeNegatives(earlier, reason=f"{len(earlier)} look-alikes found by an "
                                                                        "earlier training of this model, reused"))
         result.picker.training.update(lookalike_negatives_xyz=earlier.round(2).tolist(), lookalike_reused=True)
-        result = _with_threshold(result, known)
+        # the count rule sets the default threshold (not the Bayes cut of _with_threshold)
         yield from _keep_corrected_count(result.picker, tomogram, count, voxel_size=voxel_size, device=device)
         return result
     first = yield from train_picker_job(tomogram, labels_xyz, negatives_xyz=negatives_xyz, seed=seed, **common,

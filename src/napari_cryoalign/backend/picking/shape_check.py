@@ -106,8 +106,7 @@ class ShapeReference:
 
     def ceiling(self, threshold: float) -> float:
         """The lowest picker score that no fit can take below ``threshold`` (log-odds ``weight * Z_MIN`` above it)."""
-        t = min(max(float(threshold), 1e-6), 1 - 1e-6)
-        return 1.0 / (1.0 + math.exp(-(math.log(t / (1 - t)) + self.weight * Z_MIN)))
+        return float(_rescore(np.array([float(threshold)]), np.array([self.weight * Z_MIN]))[0])
 
     def to_dict(self) -> dict:
         """A plain dict for the model file (``map`` as a float32 tensor: ``torch.load(weights_only=True)``)."""

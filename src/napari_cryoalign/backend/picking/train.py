@@ -313,6 +313,9 @@ def train_picker_job(
     label_scores = _label_scores(net, labels, crop_origin, crop_at)
     training["label_scores"] = [round(float(v), 4) for v in label_scores]
     training["suggested_threshold"] = calibrated_threshold(label_scores)
+    # the rule of this threshold (the recipe may replace both, fit.py); no earlier run's rule stays behind
+    training["threshold_rule"] = "calibrated on the labels"
+    training.pop("corrected_count", None)
     return TrainResult(picker=picker, losses=np.asarray(losses, dtype=np.float64), iterations=step,
                        seconds=time.perf_counter() - t_start)
 
