@@ -189,7 +189,7 @@ def run_align(args) -> int:
         model = learned_aligner().load_model(args.model, device=device)
     job = align_job(pset.volumes, ref, method=args.method, particle_masks=masks, angular_step_deg=args.angular_step,
                     refine_levels=args.refine_levels, max_shift_voxels=args.max_shift, max_frequency=fmax, model=model,
-                    candidates=args.candidates, ctf=ctf, symmetry=symmetry, device=device)
+                    candidates=args.candidates, ctf=ctf, symmetry=symmetry, voxel_size=pset.voxel_size, device=device)
     result = run_job(job, progress=show_progress(args), description="align")
     seconds = time.perf_counter() - t0
     out = write_aligned_star(args.out, pset, result, overwrite=args.overwrite)

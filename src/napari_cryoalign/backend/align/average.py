@@ -615,7 +615,7 @@ def align_average_job(
         yield Progress(0, 3, f"{method} alignment")
         ali = yield from subjob(align_job(particles, reference, method=method, particle_masks=particle_masks,
                                           angular_step_deg=angular_step_deg, candidates=candidates, ctf=ctf,
-                                          symmetry=symmetry, device=device),
+                                          symmetry=symmetry, voxel_size=voxel_size_angstrom, device=device),
                                 at=(1, 3), prefix=method, partials=False)
         yield Progress(2, 3, "averaging")
         result = average_particles(particles, ali, particle_masks=particle_masks, half_maps=True,

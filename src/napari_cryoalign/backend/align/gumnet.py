@@ -118,6 +118,11 @@ class GumNetConfig:
         ``max_shift``, :func:`centre_on_rotational_average`) before the network sees it; the rotation
         does not change, the origin is still found afterwards on the volume as given. False for the
         shipped weights (trained without it)
+    voxel_size : the voxel size (Å) the network works at, or None. With it, the aligner resamples
+        particles of any box and voxel size to ``box``³ at this voxel size before the network sees
+        them (:func:`.learned.align_learned` with ``voxel_size=``: Fourier crop or pad, then the box
+        centred in ``box``³), so that a particle spans as many voxels as in training. None: volumes
+        are taken as given and must be ``box``³
     """
 
     box: int = 32
@@ -132,6 +137,7 @@ class GumNetConfig:
     input_box: int | None = None
     centre_moving: bool = False
     input_crop: str = "fourier"
+    voxel_size: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -145,6 +151,10 @@ class GumNetConfig:
             raise ValueError(f"head must be 'hypotheses' or 'grid', got {self.head!r}")
         if self.input_crop not in ("fourier", "centre"):
             raise ValueError(f"input_crop must be 'fourier' or 'centre', got {self.input_crop!r}")
+        if self.voxel_size is not None:
+            if not float(self.voxel_size) > 0:
+                raise ValueError(f"voxel_size must be > 0 Å or None, got {self.voxel_size}")
+            object.__setattr__(self, "voxel_size", float(self.voxel_size))
         if not 8 <= self.net_box() <= int(self.box):
             raise ValueError(f"input_box must be between 8 and box ({self.box}), got {self.input_box}")
 

@@ -30,6 +30,7 @@ import torch
 
 from ...errors import InputError
 from ...io.modelfile import read_model_file, write_model_file
+from ..fourier import pad_or_crop
 from ..geometry import shift_phase_ramp
 from ..jobs import Partial, Progress, run_job
 from ..peaks import find_peak
@@ -134,13 +135,14 @@ def load_default_model(*, device="cpu") -> GumNet:
 
 
 # --------------------------------------------------------------------------------- validation
-def _volumes(x, name: str, *, ndim: int, box: int | None = None) -> torch.Tensor:
+def _volumes(x, name: str, *, ndim: int, box: int | None = None,
+             why: str = "the model's input size; resample the volumes first") -> torch.Tensor:
     arr = x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim != ndim or len(set(arr.shape[-3:])) != 1:
         want = "(n, z, y, x)" if ndim == 4 else "(z, y, x)"
         raise InputError(f"an array of shape {want} with a cubic box", field=name, got=f"shape {tuple(arr.shape)}")
     if box is not None and arr.shape[-1] != box:
-        raise InputError(f"a box of {box} voxels (the model's input size; resample the volumes first)",
+        raise InputError(f"a box of {box} voxels ({why})",
                          field=name, got=f"box {arr.shape[-1]}")
     t = torch.as_tensor(np.asarray(arr, dtype=np.float32)) if not isinstance(arr, torch.Tensor) else arr.float()
     if not torch.isfinite(t).all():
@@ -255,6 +257,41 @@ def _shift_and_score(moving, fixed, rot, mmask, rmask, max_shift: float):
     return origin_from_peak(rot, d), pair_correlation(a, b)
 
 
+def model_box(n: int, voxel_size: float | None, config: GumNetConfig) -> int:
+    """The edge (voxels) that a box of ``n`` voxels at ``voxel_size`` Å spans at the model's
+    ``config.voxel_size`` (even, at least 2); ``n`` itself when either voxel size is unknown."""
+    if voxel_size is None or config.voxel_size is None:
+        return int(n)
+    return max(2, 2 * int(round(n * float(voxel_size) / config.voxel_size / 2.0)))
+
+
+def _to_model_box(x: torch.Tensor, m: int, box: int) -> torch.Tensor:
+    """``(B, n, n, n)`` volumes resampled to ``m``³ (centred Fourier crop or zero pad: the same extent
+    at ``n / m`` times the voxel size), less their mean, then centred in (or cropped to) ``box``³."""
+    n = x.shape[-1]
+    if m != n:
+        dims = (-3, -2, -1)
+        spec = torch.fft.fftshift(torch.fft.fftn(x.double(), dim=dims), dim=dims)
+        shape = (*x.shape[:-3], m, m, m)
+        spec = torch.complex(pad_or_crop(spec.real, shape), pad_or_crop(spec.imag, shape))
+        x = torch.fft.ifftn(torch.fft.ifftshift(spec, dim=dims), dim=dims).real.to(x.dtype)
+    x = x - x.mean(dim=(-3, -2, -1), keepdim=True)
+    return x if m == box else pad_or_crop(x, (*x.shape[:-3], box, box, box))
+
+
+def _mask_to_model_box(mask: torch.Tensor, m: int, box: int) -> torch.Tensor:
+    """The fftshift-ed Fourier mask ``(..., n, n, n)`` of volumes resampled by :func:`_to_model_box`:
+    each frequency of the ``box``³ grid takes the nearest one of the ``n``³ grid (0 beyond the
+    data's band)."""
+    n = mask.shape[-1]
+    f = (torch.arange(box, dtype=torch.float64) - box // 2) * (m / box)  # in voxels of the m-box spectrum
+    ok = f.abs() <= min(m, n) / 2.0
+    idx = torch.round(f + n // 2).long() % n  # +Nyquist is -Nyquist (index 0)
+    out = mask[..., idx, :, :][..., :, idx, :][..., :, :, idx]
+    keep = (ok[:, None, None] & ok[None, :, None] & ok[None, None, :]).to(out.dtype)
+    return out * keep
+
+
 def align_learned_job(
     particles,
     reference,
@@ -265,6 +302,7 @@ def align_learned_job(
     batch_size: int = 32,
     search_box: int | None = 16,
     candidates: int = 1,
+    voxel_size: float | None = None,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AlignmentResult]:
     """Job version of :func:`align_learned` (same arguments and result): yields ``Progress(0, n_batches)``
@@ -275,9 +313,18 @@ def align_learned_job(
         model = load_default_model(device=device)
     if not isinstance(model, GumNet):
         raise InputError("a GumNet model (load_model / load_default_model)", field="model", got=type(model).__name__)
+    if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise InputError("a voxel size > 0 Å, or None", field="voxel_size", got=voxel_size)
     box = model.config.box
-    parts = _volumes(particles, "particles", ndim=4, box=box)
-    ref = _volumes(reference, "reference", ndim=3, box=box)
+    resample = voxel_size is not None and model.config.voxel_size is not None
+    why = ("the model's input size; resample the volumes first" if model.config.voxel_size is None else
+           "the model's input size; or give voxel_size= and they are resampled")
+    parts = _volumes(particles, "particles", ndim=4, box=None if resample else box, why=why)
+    n_box = parts.shape[-1]
+    ref = _volumes(reference, "reference", ndim=3, box=n_box, why="the particles' box" if resample else why)
+    m = model_box(n_box, voxel_size, model.config)
+    resample = resample and not m == n_box == box
+    factor = n_box / m if resample else 1.0  # data voxels per model voxel
     n = parts.shape[0]
     if int(batch_size) < 1:
         raise InputError("an integer >= 1", field="batch_size", got=batch_size)
@@ -289,13 +336,19 @@ def align_learned_job(
     candidates = int(candidates)
     if model.config.head == "grid" and candidates > len(model.grid):
         raise InputError(f"at most {len(model.grid)} (the model's rotation grid)", field="candidates", got=candidates)
-    pm = _masks(particle_masks, "particle_masks", n, box)
-    rm = _masks(reference_mask, "reference_mask", 1, box)
+    pm = _masks(particle_masks, "particle_masks", n, n_box)
+    rm = _masks(reference_mask, "reference_mask", 1, n_box)
+    if resample:
+        ref = _to_model_box(ref[None], m, box)[0]
+        rm = None if rm is None else _mask_to_model_box(rm, m, box)
+        if pm is not None and pm.shape[0] == 1:
+            pm = _mask_to_model_box(pm, m, box)
     rots = np.empty((n, 3, 3))
     origins = np.empty((n, 3))
     scores = np.empty(n)
     starts = range(0, n, int(batch_size))
-    yield Progress(0, len(starts), f"learned alignment of {n} particles")
+    yield Progress(0, len(starts), f"learned alignment of {n} particles"
+                   + (f" (resampled to {m}³ at {voxel_size * factor:.3g} Å, in a {box}³ box)" if resample else ""))
     was_training = model.training
     model.eval()
     try:
@@ -305,11 +358,16 @@ def align_learned_job(
         for done, start in enumerate(starts, 1):
             idx = slice(start, min(n, start + int(batch_size)))
             with torch.no_grad():  # not around the yield: the consumer's grad mode stays its own
-                r, o, sc = _align_batch(model, parts[idx].to(device), fixed_all, _pick(pm, idx), rm_d,
+                moving, mm = parts[idx].to(device), _pick(pm, idx)
+                if resample:
+                    moving = _to_model_box(moving, m, box)
+                    if mm is not None and pm.shape[0] > 1:
+                        mm = _mask_to_model_box(mm, m, box)
+                r, o, sc = _align_batch(model, moving, fixed_all, mm, rm_d,
                                         candidates=candidates, search_box=search_box)
             scores[idx] = sc.cpu().numpy()
             rots[idx] = r.double().cpu().numpy()
-            origins[idx] = o.double().cpu().numpy()
+            origins[idx] = o.double().cpu().numpy() * factor
             yield Progress(done, len(starts), f"{idx.stop}/{n} particles")
     finally:
         model.train(was_training)
@@ -349,13 +407,15 @@ def align_learned(
     batch_size: int = 32,
     search_box: int | None = 16,
     candidates: int = 1,
+    voxel_size: float | None = None,
     device="cpu",
 ) -> AlignmentResult:
     """Align subtomograms to a reference with Gum-Net (one forward pass per particle).
 
     Parameters
     ----------
-    particles : array ``(n, z, y, x)``, cubic boxes of the model's size (32 for the default)
+    particles : array ``(n, z, y, x)``, cubic boxes: of the model's size (32 for the default), or of
+        any even size when ``voxel_size`` is given and the model has one (``model.config.voxel_size``)
     reference : array ``(z, y, x)``, same box and voxel size
     particle_masks : observed Fourier masks, fftshift-ed (DC at ``N // 2``), ``(z, y, x)``
         shared or ``(n, z, y, x)``; None = fully observed (no missing-wedge imputation)
@@ -369,6 +429,12 @@ def align_learned(
         compares the ``k`` most probable by the imputed correlation and keeps the best. Either
         way the rotation is the probability-weighted mean of the grid rotations within 1.5 grid
         steps of the chosen one
+    voxel_size : Å per voxel of ``particles`` and ``reference``, or None. With a model that has a
+        working voxel size (``model.config.voxel_size``), the volumes (and masks) are resampled to it
+        first: Fourier crop or pad of the whole box (its extent kept), the result centred in the
+        model's box (zero-padded, or cropped when larger), so that a particle spans as many voxels as
+        in training. Origins come back in voxels of the data; their precision is then the model's
+        voxel. None, or a model without one: the volumes are used as given
     device : torch device
 
     Returns
@@ -384,9 +450,10 @@ def align_learned(
     Raises
     ------
     InputError
-        Volumes that are not cubic boxes of the model's size, non-finite voxels, masks of the wrong
-        shape or outside [0, 1], options out of range, ``model`` not a :class:`GumNet`.
+        Volumes that are not cubic boxes of the model's size (without resampling) or not of the
+        particles' box (the reference), non-finite voxels, masks of the wrong shape or outside [0, 1],
+        options out of range, ``model`` not a :class:`GumNet`.
     """
     return run_job(align_learned_job(particles, reference, particle_masks=particle_masks, reference_mask=reference_mask,
                                      model=model, batch_size=batch_size, search_box=search_box, candidates=candidates,
-                                     device=device), progress=False)
+                                     voxel_size=voxel_size, device=device), progress=False)

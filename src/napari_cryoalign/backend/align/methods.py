@@ -69,6 +69,7 @@ def align_job(
     candidates: int = 1,
     ctf=None,
     symmetry: str = "C1",
+    voxel_size: float | None = None,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AlignmentResult]:
     """Align subtomograms to a reference by ``method`` (a job: yields Progress, returns the result).
@@ -76,7 +77,7 @@ def align_job(
     Parameters
     ----------
     particles : ``(n, N, N, N)`` (z, y, x), N even (the learned methods: the model's box, 32 for
-        the default)
+        the default, unless ``voxel_size`` is given and the model has a working voxel size)
     reference : ``(N, N, N)``, same box and voxel size
     method : ``"exhaustive"``, ``"learned"`` or ``"learned+refine"`` (module docstring)
     particle_masks : observed Fourier masks, fftshift-ed (DC at ``N // 2``), ``(N, N, N)`` shared
@@ -96,6 +97,8 @@ def align_job(
         refinement score CTF-premultiplied particles (:func:`~..ctf.ctf_premultiply`; every
         frequency band then adds to the score), the network sees the particles as they are
     symmetry : point group of the reference (the exhaustive search covers its asymmetric unit)
+    voxel_size : Å per voxel of the particles; the learned methods resample them to the model's
+        working voxel size when it has one (:func:`.learned.align_learned`), so any box works
     device : torch device
 
     Yields
@@ -126,7 +129,8 @@ def align_job(
                                                 symmetry=symmetry, device=device))
     learned = learned_aligner()
     result = yield from subjob(learned.align_learned_job(particles, reference, particle_masks=particle_masks,
-                                                         model=model, candidates=candidates, device=device),
+                                                         model=model, candidates=candidates, voxel_size=voxel_size,
+                                                         device=device),
                                prefix="learned")
     if method == "learned+refine":
         # the network's pose takes the place of the grid's last candidate start (the same number of

@@ -81,7 +81,8 @@ def align_shard_task(star: str, shard, reference, *, box: int | None = None, met
     net = learned_aligner().load_model(model, device=device) if method != "exhaustive" and model else None
     res = run_job(align_job(pset.volumes, ref, method=method, particle_masks=masks, angular_step_deg=angular_step_deg,
                             refine_levels=refine_levels, max_shift_voxels=max_shift_voxels, max_frequency=fmax,
-                            model=net, candidates=candidates, ctf=c, symmetry=symmetry, device=device), progress=False)
+                            model=net, candidates=candidates, ctf=c, symmetry=symmetry, voxel_size=pset.voxel_size,
+                            device=device), progress=False)
     with torch.no_grad():
         p, m = _prepare(pset.volumes, masks, device)
         sums = half_sums(p, np.asarray(res.rotations), np.asarray(res.origins_voxels),
