@@ -248,6 +248,9 @@ def main() -> int:
     ap.add_argument("--angular-step", type=float, default=30.0, help="template matching grid step (default 30)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip-template", action="store_true", help="no template-matching baseline")
+    ap.add_argument("--holdout-labels", type=int, default=0, metavar="K",
+                    help="--negatives: also run the round without K of the labels (and its control) and record the "
+                    "ranks of those K on the training tomogram before and after (a check that needs no truth)")
     ap.add_argument("--negatives", type=int, default=0, metavar="K",
                     help="after each fraction, one removal round: the K highest-scoring wrong picks on the training "
                     f"tomogram become known negatives and training continues {NEGATIVE_STEPS} steps (plus a control "
@@ -487,6 +490,26 @@ def main() -> int:
             args.save_models.mkdir(parents=True, exist_ok=True)
             save_picker(args.save_models / f"{args.scenario}_{name}.pt", picker, overwrite=True)
 
+    def on_training_tomogram(picker, labels, negs):
+        """What the model does on its own training tomogram (the network's scores, no shape check): the truth's
+        best F1 and F1 at the default threshold there, and what the user could see without any truth: the
+        labels' and the removed picks' score ranks among all picks (the fraction of picks scoring above each)."""
+        from scipy.spatial import cKDTree
+
+        raw, _ = pick(picker, train_sim.tomogram, threshold=0.02, shape_check=False)
+        xyz, sc = raw.coordinates_xyz, np.asarray(raw.scores, dtype=np.float64)
+        ev = evaluate(xyz, sc, target(train_sim), radius, threshold=picker.default_threshold)
+
+        def ranks(points):
+            if not len(points) or not len(xyz):
+                return []
+            d, i = cKDTree(xyz).query(points)
+            return [round(float(np.mean(sc > sc[j])), 4) if dd <= radius else 1.0 for dd, j in zip(d, i)]
+
+        return {"f1_at_default": ev["f1"], "precision_at_default": ev["precision"], "recall_at_default": ev["recall"],
+                "best_f1": ev["best_f1"], "best_threshold": ev["best_threshold"], "n_picks_at_default":
+                int(np.sum(sc >= picker.default_threshold)), "label_ranks": ranks(labels), "removed_ranks": ranks(negs)}
+
     def removal_round(picker, labels, frac):
         """What a user does next in the widget: remove the K highest-scoring wrong picks shown on the
         training tomogram and press Train again (continue, NEGATIVE_STEPS steps, removed picks as known
@@ -509,14 +532,37 @@ def main() -> int:
                "negative_target_distance_radii": [round(float(v) / radius, 2) for v in d[wrong]],
                "negative_other_distance_radii": [round(float(v) / radius, 2) for v in d_other],
                "negative_nearest_species": [str(names[i]) for i in near]}
-        for key, kw in (("with_negatives", {"negatives": negs}), ("control", {})):
+        out["training_tomogram_before"] = on_training_tomogram(picker, labels, negs)
+        variants = [("with_negatives", labels, {"negatives": negs}), ("control", labels, {})]
+        held = np.zeros((0, 3))
+        if args.holdout_labels:  # the round without some labels: do those still rank as before? (no truth needed)
+            pick_held = np.random.default_rng(1).permutation(len(labels))[: args.holdout_labels]
+            held = labels[pick_held]
+            variants.append(("with_negatives_holdout", np.delete(labels, pick_held, axis=0), {"negatives": negs}))
+            variants.append(("control_holdout", np.delete(labels, pick_held, axis=0), {}))
+            out["held_out_labels"] = held.round(2).tolist()
+            out["training_tomogram_before"]["held_out_label_ranks"] = on_training_tomogram(picker, held, negs)[
+                "label_ranks"]
+        for key, lab, kw in variants:
             t0 = time.perf_counter()
-            r = train(labels, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
+            r = train(lab, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
             t = time.perf_counter() - t0
             per_tomo, _ = evaluate_picker(r.picker)
             keep_model(r.picker, f"{frac:g}_{'removal' if key == 'with_negatives' else key}")
-            out[key] = {"train_seconds": t, **mean_over(per_tomo), "per_tomogram": per_tomo}
+            out[key] = {"train_seconds": t, **mean_over(per_tomo), "per_tomogram": per_tomo,
+                        "training_tomogram": on_training_tomogram(r.picker, lab, negs)}
+            if len(held):
+                out[key]["training_tomogram"]["held_out_label_ranks"] = on_training_tomogram(r.picker, held, negs)[
+                    "label_ranks"]
+                print(f"  held-out labels' ranks ({key}): before {out['training_tomogram_before']['held_out_label_ranks']}"
+                      f" after {out[key]['training_tomogram']['held_out_label_ranks']}", flush=True)
             m = out[key]
+            tt, tb = m["training_tomogram"], out["training_tomogram_before"]
+            print(f"  on the training tomogram ({key}): F1 at the default {tb['f1_at_default']:.3f} -> "
+                  f"{tt['f1_at_default']:.3f}, best {tb['best_f1']:.3f} -> {tt['best_f1']:.3f}; labels' median rank "
+                  f"{np.median(tb['label_ranks']):.3f} -> {np.median(tt['label_ranks']):.3f}, removed picks' "
+                  f"{np.median(tb['removed_ranks'] or [np.nan]):.3f} -> {np.median(tt['removed_ranks'] or [np.nan]):.3f}",
+                  flush=True)
             print(f"  + {len(negs)} removed picks ({key}): F1@calibrated {m['threshold_calibrated']:.3f}: "
                   f"{m['f1_calibrated']:.3f} (P {m['precision_calibrated']:.3f} R {m['recall_calibrated']:.3f}) | "
                   f"best F1 {m['best_f1']:.3f} | mAP r2 {m['map_r2']:.3f} r5 {m['map_r5']:.3f}", flush=True)

@@ -254,7 +254,7 @@ def _run_train(args, device: str) -> int:
     if args.minutes is not None and not args.minutes > 0:
         raise InputError("a positive number of minutes", field="--minutes", got=args.minutes)
     job = train_job(pset.volumes, references=ref, particle_masks=masks, model=model, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed,
+                    batch_size=args.batch_size, lr=args.lr, voxel_size=pset.voxel_size, device=device, seed=args.seed,
                     max_seconds=None if args.minutes is None else 60.0 * args.minutes)
     res = run_job(job, progress=show_progress(args), description="train")
     path = learned.save_model(res.model, args.out, metadata={"particles": str(args.particles)},

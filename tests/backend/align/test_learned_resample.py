@@ -117,3 +117,27 @@ def test_align_learned_takes_any_box_and_returns_the_datas_voxels(tmp_path):
     each = align_learned(two, ref, model=net, voxel_size=6.0, particle_masks=np.stack([wedge, wedge]), batch_size=1)
     np.testing.assert_allclose(shared.rotations, each.rotations, atol=1e-6)
     np.testing.assert_allclose(shared.scores, each.scores, atol=1e-5)
+
+
+def test_fine_tuning_resamples_as_alignment_does(tmp_path):
+    """`train_job(voxel_size=)` tunes the model on particles resampled as `align_learned` will see them."""
+    from napari_cryoalign.backend.align.learned_train import train_job
+    from napari_cryoalign.backend.jobs import run_job
+
+    torch.manual_seed(0)
+    net = GumNet(GumNetConfig(**GRID, voxel_size=12.0))
+    rng = np.random.default_rng(0)
+    parts = np.stack([_blob(48, rng.uniform(-3, 3, 3), 3.0) for _ in range(4)])
+    parts += rng.normal(scale=0.1, size=parts.shape).astype(np.float32)
+    ref = _blob(48, (0.0, 0.0, 0.0), 3.0)
+    seen = []
+    hook = net.register_forward_pre_hook(lambda mod, inp: seen.append(tuple(inp[0].shape[1:])))
+    try:
+        res = run_job(train_job(parts, references=ref, model=net, epochs=1, batch_size=2, voxel_size=6.0,
+                                particle_masks=particle_fourier_mask(48)), progress=False)
+    finally:
+        hook.remove()
+    assert res.steps == 2 and np.all(np.isfinite(res.epoch_losses))
+    assert seen and set(seen) == {(32, 32, 32)}  # 48 voxels at 6 A -> 24 at 12 A, in the model's 32-box
+    with pytest.raises(InputError, match="voxel_size"):
+        run_job(train_job(parts, references=ref, model=net, epochs=1, batch_size=2), progress=False)

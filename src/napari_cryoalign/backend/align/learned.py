@@ -279,6 +279,11 @@ def _to_model_box(x: torch.Tensor, m: int, box: int) -> torch.Tensor:
     return x if m == box else pad_or_crop(x, (*x.shape[:-3], box, box, box))
 
 
+def resampled_to_model(x: torch.Tensor, m: int, box: int, *, chunk: int = 64) -> torch.Tensor:
+    """:func:`_to_model_box` of ``(n, N, N, N)`` volumes, ``chunk`` at a time (bounded memory)."""
+    return torch.cat([_to_model_box(x[i:i + chunk], m, box) for i in range(0, x.shape[0], chunk)])
+
+
 def _mask_to_model_box(mask: torch.Tensor, m: int, box: int) -> torch.Tensor:
     """The fftshift-ed Fourier mask ``(..., n, n, n)`` of volumes resampled by :func:`_to_model_box`:
     each frequency of the ``box``³ grid takes the nearest one of the ``n``³ grid (0 beyond the

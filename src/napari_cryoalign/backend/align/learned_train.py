@@ -24,7 +24,16 @@ from ...errors import InputError
 from ..geometry import transform_reference_to_particle
 from ..jobs import Partial, Progress, run_job
 from .gumnet import GumNet, GumNetConfig, standardize
-from .learned import _grid_candidate_losses, _hypothesis_losses, _masks, _pick, _volumes
+from .learned import (
+    _grid_candidate_losses,
+    _hypothesis_losses,
+    _mask_to_model_box,
+    _masks,
+    _pick,
+    _volumes,
+    model_box,
+    resampled_to_model,
+)
 
 __all__ = ["GRID_TARGET_SIGMA", "TrainResult", "grid_targets", "train", "train_job", "turned_references"]
 
@@ -125,6 +134,7 @@ def train_job(
     max_steps: int | None = None,
     max_seconds: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    voxel_size: float | None = None,
     device="cpu",
     seed: int = 0,
 ) -> Generator[Progress | Partial, None, TrainResult]:
@@ -170,6 +180,9 @@ def train_job(
         is returned as after the last epoch
     optimizer : an optimiser over ``model``'s parameters to continue with (keeps Adam's
         moments across calls); None = a new Adam with ``lr``
+    voxel_size : Å per voxel of the particles (and references); with a ``model`` that has a working
+        voxel size (``model.config.voxel_size``) they are resampled to it first, as
+        :func:`.learned.align_learned` does, so that the model is tuned on what it will see
     device : torch device
     seed : seeds the pairing, batch order and a new model's initialisation
 
@@ -182,18 +195,31 @@ def train_job(
     -------
     TrainResult
     """
-    parts = _volumes(particles, "particles", ndim=4, box=None if model is None else model.config.box)
+    if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise InputError("a voxel size > 0 Å, or None", field="voxel_size", got=voxel_size)
+    resample = voxel_size is not None and model is not None and model.config.voxel_size is not None
+    why = ("the model's input size; or give voxel_size= and they are resampled"
+           if model is not None and model.config.voxel_size is not None
+           else "the model's input size; resample the volumes first")
+    parts = _volumes(particles, "particles", ndim=4, box=None if model is None or resample else model.config.box,
+                     why=why)
     n, box = parts.shape[0], parts.shape[-1]
     if n < 2:
         raise InputError("at least 2 particles", field="particles", got=n)
     refs = None
     if references is not None:
         r_arr = references.detach().cpu().numpy() if isinstance(references, torch.Tensor) else np.asarray(references)
-        refs = _volumes(r_arr[None] if r_arr.ndim == 3 else r_arr, "references", ndim=4, box=box)
+        refs = _volumes(r_arr[None] if r_arr.ndim == 3 else r_arr, "references", ndim=4, box=box,
+                        why="the particles' box")
         if refs.shape[0] not in (1, n):
             raise InputError(f"one reference (z, y, x) or one per particle ({n}, z, y, x)", field="references",
                              got=f"shape {tuple(refs.shape)}")
     pm = _masks(particle_masks, "particle_masks", n, box)
+    if resample and not model_box(box, voxel_size, model.config) == box == model.config.box:
+        m, box = model_box(box, voxel_size, model.config), model.config.box
+        parts = resampled_to_model(parts, m, box)
+        refs = None if refs is None else resampled_to_model(refs, m, box)
+        pm = None if pm is None else _mask_to_model_box(pm, m, box)
     truth = None
     if true_rotations is not None:
         truth = torch.as_tensor(np.asarray(true_rotations, dtype=np.float32))
