@@ -262,6 +262,9 @@ def main() -> int:
                     help="simulated data: clean (particles in ice, default), cellular (+ vesicles, membranes, "
                     "gold, lower dose), lookalike (heterogeneous ribosomes among a sub-complex and two species of "
                     "similar size), lookalike-cct (the same with CCT as the target: held out)")
+    ap.add_argument("--train-seed", type=int, default=11,
+                    help="seed of the training tomogram (default 11, every earlier run's); another one gives a new "
+                    "training tomogram, labels and removed picks")
     ap.add_argument("--test-seeds", default=None,
                     help="comma-separated seeds of the test tomograms (default 12, 13, ...: --test-tomograms of them)")
     ap.add_argument("--no-lookalike-rejection", action="store_true",
@@ -349,7 +352,7 @@ def main() -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     sp = species(args.scenario)
-    train_sim = simulate(11, args.scenario)
+    train_sim = simulate(args.train_seed, args.scenario)
     tests = [simulate(s, args.scenario) for s in test_seeds]
     target = lambda s: s.truth.coordinates_xyz[is_target(s, args.scenario)]  # noqa: E731
     radius = float(np.max(train_sim.truth.radii_voxels[is_target(train_sim, args.scenario)]))
@@ -377,7 +380,7 @@ def main() -> int:
         "voxel_size": VOXEL, "species": sp.get("abundance_by_name") or dict(zip(SPECIES, ABUNDANCE)),
         "targets": sp["targets"], "n_particles": 320, "lookalike_rejection": not args.no_lookalike_rejection,
         "fit_candidates": args.fit_candidates or DEFAULT_FIT_CANDIDATES,
-        "train_seed": 11, "test_seeds": test_seeds, "match_radius_voxels": radius, "diameter_angstrom": diameter,
+        "train_seed": args.train_seed, "test_seeds": test_seeds, "match_radius_voxels": radius, "diameter_angstrom": diameter,
         "threshold": THRESHOLD, "class_prior": DEFAULT_CLASS_PRIOR, "iterations": iterations,
         "template_lowpass_angstrom": TM_LOWPASS, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -534,6 +537,13 @@ def main() -> int:
                "negative_nearest_species": [str(names[i]) for i in near]}
         out["training_tomogram_before"] = on_training_tomogram(picker, labels, negs)
         variants = [("with_negatives", labels, {"negatives": negs}), ("control", labels, {})]
+        import napari_cryoalign.backend.picking.fit as fit_module
+
+        learn, why_not = fit_module._learns_removed_picks(picker)
+        out["removed_picks_learnt"] = bool(learn)
+        if not learn:  # the default keeps them out of training here: what learning them would have given, beside it
+            out["removed_picks_not_learnt"] = why_not
+            variants.append(("learnt_anyway", labels, {"negatives": negs, "force_learn": True}))
         held = np.zeros((0, 3))
         if args.holdout_labels:  # the round without some labels: do those still rank as before? (no truth needed)
             pick_held = np.random.default_rng(1).permutation(len(labels))[: args.holdout_labels]
@@ -545,7 +555,14 @@ def main() -> int:
                 "label_ranks"]
         for key, lab, kw in variants:
             t0 = time.perf_counter()
-            r = train(lab, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
+            force = kw.pop("force_learn", False)
+            saved = fit_module._learns_removed_picks
+            if force:
+                fit_module._learns_removed_picks = lambda _picker: (True, "")
+            try:
+                r = train(lab, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
+            finally:
+                fit_module._learns_removed_picks = saved
             t = time.perf_counter() - t0
             per_tomo, _ = evaluate_picker(r.picker)
             keep_model(r.picker, f"{frac:g}_{'removal' if key == 'with_negatives' else key}")

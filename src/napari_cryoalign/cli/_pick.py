@@ -189,6 +189,8 @@ def run_train(args) -> int:
               f"the labels' average worse than {tr['lookalike_cut']:.3f}"
               + (f" or better than {above:.3f}" if math.isfinite(above) else "")
               + (f" ({tr['lookalike_reason']})" if tr.get("lookalike_reason") else ""))
+    if tr.get("removed_picks_not_learnt"):
+        print(f"  {tr['removed_picks_not_learnt']}")
     rule = tr.get("threshold_rule", "calibrated on the labels")
     print(f"  default threshold {res.picker.default_threshold:.3f} ({rule})")
     return 0

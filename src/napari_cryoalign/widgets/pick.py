@@ -607,8 +607,11 @@ class PickWidget(PickFileActions, JobWidget):
                 calibrated += f"; shape-checked {len(result.shape_check.coordinates_xyz)} picks"
             elif result.picker.training.get("shape_check_reason"):
                 calibrated += f"; no shape check: {result.picker.training['shape_check_reason']}"
-                if "too noisy" in result.picker.training["shape_check_reason"]:
-                    calibrated += " (on such data removed picks did not help in our tests: docs/picking.md)"
+            if result.picker.training.get("removed_picks_not_learnt"):
+                calibrated += f"; {result.picker.training['removed_picks_not_learnt']}"
+            elif "too noisy" in str(result.picker.training.get("shape_check_reason") or ""):
+                calibrated += " (removed picks will stay removed but not be learnt: on such data that made the " \
+                              "picker worse in our tests, docs/picking.md)"
         self._set_candidates(result.picks, result.method)
         thr = self.template_cutoff = result.suggested_threshold
         if result.method == "template" and thr is not None and np.isfinite(thr):

@@ -314,3 +314,55 @@ def test_train_again_count_rule(monkeypatch):
     s = np.linspace(0.95, 0.05, 20)
     assert np.isclose(picker.default_threshold, 0.5 * (s[8] + s[9])) and np.sum(s >= picker.default_threshold) == 9
     assert picker.training["corrected_count"]["target"] == 9
+    # picks at the removed places are not counted: the user removed them for good (the 3rd and 4th here)
+    run_job(fit._keep_corrected_count(picker, None, count, negatives_xyz=xyz[2:4] + 1.0, voxel_size=VOXEL,
+                                      device="cpu"), progress=False)
+    assert np.isclose(picker.default_threshold, 0.5 * (s[10] + s[11]))  # 9 picks besides the 2 removed
+
+
+def test_train_again_does_not_learn_removed_picks_where_the_labels_average_is_too_noisy(monkeypatch):
+    """Below the shape check's gate (the labels' half averages correlate < 0.25) Train again continues without the
+    removed picks as negatives (they stay out of the count); above it they are learnt. docs/picking.md."""
+    import napari_cryoalign.backend.picking.fit as fit
+    from napari_cryoalign.backend.picking.train import TrainResult
+
+    xyz = np.array([[10.0 * i, 10.0, 10.0] for i in range(1, 11)])
+
+    def fake_picks(picker, tomogram, threshold, **kwargs):
+        yield from ()
+        sc = np.linspace(0.9, 0.45, 10)
+        return Picks(xyz[sc >= threshold], sc[sc >= threshold])
+
+    seen = {}
+
+    def fake_train(tomogram, labels_xyz, *, negatives_xyz=None, picker=None, **kwargs):
+        yield from ()
+        seen["negatives"] = None if negatives_xyz is None else np.asarray(negatives_xyz)
+        return TrainResult(picker=picker, losses=np.zeros(1), iterations=1, seconds=0.0)
+
+    monkeypatch.setattr(fit, "_picks", fake_picks)
+    monkeypatch.setattr(fit, "train_picker_job", fake_train)
+    look = [[200.0, 200.0, 10.0]]  # a look-alike the first training found: learnt again either way
+    removed = xyz[:2] + 0.5
+    labels = xyz[4:9]
+    tomo = np.zeros((20, 300, 300), np.float32)
+    for rho, learnt in ((0.15, False), (0.40, True)):
+        picker = Picker.new(diameter_angstrom=8 * VOXEL, voxel_size=VOXEL)
+        picker.training.update(lookalike_negatives_xyz=look, tomogram_shape=list(tomo.shape), half_map_correlation=rho,
+                               suggested_threshold=0.5)
+        res = run_job(fit.fit_picker_job(tomo, labels, picker=picker, negatives_xyz=removed, voxel_size=VOXEL),
+                      progress=False)
+        negs = seen["negatives"]
+        assert len(negs) == (3 if learnt else 1) and np.allclose(negs[-1], look[0])
+        why = res.picker.training.get("removed_picks_not_learnt")
+        assert (why is None) == learnt
+        if not learnt:
+            assert "0.15" in why and "not learnt" in why
+        # the count: 10 picks shown at 0.5 (9 here: 0.45 < 0.5), 2 removed -> 7; the removed ones are not counted
+        assert res.picker.training["corrected_count"]["target"] == 7
+    # a model from before the correlation was recorded: its shape check's reason says it
+    old = Picker.new(diameter_angstrom=8 * VOXEL, voxel_size=VOXEL)
+    old.training["shape_check_reason"] = "the labels' half averages correlate 0.19 (at least 0.25): too noisy to judge"
+    assert fit._learns_removed_picks(old)[0] is False
+    old.training["shape_check_reason"] = "no aligned average of the labels"
+    assert fit._learns_removed_picks(old) == (True, "")

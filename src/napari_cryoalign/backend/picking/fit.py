@@ -27,6 +27,10 @@ on the ribosome look-alike scenario 4 removed picks moved the best threshold to 
 0.5 from 0.98 to 0.84; on the dengue scenario 10 removed picks took it from 0.97 to 0.71 (docs/picking.md,
 the removal round). It costs two more passes of the network over the training tomogram.
 
+**Removed picks are not learnt where the labels' average is too noisy** (half averages correlating below the
+shape check's gate, :func:`_learns_removed_picks`): there they are kept out of the picks and the count, and the
+model continues without them (on the mTOR and dengue scenarios learning them made it rank every particle worse).
+
 With the recipe, a model trained with known negatives - found here or removed by the user - has
 learnt from both classes (positive, unlabelled and known negative data: PNU), so its default
 threshold is the Bayes cut 0.5 rather than the labels-only calibration
@@ -46,7 +50,8 @@ import numpy as np
 
 from ..jobs import Job, Partial, subjob
 from .lookalikes import LookalikeNegatives, lookalike_negatives_job
-from .shape_check import shape_reference_from_search
+from . import shape_check
+from .shape_check import half_map_correlation, shape_reference_from_search
 from .train import TrainResult, train_picker_job
 
 __all__ = ["BAYES_CUT", "COUNT_FLOOR", "DEFAULT_LOOKALIKE_STEPS", "fit_picker_job"]
@@ -84,7 +89,9 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     common = {"voxel_size": voxel_size, "device": device, "path": path}
     earlier = _earlier_lookalikes(train_kwargs.get("picker"), tomogram, labels_xyz) if reject_lookalikes else None
     if earlier is not None:  # continuing: the look-alikes found before are known negatives, no new search
-        known = _merge(negatives_xyz, earlier)
+        learn, why_not = _learns_removed_picks(train_kwargs["picker"])
+        removed = None if negatives_xyz is None or not len(negatives_xyz) else negatives_xyz
+        known = _merge(removed if learn else None, earlier)
         count = yield from _corrected_count(train_kwargs["picker"], tomogram, labels_xyz, negatives_xyz,
                                             voxel_size=voxel_size, device=device)
         result = yield from train_picker_job(tomogram, labels_xyz, negatives_xyz=known if len(known) else None,
@@ -92,8 +99,12 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
         yield Partial("lookalikes", LookalikeNegatives(earlier, reason=f"{len(earlier)} look-alikes found by an "
                                                                        "earlier training of this model, reused"))
         result.picker.training.update(lookalike_negatives_xyz=earlier.round(2).tolist(), lookalike_reused=True)
+        result.picker.training.pop("removed_picks_not_learnt", None)
+        if removed is not None and not learn:
+            result.picker.training["removed_picks_not_learnt"] = why_not
         # the count rule sets the default threshold (not the Bayes cut of _with_threshold)
-        yield from _keep_corrected_count(result.picker, tomogram, count, voxel_size=voxel_size, device=device)
+        yield from _keep_corrected_count(result.picker, tomogram, count, negatives_xyz=removed,
+                                         voxel_size=voxel_size, device=device)
         return result
     first = yield from train_picker_job(tomogram, labels_xyz, negatives_xyz=negatives_xyz, seed=seed, **common,
                                         **train_kwargs)
@@ -112,6 +123,11 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     else:
         picker.training.pop("lookalike_negatives_xyz", None)
     picker.shape_reference, why_not = shape_reference_from_search(found)
+    rho = half_map_correlation(found.template)  # Train again reads it (removed picks); NaN without half maps
+    if np.isfinite(rho):
+        picker.training["half_map_correlation"] = round(float(rho), 4)
+    else:
+        picker.training.pop("half_map_correlation", None)
     picker.training["shape_check"] = picker.shape_reference is not None
     picker.training["shape_check_reason"] = why_not
     if not len(found.negatives_xyz):
@@ -148,6 +164,25 @@ def _earlier_lookalikes(picker, tomogram, labels_xyz) -> np.ndarray | None:
     return earlier
 
 
+def _learns_removed_picks(picker) -> tuple[bool, str]:
+    """Whether Train again learns the removed picks as known negatives, and why not: not where the labels' half
+    averages correlate below the shape check's gate (:data:`.shape_check.MIN_HALF_MAP_CORRELATION`). On the two
+    such targets measured (mTOR, then dengue E-Fab, docs/picking.md) the removed picks - other species of the same
+    size, as a user removes them - made the network rank every particle worse (best F1 0.554 -> 0.404 on dengue)
+    while the same training without them changed little; above the gate they changed little either way."""
+    rho = picker.training.get("half_map_correlation")
+    if rho is None:  # a model from before this was recorded: the shape check's reason says it
+        too_noisy = "too noisy" in str(picker.training.get("shape_check_reason") or "")
+        what = "too noisy"
+    else:
+        too_noisy = not float(rho) >= shape_check.MIN_HALF_MAP_CORRELATION
+        what = f"its half averages correlate {float(rho):.2f}, below {shape_check.MIN_HALF_MAP_CORRELATION:g}"
+    if not too_noisy:
+        return True, ""
+    return False, (f"removed picks kept out of the picks but not learnt as negatives: the labels' average is {what}, "
+                   "and on such data learning them made the picker worse in our tests (docs/picking.md)")
+
+
 def _picks(picker, tomogram, threshold: float, *, voxel_size, device, prefix: str) -> Job:
     """The network's picks (no shape check) on the training tomogram at ``threshold``."""
     from .infer import pick_job
@@ -179,12 +214,20 @@ def _corrected_count(picker, tomogram, labels_xyz, negatives_xyz, *, voxel_size,
             "target": max(1, int(len(xyz)) - removed + added)}
 
 
-def _keep_corrected_count(picker, tomogram, count: dict, *, voxel_size, device) -> Job[None]:
+def _keep_corrected_count(picker, tomogram, count: dict, *, negatives_xyz=None, voxel_size, device) -> Job[None]:
     """Set the retrained model's default threshold so that it gives ``count["target"]`` picks on its training
-    tomogram: the count the user's corrections imply (module docstring, "Train again")."""
+    tomogram: the count the user's corrections imply (module docstring, "Train again"). Picks at the removed
+    places (``negatives_xyz``, within half a diameter) are not counted: the user has removed them for good."""
+    from scipy.spatial import cKDTree
+
     picks = yield from _picks(picker, tomogram, COUNT_FLOOR, voxel_size=voxel_size, device=device,
                               prefix="picks after training")
-    scores = np.sort(np.asarray(picks.scores, dtype=np.float64))[::-1]
+    scores = np.asarray(picks.scores, dtype=np.float64)
+    xyz = np.asarray(picks.coordinates_xyz, dtype=np.float64).reshape(-1, 3)
+    if negatives_xyz is not None and len(negatives_xyz) and len(xyz):
+        d, _ = cKDTree(np.asarray(negatives_xyz, dtype=np.float64).reshape(-1, 3)).query(xyz)
+        scores = scores[d > 0.5 * picker.diameter_voxels]
+    scores = np.sort(scores)[::-1]
     n = int(count["target"])
     if len(scores) <= n:  # fewer picks than the count above the floor: all of them
         thr = COUNT_FLOOR
