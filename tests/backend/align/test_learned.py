@@ -35,10 +35,16 @@ def test_default_weights_are_shipped_small_and_documented(default_model):
     assert isinstance(default_model, GumNet) and not default_model.training
     assert default_model.config.box == 32 and default_model.config.head == "grid"
     assert default_model.config.input_box == 16
+    # since 2026-12-07: centred on the reference, the central 16^3 at a working voxel size of 12 A (issue 18)
+    assert default_model.config.centre_moving and default_model.config.input_crop == "centre"
+    assert default_model.config.voxel_size == 12.0
     meta = default_model.metadata
     # pre-trained with the simulator's poses (soft grid targets); fine-tuning on user data is unsupervised
     assert meta["unsupervised"] is False and "ribosome" in meta["data"]["structures"]
     assert "--head grid --batch-size 42" in meta["command"] and "--supervised" in meta["command"]
+    # the broad corpus with turned references, held-out procedural seeds never trained on
+    assert "--corpus broad" in meta["command"] and "--rotate-references" in meta["command"]
+    assert "10000" in meta["data"]["held_out_for_evaluation"] and meta["shipped"]["working_voxel_size_angstrom"] == 12
 
 
 def test_default_model_aligns_easy_particles_better_than_chance(easy_set, default_model):
