@@ -47,7 +47,9 @@ def register(sub) -> None:
         description=__doc__,
     )
     p.add_argument("action", nargs="?", choices=["train"], default=None,
-                   help="`train`: fine-tune the learned aligner on these particles (unsupervised)")
+                   help="`train`: fine-tune the learned aligner on these particles (unsupervised; with the weights "
+                   "shipped 2026-12-07 it did not improve held-out structures, and minutes of it made them worse: "
+                   "docs/align_learned.md)")
     _add_particle_args(p)
     p.add_argument("--reference", default=None, metavar="R.mrc", help="reference map (same box and voxel size)")
     p.add_argument("--out", required=True, metavar="OUT",
