@@ -14,7 +14,6 @@ same). Prints one line per (data, model, working voxel size) and writes ``--out`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from napari_cryoalign.backend.align.gumnet import GumNet  # noqa: E402
 from napari_cryoalign.backend.align.learned import align_learned, load_model  # noqa: E402
 from napari_cryoalign.backend.geometry import geodesic_angle_deg, matrix_distance  # noqa: E402
 from napari_cryoalign.backend.simulate.subtomograms import simulate_subtomograms  # noqa: E402
+from napari_cryoalign.io import write_json  # noqa: E402
 
 SHAPES = {"validation": range(10100, 10105), "test": range(10000, 10005)}
 DATA = [(6.0, 32), (6.0, 48), (8.0, 32), (12.0, 32)]
@@ -84,9 +84,7 @@ def main(argv=None) -> int:
         result = {"command": "python benchmarks/diag_learned_voxel.py " + " ".join(argv or sys.argv[1:]),
                   "model": args.model.name, "shapes": args.shapes, "seeds": list(SHAPES[args.shapes]),
                   "snr": args.snr, "torch_threads": torch.get_num_threads(), "rows": rows}
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, args.out)
+        write_json(args.out, result, overwrite=True)
     return 0
 
 

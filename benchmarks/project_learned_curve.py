@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from napari_cryoalign.io import write_json
 
 
 def load(specs: list[str], name: str) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
@@ -94,9 +95,7 @@ def main(argv=None) -> int:
               "steps_per_second_one_thread": steps_per_s, "fits": res}
     print(json.dumps({"points": result["points"]}))
     if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, args.out)
+        write_json(args.out, result, overwrite=True)
     return 0
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from napari_cryoalign.backend.align.gumnet import GumNet  # noqa: E402
 from napari_cryoalign.backend.align.learned import DEFAULT_WEIGHTS, load_model, save_model  # noqa: E402
+from napari_cryoalign.io import write_json  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,10 +47,7 @@ def main(argv=None) -> int:
                        "command": "python scripts/ship_gumnet_weights.py " + " ".join(argv or sys.argv[1:])}
     out = save_model(shipped.eval(), args.dest / DEFAULT_WEIGHTS, metadata=meta, overwrite=True)
     prov = dict(meta, weights_file=out.name, size_bytes=os.path.getsize(out))
-    side = out.with_suffix(".json")
-    tmp = side.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(prov, indent=1) + "\n")
-    os.replace(tmp, side)
+    side = write_json(out.with_suffix(".json"), prov, overwrite=True)
     print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB) and {side.name}; architecture {shipped.config}")
     return 0
 
