@@ -539,7 +539,7 @@ def main() -> int:
         variants = [("with_negatives", labels, {"negatives": negs}), ("control", labels, {})]
         import napari_cryoalign.backend.picking.fit as fit_module
 
-        learn, why_not = fit_module._learns_removed_picks(picker)
+        learn, why_not = fit_module.learns_removed_picks(picker)
         out["removed_picks_learnt"] = bool(learn)
         if not learn:  # the default keeps them out of training here: what learning them would have given, beside it
             out["removed_picks_not_learnt"] = why_not
@@ -556,13 +556,13 @@ def main() -> int:
         for key, lab, kw in variants:
             t0 = time.perf_counter()
             force = kw.pop("force_learn", False)
-            saved = fit_module._learns_removed_picks
+            saved = fit_module.learns_removed_picks
             if force:
-                fit_module._learns_removed_picks = lambda _picker: (True, "")
+                fit_module.learns_removed_picks = lambda _picker: (True, "")
             try:
                 r = train(lab, picker=copy.deepcopy(picker), iterations=NEGATIVE_STEPS, seed=1, **kw)
             finally:
-                fit_module._learns_removed_picks = saved
+                fit_module.learns_removed_picks = saved
             t = time.perf_counter() - t0
             per_tomo, _ = evaluate_picker(r.picker)
             keep_model(r.picker, f"{frac:g}_{'removal' if key == 'with_negatives' else key}")

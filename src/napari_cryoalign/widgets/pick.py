@@ -46,6 +46,7 @@ from qtpy.QtCore import QTimer
 
 from .._layer_geometry import TomogramGeometry, layer_path, layer_voxel_size, tomogram_geometry, tomogram_name
 from ..backend.jobs import Job, Partial, as_job
+from ..backend.picking.fit import learns_removed_picks
 from ..backend.picking.session import PICKER_SCORE_FLOOR, PickOutcome
 from ..backend.picking.train import DEFAULT_CLASS_PRIOR, DEFAULT_ITERATIONS
 from ..errors import InputError
@@ -609,7 +610,7 @@ class PickWidget(PickFileActions, JobWidget):
                 calibrated += f"; no shape check: {result.picker.training['shape_check_reason']}"
             if result.picker.training.get("removed_picks_not_learnt"):
                 calibrated += f"; {result.picker.training['removed_picks_not_learnt']}"
-            elif "too noisy" in str(result.picker.training.get("shape_check_reason") or ""):
+            elif not learns_removed_picks(result.picker)[0]:  # the rule Train again will apply (fit.py)
                 calibrated += " (removed picks will stay removed but not be learnt: on such data that made the " \
                               "picker worse in our tests, docs/picking.md)"
         self._set_candidates(result.picks, result.method)

@@ -363,6 +363,6 @@ def test_train_again_does_not_learn_removed_picks_where_the_labels_average_is_to
     # a model from before the correlation was recorded: its shape check's reason says it
     old = Picker.new(diameter_angstrom=8 * VOXEL, voxel_size=VOXEL)
     old.training["shape_check_reason"] = "the labels' half averages correlate 0.19 (at least 0.25): too noisy to judge"
-    assert fit._learns_removed_picks(old)[0] is False
+    assert fit.learns_removed_picks(old)[0] is False
     old.training["shape_check_reason"] = "no aligned average of the labels"
-    assert fit._learns_removed_picks(old) == (True, "")
+    assert fit.learns_removed_picks(old) == (True, "")

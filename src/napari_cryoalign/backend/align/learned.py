@@ -257,6 +257,17 @@ def _shift_and_score(moving, fixed, rot, mmask, rmask, max_shift: float):
     return origin_from_peak(rot, d), pair_correlation(a, b)
 
 
+def _resampling(model: GumNet | None, voxel_size: float | None) -> tuple[bool, str]:
+    """Whether volumes given at ``voxel_size`` are resampled for ``model`` (it has a working voxel size and
+    ``voxel_size`` is given), and what a wrong box is told; a ``voxel_size`` that is not > 0 is an error."""
+    if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise InputError("a voxel size > 0 Å, or None", field="voxel_size", got=voxel_size)
+    working = model is not None and model.config.voxel_size is not None
+    why = ("the model's input size; or give voxel_size= and they are resampled" if working
+           else "the model's input size; resample the volumes first")
+    return working and voxel_size is not None, why
+
+
 def model_box(n: int, voxel_size: float | None, config: GumNetConfig) -> int:
     """The edge (voxels) that a box of ``n`` voxels at ``voxel_size`` Å spans at the model's
     ``config.voxel_size`` (even, at least 2); ``n`` itself when either voxel size is unknown."""
@@ -318,12 +329,8 @@ def align_learned_job(
         model = load_default_model(device=device)
     if not isinstance(model, GumNet):
         raise InputError("a GumNet model (load_model / load_default_model)", field="model", got=type(model).__name__)
-    if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
-        raise InputError("a voxel size > 0 Å, or None", field="voxel_size", got=voxel_size)
     box = model.config.box
-    resample = voxel_size is not None and model.config.voxel_size is not None
-    why = ("the model's input size; resample the volumes first" if model.config.voxel_size is None else
-           "the model's input size; or give voxel_size= and they are resampled")
+    resample, why = _resampling(model, voxel_size)
     parts = _volumes(particles, "particles", ndim=4, box=None if resample else box, why=why)
     n_box = parts.shape[-1]
     ref = _volumes(reference, "reference", ndim=3, box=n_box, why="the particles' box" if resample else why)

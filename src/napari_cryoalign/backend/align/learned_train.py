@@ -30,6 +30,7 @@ from .learned import (
     _mask_to_model_box,
     _masks,
     _pick,
+    _resampling,
     _volumes,
     model_box,
     resampled_to_model,
@@ -195,12 +196,7 @@ def train_job(
     -------
     TrainResult
     """
-    if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
-        raise InputError("a voxel size > 0 Å, or None", field="voxel_size", got=voxel_size)
-    resample = voxel_size is not None and model is not None and model.config.voxel_size is not None
-    why = ("the model's input size; or give voxel_size= and they are resampled"
-           if model is not None and model.config.voxel_size is not None
-           else "the model's input size; resample the volumes first")
+    resample, why = _resampling(model, voxel_size)
     parts = _volumes(particles, "particles", ndim=4, box=None if model is None or resample else model.config.box,
                      why=why)
     n, box = parts.shape[0], parts.shape[-1]
@@ -215,8 +211,9 @@ def train_job(
             raise InputError(f"one reference (z, y, x) or one per particle ({n}, z, y, x)", field="references",
                              got=f"shape {tuple(refs.shape)}")
     pm = _masks(particle_masks, "particle_masks", n, box)
-    if resample and not model_box(box, voxel_size, model.config) == box == model.config.box:
-        m, box = model_box(box, voxel_size, model.config), model.config.box
+    m = model_box(box, voxel_size, model.config) if resample else box
+    if resample and not m == box == model.config.box:
+        box = model.config.box
         parts = resampled_to_model(parts, m, box)
         refs = None if refs is None else resampled_to_model(refs, m, box)
         pm = None if pm is None else _mask_to_model_box(pm, m, box)

@@ -28,7 +28,7 @@ on the ribosome look-alike scenario 4 removed picks moved the best threshold to 
 the removal round). It costs two more passes of the network over the training tomogram.
 
 **Removed picks are not learnt where the labels' average is too noisy** (half averages correlating below the
-shape check's gate, :func:`_learns_removed_picks`): there they are kept out of the picks and the count, and the
+shape check's gate, :func:`learns_removed_picks`): there they are kept out of the picks and the count, and the
 model continues without them (on the mTOR and dengue scenarios learning them made it rank every particle worse).
 
 With the recipe, a model trained with known negatives - found here or removed by the user - has
@@ -49,12 +49,12 @@ import time
 import numpy as np
 
 from ..jobs import Job, Partial, subjob
-from .lookalikes import LookalikeNegatives, lookalike_negatives_job
 from . import shape_check
+from .lookalikes import LookalikeNegatives, lookalike_negatives_job
 from .shape_check import half_map_correlation, shape_reference_from_search
 from .train import TrainResult, train_picker_job
 
-__all__ = ["BAYES_CUT", "COUNT_FLOOR", "DEFAULT_LOOKALIKE_STEPS", "fit_picker_job"]
+__all__ = ["BAYES_CUT", "COUNT_FLOOR", "DEFAULT_LOOKALIKE_STEPS", "fit_picker_job", "learns_removed_picks"]
 
 #: training steps with the look-alikes found as known negatives
 DEFAULT_LOOKALIKE_STEPS = 300
@@ -89,7 +89,7 @@ def fit_picker_job(tomogram, labels_xyz, *, reject_lookalikes: bool = True,
     common = {"voxel_size": voxel_size, "device": device, "path": path}
     earlier = _earlier_lookalikes(train_kwargs.get("picker"), tomogram, labels_xyz) if reject_lookalikes else None
     if earlier is not None:  # continuing: the look-alikes found before are known negatives, no new search
-        learn, why_not = _learns_removed_picks(train_kwargs["picker"])
+        learn, why_not = learns_removed_picks(train_kwargs["picker"])
         removed = None if negatives_xyz is None or not len(negatives_xyz) else negatives_xyz
         known = _merge(removed if learn else None, earlier)
         count = yield from _corrected_count(train_kwargs["picker"], tomogram, labels_xyz, negatives_xyz,
@@ -164,7 +164,7 @@ def _earlier_lookalikes(picker, tomogram, labels_xyz) -> np.ndarray | None:
     return earlier
 
 
-def _learns_removed_picks(picker) -> tuple[bool, str]:
+def learns_removed_picks(picker) -> tuple[bool, str]:
     """Whether Train again learns the removed picks as known negatives, and why not: not where the labels' half
     averages correlate below the shape check's gate (:data:`.shape_check.MIN_HALF_MAP_CORRELATION`). On the two
     such targets measured (mTOR, then dengue E-Fab, docs/picking.md) the removed picks - other species of the same
