@@ -15,7 +15,8 @@ Methods, every one on the same particles in the same run:
   ``write_subtomogram_set``, read back by the CLI; the STAR file carries ``rlnDefocusU/V``, so
   ``--ctf auto`` scores CTF-premultiplied particles);
 * the same command with ``--ctf none`` (a STAR file without defocus: the previous default);
-* ``--method learned`` and ``learned+refine`` with the shipped weights (SNR 0.1 only);
+* ``--method learned`` and ``learned+refine`` with the shipped weights (at the SNRs of
+  ``--learned-snrs``, default 0.1; ``--no-exhaustive`` runs the learned rows alone);
 * **acryo 0.9.1** ``ZNCCAlignment`` (when importable; ``pip install --target DIR acryo==0.9.1
   "polars<1.33"`` and ``PYTHONPATH=DIR``), global + local: a 30° Euler grid over
   ±180°/±90°/±180° (1183 rotations), then the template rotated to the best pose and a local
@@ -128,7 +129,7 @@ def _acryo():
 
 
 def bench(*, n_per_class: int, snrs, acryo_per_class: int, threads: int, seed: int, learned: bool,
-          model: str | None = None) -> dict:
+          model: str | None = None, learned_snrs=(0.1,), exhaustive: bool = True) -> dict:
     torch.set_num_threads(threads)
     acryo_fn, acryo_version = _acryo()
     if acryo_fn is None:
@@ -143,8 +144,8 @@ def bench(*, n_per_class: int, snrs, acryo_per_class: int, threads: int, seed: i
                 files = write_subtomogram_set(s, d)
                 ref = files["references"][0]
                 variants = [("exhaustive (defaults: CTF from the STAR file)", []),
-                            ("exhaustive --ctf none", ["--ctf", "none"])]
-                if learned and abs(snr - 0.1) < 1e-9:
+                            ("exhaustive --ctf none", ["--ctf", "none"])] if exhaustive else []
+                if learned and any(abs(snr - x) < 1e-9 for x in learned_snrs):
                     which = "shipped weights" if model is None else f"weights {Path(model).name}"
                     extra = [] if model is None else ["--model", str(model)]
                     variants += [(f"learned ({which})", ["--method", "learned", *extra]),
@@ -232,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--acryo-per-class", type=int, default=4, help="particles per structure given to acryo (slow)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the goal's setting)")
     ap.add_argument("--no-learned", action="store_true", help="skip the learned rows")
+    ap.add_argument("--learned-snrs", default="0.1", help="SNRs of the learned rows (default 0.1; 'all' = --snrs)")
+    ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, metavar="MODEL.pt",
                     help="the learned rows with these weights (cryoalign align --model) instead of the shipped ones")
@@ -243,9 +246,11 @@ def main(argv=None) -> int:
         return 0
     t0 = time.perf_counter()
     load = os.getloadavg()
-    doc = bench(n_per_class=args.n_per_class, snrs=[float(x) for x in args.snrs.split(",") if x],
-                acryo_per_class=args.acryo_per_class, threads=args.threads, seed=args.seed,
-                learned=not args.no_learned, model=args.model)
+    snrs = [float(x) for x in args.snrs.split(",") if x]
+    learned_snrs = snrs if args.learned_snrs == "all" else [float(x) for x in args.learned_snrs.split(",") if x]
+    doc = bench(n_per_class=args.n_per_class, snrs=snrs, acryo_per_class=args.acryo_per_class, threads=args.threads,
+                seed=args.seed, learned=not args.no_learned, model=args.model, learned_snrs=learned_snrs,
+                exhaustive=not args.no_exhaustive)
     doc.update({
         "command": "python benchmarks/bench_align_held_out.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "protocol": {"structures": HELD_OUT, "held_out": "procedural seeds >= 10000: never trained or tuned on",

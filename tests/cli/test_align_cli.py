@@ -216,7 +216,11 @@ def test_align_train_with_reference_and_time_budget(tmp_path, capsys):
     text = capsys.readouterr().out
     steps = int(text.split("trained ")[1].split(" steps")[0])
     assert 1 <= steps < 1000 * 2  # the time budget, not the 1000 epochs, ended it
-    assert load_model(out).config.box == 32
+    assert "on 6 particles" in text and ("held-out score (2 particles" in text or "no epoch raised" in text)
+    tuned = load_model(out)
+    assert tuned.config.box == 32 and tuned.metadata["best_epoch"] is not None
+    training = tuned.metadata["training"]
+    assert training["correlation"] == "constrained" and training["n_validation"] == 2
     write_mrc(tmp_path / "small.mrc", np.zeros((24, 24, 24), np.float32), voxel_size=s.voxel_size_angstrom)
     with pytest.raises(InputError, match="box"):
         _run(["align", "train", "--particles", str(files["star"]), "--reference", str(tmp_path / "small.mrc"),

@@ -47,9 +47,8 @@ def register(sub) -> None:
         description=__doc__,
     )
     p.add_argument("action", nargs="?", choices=["train"], default=None,
-                   help="`train`: fine-tune the learned aligner on these particles (unsupervised; with the weights "
-                   "shipped 2026-12-07 it did not improve held-out structures, and minutes of it made them worse: "
-                   "docs/align_learned.md)")
+                   help="`train`: fine-tune the learned aligner on these particles (unsupervised: no poses; "
+                   "a part of them is held out to choose the epoch, docs/align_learned.md)")
     _add_particle_args(p)
     p.add_argument("--reference", default=None, metavar="R.mrc", help="reference map (same box and voxel size)")
     p.add_argument("--out", required=True, metavar="OUT",
@@ -67,11 +66,22 @@ def register(sub) -> None:
                    help="learned (grid model): compare the network's K most probable rotations by the "
                    "wedge-aware correlation and keep the best (default 1: fastest; 8 is more accurate, ~2x slower)")
     _add_ctf_symmetry_args(p)
-    p.add_argument("--epochs", type=int, default=5, help="align train: epochs (default 5)")
+    p.add_argument("--epochs", type=int, default=50, help="align train: at most this many epochs (default 50)")
     p.add_argument("--batch-size", type=int, default=16, help="align train: batch size (default 16)")
     p.add_argument("--lr", type=float, default=1e-4, help="align train: learning rate (default 1e-4)")
-    p.add_argument("--minutes", type=float, default=None, metavar="M",
-                   help="align train: stop after M minutes of training (default: all epochs)")
+    p.add_argument("--minutes", type=float, default=10.0, metavar="M",
+                   help="align train: stop after M minutes of training (default 10)")
+    p.add_argument("--validation", type=float, default=0.2, metavar="F",
+                   help="align train: fraction of the particles held out; after each epoch they are aligned and "
+                   "scored (no poses), and the model keeps the best epoch's weights if its rise over the start is "
+                   "significant (paired t >= 2), else the starting ones (default 0.2; 0 = train on all, keep the "
+                   "last epoch)")
+    p.add_argument("--patience", type=int, default=0, metavar="N",
+                   help="align train: stop after N epochs without a higher mean held-out score (default 0: never; "
+                   "the held-out score can dip for some epochs before it rises)")
+    p.add_argument("--correlation", choices=["constrained", "imputed"], default="constrained",
+                   help="align train: the correlation maximised: over the Fourier region both measured (default) "
+                   "or Gum-Net's imputed one (rewards hiding the reference in the missing wedge)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_align)
 
@@ -255,14 +265,32 @@ def _run_train(args, device: str) -> int:
                              got=f"{ref.shape}")
     if args.minutes is not None and not args.minutes > 0:
         raise InputError("a positive number of minutes", field="--minutes", got=args.minutes)
+    if args.patience < 0:
+        raise InputError("an integer >= 0", field="--patience", got=args.patience)
+    if not 0.0 <= args.validation < 1.0:
+        raise InputError("a fraction in [0, 1)", field="--validation", got=args.validation)
     job = train_job(pset.volumes, references=ref, particle_masks=masks, model=model, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, voxel_size=pset.voxel_size, device=device, seed=args.seed,
-                    max_seconds=None if args.minutes is None else 60.0 * args.minutes)
+                    max_seconds=None if args.minutes is None else 60.0 * args.minutes, validation=args.validation,
+                    patience=args.patience or None, correlation=args.correlation)
     res = run_job(job, progress=show_progress(args), description="train")
-    path = learned.save_model(res.model, args.out, metadata={"particles": str(args.particles)},
-                              overwrite=args.overwrite)
-    print(f"trained {res.steps} steps in {res.seconds:.1f} s on {len(pset.rows)} particles; "
-          f"final epoch loss {res.epoch_losses[-1]:.4f}" if len(res.epoch_losses) else "")
+    meta = {"particles": str(args.particles), "training": res.settings}
+    meta.update(validation_scores=None if res.best_epoch is None else [round(float(v), 5) for v in
+                                                                       res.validation_scores],
+                best_epoch=res.best_epoch)
+    path = learned.save_model(res.model, args.out, metadata=meta, overwrite=args.overwrite)
+    print(f"trained {res.steps} steps ({len(res.epoch_losses)} epochs) in {res.seconds:.1f} s on "
+          f"{res.settings['n_particles'] - res.settings['n_validation']} particles"
+          + (f"; final epoch loss {res.epoch_losses[-1]:.4f}" if len(res.epoch_losses) else ""))
+    if res.best_epoch is not None:
+        v = res.validation_scores
+        n_val = res.settings["n_validation"]
+        if res.best_epoch == 0:
+            print(f"  no epoch raised the score of the {n_val} held-out particles ({v[0]:.4f}, best "
+                  f"{max(v):.4f}) significantly: the weights written are the starting ones")
+        else:
+            print(f"  held-out score ({n_val} particles, no poses) {v[0]:.4f} -> {v[res.best_epoch]:.4f}: "
+                  f"kept epoch {res.best_epoch} of {len(v) - 1}")
     print(f"  wrote {path}")
     return 0
 

@@ -55,6 +55,7 @@ __all__ = [
     "FeatureExtractor",
     "GumNet",
     "GumNetConfig",
+    "constrained_correlation_map",
     "crop_fourier_mask",
     "feature_correlation",
     "fourier_crop",
@@ -515,6 +516,38 @@ def imputed_correlation_map(warped: torch.Tensor, fixed: torch.Tensor, mask_half
     e_wm = (wgt * (wm.real ** 2 + wm.imag ** 2)).sum(dims) / nvox
     denom = torch.sqrt(((e_wm + e_miss) * e_f).clamp(min=1e-20))
     return (cc + e_miss.view(-1, 1, 1, 1)) / denom.view(-1, 1, 1, 1)
+
+
+def constrained_correlation_map(warped: torch.Tensor, fixed: torch.Tensor, mask_half: torch.Tensor) -> torch.Tensor:
+    """Correlation of ``warped`` with ``fixed`` over the Fourier region both measured, for every circular shift.
+
+    The constrained correlation (Förster et al. 2008; Xu et al. 2012): both volumes are restricted
+    to the rotated observed mask ``M'`` and correlated there, DC excluded,
+    ``c(d) = sum_r (w M')(r + d) (f M')(r) / sqrt(E_wM E_fM)``. Unlike
+    :func:`imputed_correlation_map` it gives no credit for the region filled from ``fixed``, so a
+    rotation cannot score by hiding the reference's strong Fourier components in the missing wedge
+    (what unsupervised fine-tuning with the imputed correlation learned to do: docs/align_learned.md).
+
+    Parameters
+    ----------
+    warped, fixed : ``(B, n, n, n)``
+    mask_half : ``(B, n, n, n//2+1)`` the region measured (the rotated particle mask, times the fixed
+        volume's own mask where it has one), unshifted rfft layout
+
+    Returns
+    -------
+    ``(B, n, n, n)`` laid out as :func:`imputed_correlation_map`'s. Differentiable.
+    """
+    dims = (1, 2, 3)
+    shape = warped.shape[1:]
+    wgt = _rfft_weights(shape, warped.device, warped.dtype)
+    wm = torch.fft.rfftn(warped, dim=dims) * mask_half
+    fm = torch.fft.rfftn(fixed, dim=dims) * mask_half
+    nvox = float(np.prod(shape))
+    cc = torch.fft.irfftn(wm * fm.conj() * (wgt > 0), s=shape, dim=dims)
+    e_w = (wgt * (wm.real ** 2 + wm.imag ** 2)).sum(dims) / nvox
+    e_f = (wgt * (fm.real ** 2 + fm.imag ** 2)).sum(dims) / nvox
+    return cc / torch.sqrt((e_w * e_f).clamp(min=1e-20)).view(-1, 1, 1, 1)
 
 
 def centre_on_rotational_average(moving: torch.Tensor, fixed: torch.Tensor, max_shift: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from .gumnet import (
     GumNetConfig,
     crop_fourier_mask,
     fourier_crop,
+    constrained_correlation_map,
     imputed_correlation_map,
     origin_from_peak,
     pair_correlation,
@@ -173,20 +174,27 @@ def _pick(masks: torch.Tensor | None, idx) -> torch.Tensor | None:
 
 
 # --------------------------------------------------------------------------------- inference
-def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: int | None = None):
-    """``1 - r`` (imputed correlation at the best shift within ``max_shift``) of ``k`` rotations per pair.
+def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: int | None = None,
+                     correlation: str = "imputed", fixed_mask=None):
+    """``1 - r`` (correlation at the best shift within ``max_shift``) of ``k`` rotations per pair.
 
     ``moving`` ``(B, n, n, n)``, ``fixed`` ``(B | 1, n, n, n)``, ``rot`` ``(B, k, 3, 3)``; the warp
-    and the correlation run on Fourier-cropped ``loss_box^3`` copies when given. Returns losses
-    ``(B, k)`` (differentiable w.r.t. ``rot``) and the peak shifts ``(B * k, 3)`` in voxels of the
-    full box.
+    and the correlation run on Fourier-cropped ``loss_box^3`` copies when given. ``correlation``:
+    ``"imputed"`` (:func:`.gumnet.imputed_correlation_map`, Gum-Net's) or ``"constrained"``
+    (:func:`.gumnet.constrained_correlation_map`: only the region both measured, ``fixed_mask``
+    ``(B | 1, n, n, n)`` fftshift-ed being the fixed volume's own, None = all measured). Returns
+    losses ``(B, k)`` (differentiable w.r.t. ``rot``) and the peak shifts ``(B * k, 3)`` in voxels
+    of the full box.
     """
+    if correlation not in ("imputed", "constrained"):
+        raise InputError("'imputed' or 'constrained'", field="correlation", got=correlation)
     b, k = rot.shape[:2]
     box = moving.shape[-1]
-    mv, fx, mm, scale = moving, fixed, mmask, 1.0
+    mv, fx, mm, fm, scale = moving, fixed, mmask, fixed_mask, 1.0
     if loss_box is not None and loss_box != box:
         mv, fx = fourier_crop(moving, loss_box), fourier_crop(fixed, loss_box)
         mm = None if mmask is None else crop_fourier_mask(mmask, loss_box)
+        fm = None if fixed_mask is None else crop_fourier_mask(fixed_mask, loss_box)
         scale = loss_box / box
     if mm is not None and mm.ndim == 4:
         mm = mm.repeat_interleave(k, 0)
@@ -194,19 +202,27 @@ def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: i
     rk = rot.reshape(-1, 3, 3)
     zero = torch.zeros((rk.shape[0], 3), dtype=rk.dtype, device=rk.device)
     _, warped, mh = warp_and_impute(mv.repeat_interleave(k, 0), fx_k, rk, zero, moving_mask=mm)
-    d, values = find_peak(imputed_correlation_map(warped, fx_k, mh), max_shift=max_shift * scale, window="cube",
-                          subpixel=False)
+    if correlation == "imputed":
+        cmap = imputed_correlation_map(warped, fx_k, mh)
+    else:
+        if fm is not None:
+            fm = mask_to_rfft(fm.to(mh)[None] if fm.ndim == 3 else fm.to(mh))
+            mh = mh * fm.expand(b, -1, -1, -1).repeat_interleave(k, 0)
+        cmap = constrained_correlation_map(warped, fx_k, mh)
+    d, values = find_peak(cmap, max_shift=max_shift * scale, window="cube", subpixel=False)
     return (1.0 - values).view(b, k), d / scale
 
 
-def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = None):
+def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = None, correlation: str = "imputed",
+                       fixed_mask=None):
     """Forward pass, then for every hypothesis the best imputed correlation over shifts.
 
     Returns rotations ``(B, K, 3, 3)``, origins ``(B, K, 3)`` (voxels of the full box, from the
     correlation peak) and losses ``(B, K)`` = ``1 - r`` (differentiable w.r.t. the rotations).
     """
     rot = model(moving, fixed)
-    losses, d = _rotation_losses(moving, fixed, mmask, rot, model.config.max_shift, loss_box=loss_box)
+    losses, d = _rotation_losses(moving, fixed, mmask, rot, model.config.max_shift, loss_box=loss_box,
+                                 correlation=correlation, fixed_mask=fixed_mask)
     origins = origin_from_peak(rot.reshape(-1, 3, 3).detach(), d).view(*rot.shape[:2], 3)
     return rot, origins, losses
 
@@ -229,13 +245,15 @@ def _grid_mean(grid: torch.Tensor, probs: torch.Tensor, centre: torch.Tensor, ra
     return u @ vh
 
 
-def _grid_candidate_losses(model, moving, fixed, mmask, logits, k: int, *, loss_box: int | None = None):
+def _grid_candidate_losses(model, moving, fixed, mmask, logits, k: int, *, loss_box: int | None = None,
+                           correlation: str = "imputed", fixed_mask=None):
     """The ``k`` most probable grid rotations of each pair and their ``1 - r`` (imputed correlation
     at the best shift, on ``loss_box^3`` copies). Returns indices ``(B, k)``, losses ``(B, k)``
     (no gradient: the grid rotations are constants)."""
     idx = logits.topk(k, dim=1).indices
     with torch.no_grad():
-        losses, _ = _rotation_losses(moving, fixed, mmask, model.grid[idx], model.config.max_shift, loss_box=loss_box)
+        losses, _ = _rotation_losses(moving, fixed, mmask, model.grid[idx], model.config.max_shift, loss_box=loss_box,
+                                     correlation=correlation, fixed_mask=fixed_mask)
     return idx, losses
 
 
