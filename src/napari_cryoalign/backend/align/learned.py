@@ -37,9 +37,9 @@ from ..peaks import find_peak
 from .gumnet import (
     GumNet,
     GumNetConfig,
+    constrained_correlation_map,
     crop_fourier_mask,
     fourier_crop,
-    constrained_correlation_map,
     imputed_correlation_map,
     origin_from_peak,
     pair_correlation,
@@ -215,7 +215,8 @@ def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: i
 
 def _hypothesis_losses(model, moving, fixed, mmask, *, loss_box: int | None = None, correlation: str = "imputed",
                        fixed_mask=None):
-    """Forward pass, then for every hypothesis the best imputed correlation over shifts.
+    """Forward pass, then for every hypothesis the best correlation over shifts (``correlation``:
+    imputed or constrained, :func:`_rotation_losses`).
 
     Returns rotations ``(B, K, 3, 3)``, origins ``(B, K, 3)`` (voxels of the full box, from the
     correlation peak) and losses ``(B, K)`` = ``1 - r`` (differentiable w.r.t. the rotations).
@@ -247,8 +248,8 @@ def _grid_mean(grid: torch.Tensor, probs: torch.Tensor, centre: torch.Tensor, ra
 
 def _grid_candidate_losses(model, moving, fixed, mmask, logits, k: int, *, loss_box: int | None = None,
                            correlation: str = "imputed", fixed_mask=None):
-    """The ``k`` most probable grid rotations of each pair and their ``1 - r`` (imputed correlation
-    at the best shift, on ``loss_box^3`` copies). Returns indices ``(B, k)``, losses ``(B, k)``
+    """The ``k`` most probable grid rotations of each pair and their ``1 - r`` (the ``correlation`` of
+    :func:`_rotation_losses` at the best shift, on ``loss_box^3`` copies). Returns indices ``(B, k)``, losses ``(B, k)``
     (no gradient: the grid rotations are constants)."""
     idx = logits.topk(k, dim=1).indices
     with torch.no_grad():
