@@ -226,6 +226,30 @@ def table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def compare(doc: dict, base: dict) -> str:
+    """Per particle, each learned+refine row of ``doc`` against the default exhaustive row of ``base`` on
+    the same particles (same SNR and structure, the same true poses): particles more than 10° worse and
+    better, and beyond 20° in each."""
+    lines = ["| SNR | method | n | > 20° | exhaustive > 20° | > 10° worse than exhaustive | > 10° better |",
+             "|---|---|---|---|---|---|---|"]
+    for snr in sorted({r["snr"] for r in doc["rows"]}, reverse=True):
+        for method in dict.fromkeys(r["method"] for r in doc["rows"] if r["snr"] == snr and "refine" in r["method"]):
+            n = mine_far = base_far = worse = better = 0
+            for r in (r for r in doc["rows"] if r["snr"] == snr and r["method"] == method):
+                b = [x for x in base["rows"] if x["snr"] == snr and x["structure"] == r["structure"]
+                     and x["method"].startswith("exhaustive (defaults")]
+                if not b or not np.allclose(b[0]["true_rotations"], r["true_rotations"]):
+                    continue
+                a1 = geodesic_angle_deg(np.asarray(r["rotations"]), np.asarray(r["true_rotations"]))
+                a0 = geodesic_angle_deg(np.asarray(b[0]["rotations"]), np.asarray(b[0]["true_rotations"]))
+                n += a1.size
+                mine_far, base_far = mine_far + int((a1 > 20).sum()), base_far + int((a0 > 20).sum())
+                worse, better = worse + int((a1 - a0 > 10).sum()), better + int((a0 - a1 > 10).sum())
+            if n:
+                lines.append(f"| {snr:g} | {method} | {n} | {mine_far} | {base_far} | {worse} | {better} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-per-class", type=int, default=20)
@@ -240,9 +264,16 @@ def main(argv=None) -> int:
                     help="the learned rows with these weights (cryoalign align --model) instead of the shipped ones")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--table", action="store_true", help="print the table of --out")
+    ap.add_argument("--compare", default=None, metavar="BASE.json",
+                    help="with --table: also compare the learned+refine rows of --out, particle by particle, with "
+                    "the default exhaustive rows of BASE.json (the same particles)")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
+        doc = json.loads(Path(args.out).read_text())
+        print(table(doc))
+        if args.compare:
+            print()
+            print(compare(doc, json.loads(Path(args.compare).read_text())))
         return 0
     t0 = time.perf_counter()
     load = os.getloadavg()

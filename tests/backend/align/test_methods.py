@@ -32,10 +32,12 @@ def test_each_method_is_the_documented_composition(sset, default_model):
     job = align_job(s.volumes, s.references[0], method="learned+refine", angular_step_deg=30.0, refine_levels=0,
                     model=default_model, candidates=2, **kw)
     both = run_job(job, progress=False)
-    # the network's pose takes the place of the grid's last candidate start (refine_levels 0 counts as 1)
+    # the network's pose takes the place of the grid's last candidate start where it scores better there
+    # (refine_levels 0 counts as 1)
     first = align_learned(s.volumes, s.references[0], particle_masks=s.mask, model=default_model, candidates=2)
     want = align_exhaustive(s.volumes, s.references[0], angular_step_deg=30.0, refine_levels=1,
-                            candidates=DEFAULT_CANDIDATES - 1, extra_candidates=first.rotations, **kw)
+                            candidates=DEFAULT_CANDIDATES, extra_candidates=first.rotations, extra_replaces_last=True,
+                            **kw)
     assert both.method == "learned+refine"
     np.testing.assert_allclose(both.rotations, want.rotations, atol=1e-6)
     np.testing.assert_allclose(both.scores, want.scores, atol=1e-5)
@@ -64,6 +66,23 @@ def test_an_extra_start_wins_only_where_it_scores_better(sset):
     with pytest.raises(InputError) as err:
         align_exhaustive(s.volumes, s.references[0], extra_candidates=np.eye(3)[None])
     assert err.value.field == "extra_candidates"
+
+
+def test_an_extra_start_replaces_the_last_grid_candidate_only_where_it_scores_better(sset):
+    """``extra_replaces_last`` (what learned+refine uses): the true pose rescues a grid too coarse to find it
+    at the cost of the plain search; random poses (an unsure network) leave the plain search's answer."""
+    s = sset
+    kw = {"particle_masks": s.mask, "max_shift_voxels": 4.0}
+    helped = align_exhaustive(s.volumes, s.references[0], angular_step_deg=90.0, refine_levels=1, candidates=1,
+                              extra_candidates=s.rotations, extra_replaces_last=True, **kw)
+    assert geodesic_angle_deg(helped.rotations, s.rotations).max() < 15.0
+    from scipy.spatial.transform import Rotation
+
+    plain = align_exhaustive(s.volumes, s.references[0], refine_levels=1, **kw)
+    unsure = align_exhaustive(s.volumes, s.references[0], refine_levels=1, extra_replaces_last=True,
+                              extra_candidates=Rotation.random(len(s.volumes), random_state=3).as_matrix(), **kw)
+    np.testing.assert_allclose(unsure.rotations, plain.rotations, atol=1e-9)
+    np.testing.assert_allclose(unsure.scores, plain.scores, atol=1e-6)
 
 
 def test_closing_the_job_stops_the_learned_aligner_between_batches(sset, default_model):

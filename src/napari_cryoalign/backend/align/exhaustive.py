@@ -378,6 +378,7 @@ def align_exhaustive_job(
     batch_size: int = 256,
     crop_to_band: bool = False,
     extra_candidates=None,
+    extra_replaces_last: bool = False,
     device="cpu",
 ) -> Generator[Progress | Partial, None, AlignmentResult]:
     """Job version of :func:`align_exhaustive`: yields :class:`Progress` per batch of rotations."""
@@ -403,7 +404,8 @@ def align_exhaustive_job(
             ps, rs, particle_masks=pms, reference_mask=rms, angular_step_deg=angular_step_deg,
             refine_levels=refine_levels, max_shift_voxels=max_shift * small / box,
             max_frequency=min(0.5, max_frequency * box / small), coarse_bin=coarse_bin, candidates=candidates,
-            symmetry=symmetry, batch_size=batch_size, extra_candidates=extra, device=device)
+            symmetry=symmetry, batch_size=batch_size, extra_candidates=extra, extra_replaces_last=extra_replaces_last,
+            device=device)
         with torch.no_grad():
             score, shift = _polish(p, r, pm, rm, inner.rotations, max_frequency=max_frequency, max_shift=max_shift,
                                    pairs=pairs, device=device)
@@ -434,12 +436,23 @@ def align_exhaustive_job(
             try:
                 ev = next(search)
             except StopIteration as stop:
-                ranked, _ = stop.value
+                ranked, ranked_scores = stop.value
                 break
             yield Progress(ev.step, total, f"global search: {ev.message}")
         chosen = _distinct_candidates(grid, ranked, k=k, min_angle=1.5 * float(angular_step_deg))
         starts = [grid[c] for c in chosen]
-        if extra is not None:  # e.g. the learned aligner's pose: one more start per particle
+        if extra is not None and extra_replaces_last:
+            # the extra pose takes the place of the particle's last grid candidate only where it scores
+            # better than that candidate on the coarse problem (the same number of starts, the same cost)
+            _, extra_score, _ = _local_search(prob, extra, max_angle=1e-6, step=1.0, pairs=pairs, final=False,
+                                              progress_cb=lambda i, k: None)
+            for i, c in enumerate(chosen):
+                last = float(ranked_scores[i][list(ranked[i]).index(c[-1])])
+                if len(c) < k:
+                    starts[i] = np.concatenate([starts[i], extra[i][None]])
+                elif extra_score[i] > last:
+                    starts[i] = np.concatenate([starts[i][:-1], extra[i][None]])
+        elif extra is not None:  # e.g. the learned aligner's pose: one more start per particle
             starts = [np.concatenate([g, extra[i][None]]) for i, g in enumerate(starts)]
         owner = np.concatenate([[i] * len(g) for i, g in enumerate(starts)]).astype(np.int64)
         rot = np.concatenate(starts)
@@ -500,6 +513,11 @@ def align_exhaustive(particles, reference, **kwargs) -> AlignmentResult:
     extra_candidates : ``(n, 3, 3)`` rotations or None: one more start per particle (e.g. the
         learned aligner's pose), refined beside the grid's candidates; the best-scoring basin wins,
         so a wrong start cannot lower the score reached from the grid
+    extra_replaces_last : with ``extra_candidates``: instead of an additional start, the extra pose
+        replaces the particle's last (lowest-ranked) grid candidate where it scores better than that
+        candidate on the coarse global-search problem, and is dropped elsewhere: the cost of the
+        plain search, and a pose that is no better than the grid's third basin (an unsure
+        network's) leaves the search as it was
     crop_to_band : run the whole search (grid and refinement) on volumes and masks Fourier-cropped
         to the smallest even box that holds ``max_frequency`` (:func:`band_box`; the same
         frequencies compared, the references rotated at the smaller box), then the sub-voxel
