@@ -199,7 +199,7 @@ def test_gui_entry_point_and_cli_give_the_same_poses(tmp_path, one_torch_thread)
                   progress=False)
     assert gui.alignment.method == "learned+refine"
     ang = geodesic_angle_deg(euler_to_matrix(euler_deg(table)), gui.alignment.rotations)
-    assert ang.max() < 0.1, ang
+    assert ang.max() < 0.01, ang  # the same computation (the STAR file rounds the angles)
     np.testing.assert_allclose(origins_angstrom(table) / s.voxel_size_angstrom, gui.alignment.origins_voxels, atol=0.05)
     np.testing.assert_allclose(table.data[_align.SCORE_COLUMN], gui.alignment.scores, atol=2e-3)
 

@@ -177,11 +177,19 @@ def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
 
 
 def geodesic_angle_deg(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
-    """Geodesic angle between rotations, ``arccos((tr(R1 R2^T) - 1) / 2)`` in degrees; shapes broadcast ``(..., 3, 3)``."""
+    """Geodesic angle between rotations, ``arccos((tr(R1 R2^T) - 1) / 2)`` in degrees; shapes broadcast ``(..., 3, 3)``.
+
+    Computed as ``atan2(|M - M^T|_F / (2 sqrt 2), (tr M - 1) / 2)`` with ``M = R1 R2^T`` (the same angle):
+    the arccos form loses precision near 0°, where float32 rotations compared with themselves came out
+    up to 0.07° apart.
+    """
     r1 = np.asarray(r1, dtype=np.float64)
     r2 = np.asarray(r2, dtype=np.float64)
-    tr = np.einsum("...ij,...ij->...", r1, r2)
-    return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
+    m = np.einsum("...ik,...jk->...ij", r1, r2)
+    cos = (np.trace(m, axis1=-2, axis2=-1) - 1.0) / 2.0
+    skew = m - np.swapaxes(m, -1, -2)
+    sin = np.sqrt(np.einsum("...ij,...ij->...", skew, skew)) / (2.0 * np.sqrt(2.0))
+    return np.degrees(np.arctan2(sin, cos))
 
 
 def matrix_distance(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
