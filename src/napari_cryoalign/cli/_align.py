@@ -267,8 +267,6 @@ def _run_train(args, device: str) -> int:
         raise InputError("a positive number of minutes", field="--minutes", got=args.minutes)
     if args.patience < 0:
         raise InputError("an integer >= 0", field="--patience", got=args.patience)
-    if not 0.0 <= args.validation < 1.0:
-        raise InputError("a fraction in [0, 1)", field="--validation", got=args.validation)
     job = train_job(pset.volumes, references=ref, particle_masks=masks, model=model, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, voxel_size=pset.voxel_size, device=device, seed=args.seed,
                     max_seconds=None if args.minutes is None else 60.0 * args.minutes, validation=args.validation,

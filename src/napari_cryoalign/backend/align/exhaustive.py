@@ -447,10 +447,9 @@ def align_exhaustive_job(
             _, extra_score, _ = _local_search(prob, extra, max_angle=1e-6, step=1.0, pairs=pairs, final=False,
                                               progress_cb=lambda i, k: None)
             for i, c in enumerate(chosen):
-                last = float(ranked_scores[i][list(ranked[i]).index(c[-1])])
                 if len(c) < k:
                     starts[i] = np.concatenate([starts[i], extra[i][None]])
-                elif extra_score[i] > last:
+                elif extra_score[i] > ranked_scores[i][list(ranked[i]).index(c[-1])]:
                     starts[i] = np.concatenate([starts[i][:-1], extra[i][None]])
         elif extra is not None:  # e.g. the learned aligner's pose: one more start per particle
             starts = [np.concatenate([g, extra[i][None]]) for i, g in enumerate(starts)]

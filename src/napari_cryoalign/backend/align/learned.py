@@ -186,8 +186,6 @@ def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: i
     losses ``(B, k)`` (differentiable w.r.t. ``rot``) and the peak shifts ``(B * k, 3)`` in voxels
     of the full box.
     """
-    if correlation not in ("imputed", "constrained"):
-        raise InputError("'imputed' or 'constrained'", field="correlation", got=correlation)
     b, k = rot.shape[:2]
     box = moving.shape[-1]
     mv, fx, mm, fm, scale = moving, fixed, mmask, fixed_mask, 1.0
@@ -202,7 +200,7 @@ def _rotation_losses(moving, fixed, mmask, rot, max_shift: float, *, loss_box: i
     rk = rot.reshape(-1, 3, 3)
     zero = torch.zeros((rk.shape[0], 3), dtype=rk.dtype, device=rk.device)
     _, warped, mh = warp_and_impute(mv.repeat_interleave(k, 0), fx_k, rk, zero, moving_mask=mm)
-    if correlation == "imputed":
+    if correlation != "constrained":  # "imputed" (train_job checks the name)
         cmap = imputed_correlation_map(warped, fx_k, mh)
     else:
         if fm is not None:

@@ -25,6 +25,7 @@ from ..geometry import transform_reference_to_particle
 from ..jobs import Partial, Progress, run_job
 from .gumnet import GumNet, GumNetConfig, standardize
 from .learned import (
+    _align_batch,
     _grid_candidate_losses,
     _hypothesis_losses,
     _mask_to_model_box,
@@ -135,8 +136,6 @@ def _validation_scores(model, parts, refs, pm, val_idx, *, loss_box, device, bat
     """The wedge-aware scores ``(len(val_idx),)`` of the held-out particles ``val_idx`` aligned by the network alone
     (:func:`.learned.align_learned`'s score, ``candidates=1``), each against its reference, or, without
     references, against the next held-out particle (with that particle's mask). Truth-free."""
-    from .learned import _align_batch
-
     partners = np.roll(val_idx, -1)
     was = model.training
     model.eval()
@@ -334,19 +333,17 @@ def train_job(
     losses, epoch_losses, val_scores = [], [], []
     t0 = time.perf_counter()
     step = 0
-    best_epoch, best_state, stale, first, top = None, None, 0, None, -math.inf
+    best_epoch, best_state, first = None, None, None
     yield Partial("model", model)
 
     def validate(epoch: int):
-        nonlocal best_epoch, best_state, stale, first, top
+        nonlocal best_epoch, best_state, first
         sc = _validation_scores(model, parts, refs, pm, val_idx, loss_box=loss_box, device=device)
         val_scores.append(float(sc.mean()))
         if first is None:
             first = sc
-        # patience counts epochs since the highest mean; the weights kept are the highest-scoring
-        # epoch whose rise over the start is significant (paired t >= VALIDATION_MIN_T), else the start
-        stale = 0 if val_scores[-1] > top else stale + 1
-        top = max(top, val_scores[-1])
+        # the weights kept are the highest-scoring epoch whose rise over the start is significant
+        # (paired t >= VALIDATION_MIN_T), else the start
         d = sc - first
         t = float(d.mean() / max(d.std(ddof=1) / math.sqrt(d.size), 1e-12)) if epoch else 0.0
         if best_epoch is None or (t >= VALIDATION_MIN_T and val_scores[-1] > val_scores[best_epoch]):
@@ -408,7 +405,8 @@ def train_job(
                     yield validate(len(epoch_losses))
             if step >= total or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds):
                 break
-            if n_val and patience is not None and stale >= int(patience):
+            # patience counts the epochs since the highest mean (the first of equal ones)
+            if n_val and patience is not None and len(val_scores) - 1 - int(np.argmax(val_scores)) >= int(patience):
                 break
     finally:
         if best_state is not None:
