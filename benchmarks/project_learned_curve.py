@@ -13,6 +13,11 @@ curve's sets are 40 particles each, so each point is noisy). Steps become CPU ho
 (steps per second of wall time, one thread). A projection from one curve is a guess about how the curve goes
 on, not a measurement; docs/align_learned.md says so where it is used.
 
+``--bench FILE:STEPS`` (instead of ``--curve``) fits the user's path instead: the network alone at SNR 0.1 in
+``bench_align_held_out.py``'s JSON files (the five held-out structures at 6 Å, resampled to the model's voxel
+size), one point per file at the total steps of the weights it ran (``--pace`` steps per second, since those
+files carry no training time).
+
     .venv/bin/python benchmarks/project_learned_curve.py \\
         --curve docs/benchmarks/align_learned_curriculum_curve.json:0 --curve CURVE23.json:5669 --from-steps 7100
 """
@@ -45,6 +50,21 @@ def load(specs: list[str], name: str) -> tuple[np.ndarray, np.ndarray, list[tupl
     return np.asarray(steps)[order], np.asarray(fro)[order], pace
 
 
+def load_bench(specs: list[str], snr: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The network alone's mean Frobenius at ``snr`` in each ``bench_align_held_out.py`` JSON (``FILE:STEPS``)."""
+    steps, fro = [], []
+    for spec in specs:
+        path, _, at = spec.rpartition(":")
+        rows = [r for r in json.loads(Path(path).read_text())["summary"]
+                if r["snr"] == snr and r["method"].startswith("learned (")]
+        if len(rows) != 1:
+            raise SystemExit(f"{path}: expected one 'learned (...)' row at SNR {snr:g}, found {len(rows)}")
+        steps.append(float(at))
+        fro.append(float(rows[0]["rotation_frobenius_mean"]))
+    order = np.argsort(steps)
+    return np.asarray(steps)[order], np.asarray(fro)[order]
+
+
 def fits(t: np.ndarray, f: np.ndarray, goal: float) -> dict:
     out = {}
     b, a = np.polyfit(np.log(t), f, 1)
@@ -58,14 +78,29 @@ def fits(t: np.ndarray, f: np.ndarray, goal: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--curve", action="append", required=True, metavar="FILE:OFFSET")
+    ap.add_argument("--curve", action="append", default=[], metavar="FILE:OFFSET")
+    ap.add_argument("--bench", action="append", default=[], metavar="FILE:STEPS",
+                    help="bench_align_held_out.py JSON files and the total training steps of the weights each ran")
+    ap.add_argument("--pace", type=float, default=None,
+                    help="steps per second of one thread (with --bench; default: that of the --curve files)")
     ap.add_argument("--set", default="snr0.1_12A_ctf5", help="the held-out set of the curve (default SNR 0.1, 12 Å)")
     ap.add_argument("--from-steps", type=float, default=0.0, help="fit the points from this many total steps on")
     ap.add_argument("--goal", type=float, default=0.62)
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    t, f, pace = load(args.curve, args.set)
+    if not args.curve and not args.bench:
+        raise SystemExit("give --curve FILE:OFFSET or --bench FILE:STEPS")
+    if args.bench:
+        t, f = load_bench(args.bench)
+        pace = load(args.curve, args.set)[2] if args.curve else []
+        if args.pace is not None:
+            pace = [(args.pace, 1.0)]
+        if not pace:
+            raise SystemExit("--bench needs --pace or --curve files (their steps per second)")
+        args.set = "user's path: bench_align_held_out.py, learned at SNR 0.1"
+    else:
+        t, f, pace = load(args.curve, args.set)
     keep = t >= args.from_steps
     t, f = t[keep], f[keep]
     if len(t) < 3:

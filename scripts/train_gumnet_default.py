@@ -74,11 +74,16 @@ BROAD_TILTS = ((-60.0, 60.0), (-50.0, 50.0), (-60.0, 45.0), (-45.0, 45.0))
 BROAD_DEFOCUS = (None, (2.0, 6.0), 5.0)
 # held-out learning curve: procedural seeds >= 10000 (never trained on), fixed conditions
 CURVE_SEEDS = tuple(range(10100, 10110))
-CURVE_SETS = (("snr100_12A_ctf5", 100.0, 12.0), ("snr0.1_12A_ctf5", 0.1, 12.0), ("snr0.1_8A_ctf5", 0.1, 8.0))
+CURVE_SETS = (("snr100_12A_ctf5", 100.0, 12.0), ("snr0.1_12A_ctf5", 0.1, 12.0), ("snr0.1_8A_ctf5", 0.1, 8.0),
+              ("snr0.1_6A_resampled_ctf5", 0.1, 6.0))
+# curve sets given to the aligner with their voxel size, so resampled to the model's working one as a user's
+# particles are (the others as the earlier curves ran them: the 8 A set without resampling)
+RESAMPLED_CURVE_SETS = ("snr0.1_6A_resampled_ctf5",)
 
 
 def _round_data(snr: float, n_per_class: int, seed: int, device="cpu", corpus: str = "packaged",
                 rotate_references: bool = False):
+    """One round's particles, per-particle references, masks, rotations and voxel size (Å)."""
     if corpus == "broad":
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(TRAINING_SEEDS), BROAD_PROCEDURAL_PER_ROUND, replace=False)
@@ -93,7 +98,7 @@ def _round_data(snr: float, n_per_class: int, seed: int, device="cpu", corpus: s
     rots = s.rotations
     if rotate_references:
         refs, rots = rotated_references(refs, rots, seed=seed)
-    return s.volumes, refs, s.mask, rots
+    return s.volumes, refs, s.mask, rots, float(s.voxel_size_angstrom)
 
 
 def rotated_references(refs, rotations, *, seed: int):
@@ -116,10 +121,12 @@ def held_out_point(model: GumNet, sets: dict) -> dict:
     was_training = model.training
     out = {}
     for label, s in sets.items():
+        vox = float(s.voxel_size_angstrom) if label in RESAMPLED_CURVE_SETS else None
         geo, fro = [], []
         for c in range(1, len(s.references) + 1):
             sel = np.flatnonzero(s.classes == c)
-            res = align_learned(s.volumes[sel], s.references[c - 1], particle_masks=s.mask, model=model)
+            res = align_learned(s.volumes[sel], s.references[c - 1], particle_masks=s.mask, model=model,
+                                voxel_size=vox)
             geo.append(geodesic_angle_deg(res.rotations, s.rotations[sel]))
             fro.append(matrix_distance(res.rotations, s.rotations[sel]))
         g, f = np.concatenate(geo), np.concatenate(fro)
@@ -136,7 +143,7 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
           curve_path: Path | None = None, rotate_references: bool = False,
           centre_moving: bool = False, input_crop: str = "fourier",
           clean_share: float | None = None, coarse_grid_step: float | None = None,
-          coarse_minutes: float = 0.0) -> tuple[GumNet, dict]:
+          coarse_minutes: float = 0.0, resample: bool = False) -> tuple[GumNet, dict]:
     """Train for ``minutes``; with ``init`` (a model file) continue from those weights with the last
     stage of the curriculum only (its SNR mix and learning rate) for the whole budget (the broad
     corpus runs the whole curriculum from ``init`` too). With ``curve_minutes`` > 0, evaluate the
@@ -145,7 +152,11 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
     high-SNR stage's share of the budget (0.4), the mixed stage taking the rest. ``coarse_grid_step``
     (a new grid model only) is the curriculum of the head: the model starts with that grid (e.g. 60°, 78
     rotations) and is refined to the 30° grid (:func:`~napari_cryoalign.backend.align.gumnet.refine_grid_head`)
-    at the first round after ``coarse_minutes``, with a fresh optimizer."""
+    at the first round after ``coarse_minutes``, with a fresh optimizer. ``resample`` gives each round's
+    voxel size to ``train_job``, so a model with a working voxel size (``config.voxel_size``) trains on the
+    particles resampled to it, as alignment gives them to it."""
+    if resample and (init is None or load_model(init).config.voxel_size is None):
+        raise SystemExit("--resample needs --init with a model that has a working voxel size")
     if clean_share is not None and not 0.0 < clean_share <= 1.0:
         raise SystemExit(f"--clean-share {clean_share}: expected a fraction in (0, 1]")
     torch.manual_seed(seed)
@@ -164,7 +175,7 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
     fine_step = float(GRID_CONFIG["grid_step_deg"])
     log = {"stages": [], "losses": [], "architecture": model.config.to_dict(),
            "init": None if init is None else str(init), "corpus": corpus, "curve": [],
-           "rotate_references": rotate_references}
+           "rotate_references": rotate_references, "resample": resample}
     t_all = time.perf_counter()
     round_seed = 1000 * seed + 1
     stages = GRID_STAGES if head == "grid" else STAGES
@@ -207,13 +218,14 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
                 curve_point(name)
                 next_curve += curve_minutes * 60.0
             snr = float(rng.choice(snrs))
-            vols, refs, mask, rots = _round_data(snr, n_per_class, round_seed, device, corpus, rotate_references)
+            vols, refs, mask, rots, vox = _round_data(snr, n_per_class, round_seed, device, corpus, rotate_references)
             round_seed += 1
             job = train_job(vols, references=refs, particle_masks=mask, model=model, epochs=1,
                             batch_size=batch_size, lr=lr, loss_box=loss_box, optimizer=opt, seed=round_seed,
                             true_rotations=rots if supervised else None, device=device,
                             correlation_weight=0.0 if (head == "grid" and supervised) else 1.0,
-                            correlation="imputed", validation=0.0)  # as the shipped weights were trained
+                            correlation="imputed", validation=0.0,  # as the shipped weights were trained
+                            voxel_size=vox if resample else None)
             try:
                 while True:
                     ev = next(job)
@@ -341,6 +353,9 @@ def main(argv=None) -> int:
     ap.add_argument("--coarse-grid-step", type=float, default=None,
                     help="--head grid: start with this grid (e.g. 60: 78 rotations) and refine it to the 30° grid "
                     "after --coarse-minutes (gumnet.refine_grid_head): the toy's curriculum")
+    ap.add_argument("--resample", action="store_true",
+                    help="train on each round's particles resampled to the --init model's working voxel size, as "
+                         "alignment gives them to the network (without it they are given as simulated)")
     ap.add_argument("--coarse-minutes", type=float, default=0.0, help="minutes with the --coarse-grid-step head")
     args = ap.parse_args(argv)
     if args.evaluate_only:
@@ -354,7 +369,8 @@ def main(argv=None) -> int:
                                  n_per_class=args.n_per_class or (4 if args.corpus == "broad" else 24),
                                  rotate_references=args.rotate_references, centre_moving=args.centre_moving,
                                  input_crop=args.input_crop, clean_share=args.clean_share,
-                                 coarse_grid_step=args.coarse_grid_step, coarse_minutes=args.coarse_minutes)
+                                 coarse_grid_step=args.coarse_grid_step, coarse_minutes=args.coarse_minutes,
+                                 resample=args.resample)
         model = model.cpu()
         meta = {"training": {k: v for k, v in train_log.items() if k != "losses"},
                 "data": {"simulator": "simulate_subtomograms", "structures": STRUCTURES, "box": 32,
@@ -369,7 +385,8 @@ def main(argv=None) -> int:
                 + (f" --input-crop {args.input_crop}" if args.input_crop != "fourier" else "")
                 + (f" --clean-share {args.clean_share:g}" if args.clean_share is not None else "")
                 + (f" --coarse-grid-step {args.coarse_grid_step:g} --coarse-minutes {args.coarse_minutes:g}"
-                   if args.coarse_grid_step is not None else "")}
+                   if args.coarse_grid_step is not None else "")
+                + (" --resample" if args.resample else "")}
         if args.corpus == "broad":
             meta["data"].update({"procedural_training_seeds": f"{BROAD_PROCEDURAL_PER_ROUND} new per round from "
                                  f"[{TRAINING_SEEDS.start}, {TRAINING_SEEDS.stop})",
