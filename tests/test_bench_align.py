@@ -1,4 +1,5 @@
-"""The align benchmark's docs table is printed from its JSON."""
+"""The align benchmark's docs table is printed from its JSON; the learned curve's projection reads the user's-path
+benchmark."""
 
 import importlib.util
 from pathlib import Path
@@ -6,11 +7,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_align", ROOT / "benchmarks" / "bench_align.py")
+def _script(name: str):
+    """benchmarks/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bench():
+    return _script("bench_align")
 
 
 def _row(rot, n=10, pps=2.0):
@@ -32,20 +38,12 @@ def test_table_has_a_line_per_snr_and_method_high_snr_first():
     assert lines[4].endswith("| 0.90 / 0.10 | 150 |")
 
 
-def _projection():
-    spec = importlib.util.spec_from_file_location("project_learned_curve",
-                                                  ROOT / "benchmarks" / "project_learned_curve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_projection_reads_the_user_path_and_finds_where_a_log_linear_decline_meets_the_goal(tmp_path):
     import json
 
     import numpy as np
 
-    proj = _projection()
+    proj = _script("project_learned_curve")
     files = []
     for steps in (1000, 4000, 16000):  # F = 3 - 0.25 ln t: 0.62 at t = exp(9.52)
         path = tmp_path / f"b{steps}.json"

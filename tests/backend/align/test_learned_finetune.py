@@ -110,16 +110,13 @@ def test_finetuning_reports_the_best_epoch_and_validates_its_options(small_set):
             next(train_job(s.volumes, references=s.references[0], model=model, **kw))
 
 
-def test_finetuning_the_shipped_weights_helps_a_structure_never_trained_on(default_model):
-    """The user's path in small: the shipped network fine-tuned without poses on 80 particles of a
-    held-out structure (64 train, 16 choose the epoch) aligns 24 other particles of it better
-    (benchmarks/bench_align_finetune.py is the full measurement, on other structures)."""
-    import copy
-
-    kw = dict(box=32, voxel_size_angstrom=12.0, snr=0.1, defocus_um=5.0)
+def _finetune_on_10801(model, snr: float = 0.1):
+    """The user's path in small: ``model`` fine-tuned without poses on 80 particles of a held-out structure
+    (64 train, 16 choose the epoch); the mean Frobenius error of the network alone on 24 other particles of it
+    before and after (benchmarks/bench_align_finetune.py is the full measurement, on other structures)."""
+    kw = dict(box=32, voxel_size_angstrom=12.0, snr=snr, defocus_um=5.0)
     train = simulate_subtomograms(["procedural:10801"], n_per_class=80, **kw, seed=1)
     test = simulate_subtomograms(["procedural:10801"], n_per_class=24, **kw, seed=2)
-    model = copy.deepcopy(default_model)
 
     def error(m):
         r = align_learned(test.volumes, test.references[0], particle_masks=test.mask, model=m)
@@ -128,6 +125,28 @@ def test_finetuning_the_shipped_weights_helps_a_structure_never_trained_on(defau
     before = error(model)
     res = run_job(train_job(train.volumes, references=train.references[0], particle_masks=train.mask, model=model,
                             epochs=30, seed=0), progress=False)
-    assert res.settings["n_validation"] == 16 and res.best_epoch > 0
-    after = error(model)
-    assert after < before - 0.15, (before, after)  # measured 1.05 -> 0.68
+    assert res.settings["n_validation"] == 16
+    return before, error(model), res
+
+
+def test_finetuning_helps_a_network_with_room_on_a_structure_never_trained_on():
+    """An earlier, weaker network of the shipped architecture (the curriculum's checkpoint, 1.5 Frobenius
+    on this structure) gains from fine-tuning on the user's particles."""
+    from pathlib import Path
+
+    from napari_cryoalign.backend.align.learned import load_model
+
+    ckpt = Path(__file__).resolve().parents[3] / "benchmarks" / "checkpoints" / "gumnet_curriculum_seed22.pt"
+    before, after, res = _finetune_on_10801(load_model(ckpt))
+    assert res.best_epoch > 0
+    assert after < before - 0.15, (before, after)  # measured 1.52 -> 1.06
+
+
+def test_finetuning_the_shipped_weights_does_no_harm(default_model):
+    """The shipped network is already at 0.44 on this structure: on 80 particles no epoch scores
+    significantly better, and the weights it started with come back (on larger sets and at lower SNR it
+    can gain: docs/align_learned.md)."""
+    import copy
+
+    before, after, res = _finetune_on_10801(copy.deepcopy(default_model))
+    assert after <= before + 0.05, (before, after)  # measured 0.44 -> 0.44 (the starting weights kept)
