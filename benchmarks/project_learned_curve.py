@@ -98,9 +98,10 @@ def main(argv=None) -> int:
             pace = [(args.pace, 1.0)]
         if not pace:
             raise SystemExit("--bench needs --pace or --curve files (their steps per second)")
-        args.set = "user's path: bench_align_held_out.py, learned at SNR 0.1"
+        set_name = "user's path: bench_align_held_out.py, learned at SNR 0.1"
     else:
         t, f, pace = load(args.curve, args.set)
+        set_name = args.set
     keep = t >= args.from_steps
     t, f = t[keep], f[keep]
     if len(t) < 3:
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
               f"{v['cpu_hours_one_thread']:.3g} CPU hours on one thread at {steps_per_s:.2f} steps/s in all, "
               f"{v['more_cpu_hours_one_thread']:.3g} more")
     result = {"command": "python benchmarks/project_learned_curve.py " + " ".join(argv or sys.argv[1:]),
-              "set": args.set, "goal": args.goal, "points": [[float(a), float(b)] for a, b in zip(t, f)],
+              "set": set_name, "goal": args.goal, "points": [[float(a), float(b)] for a, b in zip(t, f)],
               "steps_per_second_one_thread": steps_per_s, "fits": res}
     print(json.dumps({"points": result["points"]}))
     if args.out:

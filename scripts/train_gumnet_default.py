@@ -155,7 +155,7 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
     at the first round after ``coarse_minutes``, with a fresh optimizer. ``resample`` gives each round's
     voxel size to ``train_job``, so a model with a working voxel size (``config.voxel_size``) trains on the
     particles resampled to it, as alignment gives them to it."""
-    if resample and (init is None or load_model(init).config.voxel_size is None):
+    if resample and init is None:
         raise SystemExit("--resample needs --init with a model that has a working voxel size")
     if clean_share is not None and not 0.0 < clean_share <= 1.0:
         raise SystemExit(f"--clean-share {clean_share}: expected a fraction in (0, 1]")
@@ -165,6 +165,8 @@ def train(minutes: float, *, seed: int = 0, n_per_class: int = 24, batch_size: i
         model.train()
         if model.config.head != head:
             raise SystemExit(f"--init {init}: a {model.config.head!r}-head model, but --head {head}")
+        if resample and model.config.voxel_size is None:
+            raise SystemExit(f"--init {init}: a model without a working voxel size, which --resample needs")
     else:
         cfg = dict(GRID_CONFIG if head == "grid" else {})
         if coarse_grid_step is not None:
@@ -353,10 +355,10 @@ def main(argv=None) -> int:
     ap.add_argument("--coarse-grid-step", type=float, default=None,
                     help="--head grid: start with this grid (e.g. 60: 78 rotations) and refine it to the 30° grid "
                     "after --coarse-minutes (gumnet.refine_grid_head): the toy's curriculum")
+    ap.add_argument("--coarse-minutes", type=float, default=0.0, help="minutes with the --coarse-grid-step head")
     ap.add_argument("--resample", action="store_true",
                     help="train on each round's particles resampled to the --init model's working voxel size, as "
                          "alignment gives them to the network (without it they are given as simulated)")
-    ap.add_argument("--coarse-minutes", type=float, default=0.0, help="minutes with the --coarse-grid-step head")
     args = ap.parse_args(argv)
     if args.evaluate_only:
         model = load_model(args.out)
